@@ -1,0 +1,134 @@
+//! Adapter settings shared by every method.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LorsError, Result};
+
+/// Fine-tuning method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// LoRS with the paper's rearranged (approximate) adapter gradient.
+    Lors,
+    /// LoRS with the exact masked gradient, at LoRS's memory cost.
+    LorsExact,
+    /// SQFT: the masked adapter through ordinary autograd.
+    Sqft,
+    /// SPP: a row-shared, column-scaled update multiplied by `W`.
+    Spp,
+    /// Plain LoRA: unmasked, its merge is dense.
+    Lora,
+}
+
+impl Method {
+    /// Every method, flagship first.
+    pub const ALL: [Method; 5] = [
+        Method::Lors,
+        Method::LorsExact,
+        Method::Sqft,
+        Method::Spp,
+        Method::Lora,
+    ];
+
+    /// The name used in profiles, the CLI and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Lors => "lors",
+            Method::LorsExact => "lors-exact",
+            Method::Sqft => "sqft",
+            Method::Spp => "spp",
+            Method::Lora => "lora",
+        }
+    }
+
+    /// Whether the merged weight keeps the base's sparsity.
+    pub fn is_masked(self) -> bool {
+        self != Method::Lora
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Method {
+    type Err = LorsError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        Method::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| {
+                LorsError::invalid(
+                    "method",
+                    format!("`{s}` is not one of lors, lors-exact, sqft, spp, lora"),
+                )
+            })
+    }
+}
+
+/// How the adapter starts (`B`, or SPP's column scale, always starts at zero).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Init {
+    /// `A` kaiming-uniform (PEFT's default, bound `1/sqrt(in)`).
+    #[default]
+    Standard,
+    /// `A ~ N(0, 1/r²)` (PEFT's `init_lora_weights="gaussian"`).
+    Gaussian,
+}
+
+/// Settings of one adapter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterConfig {
+    pub method: Method,
+    pub rank: usize,
+    pub alpha: f64,
+    /// Scale `alpha/sqrt(r)` instead of `alpha/r` (the LoRS paper's choice).
+    pub rslora: bool,
+    pub init: Init,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        Self {
+            method: Method::Lors,
+            rank: 8,
+            alpha: 16.0,
+            rslora: true,
+            init: Init::Standard,
+        }
+    }
+}
+
+impl AdapterConfig {
+    /// The adapter scale `s`.
+    pub fn scale(&self) -> f64 {
+        let r = self.rank as f64;
+        if self.rslora {
+            self.alpha / r.sqrt()
+        } else {
+            self.alpha / r
+        }
+    }
+
+    /// Check values that do not depend on a layer.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(LorsError::invalid("rank", "must be at least 1"));
+        }
+        if !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return Err(LorsError::invalid(
+                "alpha",
+                format!("{} must be a positive number", self.alpha),
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! The custom autograd op behind `lora` and `lors`.
+//!
+//! Candle's autograd keeps every tensor a graph node references until backward, and computes a
+//! gradient for both sides of every matmul (a frozen weight included). This op is a single
+//! graph node whose arguments are only `x`, `A` and `B`: the frozen weight and the bit-packed
+//! mask live in the op itself, so nothing of size out x in, and no activation other than `x`,
+//! survives from forward to backward.
+//!
+//! - `lora`: `y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ`; backward recomputes the rank-r product `x·Aᵀ`.
+//! - `lors` (weight recompute): `y = x·W'ᵀ` with `W' = (W + s·B·A) ⊙ M` built in forward,
+//!   dropped, and rebuilt in backward for `grad_x = grad_y·W'`.
+//!   - `approx` (graph rearrangement): `grad_A = s·(grad_y·B)ᵀ·x`, `grad_B = s·grad_yᵀ·(x·Aᵀ)`,
+//!     exactly LoRA's adapter gradients, through the rank-r path only.
+//!   - `exact`: `G = (grad_yᵀ·x) ⊙ M`, `grad_A = s·Bᵀ·G`, `grad_B = s·G·Aᵀ`; `G` exists only
+//!     inside this backward.
+
+use std::sync::Arc;
+
+use candle_core::backend::BackendStorage;
+use candle_core::op::BackpropOp;
+use candle_core::{
+    CpuStorage, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Storage, Tensor, WithDType,
+};
+
+use crate::sparsity::BitMask;
+
+/// Which gradient `lors` computes for the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GradMode {
+    /// The paper's graph rearrangement: LoRA's adapter gradients, rank-r cost.
+    Approx,
+    /// The gradient of the masked forward, `G = (grad_yᵀ·x) ⊙ M`, formed transiently.
+    Exact,
+}
+
+/// What the op computes besides the frozen product.
+#[derive(Debug, Clone)]
+pub(crate) enum LowRankKind {
+    /// Plain LoRA: an unmasked rank-r side path.
+    Lora,
+    /// LoRS: the adapter merged through the mask.
+    Lors { mask: Arc<BitMask>, grad: GradMode },
+}
+
+/// `y = adapted_linear(x; W, A, B)` for `lora` and `lors`, applied with
+/// `x.apply_op3(a, b, op)` (no bias: the caller adds it).
+#[derive(Debug, Clone)]
+pub(crate) struct LowRankOp {
+    /// Frozen base weight, out x in.
+    pub weight: Tensor,
+    /// Adapter scale `s`.
+    pub scale: f64,
+    pub kind: LowRankKind,
+}
+
+fn msg(s: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(s.to_string())
+}
+
+fn cpu_of(storage: &Storage) -> Result<&CpuStorage> {
+    match storage {
+        Storage::Cpu(s) => Ok(s),
+        other => Err(msg(format!(
+            "the lors op runs on the CPU in this build; got a tensor on {:?}",
+            other.device().location()
+        ))),
+    }
+}
+
+/// `x·Wᵀ` for `x` of shape (..., in) and `W` of shape (out, in): returns (..., out).
+fn x_wt(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+    if !lx.is_contiguous() {
+        return Err(msg("lors op: input must be contiguous"));
+    }
+    let (out, in_w) = lw.shape().dims2()?;
+    let in_x = *lx
+        .dims()
+        .last()
+        .ok_or_else(|| msg("lors op: scalar input"))?;
+    if in_x != in_w {
+        return Err(msg(format!(
+            "lors op: input has {in_x} features, weight expects {in_w}"
+        )));
+    }
+    let tokens = lx.shape().elem_count() / in_x.max(1);
+    let lhs = Layout::contiguous_with_offset((tokens, in_x), lx.start_offset());
+    let y = x.matmul(w, (1, tokens, out, in_x), &lhs, &lw.transpose(0, 1)?)?;
+    let mut dims = lx.dims().to_vec();
+    *dims.last_mut().expect("non-empty dims") = out;
+    Ok((y, Shape::from(dims)))
+}
+
+/// `out[i] = M[i] ? w[i] + s·ba[i] : 0`, written over `ba`.
+fn fuse_masked_merge<T: WithDType>(ba: &mut [T], w: &[T], scale: f64, mask: &BitMask) {
+    for (i, (d, &w)) in ba.iter_mut().zip(w).enumerate() {
+        *d = if mask.is_kept(i) {
+            T::from_f64(w.to_f64() + scale * d.to_f64())
+        } else {
+            T::zero()
+        };
+    }
+}
+
+/// `W' = (W + s·B·A) ⊙ M`, a fresh contiguous out x in buffer.
+fn merged_weight_cpu(
+    w: (&CpuStorage, &Layout),
+    a: (&CpuStorage, &Layout),
+    b: (&CpuStorage, &Layout),
+    scale: f64,
+    mask: &BitMask,
+) -> Result<CpuStorage> {
+    let (out, rank) = b.1.shape().dims2()?;
+    let (_, in_f) = a.1.shape().dims2()?;
+    if !w.1.is_contiguous() {
+        return Err(msg("lors op: frozen weight must be contiguous"));
+    }
+    let mut ba = b.0.matmul(a.0, (1, out, in_f, rank), b.1, a.1)?;
+    let off = w.1.start_offset();
+    let n = out * in_f;
+    match (&mut ba, w.0) {
+        (CpuStorage::F32(d), CpuStorage::F32(w)) => {
+            fuse_masked_merge(d, &w[off..off + n], scale, mask)
+        }
+        (CpuStorage::F64(d), CpuStorage::F64(w)) => {
+            fuse_masked_merge(d, &w[off..off + n], scale, mask)
+        }
+        (CpuStorage::F16(d), CpuStorage::F16(w)) => {
+            fuse_masked_merge(d, &w[off..off + n], scale, mask)
+        }
+        (d, w) => {
+            return Err(msg(format!(
+            "lors op: adapter dtype {:?} and weight dtype {:?} must match and be f16, f32 or f64",
+            d.dtype(),
+            w.dtype()
+        )))
+        }
+    }
+    Ok(ba)
+}
+
+/// Zero the pruned entries of a contiguous tensor in place.
+struct ApplyMask<'a>(&'a BitMask);
+
+impl InplaceOp1 for ApplyMask<'_> {
+    fn name(&self) -> &'static str {
+        "apply-mask"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        if !layout.is_contiguous() || layout.start_offset() != 0 {
+            return Err(msg("apply-mask needs a fresh contiguous tensor"));
+        }
+        match storage {
+            CpuStorage::F32(d) => self.0.apply(d),
+            CpuStorage::F64(d) => self.0.apply(d),
+            CpuStorage::F16(d) => self.0.apply(d),
+            CpuStorage::BF16(d) => self.0.apply(d),
+            other => return Err(msg(format!("apply-mask: dtype {:?}", other.dtype()))),
+        }
+        Ok(())
+    }
+}
+
+impl LowRankOp {
+    /// Rebuild `W' = (W + s·B·A) ⊙ M` as a detached tensor (used in backward and by tests).
+    pub(crate) fn merged_weight(&self, a: &Tensor, b: &Tensor, mask: &BitMask) -> Result<Tensor> {
+        let (ws, wl) = self.weight.storage_and_layout();
+        let (as_, al) = a.storage_and_layout();
+        let (bs, bl) = b.storage_and_layout();
+        let merged = merged_weight_cpu(
+            (cpu_of(&ws)?, wl),
+            (cpu_of(&as_)?, al),
+            (cpu_of(&bs)?, bl),
+            self.scale,
+            mask,
+        )?;
+        let shape = self.weight.shape().clone();
+        Ok(Tensor::from_storage(
+            Storage::Cpu(merged),
+            shape,
+            BackpropOp::none(),
+            false,
+        ))
+    }
+
+    /// LoRA's adapter gradients: `(s·(g·B)ᵀ·x, s·gᵀ·(x·Aᵀ))`, plus `s·g·B` for reuse.
+    fn rank_r_grads(
+        &self,
+        x: &Tensor,
+        g: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let g_b = (g.matmul(b)? * self.scale)?; // tokens x r
+        let grad_a = g_b.t()?.matmul(x)?; // r x in
+        let x_a = x.matmul(&a.t()?)?; // tokens x r
+        let grad_b = (g.t()?.matmul(&x_a)? * self.scale)?; // out x r
+        Ok((grad_a, grad_b, g_b))
+    }
+}
+
+impl CustomOp3 for LowRankOp {
+    fn name(&self) -> &'static str {
+        match self.kind {
+            LowRankKind::Lora => "lora",
+            LowRankKind::Lors { .. } => "lors",
+        }
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        a: &CpuStorage,
+        la: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (ws, wl) = self.weight.storage_and_layout();
+        let w = cpu_of(&ws)?;
+        match &self.kind {
+            LowRankKind::Lora => {
+                let (base, shape) = x_wt(x, lx, w, wl)?;
+                let (x_a, x_a_shape) = x_wt(x, lx, a, la)?; // tokens x r
+                let x_a = x_a.affine(&Layout::contiguous(&x_a_shape), self.scale, 0.)?;
+                let (side, _) = x_wt(&x_a, &Layout::contiguous(&x_a_shape), b, lb)?;
+                let l = Layout::contiguous(&shape);
+                let y = base.binary_impl::<candle_core::op::Add>(&side, &l, &l)?;
+                Ok((y, shape))
+            }
+            LowRankKind::Lors { mask, .. } => {
+                let merged = merged_weight_cpu((w, wl), (a, la), (b, lb), self.scale, mask)?;
+                x_wt(x, lx, &merged, &Layout::contiguous(wl.shape()))
+            }
+        }
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (out, in_f) = self.weight.dims2()?;
+        let tokens = x.elem_count() / in_f;
+        let need_x = x.track_op();
+        let (a, b) = (a.detach(), b.detach());
+        let x2 = x.detach().reshape((tokens, in_f))?;
+        let g = grad_y.reshape((tokens, out))?;
+        let (grad_x, grad_a, grad_b) = match &self.kind {
+            LowRankKind::Lora => {
+                let (grad_a, grad_b, g_b) = self.rank_r_grads(&x2, &g, &a, &b)?;
+                let grad_x = need_x
+                    .then(|| g.matmul(&self.weight)? + g_b.matmul(&a)?)
+                    .transpose()?;
+                (grad_x, grad_a, grad_b)
+            }
+            LowRankKind::Lors { mask, grad } => {
+                let grad_x = need_x
+                    .then(|| g.matmul(&self.merged_weight(&a, &b, mask)?))
+                    .transpose()?;
+                let (grad_a, grad_b) = match grad {
+                    GradMode::Approx => {
+                        let (ga, gb, _) = self.rank_r_grads(&x2, &g, &a, &b)?;
+                        (ga, gb)
+                    }
+                    GradMode::Exact => {
+                        let dense = g.t()?.matmul(&x2)?; // out x in, this backward only
+                        dense.inplace_op1(&ApplyMask(mask))?;
+                        let grad_a = (b.t()?.matmul(&dense)? * self.scale)?;
+                        let grad_b = (dense.matmul(&a.t()?)? * self.scale)?;
+                        (grad_a, grad_b)
+                    }
+                };
+                (grad_x, grad_a, grad_b)
+            }
+        };
+        let grad_x = grad_x.map(|gx| gx.reshape(x.shape())).transpose()?;
+        Ok((grad_x, Some(grad_a), Some(grad_b)))
+    }
+}
+
+/// Dtypes the op's CPU kernels accept.
+pub(crate) fn op_supports(dtype: DType) -> bool {
+    matches!(dtype, DType::F16 | DType::F32 | DType::F64)
+}

@@ -1,0 +1,129 @@
+//! Merging an adapter into its base weight, with the sparsity check in the code path.
+//!
+//! Masked merge: `(W + ΔW) ⊙ M`, so pruned weights are exact zeros even when an explicit mask
+//! prunes a weight that was nonzero.
+
+use candle_core::{DType, Tensor, WithDType};
+use half::{bf16, f16};
+use serde::{Deserialize, Serialize};
+
+use super::SparseLinear;
+use crate::error::{LorsError, Result};
+use crate::sparsity::BitMask;
+
+/// What a merge did to a layer's sparsity.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MergeReport {
+    /// Fraction of nonzero weights before the merge (the mask's density).
+    pub density_before: f64,
+    /// Fraction of nonzero weights in the merged weight.
+    pub density_after: f64,
+    /// Whether the merged weight is nonzero exactly where the mask keeps a weight.
+    pub pattern_preserved: bool,
+    /// Kept weights whose merged value was exactly zero (an exact cancellation, or underflow
+    /// in the storage dtype) and were set to the dtype's smallest subnormal so that the merged
+    /// model still encodes its mask as `W != 0`.
+    pub nudged: usize,
+}
+
+/// `(W + ΔW) ⊙ M` (masked) or `W + ΔW` (dense), computed in f32 (f64 for f64 weights) and cast
+/// back to the weight's dtype.
+pub(crate) fn merge(
+    base: &SparseLinear,
+    delta: &Tensor,
+    masked: bool,
+) -> Result<(Tensor, MergeReport)> {
+    let w = base.weight();
+    let dtype = w.dtype();
+    let compute = if dtype == DType::F64 {
+        DType::F64
+    } else {
+        DType::F32
+    };
+    let mask = base.mask();
+    let (out_f, in_f) = base.dims();
+    if delta.dims() != [out_f, in_f] {
+        return Err(LorsError::shape(
+            "adapter update",
+            format!("[{out_f}, {in_f}]"),
+            format!("{:?}", delta.dims()),
+        ));
+    }
+    let w32 = w.to_dtype(compute)?;
+    let delta = delta.to_dtype(compute)?;
+    let merged = if masked {
+        ((w32 + delta)? * mask.to_tensor(compute, w.device())?)?
+    } else {
+        (w32 + delta)?
+    };
+    let merged = merged.to_dtype(dtype)?;
+    let density_before = mask.density();
+    if !masked {
+        let density_after = merged
+            .ne(0f64)?
+            .to_dtype(DType::F64)?
+            .mean_all()?
+            .to_scalar::<f64>()?;
+        let pattern_preserved = mask.check_pattern(&merged)?.is_exact();
+        return Ok((
+            merged,
+            MergeReport {
+                density_before,
+                density_after,
+                pattern_preserved,
+                nudged: 0,
+            },
+        ));
+    }
+    let (merged, nudged) = nudge_kept_zeros(&merged, mask)?;
+    let check = mask.check_pattern(&merged)?;
+    if !check.is_exact() {
+        return Err(LorsError::SparsityViolation {
+            what: format!("merge of a {out_f}x{in_f} layer"),
+            detail: format!(
+                "{} pruned weights became nonzero and {} kept weights are zero",
+                check.pruned_nonzero, check.kept_zero
+            ),
+        });
+    }
+    Ok((
+        merged,
+        MergeReport {
+            density_before,
+            density_after: mask.density(),
+            pattern_preserved: true,
+            nudged,
+        },
+    ))
+}
+
+/// Set kept weights that are exactly zero to the dtype's smallest positive subnormal.
+fn nudge_kept_zeros(weight: &Tensor, mask: &BitMask) -> Result<(Tensor, usize)> {
+    fn fix<T: WithDType>(weight: &Tensor, mask: &BitMask, tiny: T) -> Result<(Tensor, usize)> {
+        let mut values = weight.flatten_all()?.to_vec1::<T>()?;
+        let mut nudged = 0;
+        for (i, v) in values.iter_mut().enumerate() {
+            if mask.is_kept(i) && v.to_f64() == 0.0 {
+                *v = tiny;
+                nudged += 1;
+            }
+        }
+        if nudged == 0 {
+            return Ok((weight.clone(), 0));
+        }
+        Ok((
+            Tensor::from_vec(values, weight.shape(), weight.device())?,
+            nudged,
+        ))
+    }
+    match weight.dtype() {
+        DType::F32 => fix(weight, mask, f32::from_bits(1)),
+        DType::F64 => fix(weight, mask, f64::from_bits(1)),
+        DType::BF16 => fix(weight, mask, bf16::from_bits(1)),
+        DType::F16 => fix(weight, mask, f16::from_bits(1)),
+        other => Err(LorsError::UnsupportedDType {
+            dtype: other,
+            what: "merging an adapter".into(),
+        }),
+    }
+}

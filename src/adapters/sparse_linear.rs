@@ -1,0 +1,130 @@
+//! The frozen base of an adapted layer: a (pruned) weight, its bias and its mask.
+
+use std::sync::Arc;
+
+use candle_core::{DType, Tensor};
+
+use super::low_rank_op::op_supports;
+use crate::error::{LorsError, Result};
+use crate::sparsity::BitMask;
+
+/// Frozen linear layer `y = x·Wᵀ + bias` with the mask `M` of its kept weights.
+#[derive(Debug, Clone)]
+pub struct SparseLinear {
+    weight: Tensor,
+    bias: Option<Tensor>,
+    mask: Arc<BitMask>,
+}
+
+impl SparseLinear {
+    /// Wrap a frozen weight (out x in). Without an explicit mask, `M = (W != 0)`; give one
+    /// when kept weights may be exactly zero (e.g. rounded to zero in bf16).
+    pub fn new(weight: Tensor, bias: Option<Tensor>, mask: Option<BitMask>) -> Result<Self> {
+        let (out_f, in_f) = weight.dims2().map_err(|_| {
+            LorsError::shape("linear weight", "[out, in]", format!("{:?}", weight.dims()))
+        })?;
+        if !weight.dtype().is_float() {
+            return Err(LorsError::UnsupportedDType {
+                dtype: weight.dtype(),
+                what: "a linear weight".into(),
+            });
+        }
+        if let Some(b) = &bias {
+            if b.dims() != [out_f] {
+                return Err(LorsError::shape(
+                    "linear bias",
+                    format!("[{out_f}]"),
+                    format!("{:?}", b.dims()),
+                ));
+            }
+        }
+        let mask = match mask {
+            Some(m) => {
+                m.expect_dims("mask", out_f, in_f)?;
+                m
+            }
+            None => BitMask::from_nonzero(&weight)?,
+        };
+        Ok(Self {
+            weight: weight.detach().contiguous()?,
+            bias: bias.map(|b| b.detach()),
+            mask: Arc::new(mask),
+        })
+    }
+
+    /// The frozen weight.
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    /// The frozen bias, if any.
+    pub fn bias(&self) -> Option<&Tensor> {
+        self.bias.as_ref()
+    }
+
+    /// The mask of kept weights.
+    pub fn mask(&self) -> &Arc<BitMask> {
+        &self.mask
+    }
+
+    /// `(out_features, in_features)`.
+    pub fn dims(&self) -> (usize, usize) {
+        self.mask.dims()
+    }
+
+    /// Fraction of weights the mask keeps.
+    pub fn density(&self) -> f64 {
+        self.mask.density()
+    }
+
+    /// Dtype of adapter parameters: f64 for f64 weights (gradient checks), else f32 masters.
+    pub(crate) fn param_dtype(&self) -> DType {
+        if self.weight.dtype() == DType::F64 {
+            DType::F64
+        } else {
+            DType::F32
+        }
+    }
+
+    /// Error unless `x` is (..., in_features) in the weight's dtype and on its device.
+    pub(crate) fn check_input(&self, x: &Tensor) -> Result<()> {
+        let (_, in_f) = self.dims();
+        if x.dims().last() != Some(&in_f) {
+            return Err(LorsError::shape(
+                "layer input",
+                format!("[..., {in_f}]"),
+                format!("{:?}", x.dims()),
+            ));
+        }
+        if x.dtype() != self.weight.dtype() || !op_supports(x.dtype()) {
+            return Err(LorsError::UnsupportedDType {
+                dtype: x.dtype(),
+                what: format!(
+                    "a layer input (the weight is {:?}; compute needs f16, f32 or f64 on the CPU)",
+                    self.weight.dtype()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `y + bias` (broadcast over leading dims).
+    pub(crate) fn add_bias(&self, y: Tensor) -> Result<Tensor> {
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+
+    /// The frozen layer alone: `x·Wᵀ + bias` (no gradient to `W`).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.check_input(x)?;
+        let (out_f, in_f) = self.dims();
+        let lead = &x.dims()[..x.rank() - 1];
+        let x2 = x.reshape(((), in_f))?;
+        let mut dims = lead.to_vec();
+        dims.push(out_f);
+        let y = x2.matmul(&self.weight.t()?)?.reshape(dims)?;
+        self.add_bias(y)
+    }
+}

@@ -1,0 +1,58 @@
+//! Typed errors of the `lors` library.
+
+use candle_core::DType;
+
+/// Every error the library returns. The binary wraps these with context (anyhow).
+#[derive(Debug, thiserror::Error)]
+pub enum LorsError {
+    /// A tensor does not have the shape an operation needs.
+    #[error("{what}: expected shape {expected}, got {got}")]
+    Shape {
+        what: String,
+        expected: String,
+        got: String,
+    },
+    /// The adapter rank does not fit the layer.
+    #[error("invalid rank {rank} for {what} ({out_features}x{in_features}): rank must be between 1 and {max}")]
+    Rank {
+        what: String,
+        rank: usize,
+        out_features: usize,
+        in_features: usize,
+        max: usize,
+    },
+    /// A setting has a value outside its domain.
+    #[error("invalid value for `{field}`: {reason}")]
+    InvalidValue { field: String, reason: String },
+    /// A merge (or another step) would change which weights are zero.
+    #[error("sparsity violated in {what}: {detail}")]
+    SparsityViolation { what: String, detail: String },
+    /// The operation does not support this dtype on this device.
+    #[error("dtype {dtype:?} is not supported for {what}")]
+    UnsupportedDType { dtype: DType, what: String },
+    /// An error from candle.
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl LorsError {
+    /// Shorthand for [`LorsError::InvalidValue`].
+    pub fn invalid(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::InvalidValue {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`LorsError::Shape`].
+    pub fn shape(what: impl Into<String>, expected: impl ToString, got: impl ToString) -> Self {
+        Self::Shape {
+            what: what.into(),
+            expected: expected.to_string(),
+            got: got.to_string(),
+        }
+    }
+}
+
+/// Result type of the library.
+pub type Result<T> = std::result::Result<T, LorsError>;

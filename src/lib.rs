@@ -1,0 +1,13 @@
+//! `lors`: fine-tuning sparse (pruned) LLMs with LoRS, a low-rank adaptation that keeps the
+//! model exactly as sparse as it was (arXiv 2501.08582), with SQFT, SPP and LoRA baselines.
+//!
+//! Modules mirror the architecture: [`adapters`] (the methods), [`sparsity`] (masks and
+//! patterns), [`memory`] (allocation and RSS meters), [`bench`] (benchmarks).
+
+pub mod adapters;
+pub mod bench;
+pub mod error;
+pub mod memory;
+pub mod sparsity;
+
+pub use error::{LorsError, Result};

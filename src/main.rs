@@ -1,0 +1,117 @@
+//! The `lors` command line.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+
+use lors::bench::layer::{self, LayerBenchConfig};
+use lors::sparsity::Pattern;
+
+#[derive(Parser)]
+#[command(
+    name = "lors",
+    version,
+    about = "Fine-tune sparse LLMs with LoRS, keeping them exactly as sparse"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Every method on one random sparse layer: forward+backward time, bytes kept between
+    /// forward and backward, peak bytes, each also as a ratio to lora.
+    Layer(LayerArgs),
+}
+
+#[derive(Args)]
+struct LayerArgs {
+    /// Input features.
+    #[arg(long = "in", default_value_t = 2048)]
+    in_features: usize,
+    /// Output features.
+    #[arg(long = "out", default_value_t = 2048)]
+    out_features: usize,
+    /// Tokens in the batch (rows of x).
+    #[arg(long, default_value_t = 2048)]
+    tokens: usize,
+    /// Adapter rank.
+    #[arg(long, default_value_t = 16)]
+    rank: usize,
+    /// Fraction of weights kept (unstructured pattern only).
+    #[arg(long, default_value_t = 0.5)]
+    density: f64,
+    /// `unstructured` or N:M such as `2:4`.
+    #[arg(long, default_value = "unstructured")]
+    pattern: String,
+    /// f32, f16 or f64 (bf16 needs CUDA).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Worker threads for the matmuls (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Measured runs per method (after one warm-up round).
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Seed of the random layer and adapters.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn bench_layer(args: LayerArgs) -> Result<()> {
+    let pattern = if args.pattern == "unstructured" {
+        Pattern::Unstructured {
+            sparsity: 1.0 - args.density,
+        }
+    } else {
+        args.pattern.parse::<Pattern>()?
+    };
+    let dtype = layer::parse_dtype(&args.dtype)?;
+    let config = LayerBenchConfig {
+        in_features: args.in_features,
+        out_features: args.out_features,
+        tokens: args.tokens,
+        rank: args.rank,
+        pattern: args.pattern.clone(),
+        density: pattern.density(),
+        dtype: args.dtype.clone(),
+        runs: args.runs,
+        threads: candle_core::utils::get_num_threads(),
+        seed: args.seed,
+    };
+    let report = layer::run(&config, pattern, dtype).context("layer benchmark failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", layer::render_table(&report));
+    }
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Bench(BenchCommand::Layer(args))) => {
+            if let Some(n) = args.threads {
+                // Read by rayon and candle when their thread pools start, which is later.
+                std::env::set_var("RAYON_NUM_THREADS", n.to_string());
+            }
+            bench_layer(args)
+        }
+        None => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,503 @@
+//! One test matrix across every method (PEFT-style): gradients against central finite
+//! differences in f64, forward against dense references, merge keeping the zero pattern,
+//! and bad input.
+//!
+//! Tolerances: the loss `L = Σ y ⊙ G` is linear in each of `x`, `A` and `B` taken alone, so a
+//! central difference has no truncation error; what is left is rounding, about
+//! `ε_f64·|L|/h ≈ 1e-16·10/1e-4 = 1e-11`. We allow `1e-8` (absolute, plus the same relative).
+
+use candle_core::{DType, Device, Tensor, Var};
+use lors::adapters::{AdaptedLinear, AdapterConfig, Init, Method, SparseLinear};
+use lors::sparsity::{magnitude_mask, BitMask, Pattern};
+use lors::LorsError;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+
+const H: f64 = 1e-4;
+const TOL: f64 = 1e-8;
+
+fn randn(rng: &mut ChaCha8Rng, dims: &[usize]) -> Tensor {
+    let n: usize = dims.iter().product();
+    let v: Vec<f64> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    Tensor::from_vec(v, dims, &Device::Cpu).unwrap()
+}
+
+#[derive(Clone, Copy, Debug)]
+enum MaskKind {
+    AllKept,
+    Unstructured50,
+    TwoFour,
+}
+
+/// A pruned f64 weight (out x in) and its mask.
+fn sparse_weight(
+    rng: &mut ChaCha8Rng,
+    out_f: usize,
+    in_f: usize,
+    kind: MaskKind,
+) -> (Tensor, BitMask) {
+    let dense = randn(rng, &[out_f, in_f]);
+    let mask = match kind {
+        MaskKind::AllKept => BitMask::from_fn(out_f, in_f, |_| true),
+        MaskKind::Unstructured50 => {
+            magnitude_mask(&dense, Pattern::Unstructured { sparsity: 0.5 }).unwrap()
+        }
+        MaskKind::TwoFour => magnitude_mask(&dense, Pattern::NofM { n: 2, m: 4 }).unwrap(),
+    };
+    let m = mask.to_tensor(DType::F64, &Device::Cpu).unwrap();
+    ((dense * m).unwrap(), mask)
+}
+
+struct Case {
+    layer: AdaptedLinear,
+    w: Tensor,
+    mask: Tensor,
+    x: Tensor,
+    upstream: Tensor,
+    scale: f64,
+}
+
+fn case(method: Method, kind: MaskKind, seed: u64) -> Case {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let (out_f, in_f) = match kind {
+        MaskKind::TwoFour => (7, 8),
+        _ => (7, 5),
+    };
+    let (w, mask) = sparse_weight(&mut rng, out_f, in_f, kind);
+    let mask_t = mask.to_tensor(DType::F64, &Device::Cpu).unwrap();
+    let config = AdapterConfig {
+        method,
+        rank: 2,
+        alpha: 3.0,
+        rslora: true,
+        init: Init::Standard,
+    };
+    let layer = AdaptedLinear::new(
+        SparseLinear::new(w.clone(), None, Some(mask)).unwrap(),
+        &config,
+        &mut rng,
+    )
+    .unwrap();
+    // Nonzero A and B so that every gradient is nontrivial.
+    let [(_, a), (_, b)] = layer.trainable();
+    let (a_dims, b_dims) = (a.dims().to_vec(), b.dims().to_vec());
+    layer
+        .set_adapter(&randn(&mut rng, &a_dims), &randn(&mut rng, &b_dims))
+        .unwrap();
+    let x = randn(&mut rng, &[2, 3, in_f]);
+    let upstream = randn(&mut rng, &[2, 3, out_f]);
+    Case {
+        layer,
+        w,
+        mask: mask_t,
+        x,
+        upstream,
+        scale: config.scale(),
+    }
+}
+
+/// Independent dense references, written with plain tensor ops.
+fn lora_ref(c: &Case, x: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
+    let base = x.broadcast_matmul(&c.w.t().unwrap()).unwrap();
+    let side = x
+        .broadcast_matmul(&a.t().unwrap())
+        .unwrap()
+        .broadcast_matmul(&b.t().unwrap())
+        .unwrap();
+    (base + (side * c.scale).unwrap()).unwrap()
+}
+
+fn masked_ref(c: &Case, x: &Tensor, a: &Tensor, b: &Tensor) -> Tensor {
+    let merged = ((&c.w + (b.matmul(a).unwrap() * c.scale).unwrap()).unwrap() * &c.mask).unwrap();
+    x.broadcast_matmul(&merged.t().unwrap()).unwrap()
+}
+
+fn spp_ref(c: &Case, x: &Tensor, wa: &Tensor, w_col: &Tensor) -> Tensor {
+    let (out_f, in_f) = c.w.dims2().unwrap();
+    let r = wa.dim(0).unwrap();
+    let wa_v = wa.to_vec2::<f64>().unwrap();
+    let col = w_col.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let w_v = c.w.to_vec2::<f64>().unwrap();
+    let mut merged = vec![0f64; out_f * in_f];
+    for i in 0..out_f {
+        for j in 0..in_f {
+            let delta = wa_v[i * r / out_f][j] * col[i] * w_v[i][j];
+            merged[i * in_f + j] = w_v[i][j] + delta;
+        }
+    }
+    let merged = Tensor::from_vec(merged, (out_f, in_f), &Device::Cpu).unwrap();
+    x.broadcast_matmul(&merged.t().unwrap()).unwrap()
+}
+
+type RefFn = fn(&Case, &Tensor, &Tensor, &Tensor) -> Tensor;
+
+fn loss(c: &Case, y: &Tensor) -> f64 {
+    (y * &c.upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// Central differences of `loss(f(x, a, b))` with respect to argument `which` (0: x, 1: a, 2: b).
+fn finite_diff(c: &Case, f: RefFn, which: usize) -> Vec<f64> {
+    let [(_, a), (_, b)] = c.layer.trainable();
+    let args = [c.x.clone(), a.as_tensor().clone(), b.as_tensor().clone()];
+    let base = args[which].flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    let dims = args[which].dims().to_vec();
+    (0..base.len())
+        .map(|i| {
+            let at = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                let mut p = args.clone();
+                p[which] = Tensor::from_vec(v, dims.as_slice(), &Device::Cpu).unwrap();
+                loss(c, &f(c, &p[0], &p[1], &p[2]))
+            };
+            (at(H) - at(-H)) / (2.0 * H)
+        })
+        .collect()
+}
+
+/// Gradients of `loss(layer(x))` from the layer's own backward: (x, A, B).
+fn analytic(c: &Case) -> [Vec<f64>; 3] {
+    let x = Var::from_tensor(&c.x).unwrap();
+    let y = c.layer.forward(x.as_tensor()).unwrap();
+    let grads = (&y * &c.upstream)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let [(_, a), (_, b)] = c.layer.trainable();
+    let flat = |t: &Tensor| {
+        grads
+            .get(t)
+            .expect("gradient")
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f64>()
+            .unwrap()
+    };
+    [
+        flat(x.as_tensor()),
+        flat(a.as_tensor()),
+        flat(b.as_tensor()),
+    ]
+}
+
+fn assert_close(what: &str, got: &[f64], want: &[f64]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= TOL * (1.0 + w.abs()),
+            "{what}[{i}]: got {g}, finite differences give {w}"
+        );
+    }
+}
+
+const MASKS: [MaskKind; 3] = [
+    MaskKind::AllKept,
+    MaskKind::Unstructured50,
+    MaskKind::TwoFour,
+];
+
+#[test]
+fn gradients_match_finite_differences_for_every_method_and_mask() {
+    for (k, kind) in MASKS.into_iter().enumerate() {
+        for method in Method::ALL {
+            let c = case(method, kind, 100 + k as u64);
+            let [gx, ga, gb] = analytic(&c);
+            let label = |p: &str| format!("{method} {kind:?} grad_{p}");
+            // The reference each gradient must equal (module docs of `low_rank_op`).
+            let (fx, fa, fb): (RefFn, RefFn, RefFn) = match method {
+                Method::Lora => (lora_ref, lora_ref, lora_ref),
+                Method::Sqft | Method::LorsExact => (masked_ref, masked_ref, masked_ref),
+                // Forward is the masked one; adapter gradients are LoRA's (graph rearrangement).
+                Method::Lors => (masked_ref, lora_ref, lora_ref),
+                Method::Spp => (spp_ref, spp_ref, spp_ref),
+            };
+            assert_close(&label("x"), &gx, &finite_diff(&c, fx, 0));
+            assert_close(&label("A"), &ga, &finite_diff(&c, fa, 1));
+            assert_close(&label("B"), &gb, &finite_diff(&c, fb, 2));
+        }
+    }
+}
+
+#[test]
+fn approx_and_exact_agree_without_pruning_and_differ_with_it() {
+    let grads = |method, kind| analytic(&case(method, kind, 7));
+    let [_, ea, eb] = grads(Method::LorsExact, MaskKind::AllKept);
+    let [_, aa, ab] = grads(Method::Lors, MaskKind::AllKept);
+    assert_close("all-kept grad_A approx vs exact", &aa, &ea);
+    assert_close("all-kept grad_B approx vs exact", &ab, &eb);
+    let [_, ea, _] = grads(Method::LorsExact, MaskKind::Unstructured50);
+    let [_, aa, _] = grads(Method::Lors, MaskKind::Unstructured50);
+    let diff: f64 = ea.iter().zip(&aa).map(|(e, a)| (e - a).abs()).sum();
+    assert!(
+        diff > 1e-3,
+        "with a 50% mask the exact gradient must differ from the approx one"
+    );
+}
+
+#[test]
+fn forward_equals_dense_reference() {
+    for kind in MASKS {
+        for method in Method::ALL {
+            let c = case(method, kind, 300);
+            let [(_, a), (_, b)] = c.layer.trainable();
+            let reference: RefFn = match method {
+                Method::Lora => lora_ref,
+                Method::Spp => spp_ref,
+                _ => masked_ref,
+            };
+            let want = reference(&c, &c.x, a.as_tensor(), b.as_tensor());
+            let got = c.layer.forward(&c.x).unwrap();
+            assert_eq!(got.dims(), want.dims());
+            let g = got.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            let w = want.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+            // Same math in a different order: f64 rounding only.
+            assert_close(&format!("{method} {kind:?} forward"), &g, &w);
+        }
+    }
+}
+
+#[test]
+fn bias_is_added_and_frozen() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let (w, _) = sparse_weight(&mut rng, 6, 8, MaskKind::TwoFour);
+    let bias = randn(&mut rng, &[6]);
+    let x = randn(&mut rng, &[4, 8]);
+    let config = AdapterConfig {
+        method: Method::Lors,
+        rank: 2,
+        ..AdapterConfig::default()
+    };
+    let with = AdaptedLinear::new(
+        SparseLinear::new(w.clone(), Some(bias.clone()), None).unwrap(),
+        &config,
+        &mut rng,
+    )
+    .unwrap();
+    let without = SparseLinear::new(w, None, None).unwrap();
+    // B = 0 at init, so the adapted layer is the base layer plus its bias.
+    let diff = (with.forward(&x).unwrap()
+        - without.forward(&x).unwrap().broadcast_add(&bias).unwrap())
+    .unwrap()
+    .abs()
+    .unwrap()
+    .max_all()
+    .unwrap()
+    .to_scalar::<f64>()
+    .unwrap();
+    assert!(diff < 1e-12, "bias: {diff}");
+}
+
+/// Zero positions of a weight, as a bit vector.
+fn zero_bits(t: &Tensor) -> Vec<u8> {
+    t.eq(0f64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap()
+}
+
+#[test]
+fn merge_keeps_zero_pattern_bit_for_bit() {
+    for dtype in [DType::F32, DType::BF16] {
+        for kind in [MaskKind::Unstructured50, MaskKind::TwoFour] {
+            for method in Method::ALL.into_iter().filter(|m| m.is_masked()) {
+                let mut rng = ChaCha8Rng::seed_from_u64(11);
+                let (w, _) = sparse_weight(&mut rng, 64, 96, kind);
+                let w = w.to_dtype(dtype).unwrap();
+                let config = AdapterConfig {
+                    method,
+                    rank: 4,
+                    ..AdapterConfig::default()
+                };
+                let layer = AdaptedLinear::new(
+                    SparseLinear::new(w.clone(), None, None).unwrap(),
+                    &config,
+                    &mut rng,
+                )
+                .unwrap();
+                let [(_, a), (_, b)] = layer.trainable();
+                let (ad, bd) = (a.dims().to_vec(), b.dims().to_vec());
+                layer
+                    .set_adapter(&randn(&mut rng, &ad), &randn(&mut rng, &bd))
+                    .unwrap();
+                let (merged, report) = layer.merge().unwrap();
+                assert_eq!(merged.dtype(), dtype);
+                assert_eq!(
+                    zero_bits(&merged),
+                    zero_bits(&w),
+                    "{method} {kind:?} {dtype:?}"
+                );
+                assert!(report.pattern_preserved);
+                assert_eq!(report.density_after, report.density_before);
+                assert!((report.density_before - 0.5).abs() < 1e-12);
+                // And the merge did change the kept weights.
+                let changed = (merged.to_dtype(DType::F32).unwrap()
+                    - w.to_dtype(DType::F32).unwrap())
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+                assert!(changed > 1e-3, "{method}: merge changed nothing");
+            }
+        }
+    }
+}
+
+#[test]
+fn merged_forward_equals_adapted_forward() {
+    for method in Method::ALL {
+        let c = case(method, MaskKind::Unstructured50, 21);
+        let (merged, _) = c.layer.merge().unwrap();
+        let y_merged = SparseLinear::new(merged, None, None)
+            .unwrap()
+            .forward(&c.x)
+            .unwrap();
+        let y_adapted = c.layer.forward(&c.x).unwrap();
+        let g = y_merged.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let w = y_adapted.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_close(&format!("{method} merged vs adapted"), &g, &w);
+    }
+}
+
+#[test]
+fn lora_merge_reports_the_density_it_produced() {
+    let c = case(Method::Lora, MaskKind::Unstructured50, 31);
+    let (merged, report) = c.layer.merge().unwrap();
+    assert!(!report.pattern_preserved);
+    // 7x5 at 50% keeps round(2.5) = 3 of 5 per row.
+    assert_eq!(report.density_before, c.layer.base().density());
+    assert!((report.density_before - 0.6).abs() < 1e-12);
+    let nonzero = 1.0
+        - zero_bits(&merged).iter().map(|&z| z as f64).sum::<f64>() / merged.elem_count() as f64;
+    assert_eq!(report.density_after, nonzero);
+    assert!(
+        report.density_after > 0.99,
+        "a dense B·A fills the pruned weights"
+    );
+}
+
+#[test]
+fn merge_keeps_a_kept_weight_nonzero_on_exact_cancellation() {
+    // W = [[0.5, 0], [0, 0.25]], s = 1 (alpha = r = 1, no rslora), B·A = -W at (0, 0).
+    let w = Tensor::new(&[[0.5f32, 0.0], [0.0, 0.25]], &Device::Cpu).unwrap();
+    let config = AdapterConfig {
+        method: Method::Lors,
+        rank: 1,
+        alpha: 1.0,
+        rslora: false,
+        init: Init::Standard,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let layer = AdaptedLinear::new(
+        SparseLinear::new(w.clone(), None, None).unwrap(),
+        &config,
+        &mut rng,
+    )
+    .unwrap();
+    let a = Tensor::new(&[[1f32, 1.0]], &Device::Cpu).unwrap();
+    let b = Tensor::new(&[[-0.5f32], [1.0]], &Device::Cpu).unwrap();
+    layer.set_adapter(&a, &b).unwrap();
+    let (merged, report) = layer.merge().unwrap();
+    assert_eq!(report.nudged, 1);
+    assert_eq!(zero_bits(&merged), zero_bits(&w));
+    let v = merged.to_vec2::<f32>().unwrap();
+    assert_eq!(v[0][0], f32::from_bits(1));
+    assert_eq!(v[1][1], 1.25);
+    assert_eq!((v[0][1], v[1][0]), (0.0, 0.0));
+}
+
+#[test]
+fn bad_input_is_a_typed_error() {
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (w, mask) = sparse_weight(&mut rng, 6, 4, MaskKind::Unstructured50);
+    let base = || SparseLinear::new(w.clone(), None, None).unwrap();
+    let config = |rank| AdapterConfig {
+        method: Method::Lors,
+        rank,
+        ..AdapterConfig::default()
+    };
+
+    let err = AdaptedLinear::new(base(), &config(0), &mut rng).unwrap_err();
+    assert!(
+        matches!(err, LorsError::InvalidValue { ref field, .. } if field == "rank"),
+        "{err}"
+    );
+    let err = AdaptedLinear::new(base(), &config(5), &mut rng).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LorsError::Rank {
+                rank: 5,
+                max: 4,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("between 1 and 4"), "{err}");
+
+    let wrong_mask = BitMask::from_fn(4, 6, |_| true);
+    let err = SparseLinear::new(w.clone(), None, Some(wrong_mask)).unwrap_err();
+    assert!(matches!(err, LorsError::Shape { .. }), "{err}");
+    assert!(err.to_string().contains("[6, 4]"), "{err}");
+    assert!(SparseLinear::new(w.clone(), None, Some(mask)).is_ok());
+
+    let err = SparseLinear::new(w.clone(), Some(randn(&mut rng, &[4])), None).unwrap_err();
+    assert!(matches!(err, LorsError::Shape { .. }), "{err}");
+    let err = SparseLinear::new(randn(&mut rng, &[2, 3, 4]), None, None).unwrap_err();
+    assert!(matches!(err, LorsError::Shape { .. }), "{err}");
+
+    for method in Method::ALL {
+        let layer = AdaptedLinear::new(
+            base(),
+            &AdapterConfig {
+                method,
+                rank: 2,
+                ..AdapterConfig::default()
+            },
+            &mut rng,
+        )
+        .unwrap();
+        let err = layer.forward(&randn(&mut rng, &[3, 5])).unwrap_err();
+        assert!(matches!(err, LorsError::Shape { .. }), "{method}: {err}");
+        let err = layer
+            .forward(&randn(&mut rng, &[3, 4]).to_dtype(DType::F32).unwrap())
+            .unwrap_err();
+        assert!(
+            matches!(err, LorsError::UnsupportedDType { .. }),
+            "{method}: {err}"
+        );
+        let err = layer
+            .set_adapter(&randn(&mut rng, &[3, 4]), &randn(&mut rng, &[6, 2]))
+            .unwrap_err();
+        assert!(matches!(err, LorsError::Shape { .. }), "{method}: {err}");
+    }
+
+    let err = AdaptedLinear::new(
+        base(),
+        &AdapterConfig {
+            alpha: f64::NAN,
+            ..config(2)
+        },
+        &mut rng,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err, LorsError::InvalidValue { ref field, .. } if field == "alpha"),
+        "{err}"
+    );
+    assert!("5:4".parse::<Pattern>().is_err());
+    assert!("lors-fast".parse::<Method>().is_err());
+}

@@ -1,0 +1,55 @@
+//! What each method keeps alive between forward and backward, measured with the counting
+//! allocator. One test in this binary, so no other test allocates concurrently.
+
+use lors::bench::layer::{run, LayerBenchConfig};
+use lors::sparsity::Pattern;
+
+#[test]
+fn lors_keeps_no_more_than_lora_and_sqft_spp_keep_a_weight() {
+    let (out_f, in_f, tokens, rank) = (256, 512, 128, 8);
+    let config = LayerBenchConfig {
+        in_features: in_f,
+        out_features: out_f,
+        tokens,
+        rank,
+        pattern: "unstructured".into(),
+        density: 0.5,
+        dtype: "f32".into(),
+        runs: 2,
+        threads: 1,
+        seed: 3,
+    };
+    let report = run(
+        &config,
+        Pattern::Unstructured { sparsity: 0.5 },
+        candle_core::DType::F32,
+    )
+    .unwrap();
+    let kept = |m: &str| {
+        report
+            .results
+            .iter()
+            .find(|r| r.method == m)
+            .unwrap()
+            .kept_bytes
+    };
+    let weight = out_f * in_f * 4;
+    let rank_r = tokens * rank * 4;
+    for m in ["lors", "lors-exact"] {
+        assert!(
+            kept(m) <= kept("lora"),
+            "{m} keeps {} B, lora {} B",
+            kept(m),
+            kept("lora")
+        );
+        // Graph bookkeeping only: less than one rank-r activation.
+        assert!(kept(m) < rank_r, "{m} keeps {} B", kept(m));
+    }
+    for m in ["sqft", "spp"] {
+        assert!(
+            kept(m) >= weight,
+            "{m} keeps {} B, less than one out x in weight ({weight} B)",
+            kept(m)
+        );
+    }
+}
