@@ -90,15 +90,61 @@ fn x_wt(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(Cpu
     Ok((y, Shape::from(dims)))
 }
 
-/// `out[i] = M[i] ? w[i] + s·ba[i] : 0`, written over `ba`.
-fn fuse_masked_merge<T: WithDType>(ba: &mut [T], w: &[T], scale: f64, mask: &BitMask) {
-    for (i, (d, &w)) in ba.iter_mut().zip(w).enumerate() {
-        *d = if mask.is_kept(i) {
-            T::from_f64(w.to_f64() + scale * d.to_f64())
-        } else {
-            T::zero()
-        };
+/// Element types the fused merge handles natively.
+trait MergeElem: WithDType {
+    /// `w + s·d` in the element's own arithmetic (f16 through f32).
+    fn merge(w: Self, d: Self, s: f64) -> Self;
+}
+
+impl MergeElem for f32 {
+    #[inline]
+    fn merge(w: Self, d: Self, s: f64) -> Self {
+        w + s as f32 * d
     }
+}
+
+impl MergeElem for f64 {
+    #[inline]
+    fn merge(w: Self, d: Self, s: f64) -> Self {
+        w + s * d
+    }
+}
+
+impl MergeElem for half::f16 {
+    #[inline]
+    fn merge(w: Self, d: Self, s: f64) -> Self {
+        half::f16::from_f32(w.to_f32() + s as f32 * d.to_f32())
+    }
+}
+
+/// `out[i] = M[i] ? w[i] + s·ba[i] : 0`, written over `ba`, 64 weights (one mask word) at a
+/// time and in parallel over blocks of words.
+fn fuse_masked_merge<T: MergeElem>(ba: &mut [T], w: &[T], scale: f64, mask: &BitMask) {
+    use rayon::prelude::*;
+    const WORDS_PER_TASK: usize = 1024;
+    let words = mask.words();
+    ba.par_chunks_mut(64 * WORDS_PER_TASK)
+        .zip(w.par_chunks(64 * WORDS_PER_TASK))
+        .zip(words.par_chunks(WORDS_PER_TASK))
+        .for_each(|((d, w), words)| {
+            for ((d, w), &word) in d.chunks_mut(64).zip(w.chunks(64)).zip(words) {
+                if word == u64::MAX && d.len() == 64 {
+                    for (d, &w) in d.iter_mut().zip(w) {
+                        *d = T::merge(w, *d, scale);
+                    }
+                } else if word == 0 {
+                    d.fill(T::zero());
+                } else {
+                    for (bit, (d, &w)) in d.iter_mut().zip(w).enumerate() {
+                        *d = if (word >> bit) & 1 == 1 {
+                            T::merge(w, *d, scale)
+                        } else {
+                            T::zero()
+                        };
+                    }
+                }
+            }
+        });
 }
 
 /// `W' = (W + s·B·A) ⊙ M`, a fresh contiguous out x in buffer.

@@ -75,6 +75,11 @@ impl BitMask {
         (self.words[i / 64] >> (i % 64)) & 1 == 1
     }
 
+    /// The packed words: bit `i % 64` of word `i / 64` is flat index `i`.
+    pub fn words(&self) -> &[u64] {
+        &self.words
+    }
+
     /// Number of kept weights.
     pub fn count_kept(&self) -> usize {
         self.words.iter().map(|w| w.count_ones() as usize).sum()
