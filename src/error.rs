@@ -1,5 +1,7 @@
 //! Typed errors of the `lors` library.
 
+use std::path::{Path, PathBuf};
+
 use candle_core::DType;
 
 /// Every error the library returns. The binary wraps these with context (anyhow).
@@ -30,6 +32,29 @@ pub enum LorsError {
     /// The operation does not support this dtype on this device.
     #[error("dtype {dtype:?} is not supported for {what}")]
     UnsupportedDType { dtype: DType, what: String },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file's content is malformed (the detail names the field or tensor).
+    #[error("{}: {detail}", path.display())]
+    Parse { path: PathBuf, detail: String },
+    /// One record of a data file is bad.
+    #[error("{}, line {line}: {detail}", path.display())]
+    Record {
+        path: PathBuf,
+        line: usize,
+        detail: String,
+    },
+    /// Training diverged (NaN or infinite loss).
+    #[error("training diverged at step {step}: loss is {loss}")]
+    Diverged { step: usize, loss: f64 },
+    /// An error from the tokenizer.
+    #[error("tokenizer {}: {detail}", path.display())]
+    Tokenizer { path: PathBuf, detail: String },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
@@ -41,6 +66,22 @@ impl LorsError {
         Self::InvalidValue {
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`LorsError::Io`].
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        Self::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// Shorthand for [`LorsError::Parse`].
+    pub fn parse(path: &Path, detail: impl Into<String>) -> Self {
+        Self::Parse {
+            path: path.to_path_buf(),
+            detail: detail.into(),
         }
     }
 

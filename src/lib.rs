@@ -6,8 +6,11 @@
 
 pub mod adapters;
 pub mod bench;
+pub mod data;
 pub mod error;
+pub mod io;
 pub mod memory;
+pub mod model;
 pub mod sparsity;
 
 pub use error::{LorsError, Result};

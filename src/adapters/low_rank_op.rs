@@ -332,3 +332,31 @@ impl CustomOp3 for LowRankOp {
 pub(crate) fn op_supports(dtype: DType) -> bool {
     matches!(dtype, DType::F16 | DType::F32 | DType::F64)
 }
+
+/// `y = x·Wᵀ` for a frozen `W`: one graph node whose backward gives `grad_x = grad_y·W` only
+/// (candle's matmul would also form the out x in gradient of `W`).
+#[derive(Debug, Clone)]
+pub(crate) struct FrozenLinearOp {
+    pub weight: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenLinearOp {
+    fn name(&self) -> &'static str {
+        "frozen-linear"
+    }
+
+    fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (ws, wl) = self.weight.storage_and_layout();
+        x_wt(x, lx, cpu_of(&ws)?, wl)
+    }
+
+    fn bwd(&self, x: &Tensor, _res: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
+        if !x.track_op() {
+            return Ok(None);
+        }
+        let (out, in_f) = self.weight.dims2()?;
+        let g = grad_y.reshape((grad_y.elem_count() / out, out))?;
+        debug_assert_eq!(x.dims().last(), Some(&in_f));
+        Ok(Some(g.matmul(&self.weight)?.reshape(x.shape())?))
+    }
+}

@@ -27,15 +27,15 @@ pub struct MergeReport {
 }
 
 /// `(W + ΔW) ⊙ M` (masked) or `W + ΔW` (dense), computed in f32 (f64 for f64 weights) and cast
-/// back to the weight's dtype.
+/// to `dtype`.
 pub(crate) fn merge(
     base: &SparseLinear,
     delta: &Tensor,
     masked: bool,
+    dtype: DType,
 ) -> Result<(Tensor, MergeReport)> {
     let w = base.weight();
-    let dtype = w.dtype();
-    let compute = if dtype == DType::F64 {
+    let compute = if w.dtype() == DType::F64 || dtype == DType::F64 {
         DType::F64
     } else {
         DType::F32

@@ -16,7 +16,7 @@ mod sparse_linear;
 mod spp;
 mod sqft;
 
-use candle_core::{Tensor, Var};
+use candle_core::{DType, Tensor, Var};
 use rand::Rng;
 
 pub use config::{AdapterConfig, Init, Method};
@@ -155,7 +155,13 @@ impl AdaptedLinear {
     /// checked here and a violation is an error. `lora` gives the dense `W + ΔW` and reports
     /// the density it produced.
     pub fn merge(&self) -> Result<(Tensor, MergeReport)> {
+        self.merge_to(self.base.weight().dtype())
+    }
+
+    /// [`merge`](Self::merge), cast to `dtype` (the checkpoint's storage dtype) before the
+    /// sparsity check.
+    pub fn merge_to(&self, dtype: DType) -> Result<(Tensor, MergeReport)> {
         let delta = self.delta_weight()?;
-        merge::merge(&self.base, &delta, self.config.method.is_masked())
+        merge::merge(&self.base, &delta, self.config.method.is_masked(), dtype)
     }
 }

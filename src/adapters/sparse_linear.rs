@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::low_rank_op::op_supports;
+use super::low_rank_op::{op_supports, FrozenLinearOp};
 use crate::error::{LorsError, Result};
 use crate::sparsity::BitMask;
 
@@ -116,15 +116,12 @@ impl SparseLinear {
         })
     }
 
-    /// The frozen layer alone: `x·Wᵀ + bias` (no gradient to `W`).
+    /// The frozen layer alone: `x·Wᵀ + bias` (backward gives `grad_x` only).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
-        let (out_f, in_f) = self.dims();
-        let lead = &x.dims()[..x.rank() - 1];
-        let x2 = x.reshape(((), in_f))?;
-        let mut dims = lead.to_vec();
-        dims.push(out_f);
-        let y = x2.matmul(&self.weight.t()?)?.reshape(dims)?;
-        self.add_bias(y)
+        let op = FrozenLinearOp {
+            weight: self.weight.clone(),
+        };
+        self.add_bias(x.contiguous()?.apply_op1(op)?)
     }
 }

@@ -1,0 +1,237 @@
+//! Hugging Face `config.json` for the Llama family (Llama 1/2/3, Mistral, Qwen2).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LorsError, Result};
+
+/// `rope_scaling` / `rope_parameters` as written by transformers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct RopeParameters {
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default, alias = "type")]
+    pub rope_type: Option<String>,
+    #[serde(default)]
+    pub factor: Option<f64>,
+    #[serde(default)]
+    pub low_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub high_freq_factor: Option<f64>,
+    #[serde(default)]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// One token id or several (`eos_token_id` may be a list).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn ids(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(i) => vec![*i],
+            TokenIds::Many(v) => v.clone(),
+        }
+    }
+}
+
+/// The fields of `config.json` this crate reads; the file's other fields are kept verbatim
+/// by the exporter, which copies the original file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub model_type: Option<String>,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    pub vocab_size: usize,
+    #[serde(default)]
+    pub max_position_embeddings: Option<usize>,
+    #[serde(default)]
+    pub rms_norm_eps: Option<f64>,
+    #[serde(default)]
+    pub rope_theta: Option<f64>,
+    #[serde(default)]
+    pub rope_parameters: Option<RopeParameters>,
+    #[serde(default)]
+    pub rope_scaling: Option<RopeParameters>,
+    #[serde(default)]
+    pub tie_word_embeddings: Option<bool>,
+    #[serde(default)]
+    pub attention_bias: Option<bool>,
+    #[serde(default)]
+    pub hidden_act: Option<String>,
+    #[serde(default)]
+    pub bos_token_id: Option<TokenIds>,
+    #[serde(default)]
+    pub eos_token_id: Option<TokenIds>,
+    #[serde(default, alias = "dtype")]
+    pub torch_dtype: Option<String>,
+}
+
+/// Llama-3 style frequency scaling of the rotary embedding.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Llama3Scaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
+/// A resolved, checked model configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab_size: usize,
+    pub max_position_embeddings: usize,
+    pub rms_norm_eps: f64,
+    pub rope_theta: f64,
+    pub rope_llama3: Option<Llama3Scaling>,
+    pub tie_word_embeddings: bool,
+    /// Bias on q/k/v projections (Qwen2 always, Llama when `attention_bias`).
+    pub qkv_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    /// The dtype the checkpoint says it is stored in (`torch_dtype` / `dtype`).
+    pub stored_dtype: Option<String>,
+}
+
+/// Supported architectures (all share the Llama block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    Llama,
+    Mistral,
+    Qwen2,
+}
+
+impl ModelConfig {
+    /// Read and check `config.json`; errors name the file and the field.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
+        let raw: RawConfig = serde_json::from_str(&text).map_err(|e| LorsError::Parse {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        Self::from_raw(raw).map_err(|e| match e {
+            LorsError::InvalidValue { field, reason } => LorsError::Parse {
+                path: path.to_path_buf(),
+                detail: format!("field `{field}`: {reason}"),
+            },
+            other => other,
+        })
+    }
+
+    /// Resolve defaults and check a parsed config.
+    pub fn from_raw(raw: RawConfig) -> Result<Self> {
+        let architecture = match raw.model_type.as_deref() {
+            Some("llama") | None => Architecture::Llama,
+            Some("mistral") => Architecture::Mistral,
+            Some("qwen2") => Architecture::Qwen2,
+            Some(other) => {
+                return Err(LorsError::invalid(
+                    "model_type",
+                    format!("`{other}` is not supported (llama, mistral, qwen2)"),
+                ))
+            }
+        };
+        if let Some(act) = raw.hidden_act.as_deref() {
+            if act != "silu" {
+                return Err(LorsError::invalid(
+                    "hidden_act",
+                    format!("`{act}` is not supported (silu)"),
+                ));
+            }
+        }
+        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+        if raw.num_attention_heads == 0 || num_kv_heads == 0 {
+            return Err(LorsError::invalid("num_attention_heads", "must be positive"));
+        }
+        if raw.num_attention_heads % num_kv_heads != 0 {
+            return Err(LorsError::invalid(
+                "num_key_value_heads",
+                format!(
+                    "{num_kv_heads} does not divide num_attention_heads {}",
+                    raw.num_attention_heads
+                ),
+            ));
+        }
+        let head_dim = raw
+            .head_dim
+            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+        if head_dim == 0 || head_dim % 2 != 0 {
+            return Err(LorsError::invalid(
+                "head_dim",
+                format!("{head_dim} must be a positive even number"),
+            ));
+        }
+        let rope = raw.rope_parameters.clone().or(raw.rope_scaling.clone());
+        let rope_theta = raw
+            .rope_theta
+            .or(rope.as_ref().and_then(|r| r.rope_theta))
+            .unwrap_or(10_000.0);
+        let rope_llama3 = match rope.as_ref().and_then(|r| r.rope_type.as_deref()) {
+            None | Some("default") => None,
+            Some("llama3") => {
+                let r = rope.as_ref().expect("checked");
+                let need = |v: Option<f64>, name: &str| {
+                    v.ok_or_else(|| LorsError::invalid(format!("rope_scaling.{name}"), "missing"))
+                };
+                Some(Llama3Scaling {
+                    factor: need(r.factor, "factor")?,
+                    low_freq_factor: need(r.low_freq_factor, "low_freq_factor")?,
+                    high_freq_factor: need(r.high_freq_factor, "high_freq_factor")?,
+                    original_max_position_embeddings: r
+                        .original_max_position_embeddings
+                        .ok_or_else(|| {
+                            LorsError::invalid(
+                                "rope_scaling.original_max_position_embeddings",
+                                "missing",
+                            )
+                        })?,
+                })
+            }
+            Some(other) => {
+                return Err(LorsError::invalid(
+                    "rope_scaling.rope_type",
+                    format!("`{other}` is not supported (default, llama3)"),
+                ))
+            }
+        };
+        Ok(Self {
+            architecture,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_layers: raw.num_hidden_layers,
+            num_heads: raw.num_attention_heads,
+            num_kv_heads,
+            head_dim,
+            vocab_size: raw.vocab_size,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_llama3,
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            qkv_bias: architecture == Architecture::Qwen2 || raw.attention_bias.unwrap_or(false),
+            bos_token_id: raw.bos_token_id.and_then(|b| b.ids().first().copied()),
+            eos_token_ids: raw.eos_token_id.map(|e| e.ids()).unwrap_or_default(),
+            stored_dtype: raw.torch_dtype,
+        })
+    }
+}

@@ -1,0 +1,100 @@
+//! Export of a merged model: a Hugging Face directory that transformers and vLLM load as-is,
+//! with the adapters merged and, for masked methods, exactly the base model's zeros.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{CausalLm, ModelDir, WeightSource};
+use crate::error::{LorsError, Result};
+use crate::io::{build_dir_atomic, write_json_atomic, write_safetensors_atomic};
+
+/// Density of one exported layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LayerSparsity {
+    pub name: String,
+    pub density_before: f64,
+    pub density_after: f64,
+    pub pattern_preserved: bool,
+    pub nudged: usize,
+}
+
+/// `sparsity.json` of an export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SparsityReport {
+    pub method: String,
+    /// Kept fraction over all adapted layers, before and after the merge.
+    pub density_before: f64,
+    pub density_after: f64,
+    /// True when every adapted layer kept its zero pattern exactly.
+    pub pattern_preserved: bool,
+    pub layers: Vec<LayerSparsity>,
+}
+
+/// Files copied verbatim from the base model directory when present.
+const COPIED_FILES: [&str; 6] = [
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+];
+
+/// Write `model` (adapters merged) to `out` in the base checkpoint's dtypes: tensors the
+/// adapters do not touch are copied bit for bit from `base`.
+pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<SparsityReport> {
+    let source = base.weights()?;
+    let mut tensors: HashMap<String, candle_core::Tensor> = HashMap::new();
+    for name in source.names() {
+        tensors.insert(name.clone(), source.tensor(&name)?);
+    }
+    let mut layers = Vec::new();
+    let (mut kept_before, mut kept_after, mut total) = (0f64, 0f64, 0f64);
+    let mut method = None;
+    for (path, linear) in model.linears() {
+        let Some(adapted) = linear.adapted() else {
+            continue;
+        };
+        method = Some(adapted.config().method);
+        let key = format!("{path}.weight");
+        let stored = tensors
+            .get(&key)
+            .ok_or_else(|| LorsError::parse(&base.path, format!("tensor `{key}` is missing")))?
+            .dtype();
+        let (merged, report) = linear.export_weight(stored)?;
+        let n = merged.elem_count() as f64;
+        kept_before += report.as_ref().map_or(1.0, |r| r.density_before) * n;
+        kept_after += report.as_ref().map_or(1.0, |r| r.density_after) * n;
+        total += n;
+        if let Some(r) = report {
+            layers.push(LayerSparsity {
+                name: path.clone(),
+                density_before: r.density_before,
+                density_after: r.density_after,
+                pattern_preserved: r.pattern_preserved,
+                nudged: r.nudged,
+            });
+        }
+        tensors.insert(key, merged);
+    }
+    let report = SparsityReport {
+        method: method.map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
+        density_before: if total > 0.0 { kept_before / total } else { 1.0 },
+        density_after: if total > 0.0 { kept_after / total } else { 1.0 },
+        pattern_preserved: layers.iter().all(|l| l.pattern_preserved),
+        layers,
+    };
+    build_dir_atomic(out, |dir| {
+        write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
+        for f in COPIED_FILES {
+            let src = base.path.join(f);
+            if src.is_file() {
+                std::fs::copy(&src, dir.join(f)).map_err(|e| LorsError::io(&src, e))?;
+            }
+        }
+        write_json_atomic(&dir.join("sparsity.json"), &report)
+    })?;
+    Ok(report)
+}

@@ -1,0 +1,337 @@
+//! The Llama block (also Mistral and Qwen2): RMSNorm, rotary attention with grouped-query
+//! heads, SwiGLU MLP; every linear is a [`Linear`] that can carry an adapter.
+//!
+//! All ops are differentiable candle ops (the fused inference kernels of candle-nn have no
+//! backward), computed in the model's compute dtype.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, D};
+use candle_nn::ops::softmax;
+use candle_nn::rotary_emb::rope_slow;
+use rand::Rng;
+
+use super::{Linear, ModelConfig, WeightSource};
+use crate::adapters::{AdaptedLinear, AdapterConfig, SparseLinear};
+use crate::error::{LorsError, Result};
+
+/// The linear layers adapted by default (PEFT's names).
+pub const DEFAULT_TARGETS: [&str; 7] = [
+    "q_proj",
+    "k_proj",
+    "v_proj",
+    "o_proj",
+    "gate_proj",
+    "up_proj",
+    "down_proj",
+];
+
+/// Which layers get an adapter, and its settings.
+#[derive(Debug, Clone)]
+pub struct AdapterSpec {
+    pub config: AdapterConfig,
+    /// Short module names (`q_proj`, ...) to adapt.
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+/// A causal language model of the Llama family.
+#[derive(Debug, Clone)]
+pub struct CausalLm {
+    config: ModelConfig,
+    dtype: DType,
+    embed: Tensor,
+    blocks: Vec<Block>,
+    norm: Tensor,
+    /// `None` when the output projection is tied to the embedding.
+    lm_head: Option<Linear>,
+    tied_head: Linear,
+    inv_freq: Tensor,
+}
+
+const BLOCK_LINEARS: [(&str, &str); 7] = [
+    ("self_attn", "q_proj"),
+    ("self_attn", "k_proj"),
+    ("self_attn", "v_proj"),
+    ("self_attn", "o_proj"),
+    ("mlp", "gate_proj"),
+    ("mlp", "up_proj"),
+    ("mlp", "down_proj"),
+];
+
+impl CausalLm {
+    /// Build the model from named tensors, computing in `dtype`, with adapters on the layers
+    /// `adapter.targets` names.
+    pub fn from_source(
+        config: &ModelConfig,
+        src: &dyn WeightSource,
+        dtype: DType,
+        adapter: Option<&AdapterSpec>,
+        rng: &mut impl Rng,
+    ) -> Result<Self> {
+        if let Some(spec) = adapter {
+            if let Some(t) = spec
+                .targets
+                .iter()
+                .find(|t| !BLOCK_LINEARS.iter().any(|(_, n)| n == t))
+            {
+                return Err(LorsError::invalid(
+                    "adapter.target_modules",
+                    format!(
+                        "no layer is named `{t}` (this model has {})",
+                        DEFAULT_TARGETS.join(", ")
+                    ),
+                ));
+            }
+            if spec.targets.is_empty() {
+                return Err(LorsError::invalid(
+                    "adapter.target_modules",
+                    "names no layer to adapt",
+                ));
+            }
+        }
+        let c = config;
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let load = |name: &str, dims: &[usize]| -> Result<Tensor> {
+            let t = src.tensor(name)?;
+            if t.dims() != dims {
+                return Err(LorsError::shape(
+                    format!("tensor `{name}`"),
+                    format!("{dims:?}"),
+                    format!("{:?}", t.dims()),
+                ));
+            }
+            Ok(t.to_dtype(dtype)?)
+        };
+        let mut blocks = Vec::with_capacity(c.num_layers);
+        for i in 0..c.num_layers {
+            let p = format!("model.layers.{i}");
+            let mut linears = BTreeMap::new();
+            for (group, name) in BLOCK_LINEARS {
+                let (out_f, in_f) = match name {
+                    "q_proj" => (c.num_heads * hd, h),
+                    "k_proj" | "v_proj" => (c.num_kv_heads * hd, h),
+                    "o_proj" => (h, c.num_heads * hd),
+                    "gate_proj" | "up_proj" => (c.intermediate_size, h),
+                    _ => (h, c.intermediate_size),
+                };
+                let full = format!("{p}.{group}.{name}");
+                let weight = load(&format!("{full}.weight"), &[out_f, in_f])?;
+                let has_bias = c.qkv_bias && matches!(name, "q_proj" | "k_proj" | "v_proj");
+                let bias = has_bias
+                    .then(|| load(&format!("{full}.bias"), &[out_f]))
+                    .transpose()?;
+                let base = SparseLinear::new(weight, bias, None)?;
+                let linear = match adapter {
+                    Some(spec) if spec.targets.iter().any(|t| t == name) => Linear::Adapted(
+                        AdaptedLinear::new(base, &spec.config, rng).map_err(|e| match e {
+                            LorsError::Rank { .. } => LorsError::invalid(
+                                "adapter.rank",
+                                format!("{full}: {e}"),
+                            ),
+                            other => other,
+                        })?,
+                    ),
+                    _ => Linear::Frozen(base),
+                };
+                linears.insert(name, linear);
+            }
+            let mut take = |n: &str| linears.remove(n).expect("all block linears are built");
+            blocks.push(Block {
+                input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
+                post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
+                q: take("q_proj"),
+                k: take("k_proj"),
+                v: take("v_proj"),
+                o: take("o_proj"),
+                gate: take("gate_proj"),
+                up: take("up_proj"),
+                down: take("down_proj"),
+            });
+        }
+        let embed = load("model.embed_tokens.weight", &[c.vocab_size, h])?;
+        let lm_head = if c.tie_word_embeddings && !src.contains("lm_head.weight") {
+            None
+        } else {
+            Some(Linear::Frozen(SparseLinear::new(
+                load("lm_head.weight", &[c.vocab_size, h])?,
+                None,
+                None,
+            )?))
+        };
+        let tied_head = Linear::Frozen(SparseLinear::new(
+            embed.clone(),
+            None,
+            Some(crate::sparsity::BitMask::from_fn(c.vocab_size, h, |_| true)),
+        )?);
+        Ok(Self {
+            config: c.clone(),
+            dtype,
+            norm: load("model.norm.weight", &[h])?,
+            embed,
+            blocks,
+            lm_head,
+            tied_head,
+            inv_freq: inv_freq(c)?,
+        })
+    }
+
+    /// The resolved configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// The compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Every linear layer with its Hugging Face module path (`model.layers.0.self_attn.q_proj`),
+    /// in checkpoint order, followed by `lm_head` when it is not tied.
+    pub fn linears(&self) -> Vec<(String, &Linear)> {
+        let mut out = Vec::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            let layers = [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down];
+            for ((group, name), l) in BLOCK_LINEARS.iter().zip(layers) {
+                out.push((format!("model.layers.{i}.{group}.{name}"), l));
+            }
+        }
+        if let Some(head) = &self.lm_head {
+            out.push(("lm_head".to_string(), head));
+        }
+        out
+    }
+
+    /// The adapted layers with their module paths.
+    pub fn adapted(&self) -> Vec<(String, &AdaptedLinear)> {
+        self.linears()
+            .into_iter()
+            .filter_map(|(n, l)| l.adapted().map(|a| (n, a)))
+            .collect()
+    }
+
+    fn rope(&self, seq_len: usize) -> Result<(Tensor, Tensor)> {
+        let positions = Tensor::arange(0u32, seq_len as u32, &Device::Cpu)?
+            .to_dtype(DType::F32)?
+            .reshape((seq_len, 1))?;
+        let freqs = positions.broadcast_mul(&self.inv_freq)?;
+        Ok((
+            freqs.cos()?.to_dtype(self.dtype)?,
+            freqs.sin()?.to_dtype(self.dtype)?,
+        ))
+    }
+
+    /// Logits (batch, seq, vocab) for token ids (batch, seq).
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t == 0 {
+            return Err(LorsError::invalid("input", "empty sequence"));
+        }
+        let c = &self.config;
+        let mut x = self
+            .embed
+            .index_select(&ids.flatten_all()?, 0)?
+            .reshape((b, t, c.hidden_size))?;
+        let (cos, sin) = self.rope(t)?;
+        let mask = causal_mask(t, self.dtype)?;
+        let eps = c.rms_norm_eps;
+        for block in &self.blocks {
+            let h = rms_norm(&x, &block.input_norm, eps)?;
+            let heads = |l: &Linear, n: usize| -> Result<Tensor> {
+                Ok(l.forward(&h)?
+                    .reshape((b, t, n, c.head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()?)
+            };
+            let q = rope_slow(&heads(&block.q, c.num_heads)?, &cos, &sin)?;
+            let k = rope_slow(&heads(&block.k, c.num_kv_heads)?, &cos, &sin)?;
+            let v = heads(&block.v, c.num_kv_heads)?;
+            let n_rep = c.num_heads / c.num_kv_heads;
+            let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
+            let scores = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
+            let probs = softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
+            let attn = probs
+                .matmul(&v)?
+                .transpose(1, 2)?
+                .reshape((b, t, c.num_heads * c.head_dim))?;
+            x = (x + block.o.forward(&attn)?)?;
+            let h = rms_norm(&x, &block.post_norm, eps)?;
+            let mlp = (block.gate.forward(&h)?.silu()? * block.up.forward(&h)?)?;
+            x = (x + block.down.forward(&mlp)?)?;
+        }
+        let x = rms_norm(&x, &self.norm, eps)?;
+        self.lm_head.as_ref().unwrap_or(&self.tied_head).forward(&x)
+    }
+}
+
+/// RMSNorm with differentiable ops, accumulated in f32.
+fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(candle_nn::ops::rms_norm_slow(x, weight, eps as f32)?)
+}
+
+/// (b, kv_heads, t, d) -> (b, kv_heads * n_rep, t, d), each kv head repeated `n_rep` times.
+fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
+    if n_rep == 1 {
+        return Ok(x);
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, kv, n_rep, t, d))?
+        .reshape((b, kv * n_rep, t, d))?)
+}
+
+/// (t, t) additive mask: 0 on and below the diagonal, -inf above.
+fn causal_mask(t: usize, dtype: DType) -> Result<Tensor> {
+    let v: Vec<f32> = (0..t * t)
+        .map(|i| {
+            if i % t > i / t {
+                f32::NEG_INFINITY
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (t, t), &Device::Cpu)?.to_dtype(dtype)?)
+}
+
+/// Rotary inverse frequencies (1, head_dim/2), with Llama-3 scaling when configured.
+fn inv_freq(c: &ModelConfig) -> Result<Tensor> {
+    let half = c.head_dim / 2;
+    let freqs: Vec<f32> = (0..half)
+        .map(|i| {
+            let f = 1.0 / c.rope_theta.powf(2.0 * i as f64 / c.head_dim as f64);
+            let f = match c.rope_llama3 {
+                None => f,
+                Some(s) => {
+                    let old = s.original_max_position_embeddings as f64;
+                    let low_wavelen = old / s.low_freq_factor;
+                    let high_wavelen = old / s.high_freq_factor;
+                    let wavelen = 2.0 * std::f64::consts::PI / f;
+                    if wavelen < high_wavelen {
+                        f
+                    } else if wavelen > low_wavelen {
+                        f / s.factor
+                    } else {
+                        let smooth = (old / wavelen - s.low_freq_factor)
+                            / (s.high_freq_factor - s.low_freq_factor);
+                        (1.0 - smooth) * f / s.factor + smooth * f
+                    }
+                }
+            };
+            f as f32
+        })
+        .collect();
+    Ok(Tensor::from_vec(freqs, (1, half), &Device::Cpu)?)
+}

@@ -1,0 +1,16 @@
+//! Llama-family causal language models (Llama 1/2/3, Mistral, Qwen2) with an adapter slot in
+//! every linear layer, loaded from Hugging Face directories.
+
+mod config;
+mod export;
+mod generate;
+mod llama;
+mod linear;
+mod weights;
+
+pub use config::{Architecture, Llama3Scaling, ModelConfig, RawConfig, RopeParameters};
+pub use export::{export_merged, LayerSparsity, SparsityReport};
+pub use generate::generate_greedy;
+pub use linear::Linear;
+pub use llama::{AdapterSpec, CausalLm, DEFAULT_TARGETS};
+pub use weights::{parse_dtype, ModelDir, SafetensorsSource, WeightSource};

@@ -1,0 +1,155 @@
+//! Locating and reading a Hugging Face model directory.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::safetensors::MmapedSafetensors;
+use candle_core::{DType, Device, Tensor};
+
+use super::ModelConfig;
+use crate::error::{LorsError, Result};
+
+/// A Hugging Face model directory: `config.json`, `model.safetensors` (or shards with
+/// `model.safetensors.index.json`) and `tokenizer.json`.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    pub path: PathBuf,
+    pub config: ModelConfig,
+    pub weight_files: Vec<PathBuf>,
+}
+
+impl ModelDir {
+    /// Check that `path` holds a loadable model and read its config.
+    pub fn open(path: &Path) -> Result<Self> {
+        if !path.is_dir() {
+            return Err(LorsError::parse(path, "not a model directory"));
+        }
+        let config = ModelConfig::from_file(&path.join("config.json"))?;
+        let single = path.join("model.safetensors");
+        let index = path.join("model.safetensors.index.json");
+        let weight_files = if single.is_file() {
+            vec![single]
+        } else if index.is_file() {
+            let text = std::fs::read_to_string(&index).map_err(|e| LorsError::io(&index, e))?;
+            let json: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| LorsError::parse(&index, e.to_string()))?;
+            let map = json
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| LorsError::parse(&index, "no `weight_map` object"))?;
+            let mut files: Vec<PathBuf> = map
+                .values()
+                .filter_map(|v| v.as_str())
+                .map(|f| path.join(f))
+                .collect();
+            files.sort();
+            files.dedup();
+            if let Some(missing) = files.iter().find(|f| !f.is_file()) {
+                return Err(LorsError::parse(
+                    &index,
+                    format!("shard {} is missing", missing.display()),
+                ));
+            }
+            files
+        } else {
+            return Err(LorsError::parse(
+                path,
+                "no model.safetensors or model.safetensors.index.json",
+            ));
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            config,
+            weight_files,
+        })
+    }
+
+    /// `tokenizer.json` of the model.
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.path.join("tokenizer.json")
+    }
+
+    /// Memory-map the weights.
+    pub fn weights(&self) -> Result<SafetensorsSource> {
+        // SAFETY: the files are not modified while mapped (they are inputs of a run).
+        let st = unsafe { MmapedSafetensors::multi(&self.weight_files) }.map_err(|e| {
+            LorsError::parse(&self.weight_files[0], format!("cannot read safetensors: {e}"))
+        })?;
+        Ok(SafetensorsSource {
+            st,
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// Where a model's named tensors come from.
+pub trait WeightSource {
+    /// The tensor `name` on the CPU in its stored dtype.
+    fn tensor(&self, name: &str) -> Result<Tensor>;
+    /// Whether `name` exists.
+    fn contains(&self, name: &str) -> bool;
+    /// Every tensor name, sorted.
+    fn names(&self) -> Vec<String>;
+}
+
+/// Tensors of memory-mapped safetensors files.
+pub struct SafetensorsSource {
+    st: MmapedSafetensors,
+    path: PathBuf,
+}
+
+impl WeightSource for SafetensorsSource {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        if !self.contains(name) {
+            return Err(LorsError::parse(
+                &self.path,
+                format!("tensor `{name}` is missing"),
+            ));
+        }
+        self.st
+            .load(name, &Device::Cpu)
+            .map_err(|e| LorsError::parse(&self.path, format!("tensor `{name}`: {e}")))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.st.get(name).is_ok()
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.st.tensors().into_iter().map(|(n, _)| n).collect();
+        names.sort();
+        names
+    }
+}
+
+impl WeightSource for HashMap<String, Tensor> {
+    fn tensor(&self, name: &str) -> Result<Tensor> {
+        self.get(name)
+            .cloned()
+            .ok_or_else(|| LorsError::invalid("weights", format!("tensor `{name}` is missing")))
+    }
+
+    fn contains(&self, name: &str) -> bool {
+        self.contains_key(name)
+    }
+
+    fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.keys().cloned().collect();
+        names.sort();
+        names
+    }
+}
+
+/// Parse a dtype name as used in configs and profiles.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        "f64" | "float64" => Ok(DType::F64),
+        other => Err(LorsError::invalid(
+            "dtype",
+            format!("`{other}` is not f32, f16, bf16 or f64"),
+        )),
+    }
+}
