@@ -35,8 +35,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Serialize `value` as pretty JSON to `path` atomically.
 pub fn write_json_atomic<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| LorsError::parse(path, e.to_string()))?;
+    let text =
+        serde_json::to_string_pretty(value).map_err(|e| LorsError::parse(path, e.to_string()))?;
     write_atomic(path, text.as_bytes())
 }
 
@@ -65,7 +65,9 @@ pub fn build_dir_atomic(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> 
     if dest.exists() {
         let old = dest.with_file_name(format!(
             ".{}.old-{}",
-            dest.file_name().map(|n| n.to_string_lossy()).unwrap_or_default(),
+            dest.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default(),
             std::process::id()
         ));
         std::fs::rename(dest, &old).map_err(|e| LorsError::io(dest, e))?;

@@ -12,5 +12,6 @@ pub mod io;
 pub mod memory;
 pub mod model;
 pub mod sparsity;
+pub mod train;
 
 pub use error::{LorsError, Result};

@@ -3,6 +3,8 @@
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
+mod cli;
+
 use lors::bench::layer::{self, LayerBenchConfig};
 use lors::sparsity::Pattern;
 
@@ -19,9 +21,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Train headless from a profile (or resume a run).
+    Train(cli::train::TrainArgs),
+    /// Re-run a run from its recorded profile and check that its metrics match.
+    Replay(cli::train::ReplayArgs),
+    /// Perplexity of a model on a data file.
+    Eval(cli::model::EvalArgs),
+    /// Greedy text generation.
+    Generate(cli::model::GenerateArgs),
+    /// Export a run's merged model as a Hugging Face directory.
+    Merge(cli::model::MergeArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Write a random Llama checkpoint (for benchmarks), optionally pruned by magnitude.
+    RandomModel(cli::bench::RandomModelArgs),
 }
 
 #[derive(Subcommand)]
@@ -29,6 +43,8 @@ enum BenchCommand {
     /// Every method on one random sparse layer: forward+backward time, bytes kept between
     /// forward and backward, peak bytes, each also as a ratio to lora.
     Layer(LayerArgs),
+    /// The same short training with each method: tokens/s and peak memory, as ratios to lora.
+    Train(cli::bench::TrainBenchArgs),
 }
 
 #[derive(Args)]
@@ -101,6 +117,13 @@ fn bench_layer(args: LayerArgs) -> Result<()> {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::Train(args)) => cli::train::train(args),
+        Some(Command::Replay(args)) => cli::train::replay(args),
+        Some(Command::Eval(args)) => cli::model::eval(args),
+        Some(Command::Generate(args)) => cli::model::generate(args),
+        Some(Command::Merge(args)) => cli::model::merge(args),
+        Some(Command::Bench(BenchCommand::Train(args))) => cli::bench::train(args),
+        Some(Command::RandomModel(args)) => cli::bench::random_model(args),
         Some(Command::Bench(BenchCommand::Layer(args))) => {
             if let Some(n) = args.threads {
                 // Read by rayon and candle when their thread pools start, which is later.

@@ -81,6 +81,10 @@ pub enum Init {
     Standard,
     /// `A ~ N(0, 1/r²)` (PEFT's `init_lora_weights="gaussian"`).
     Gaussian,
+    /// LoRS's gradient-based start: the training engine sets `A` from the top right singular
+    /// vectors of the calibration gradient (`train::gradient_init`); a layer built alone starts
+    /// as `standard`.
+    Gradient,
 }
 
 /// Settings of one adapter.

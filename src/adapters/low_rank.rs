@@ -26,7 +26,7 @@ impl LowRank {
         let (out_f, in_f) = base.dims();
         let r = config.rank;
         let a = match config.init {
-            Init::Standard => kaiming_uniform((r, in_f), dtype, device, rng)?,
+            Init::Standard | Init::Gradient => kaiming_uniform((r, in_f), dtype, device, rng)?,
             Init::Gaussian => normal((r, in_f), 1.0 / r as f64, dtype, device, rng)?,
         };
         let b = Tensor::zeros((out_f, r), dtype, device)?;

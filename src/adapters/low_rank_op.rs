@@ -360,3 +360,68 @@ impl candle_core::CustomOp1 for FrozenLinearOp {
         Ok(Some(g.matmul(&self.weight)?.reshape(x.shape())?))
     }
 }
+
+/// Sums `grad_yᵀ·x`, the gradient of a linear layer's weight, over the backward passes it
+/// sees (the calibration of the gradient-based initialisation).
+#[derive(Debug, Default)]
+pub struct GradProbe(std::sync::Mutex<Option<Tensor>>);
+
+impl GradProbe {
+    /// The accumulated out x in gradient (f32), leaving the probe empty.
+    pub fn take(&self) -> Option<Tensor> {
+        self.0.lock().expect("probe lock").take()
+    }
+
+    fn add(&self, g: Tensor) -> Result<()> {
+        let mut slot = self.0.lock().expect("probe lock");
+        *slot = Some(match slot.take() {
+            Some(acc) => (acc + g)?,
+            None => g,
+        });
+        Ok(())
+    }
+}
+
+/// `y = x·Wᵀ` whose backward also adds `grad_yᵀ·x` to a [`GradProbe`]. The second argument
+/// is a one-element variable that only makes candle run this node's backward.
+#[derive(Debug, Clone)]
+pub(crate) struct ProbedLinearOp {
+    pub weight: Tensor,
+    pub probe: Arc<GradProbe>,
+}
+
+impl candle_core::CustomOp2 for ProbedLinearOp {
+    fn name(&self) -> &'static str {
+        "probed-linear"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        _anchor: &CpuStorage,
+        _la: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (ws, wl) = self.weight.storage_and_layout();
+        x_wt(x, lx, cpu_of(&ws)?, wl)
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        _anchor: &Tensor,
+        _res: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (out, in_f) = self.weight.dims2()?;
+        let tokens = x.elem_count() / in_f;
+        let g = grad_y.reshape((tokens, out))?;
+        let x2 = x.detach().reshape((tokens, in_f))?;
+        self.probe.add(g.t()?.matmul(&x2)?.to_dtype(DType::F32)?)?;
+        let grad_x = x
+            .track_op()
+            .then(|| g.matmul(&self.weight)?.reshape(x.shape()))
+            .transpose()?;
+        Ok((grad_x, None))
+    }
+}

@@ -21,7 +21,7 @@ use rand::Rng;
 
 pub use config::{AdapterConfig, Init, Method};
 pub(crate) use init::normal;
-pub use low_rank_op::GradMode;
+pub use low_rank_op::{GradMode, GradProbe};
 pub use merge::MergeReport;
 pub use sparse_linear::SparseLinear;
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::low_rank_op::{op_supports, FrozenLinearOp};
+use super::low_rank_op::{op_supports, FrozenLinearOp, GradProbe, ProbedLinearOp};
 use crate::error::{LorsError, Result};
 use crate::sparsity::BitMask;
 
@@ -123,5 +123,23 @@ impl SparseLinear {
             weight: self.weight.clone(),
         };
         self.add_bias(x.contiguous()?.apply_op1(op)?)
+    }
+}
+
+impl SparseLinear {
+    /// The frozen layer, with `grad_yᵀ·x` (the gradient its weight would get) added to `probe`
+    /// in backward. `anchor` is any one-element variable; it makes candle visit this node.
+    pub fn forward_probed(
+        &self,
+        x: &Tensor,
+        probe: &Arc<GradProbe>,
+        anchor: &candle_core::Var,
+    ) -> Result<Tensor> {
+        self.check_input(x)?;
+        let op = ProbedLinearOp {
+            weight: self.weight.clone(),
+            probe: probe.clone(),
+        };
+        self.add_bias(x.contiguous()?.apply_op2(anchor.as_tensor(), op)?)
     }
 }

@@ -2,6 +2,7 @@
 //! the machine's noise, and ratios to `lora` measured in the same process.
 
 pub mod layer;
+pub mod train;
 
 /// Median of a non-empty sample (mean of the middle two for even sizes).
 pub fn median(values: &[f64]) -> f64 {

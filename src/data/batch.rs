@@ -26,7 +26,8 @@ impl Batch {
             .collect();
         Ok(Self {
             ids: Tensor::from_vec(ids, (blocks.len(), seq), &Device::Cpu)?,
-            loss_mask: Tensor::from_vec(mask, (blocks.len(), seq), &Device::Cpu)?.to_dtype(dtype)?,
+            loss_mask: Tensor::from_vec(mask, (blocks.len(), seq), &Device::Cpu)?
+                .to_dtype(dtype)?,
         })
     }
 }
@@ -76,7 +77,9 @@ impl Batcher {
 
     fn order(&self, epoch: usize) -> Vec<usize> {
         let mut order: Vec<usize> = (0..self.blocks.len()).collect();
-        let mut rng = ChaCha8Rng::seed_from_u64(self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
         order.shuffle(&mut rng);
         order
     }

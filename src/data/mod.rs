@@ -9,3 +9,71 @@ mod tokenize;
 pub use batch::{Batch, Batcher};
 pub use records::{read_records, DataFormat, Record, RecordSet};
 pub use tokenize::{pack_blocks, pad_blocks, tokenize_records, Block, Example, TextTokenizer};
+
+use std::path::Path;
+
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use crate::error::Result;
+
+/// How records become blocks.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockOptions {
+    pub format: DataFormat,
+    pub seq_len: usize,
+    /// `None`: pack documents, pad instruction records.
+    pub pack: Option<bool>,
+    pub train_on_prompt: bool,
+    pub skip_bad: bool,
+}
+
+/// Records of a file and the blocks they make.
+pub struct LoadedData {
+    pub records: RecordSet,
+    pub blocks: Vec<Block>,
+}
+
+/// Tokenise `records` and cut them into blocks.
+pub fn records_to_blocks(
+    records: &[Record],
+    tok: &TextTokenizer,
+    opts: &BlockOptions,
+) -> Result<Vec<Block>> {
+    let examples = tokenize_records(records, tok, opts.train_on_prompt)?;
+    let instruction = records
+        .iter()
+        .any(|r| matches!(r, Record::Instruction { .. }));
+    Ok(if opts.pack.unwrap_or(!instruction) {
+        pack_blocks(&examples, opts.seq_len)
+    } else {
+        pad_blocks(&examples, opts.seq_len, tok.eos_id.unwrap_or(0))
+    })
+}
+
+/// Read a file and make its blocks.
+pub fn load_blocks(path: &Path, tok: &TextTokenizer, opts: &BlockOptions) -> Result<LoadedData> {
+    let records = read_records(path, opts.format, opts.skip_bad)?;
+    let blocks = records_to_blocks(&records.records, tok, opts)?;
+    if blocks.is_empty() {
+        return Err(crate::error::LorsError::parse(
+            path,
+            format!("too little text for one block of {} tokens", opts.seq_len),
+        ));
+    }
+    Ok(LoadedData { records, blocks })
+}
+
+/// Split records into (train, valid) with `fraction` of them, chosen by `seed`, held out.
+pub fn split_records(records: &[Record], fraction: f64, seed: u64) -> (Vec<Record>, Vec<Record>) {
+    let mut order: Vec<usize> = (0..records.len()).collect();
+    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
+    let n_valid = ((records.len() as f64) * fraction).ceil() as usize;
+    let (valid, train) = order.split_at(n_valid.min(records.len()));
+    let pick = |ix: &[usize]| {
+        let mut ix = ix.to_vec();
+        ix.sort_unstable();
+        ix.into_iter().map(|i| records[i].clone()).collect()
+    };
+    (pick(train), pick(valid))
+}

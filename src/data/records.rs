@@ -42,7 +42,10 @@ pub struct RecordSet {
     pub skipped: usize,
 }
 
-fn record_from_json(value: &serde_json::Value, format: DataFormat) -> std::result::Result<Record, String> {
+fn record_from_json(
+    value: &serde_json::Value,
+    format: DataFormat,
+) -> std::result::Result<Record, String> {
     let obj = value
         .as_object()
         .ok_or_else(|| "a record must be a JSON object".to_string())?;
@@ -88,7 +91,10 @@ pub fn read_records(path: &Path, format: DataFormat, skip_bad: bool) -> Result<R
     };
     if matches!(ext.as_str(), "txt" | "raw" | "text") {
         if format == DataFormat::Alpaca {
-            return Err(LorsError::parse(path, "a plain-text file has no instruction records"));
+            return Err(LorsError::parse(
+                path,
+                "a plain-text file has no instruction records",
+            ));
         }
         if !text.trim().is_empty() {
             set.records.push(Record::Text(text));

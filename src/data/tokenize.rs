@@ -43,10 +43,12 @@ impl TextTokenizer {
 
     /// Text of token ids, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.inner.decode(ids, true).map_err(|e| LorsError::Tokenizer {
-            path: self.path.clone(),
-            detail: e.to_string(),
-        })
+        self.inner
+            .decode(ids, true)
+            .map_err(|e| LorsError::Tokenizer {
+                path: self.path.clone(),
+                detail: e.to_string(),
+            })
     }
 
     /// Vocabulary size including added tokens.
@@ -130,8 +132,14 @@ pub fn tokenize_records(
 /// Concatenate examples and cut the stream into non-overlapping blocks of `seq_len` tokens
 /// (the remainder is dropped). Each block predicts its tokens 1..seq_len from the ones before.
 pub fn pack_blocks(examples: &[Example], seq_len: usize) -> Vec<Block> {
-    let ids: Vec<u32> = examples.iter().flat_map(|e| e.ids.iter().copied()).collect();
-    let loss: Vec<bool> = examples.iter().flat_map(|e| e.loss.iter().copied()).collect();
+    let ids: Vec<u32> = examples
+        .iter()
+        .flat_map(|e| e.ids.iter().copied())
+        .collect();
+    let loss: Vec<bool> = examples
+        .iter()
+        .flat_map(|e| e.loss.iter().copied())
+        .collect();
     ids.chunks_exact(seq_len)
         .zip(loss.chunks_exact(seq_len))
         .map(|(i, l)| Block {

@@ -80,8 +80,14 @@ pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<Sp
         tensors.insert(key, merged);
     }
     let report = SparsityReport {
-        method: method.map(|m| m.to_string()).unwrap_or_else(|| "none".into()),
-        density_before: if total > 0.0 { kept_before / total } else { 1.0 },
+        method: method
+            .map(|m| m.to_string())
+            .unwrap_or_else(|| "none".into()),
+        density_before: if total > 0.0 {
+            kept_before / total
+        } else {
+            1.0
+        },
         density_after: if total > 0.0 { kept_after / total } else { 1.0 },
         pattern_preserved: layers.iter().all(|l| l.pattern_preserved),
         layers,

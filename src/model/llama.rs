@@ -26,6 +26,13 @@ pub const DEFAULT_TARGETS: [&str; 7] = [
     "down_proj",
 ];
 
+/// Gradient probes by module path, for [`CausalLm::forward_probed`].
+pub struct Probes {
+    pub layers: std::collections::HashMap<String, std::sync::Arc<crate::adapters::GradProbe>>,
+    /// A one-element variable that makes candle run the probes' backward.
+    pub anchor: candle_core::Var,
+}
+
 /// Which layers get an adapter, and its settings.
 #[derive(Debug, Clone)]
 pub struct AdapterSpec {
@@ -137,10 +144,9 @@ impl CausalLm {
                 let linear = match adapter {
                     Some(spec) if spec.targets.iter().any(|t| t == name) => Linear::Adapted(
                         AdaptedLinear::new(base, &spec.config, rng).map_err(|e| match e {
-                            LorsError::Rank { .. } => LorsError::invalid(
-                                "adapter.rank",
-                                format!("{full}: {e}"),
-                            ),
+                            LorsError::Rank { .. } => {
+                                LorsError::invalid("adapter.rank", format!("{full}: {e}"))
+                            }
                             other => other,
                         })?,
                     ),
@@ -235,41 +241,66 @@ impl CausalLm {
 
     /// Logits (batch, seq, vocab) for token ids (batch, seq).
     pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.forward_impl(ids, None)
+    }
+
+    /// [`forward`](Self::forward) where the layers named in `probes` run frozen (no adapter)
+    /// and add their weight gradient to their probe in backward.
+    pub fn forward_probed(&self, ids: &Tensor, probes: &Probes) -> Result<Tensor> {
+        self.forward_impl(ids, Some(probes))
+    }
+
+    fn forward_impl(&self, ids: &Tensor, probes: Option<&Probes>) -> Result<Tensor> {
         let (b, t) = ids.dims2()?;
         if t == 0 {
             return Err(LorsError::invalid("input", "empty sequence"));
         }
         let c = &self.config;
-        let mut x = self
-            .embed
-            .index_select(&ids.flatten_all()?, 0)?
-            .reshape((b, t, c.hidden_size))?;
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, c.hidden_size))?;
         let (cos, sin) = self.rope(t)?;
         let mask = causal_mask(t, self.dtype)?;
         let eps = c.rms_norm_eps;
-        for block in &self.blocks {
+        for (i, block) in self.blocks.iter().enumerate() {
+            let run = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
+                let group = BLOCK_LINEARS
+                    .iter()
+                    .find(|(_, n)| *n == name)
+                    .map_or("mlp", |(g, _)| *g);
+                match probes.and_then(|p| p.layers.get(&format!("model.layers.{i}.{group}.{name}")))
+                {
+                    Some(probe) => l
+                        .base()
+                        .forward_probed(x, probe, &probes.expect("some").anchor),
+                    None => l.forward(x),
+                }
+            };
             let h = rms_norm(&x, &block.input_norm, eps)?;
-            let heads = |l: &Linear, n: usize| -> Result<Tensor> {
-                Ok(l.forward(&h)?
+            let heads = |name: &str, l: &Linear, n: usize| -> Result<Tensor> {
+                Ok(run(name, l, &h)?
                     .reshape((b, t, n, c.head_dim))?
                     .transpose(1, 2)?
                     .contiguous()?)
             };
-            let q = rope_slow(&heads(&block.q, c.num_heads)?, &cos, &sin)?;
-            let k = rope_slow(&heads(&block.k, c.num_kv_heads)?, &cos, &sin)?;
-            let v = heads(&block.v, c.num_kv_heads)?;
+            let q = rope_slow(&heads("q_proj", &block.q, c.num_heads)?, &cos, &sin)?;
+            let k = rope_slow(&heads("k_proj", &block.k, c.num_kv_heads)?, &cos, &sin)?;
+            let v = heads("v_proj", &block.v, c.num_kv_heads)?;
             let n_rep = c.num_heads / c.num_kv_heads;
             let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
             let scores = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
             let probs = softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
-            let attn = probs
-                .matmul(&v)?
-                .transpose(1, 2)?
-                .reshape((b, t, c.num_heads * c.head_dim))?;
-            x = (x + block.o.forward(&attn)?)?;
+            let attn =
+                probs
+                    .matmul(&v)?
+                    .transpose(1, 2)?
+                    .reshape((b, t, c.num_heads * c.head_dim))?;
+            x = (&x + run("o_proj", &block.o, &attn)?)?;
             let h = rms_norm(&x, &block.post_norm, eps)?;
-            let mlp = (block.gate.forward(&h)?.silu()? * block.up.forward(&h)?)?;
-            x = (x + block.down.forward(&mlp)?)?;
+            let mlp =
+                (run("gate_proj", &block.gate, &h)?.silu()? * run("up_proj", &block.up, &h)?)?;
+            x = (&x + run("down_proj", &block.down, &mlp)?)?;
         }
         let x = rms_norm(&x, &self.norm, eps)?;
         self.lm_head.as_ref().unwrap_or(&self.tied_head).forward(&x)

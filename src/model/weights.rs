@@ -73,7 +73,10 @@ impl ModelDir {
     pub fn weights(&self) -> Result<SafetensorsSource> {
         // SAFETY: the files are not modified while mapped (they are inputs of a run).
         let st = unsafe { MmapedSafetensors::multi(&self.weight_files) }.map_err(|e| {
-            LorsError::parse(&self.weight_files[0], format!("cannot read safetensors: {e}"))
+            LorsError::parse(
+                &self.weight_files[0],
+                format!("cannot read safetensors: {e}"),
+            )
         })?;
         Ok(SafetensorsSource {
             st,

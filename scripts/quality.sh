@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The quality check of the training engine: the 50%-Wanda stories260K trained with each
+# method on the same data and settings (rank 8, 300 steps, batch 8, seq_len 256), then merged
+# and the merged model re-evaluated. Takes ~30 min on 2 CPU cores. Results: runs/quality/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release
+bin=target/release/lors
+profile=profiles/stories-wanda50-lors.toml
+valid=../shared/data/tinystories-synth-valid.jsonl
+out=runs/quality
+mkdir -p "$out"
+run() { # name, overrides...
+  local name=$1; shift
+  rm -rf "$out/$name"
+  $bin train --profile "$profile" --run-dir "$out/$name" "$@" | tee "$out/$name.log"
+  $bin merge --run "$out/$name" | tee -a "$out/$name.log"
+  $bin eval --model "$out/$name/merged" --data "$valid" | tee -a "$out/$name.log"
+}
+run lors
+run lors-standard --set adapter.init=standard
+run sqft --set adapter.method=sqft
+run spp --set adapter.method=spp --set adapter.init=standard
+run lora --set adapter.method=lora
+run lors-exact --set adapter.method=lors-exact
+for f in "$out"/*.log; do echo "== $f"; grep -E "perplexity|density" "$f" | tail -3; done

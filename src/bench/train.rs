@@ -1,0 +1,112 @@
+//! `lors bench train`: the same short training with each method, tokens/s and peak memory
+//! side by side, each as a ratio to `lora`.
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use super::median;
+use crate::adapters::{Init, Method};
+use crate::error::Result;
+use crate::memory;
+use crate::train::{self, Event, MetricRow, Profile, RunDir};
+
+/// Measurements of one method's run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TrainBenchResult {
+    pub method: String,
+    /// Median tokens/s over the measured steps.
+    pub tokens_per_s: f64,
+    /// Largest heap peak of a measured step.
+    pub peak_bytes: usize,
+    /// Largest peak above the step's starting heap (activations and gradients).
+    pub step_peak_bytes: usize,
+    pub tokens_vs_lora: f64,
+    pub peak_vs_lora: f64,
+    pub step_peak_vs_lora: f64,
+}
+
+/// Run `steps` optimiser steps per method (the first `warmup` not measured), into run
+/// directories under `out`.
+pub fn run(
+    base: &Profile,
+    methods: &[Method],
+    steps: usize,
+    warmup: usize,
+    out: &Path,
+    on_method: &mut dyn FnMut(Method),
+) -> Result<Vec<TrainBenchResult>> {
+    let mut results = Vec::new();
+    for &method in methods {
+        on_method(method);
+        let mut p = base.clone();
+        p.adapter.method = method;
+        if method == Method::Spp && p.adapter.init == Init::Gradient {
+            p.adapter.init = Init::Standard;
+        }
+        p.train.max_steps = Some(warmup + steps);
+        p.train.epochs = None;
+        p.train.eval_every = 0;
+        p.train.save_every = 0;
+        p.train.merge_at_end = false;
+        p.data.valid = None;
+        p.data.valid_fraction = 0.0;
+        let run = RunDir::create(&out.join(method.name()))?;
+        run.write_profile(&p.to_toml())?;
+        let mut rows = Vec::new();
+        train::train(&p, &run, false, &AtomicBool::new(false), &mut |e| {
+            if let Event::Metric(MetricRow::Train {
+                step,
+                tokens_per_s,
+                peak_bytes,
+                step_peak_bytes,
+                ..
+            }) = e
+            {
+                if *step > warmup {
+                    rows.push((*tokens_per_s, *peak_bytes, *step_peak_bytes));
+                }
+            }
+        })?;
+        let tps: Vec<f64> = rows.iter().map(|r| r.0).collect();
+        results.push(TrainBenchResult {
+            method: method.to_string(),
+            tokens_per_s: median(&tps),
+            peak_bytes: rows.iter().map(|r| r.1).max().unwrap_or(0),
+            step_peak_bytes: rows.iter().map(|r| r.2).max().unwrap_or(0),
+            tokens_vs_lora: f64::NAN,
+            peak_vs_lora: f64::NAN,
+            step_peak_vs_lora: f64::NAN,
+        });
+    }
+    if let Some(lora) = results.iter().find(|r| r.method == "lora").cloned() {
+        for r in &mut results {
+            r.tokens_vs_lora = r.tokens_per_s / lora.tokens_per_s;
+            r.peak_vs_lora = r.peak_bytes as f64 / lora.peak_bytes.max(1) as f64;
+            r.step_peak_vs_lora = r.step_peak_bytes as f64 / lora.step_peak_bytes.max(1) as f64;
+        }
+    }
+    Ok(results)
+}
+
+/// Results as a text table.
+pub fn render_table(results: &[TrainBenchResult]) -> String {
+    let mut s = format!(
+        "{:<11} {:>10} {:>8} {:>12} {:>8} {:>14} {:>8}\n",
+        "method", "tokens/s", "x lora", "peak heap", "x lora", "step peak", "x lora"
+    );
+    for r in results {
+        s.push_str(&format!(
+            "{:<11} {:>10.1} {:>8.2} {:>12} {:>8.2} {:>14} {:>8.2}\n",
+            r.method,
+            r.tokens_per_s,
+            r.tokens_vs_lora,
+            memory::human_bytes(r.peak_bytes as f64),
+            r.peak_vs_lora,
+            memory::human_bytes(r.step_peak_bytes as f64),
+            r.step_peak_vs_lora,
+        ));
+    }
+    s
+}

@@ -1,0 +1,115 @@
+//! `lors bench train` and `lors random-model`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use lors::adapters::Method;
+use lors::bench::train as bench_train;
+use lors::model::random::{random_weights, small_config, write_checkpoint};
+use lors::sparsity::Pattern;
+use lors::train::Profile;
+
+#[derive(Args)]
+pub struct TrainBenchArgs {
+    /// Profile of the training to benchmark.
+    #[arg(long)]
+    pub profile: PathBuf,
+    /// Override a profile value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Measured steps per method.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Unmeasured steps first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Methods, comma-separated.
+    #[arg(
+        long,
+        default_value = "lors,lors-exact,sqft,spp,lora",
+        value_delimiter = ','
+    )]
+    pub methods: Vec<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RandomModelArgs {
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 1024)]
+    pub hidden: usize,
+    #[arg(long, default_value_t = 4)]
+    pub layers: usize,
+    #[arg(long, default_value_t = 16)]
+    pub heads: usize,
+    #[arg(long, default_value_t = 16)]
+    pub kv_heads: usize,
+    #[arg(long, default_value_t = 2816)]
+    pub intermediate: usize,
+    /// `unstructured` (50%) or N:M such as `2:4`; `none` keeps the model dense.
+    #[arg(long, default_value = "unstructured")]
+    pub prune: String,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn train(args: TrainBenchArgs) -> Result<()> {
+    let mut profile = Profile::load(&args.profile, &args.overrides)?;
+    profile.resolve_paths(&std::env::current_dir()?);
+    let methods = args
+        .methods
+        .iter()
+        .map(|m| m.parse::<Method>())
+        .collect::<lors::Result<Vec<_>>>()?;
+    let out = profile.train.output_dir.join(format!(
+        "bench-train-{}",
+        lors::train::run_dir::now_s() as u64
+    ));
+    let results = bench_train::run(
+        &profile,
+        &methods,
+        args.steps,
+        args.warmup,
+        &out,
+        &mut |m| eprintln!("benchmarking {m} ({} + {} steps)", args.warmup, args.steps),
+    )
+    .context("training benchmark failed")?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&results)?);
+    } else {
+        println!(
+            "{} steps per method after {} warm-up, batch {} x {} tokens (runs in {})",
+            args.steps,
+            args.warmup,
+            profile.train.batch_size,
+            profile.data.seq_len,
+            out.display()
+        );
+        print!("{}", bench_train::render_table(&results));
+    }
+    Ok(())
+}
+
+pub fn random_model(args: RandomModelArgs) -> Result<()> {
+    let prune = match args.prune.as_str() {
+        "none" => None,
+        "unstructured" => Some(Pattern::Unstructured { sparsity: 0.5 }),
+        other => Some(other.parse::<Pattern>()?),
+    };
+    let config = small_config(
+        args.hidden,
+        args.layers,
+        args.heads,
+        args.kv_heads,
+        args.intermediate,
+    );
+    let weights = random_weights(&config, args.seed, prune)?;
+    write_checkpoint(&args.out, &config, &weights)?;
+    println!("wrote {}", args.out.display());
+    Ok(())
+}

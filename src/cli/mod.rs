@@ -1,0 +1,5 @@
+//! Subcommands of the `lors` binary.
+
+pub mod bench;
+pub mod model;
+pub mod train;

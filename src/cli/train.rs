@@ -1,0 +1,178 @@
+//! `lors train` and `lors replay`.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use lors::train::{self, Event, MetricRow, Profile, RunDir, RunOutcome};
+
+#[derive(Args)]
+pub struct TrainArgs {
+    /// Profile (TOML) to run.
+    #[arg(long, required_unless_present = "resume")]
+    pub profile: Option<PathBuf>,
+    /// Override a profile value, e.g. `--set adapter.rank=16` (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub overrides: Vec<String>,
+    /// Run directory (default: <train.output_dir>/<run_name or method-rank-time>).
+    #[arg(long)]
+    pub run_dir: Option<PathBuf>,
+    /// Resume the run in this directory from its latest checkpoint.
+    #[arg(long, conflicts_with_all = ["profile", "overrides"])]
+    pub resume: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// The run to replay.
+    pub run: PathBuf,
+    /// Directory of the new run (default: beside the original, with `-replay-<time>`).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Ctrl-C asks the run to checkpoint and stop between steps.
+fn stop_flag() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    ctrlc::set_handler(move || {
+        if s.swap(true, Ordering::SeqCst) {
+            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            std::process::exit(130);
+        }
+        eprintln!("\nCtrl-C: saving a checkpoint and stopping after this step");
+    })
+    .context("cannot install the Ctrl-C handler")?;
+    Ok(stop)
+}
+
+fn default_run_dir(profile: &Profile) -> PathBuf {
+    let name = profile.train.run_name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-r{}-{}",
+            profile.adapter.method,
+            profile.adapter.rank,
+            train::run_dir::now_s() as u64
+        )
+    });
+    profile.train.output_dir.join(name)
+}
+
+/// Run with a progress bar; prints evaluations and the outcome.
+fn run_with_progress(profile: &Profile, run: &RunDir, resume: bool) -> Result<RunOutcome> {
+    let stop = stop_flag()?;
+    let bar = ProgressBar::new(0);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta}]",
+        )
+        .expect("valid template"),
+    );
+    // A hidden bar (output not a terminal) swallows println: print plainly then.
+    let say = |line: String| {
+        if bar.is_hidden() {
+            println!("{line}");
+        } else {
+            bar.println(line);
+        }
+    };
+    let mut on_event = |e: &Event| match e {
+        Event::Started { step, total } => {
+            bar.set_length(*total as u64);
+            bar.set_position(*step as u64);
+        }
+        Event::InitProgress { done, total } => {
+            bar.set_message(format!("gradient init {done}/{total} layers"))
+        }
+        Event::InitDone(r) => say(format!(
+            "gradient init: {} layers from {} sequences in {:.2} s ({} sweep(s))",
+            r.layers, r.sequences, r.seconds, r.sweeps
+        )),
+        Event::Metric(MetricRow::Train {
+            step,
+            loss,
+            lr,
+            tokens_per_s,
+            ..
+        }) => {
+            bar.set_position(*step as u64);
+            bar.set_message(format!(
+                "loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s"
+            ));
+        }
+        Event::Metric(MetricRow::Eval {
+            step,
+            eval_loss,
+            eval_ppl,
+        }) => say(format!(
+            "step {step}: eval loss {eval_loss:.4}, perplexity {eval_ppl:.3}"
+        )),
+        Event::Metric(MetricRow::Init { .. }) => {}
+        Event::Checkpoint(dir) => say(format!("checkpoint {}", dir.display())),
+    };
+    let outcome = train::train(profile, run, resume, &stop, &mut on_event);
+    bar.finish_and_clear();
+    let outcome = outcome.with_context(|| format!("run {} failed", run.path.display()))?;
+    println!(
+        "run {} {:?} at step {}",
+        run.path.display(),
+        outcome.state,
+        outcome.step
+    );
+    Ok(outcome)
+}
+
+/// Start a run in a fresh directory with `profile` recorded (paths made absolute).
+fn start(mut profile: Profile, run_dir: Option<PathBuf>) -> Result<(Profile, RunDir)> {
+    let cwd = std::env::current_dir().context("no current directory")?;
+    profile.resolve_paths(&cwd);
+    let dir = run_dir.unwrap_or_else(|| default_run_dir(&profile));
+    let run = RunDir::create(&dir)?;
+    run.write_profile(&profile.to_toml())?;
+    Ok((profile, run))
+}
+
+pub fn train(args: TrainArgs) -> Result<()> {
+    if let Some(dir) = args.resume {
+        let run = RunDir::open(&dir)?;
+        let profile = Profile::load(&run.profile_path(), &[])?;
+        run_with_progress(&profile, &run, true)?;
+        return Ok(());
+    }
+    let path = args
+        .profile
+        .expect("clap requires --profile without --resume");
+    let profile = Profile::load(&path, &args.overrides)?;
+    let (profile, run) = start(profile, args.run_dir)?;
+    println!("run directory: {}", run.path.display());
+    run_with_progress(&profile, &run, false)?;
+    Ok(())
+}
+
+pub fn replay(args: ReplayArgs) -> Result<()> {
+    let original = RunDir::open(&args.run)?;
+    let profile = Profile::load(&original.profile_path(), &[])?;
+    let out = args.out.unwrap_or_else(|| {
+        let name = args
+            .run
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into());
+        args.run
+            .with_file_name(format!("{name}-replay-{}", train::run_dir::now_s() as u64))
+    });
+    let (profile, run) = start(profile, Some(out))?;
+    println!(
+        "replaying {} into {}",
+        args.run.display(),
+        run.path.display()
+    );
+    run_with_progress(&profile, &run, false)?;
+    let rows = train::run_dir::compare_metrics(&original, &run)?;
+    println!("metrics match bit for bit ({rows} rows of loss, lr, grad_norm and eval loss)");
+    Ok(())
+}

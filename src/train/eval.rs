@@ -1,0 +1,47 @@
+//! Perplexity: mean next-token loss over non-overlapping `seq_len` windows of the
+//! concatenated text (the WikiText-2 convention of the SparseGPT and Wanda evaluations).
+
+use candle_core::DType;
+use serde::{Deserialize, Serialize};
+
+use super::loss::causal_lm_nll_sum;
+use crate::data::{Batch, Block};
+use crate::error::{LorsError, Result};
+use crate::model::CausalLm;
+
+/// Result of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct EvalResult {
+    pub loss: f64,
+    pub perplexity: f64,
+    pub tokens: usize,
+    pub windows: usize,
+}
+
+/// Evaluate `model` on `blocks` (all of them, or the first `max_blocks`), `batch_size` at a time.
+pub fn evaluate(
+    model: &CausalLm,
+    blocks: &[Block],
+    batch_size: usize,
+    max_blocks: Option<usize>,
+) -> Result<EvalResult> {
+    let n = max_blocks.unwrap_or(blocks.len()).min(blocks.len());
+    if n == 0 {
+        return Err(LorsError::invalid("eval", "no evaluation windows"));
+    }
+    let (mut sum, mut count) = (0f64, 0f64);
+    for chunk in blocks[..n].chunks(batch_size.max(1)) {
+        let batch = Batch::from_blocks(&chunk.iter().collect::<Vec<_>>(), DType::F32)?;
+        let logits = model.forward(&batch.ids)?;
+        let (s, c) = causal_lm_nll_sum(&logits, &batch.ids, &batch.loss_mask)?;
+        sum += s.to_scalar::<f32>()? as f64;
+        count += c;
+    }
+    let loss = sum / count.max(1.0);
+    Ok(EvalResult {
+        loss,
+        perplexity: loss.exp(),
+        tokens: count as usize,
+        windows: n,
+    })
+}

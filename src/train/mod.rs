@@ -1,0 +1,15 @@
+//! The training engine: profiles, data, initialisation, the loop, evaluation, checkpoints
+//! and the run directory that other processes watch.
+
+pub mod checkpoint;
+pub mod eval;
+pub mod grad_init;
+pub mod loss;
+pub mod optim;
+pub mod profile;
+pub mod run_dir;
+mod trainer;
+
+pub use profile::Profile;
+pub use run_dir::{MetricRow, RunDir, RunState, Status};
+pub use trainer::{prepare, train, Event, Prepared, RunOutcome};

@@ -1,0 +1,406 @@
+//! Profiles: every setting of a run, as TOML. Unknown keys and bad values are errors that
+//! name the key.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::adapters::{AdapterConfig, Init, Method};
+use crate::data::DataFormat;
+use crate::error::{LorsError, Result};
+use crate::model::DEFAULT_TARGETS;
+
+/// The model to fine-tune.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSection {
+    /// A Hugging Face model directory.
+    pub path: PathBuf,
+    /// Compute dtype (`f32`; `f16`/`bf16` storage is converted on load).
+    #[serde(default = "default_dtype")]
+    pub dtype: String,
+}
+
+fn default_dtype() -> String {
+    "f32".into()
+}
+
+/// Packing of tokenised records into sequences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Packing {
+    /// Pack documents, pad instruction records.
+    #[default]
+    Auto,
+    /// Concatenate everything and cut into `seq_len` blocks.
+    Pack,
+    /// One padded sequence per record.
+    Pad,
+}
+
+/// Training and validation data.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    pub train: PathBuf,
+    /// A separate validation file; otherwise `valid_fraction` of the training records.
+    #[serde(default)]
+    pub valid: Option<PathBuf>,
+    #[serde(default)]
+    pub valid_fraction: f64,
+    #[serde(default)]
+    pub format: DataFormat,
+    #[serde(default = "default_seq_len")]
+    pub seq_len: usize,
+    #[serde(default)]
+    pub packing: Packing,
+    /// Count the prompt of instruction records in the loss.
+    #[serde(default)]
+    pub train_on_prompt: bool,
+    /// Skip bad records (and count them) instead of failing.
+    #[serde(default)]
+    pub skip_bad_records: bool,
+}
+
+fn default_seq_len() -> usize {
+    256
+}
+
+/// The adapter and its initialisation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterSection {
+    #[serde(default = "default_method")]
+    pub method: Method,
+    #[serde(default = "default_rank")]
+    pub rank: usize,
+    #[serde(default = "default_alpha")]
+    pub alpha: f64,
+    #[serde(default = "yes")]
+    pub rslora: bool,
+    #[serde(default)]
+    pub init: Init,
+    /// Calibration sequences for `init = "gradient"`.
+    #[serde(default = "default_init_samples")]
+    pub init_samples: usize,
+    /// `A = Vᵣᵀ / stable_gamma` for `init = "gradient"`.
+    #[serde(default = "default_stable_gamma")]
+    pub stable_gamma: f64,
+    #[serde(default = "default_targets")]
+    pub target_modules: Vec<String>,
+    /// Start from this adapter (PEFT safetensors) instead of an initialiser.
+    #[serde(default)]
+    pub init_from: Option<PathBuf>,
+}
+
+fn default_method() -> Method {
+    Method::Lors
+}
+fn default_rank() -> usize {
+    8
+}
+fn default_alpha() -> f64 {
+    16.0
+}
+fn yes() -> bool {
+    true
+}
+fn default_init_samples() -> usize {
+    128
+}
+fn default_stable_gamma() -> f64 {
+    1.0
+}
+fn default_targets() -> Vec<String> {
+    DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()
+}
+
+impl Default for AdapterSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every adapter field has a default")
+    }
+}
+
+impl AdapterSection {
+    /// The per-layer adapter settings.
+    pub fn adapter_config(&self) -> AdapterConfig {
+        AdapterConfig {
+            method: self.method,
+            rank: self.rank,
+            alpha: self.alpha,
+            rslora: self.rslora,
+            init: self.init,
+        }
+    }
+}
+
+/// Learning-rate schedule after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Schedule {
+    Constant,
+    Linear,
+    #[default]
+    Cosine,
+}
+
+/// AdamW and the schedule.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptimSection {
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_betas")]
+    pub betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default)]
+    pub schedule: Schedule,
+    #[serde(default)]
+    pub warmup_steps: usize,
+    /// Clip the global gradient norm to this value (0 disables clipping).
+    #[serde(default = "default_clip")]
+    pub grad_clip: f64,
+}
+
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_clip() -> f64 {
+    1.0
+}
+
+impl Default for OptimSection {
+    fn default() -> Self {
+        toml::from_str("").expect("every optim field has a default")
+    }
+}
+
+/// Steps, batches, evaluation, checkpoints and output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainSection {
+    /// Optimiser steps; or give `epochs`.
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    #[serde(default)]
+    pub epochs: Option<usize>,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default)]
+    pub seed: u64,
+    /// Evaluate every this many steps (0: only at the end).
+    #[serde(default)]
+    pub eval_every: usize,
+    /// Limit evaluation to this many batches (all when absent).
+    #[serde(default)]
+    pub eval_batches: Option<usize>,
+    /// Checkpoint every this many steps (0: only at the end).
+    #[serde(default)]
+    pub save_every: usize,
+    #[serde(default = "default_device")]
+    pub device: String,
+    #[serde(default = "default_output")]
+    pub output_dir: PathBuf,
+    /// Name of the run directory (default: method, rank and a timestamp).
+    #[serde(default)]
+    pub run_name: Option<String>,
+    /// Export the merged model into the run directory when training ends.
+    #[serde(default)]
+    pub merge_at_end: bool,
+}
+
+fn default_batch() -> usize {
+    8
+}
+fn one() -> usize {
+    1
+}
+fn default_device() -> String {
+    "cpu".into()
+}
+fn default_output() -> PathBuf {
+    PathBuf::from("runs")
+}
+
+/// A whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    pub model: ModelSection,
+    pub data: DataSection,
+    #[serde(default)]
+    pub adapter: AdapterSection,
+    #[serde(default)]
+    pub optim: OptimSection,
+    pub train: TrainSection,
+}
+
+impl Profile {
+    /// Read a profile file, applying `key=value` overrides (`adapter.rank=16`).
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
+        Self::parse(&text, overrides).map_err(|e| match e {
+            LorsError::InvalidValue { field, reason } => {
+                LorsError::parse(path, format!("`{field}`: {reason}"))
+            }
+            LorsError::Parse { detail, .. } => LorsError::parse(path, detail),
+            other => other,
+        })
+    }
+
+    /// Parse profile text with overrides, and validate it.
+    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
+        let mut value: toml::Table = toml::from_str(text)
+            .map_err(|e| LorsError::parse(Path::new("profile"), e.to_string()))?;
+        for o in overrides {
+            apply_override(&mut value, o)?;
+        }
+        let profile: Profile = value
+            .try_into()
+            .map_err(|e: toml::de::Error| LorsError::parse(Path::new("profile"), e.to_string()))?;
+        profile.validate()?;
+        Ok(profile)
+    }
+
+    /// The profile as TOML.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("profiles serialize")
+    }
+
+    /// Check values; errors name the key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
+        crate::model::parse_dtype(&self.model.dtype)
+            .map_err(|e| LorsError::invalid("model.dtype", e.to_string()))?;
+        if self.data.seq_len < 2 {
+            return bad(
+                "data.seq_len",
+                format!("{} must be at least 2", self.data.seq_len),
+            );
+        }
+        if !(0.0..1.0).contains(&self.data.valid_fraction) {
+            return bad(
+                "data.valid_fraction",
+                format!("{} must be in [0, 1)", self.data.valid_fraction),
+            );
+        }
+        let a = &self.adapter;
+        if a.rank == 0 {
+            return bad("adapter.rank", "must be at least 1".into());
+        }
+        if !(a.alpha.is_finite() && a.alpha > 0.0) {
+            return bad("adapter.alpha", format!("{} must be positive", a.alpha));
+        }
+        if a.init == Init::Gradient && a.init_samples == 0 {
+            return bad("adapter.init_samples", "must be at least 1".into());
+        }
+        if a.init == Init::Gradient && a.method == Method::Spp {
+            return bad(
+                "adapter.init",
+                "gradient init is not defined for spp".into(),
+            );
+        }
+        if !(a.stable_gamma.is_finite() && a.stable_gamma > 0.0) {
+            return bad(
+                "adapter.stable_gamma",
+                format!("{} must be positive", a.stable_gamma),
+            );
+        }
+        let o = &self.optim;
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad("optim.lr", format!("{} must be positive", o.lr));
+        }
+        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad("optim.betas", format!("{:?} must be in [0, 1)", o.betas));
+        }
+        if o.eps.is_nan() || o.eps <= 0.0 || o.weight_decay < 0.0 || o.grad_clip < 0.0 {
+            return bad(
+                "optim",
+                "eps must be positive; weight_decay and grad_clip non-negative".into(),
+            );
+        }
+        let t = &self.train;
+        match (t.max_steps, t.epochs) {
+            (None, None) => return bad("train.max_steps", "give max_steps or epochs".into()),
+            (Some(_), Some(_)) => {
+                return bad(
+                    "train.max_steps",
+                    "give max_steps or epochs, not both".into(),
+                )
+            }
+            (Some(0), _) | (_, Some(0)) => {
+                return bad("train.max_steps", "must be at least 1".into())
+            }
+            _ => {}
+        }
+        if t.batch_size == 0 {
+            return bad("train.batch_size", "must be at least 1".into());
+        }
+        if t.grad_accum == 0 {
+            return bad("train.grad_accum", "must be at least 1".into());
+        }
+        if t.device != "cpu" {
+            return bad(
+                "train.device",
+                format!(
+                    "`{}`: this build runs on the CPU only (CUDA comes with the `cuda` feature)",
+                    t.device
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// Make relative paths absolute (against `base`), so the recorded profile replays anywhere.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let abs = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        abs(&mut self.model.path);
+        abs(&mut self.data.train);
+        if let Some(v) = self.data.valid.as_mut() {
+            abs(v);
+        }
+        if let Some(v) = self.adapter.init_from.as_mut() {
+            abs(v);
+        }
+        abs(&mut self.train.output_dir);
+    }
+}
+
+/// Apply `section.key=value`; the value is read as TOML (so `16`, `true`, `"x"`, `[..]`),
+/// and as a plain string when it is not valid TOML.
+fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
+    let (key, raw) = spec
+        .split_once('=')
+        .ok_or_else(|| LorsError::invalid("--set", format!("`{spec}` is not key=value")))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let (last, sections) = parts.split_last().expect("split gives one part");
+    let mut cur = table;
+    for s in sections {
+        cur = cur
+            .entry(s.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| LorsError::invalid(key, format!("`{s}` is not a section")))?;
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! The bundled default: the profiles parse, the demo profile trains and exports, and
+//! `assets/` is exactly what its generator writes.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+
+use lors::model::random::{random_weights, small_config, write_checkpoint};
+use lors::sparsity::Pattern;
+use lors::train::{self, Profile, RunDir, RunState};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_profile_parses() {
+    let mut n = 0;
+    for entry in std::fs::read_dir(repo().join("profiles")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Profile::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 3);
+}
+
+#[test]
+fn demo_profile_trains_and_exports_a_still_sparse_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().display().to_string();
+    let mut p = Profile::load(
+        &repo().join("profiles/demo.toml"),
+        &[
+            "train.max_steps=4".into(),
+            "train.eval_every=2".into(),
+            format!("train.output_dir=\"{out}\""),
+        ],
+    )
+    .unwrap();
+    p.resolve_paths(&repo());
+    let run = RunDir::create(&tmp.path().join("demo")).unwrap();
+    run.write_profile(&p.to_toml()).unwrap();
+    let outcome = train::train(&p, &run, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    assert_eq!(outcome.state, RunState::Finished);
+    let report: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(run.path.join("merged/sparsity.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["pattern_preserved"], true);
+    assert_eq!(report["density_after"], 0.5);
+}
+
+fn same_files(a: &Path, b: &Path) {
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(
+            std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
+            "assets/demo-model/{f} differs from what examples/make_demo_assets.rs writes"
+        );
+    }
+}
+
+#[test]
+fn demo_model_is_what_the_generator_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let config = small_config(64, 2, 4, 2, 128);
+    let weights =
+        random_weights(&config, 2026, Some(Pattern::Unstructured { sparsity: 0.5 })).unwrap();
+    write_checkpoint(tmp.path(), &config, &weights).unwrap();
+    same_files(tmp.path(), &repo().join("assets/demo-model"));
+}
