@@ -401,6 +401,7 @@ fn bad_input_names_the_file_line_key_or_tensor() {
         ("data.seq_len=1", "data.seq_len"),
         ("train.device=\"cuda:0\"", "train.device"),
         ("adapter.method=\"lors-fast\"", "method"),
+        ("model.dtype=\"bf16\"", "model.dtype"),
     ] {
         let err = Profile::parse(&base, &[set.into()]).unwrap_err();
         assert!(err.to_string().contains(key), "{set}: {err}");

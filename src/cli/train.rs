@@ -21,8 +21,11 @@ pub struct TrainArgs {
     /// Run directory (default: <train.output_dir>/<run_name or method-rank-time>).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
+    /// Start from this adapter (PEFT safetensors, e.g. a checkpoint's adapter_model.safetensors).
+    #[arg(long, value_name = "FILE")]
+    pub init_from: Option<PathBuf>,
     /// Resume the run in this directory from its latest checkpoint.
-    #[arg(long, conflicts_with_all = ["profile", "overrides"])]
+    #[arg(long, conflicts_with_all = ["profile", "overrides", "init_from"])]
     pub resume: Option<PathBuf>,
 }
 
@@ -146,7 +149,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let path = args
         .profile
         .expect("clap requires --profile without --resume");
-    let profile = Profile::load(&path, &args.overrides)?;
+    let mut profile = Profile::load(&path, &args.overrides)?;
+    if let Some(init) = args.init_from {
+        profile.adapter.init_from = Some(init);
+    }
     let (profile, run) = start(profile, args.run_dir)?;
     println!("run directory: {}", run.path.display());
     run_with_progress(&profile, &run, false)?;

@@ -281,8 +281,16 @@ impl Profile {
     /// Check values; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
-        crate::model::parse_dtype(&self.model.dtype)
+        let dtype = crate::model::parse_dtype(&self.model.dtype)
             .map_err(|e| LorsError::invalid("model.dtype", e.to_string()))?;
+        if dtype == candle_core::DType::BF16 && self.train.device == "cpu" {
+            return bad(
+                "model.dtype",
+                "bf16 compute needs CUDA (candle has no bf16 matmul on the CPU); bf16 \
+                 checkpoints load fine with dtype = \"f32\""
+                    .into(),
+            );
+        }
         if self.data.seq_len < 2 {
             return bad(
                 "data.seq_len",
