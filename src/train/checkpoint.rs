@@ -104,7 +104,7 @@ pub fn load_adapter(path: &Path, model: &CausalLm) -> Result<()> {
         };
         layer
             .set_adapter(get("lora_A")?, get("lora_B")?)
-            .map_err(|e| LorsError::parse(path, e.to_string()))?;
+            .map_err(|e| LorsError::parse(path, format!("{module}: {e}")))?;
     }
     Ok(())
 }
