@@ -11,6 +11,7 @@ pub mod error;
 pub mod io;
 pub mod memory;
 pub mod model;
+pub mod prune;
 pub mod sparsity;
 pub mod train;
 

@@ -29,6 +29,10 @@ enum Command {
     Eval(cli::model::EvalArgs),
     /// Greedy text generation.
     Generate(cli::model::GenerateArgs),
+    /// Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M).
+    Prune(cli::prune::PruneArgs),
+    /// Show a model's architecture and the sparsity of each layer.
+    Inspect(cli::prune::InspectArgs),
     /// Export a run's merged model as a Hugging Face directory.
     Merge(cli::model::MergeArgs),
     /// Benchmarks.
@@ -122,6 +126,8 @@ fn main() -> Result<()> {
         Some(Command::Eval(args)) => cli::model::eval(args),
         Some(Command::Generate(args)) => cli::model::generate(args),
         Some(Command::Merge(args)) => cli::model::merge(args),
+        Some(Command::Prune(args)) => cli::prune::prune(args),
+        Some(Command::Inspect(args)) => cli::prune::inspect(args),
         Some(Command::Bench(BenchCommand::Train(args))) => cli::bench::train(args),
         Some(Command::RandomModel(args)) => cli::bench::random_model(args),
         Some(Command::Bench(BenchCommand::Layer(args))) => {

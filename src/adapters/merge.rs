@@ -3,13 +3,11 @@
 //! Masked merge: `(W + ΔW) ⊙ M`, so pruned weights are exact zeros even when an explicit mask
 //! prunes a weight that was nonzero.
 
-use candle_core::{DType, Tensor, WithDType};
-use half::{bf16, f16};
+use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
 
 use super::SparseLinear;
 use crate::error::{LorsError, Result};
-use crate::sparsity::BitMask;
 
 /// What a merge did to a layer's sparsity.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -75,7 +73,7 @@ pub(crate) fn merge(
             },
         ));
     }
-    let (merged, nudged) = nudge_kept_zeros(&merged, mask)?;
+    let (merged, nudged) = mask.nudge_kept_zeros(&merged)?;
     let check = mask.check_pattern(&merged)?;
     if !check.is_exact() {
         return Err(LorsError::SparsityViolation {
@@ -95,35 +93,4 @@ pub(crate) fn merge(
             nudged,
         },
     ))
-}
-
-/// Set kept weights that are exactly zero to the dtype's smallest positive subnormal.
-fn nudge_kept_zeros(weight: &Tensor, mask: &BitMask) -> Result<(Tensor, usize)> {
-    fn fix<T: WithDType>(weight: &Tensor, mask: &BitMask, tiny: T) -> Result<(Tensor, usize)> {
-        let mut values = weight.flatten_all()?.to_vec1::<T>()?;
-        let mut nudged = 0;
-        for (i, v) in values.iter_mut().enumerate() {
-            if mask.is_kept(i) && v.to_f64() == 0.0 {
-                *v = tiny;
-                nudged += 1;
-            }
-        }
-        if nudged == 0 {
-            return Ok((weight.clone(), 0));
-        }
-        Ok((
-            Tensor::from_vec(values, weight.shape(), weight.device())?,
-            nudged,
-        ))
-    }
-    match weight.dtype() {
-        DType::F32 => fix(weight, mask, f32::from_bits(1)),
-        DType::F64 => fix(weight, mask, f64::from_bits(1)),
-        DType::BF16 => fix(weight, mask, bf16::from_bits(1)),
-        DType::F16 => fix(weight, mask, f16::from_bits(1)),
-        other => Err(LorsError::UnsupportedDType {
-            dtype: other,
-            what: "merging an adapter".into(),
-        }),
-    }
 }

@@ -91,6 +91,13 @@ fn run_with_progress(profile: &Profile, run: &RunDir, resume: bool) -> Result<Ru
         Event::InitProgress { done, total } => {
             bar.set_message(format!("gradient init {done}/{total} layers"))
         }
+        Event::PruneProgress { done, total } => {
+            bar.set_message(format!("pruning {done}/{total} decoder layers"))
+        }
+        Event::Pruned(r) => say(format!(
+            "pruned with {} ({}): density {:.4} in {:.2} s",
+            r.method, r.pattern, r.density, r.seconds
+        )),
         Event::InitDone(r) => say(format!(
             "gradient init: {} layers from {} sequences in {:.2} s ({} sweep(s))",
             r.layers, r.sequences, r.seconds, r.sweeps

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{CausalLm, ModelDir, WeightSource};
@@ -46,7 +47,7 @@ const COPIED_FILES: [&str; 6] = [
 /// adapters do not touch are copied bit for bit from `base`.
 pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<SparsityReport> {
     let source = base.weights()?;
-    let mut tensors: HashMap<String, candle_core::Tensor> = HashMap::new();
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for name in source.names() {
         tensors.insert(name.clone(), source.tensor(&name)?);
     }
@@ -92,6 +93,18 @@ pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<Sp
         pattern_preserved: layers.iter().all(|l| l.pattern_preserved),
         layers,
     };
+    write_model_dir(base, out, tensors, &report)?;
+    Ok(report)
+}
+
+/// Write a Hugging Face directory at `out` (atomically): `tensors` as `model.safetensors`, the
+/// base model's config and tokenizer files copied, and `report` as `sparsity.json`.
+pub fn write_model_dir<R: Serialize>(
+    base: &ModelDir,
+    out: &Path,
+    tensors: HashMap<String, Tensor>,
+    report: &R,
+) -> Result<()> {
     build_dir_atomic(out, |dir| {
         write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)?;
         for f in COPIED_FILES {
@@ -100,7 +113,6 @@ pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<Sp
                 std::fs::copy(&src, dir.join(f)).map_err(|e| LorsError::io(&src, e))?;
             }
         }
-        write_json_atomic(&dir.join("sparsity.json"), &report)
-    })?;
-    Ok(report)
+        write_json_atomic(&dir.join("sparsity.json"), report)
+    })
 }

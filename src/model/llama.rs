@@ -251,60 +251,154 @@ impl CausalLm {
     }
 
     fn forward_impl(&self, ids: &Tensor, probes: Option<&Probes>) -> Result<Tensor> {
-        let (b, t) = ids.dims2()?;
-        if t == 0 {
-            return Err(LorsError::invalid("input", "empty sequence"));
-        }
-        let c = &self.config;
-        let mut x =
-            self.embed
-                .index_select(&ids.flatten_all()?, 0)?
-                .reshape((b, t, c.hidden_size))?;
-        let (cos, sin) = self.rope(t)?;
-        let mask = causal_mask(t, self.dtype)?;
-        let eps = c.rms_norm_eps;
-        for (i, block) in self.blocks.iter().enumerate() {
-            let run = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
-                let group = BLOCK_LINEARS
-                    .iter()
-                    .find(|(_, n)| *n == name)
-                    .map_or("mlp", |(g, _)| *g);
-                match probes.and_then(|p| p.layers.get(&format!("model.layers.{i}.{group}.{name}")))
-                {
+        let mut x = self.embed_tokens(ids)?;
+        let ctx = self.context(ids.dim(1)?)?;
+        for i in 0..self.blocks.len() {
+            let prefix = format!("model.layers.{i}");
+            let mut run = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
+                match probes.and_then(|p| p.layers.get(&module_path(&prefix, name))) {
                     Some(probe) => l
                         .base()
                         .forward_probed(x, probe, &probes.expect("some").anchor),
                     None => l.forward(x),
                 }
             };
-            let h = rms_norm(&x, &block.input_norm, eps)?;
-            let heads = |name: &str, l: &Linear, n: usize| -> Result<Tensor> {
-                Ok(run(name, l, &h)?
-                    .reshape((b, t, n, c.head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()?)
-            };
-            let q = rope_slow(&heads("q_proj", &block.q, c.num_heads)?, &cos, &sin)?;
-            let k = rope_slow(&heads("k_proj", &block.k, c.num_kv_heads)?, &cos, &sin)?;
-            let v = heads("v_proj", &block.v, c.num_kv_heads)?;
-            let n_rep = c.num_heads / c.num_kv_heads;
-            let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
-            let scores = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
-            let probs = softmax(&scores.broadcast_add(&mask)?, D::Minus1)?;
-            let attn =
-                probs
-                    .matmul(&v)?
-                    .transpose(1, 2)?
-                    .reshape((b, t, c.num_heads * c.head_dim))?;
-            x = (&x + run("o_proj", &block.o, &attn)?)?;
-            let h = rms_norm(&x, &block.post_norm, eps)?;
-            let mlp =
-                (run("gate_proj", &block.gate, &h)?.silu()? * run("up_proj", &block.up, &h)?)?;
-            x = (&x + run("down_proj", &block.down, &mlp)?)?;
+            x = self.block_forward(i, &x, &ctx, &mut run)?;
         }
-        let x = rms_norm(&x, &self.norm, eps)?;
+        self.head(&x)
+    }
+
+    /// Hidden states (batch, seq, hidden) of token ids (batch, seq).
+    pub fn embed_tokens(&self, ids: &Tensor) -> Result<Tensor> {
+        let (b, t) = ids.dims2()?;
+        if t == 0 {
+            return Err(LorsError::invalid("input", "empty sequence"));
+        }
+        Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
+            b,
+            t,
+            self.config.hidden_size,
+        ))?)
+    }
+
+    /// Rotary tables and causal mask for sequences of `seq_len`.
+    pub fn context(&self, seq_len: usize) -> Result<BlockContext> {
+        let (cos, sin) = self.rope(seq_len)?;
+        Ok(BlockContext {
+            cos,
+            sin,
+            mask: causal_mask(seq_len, self.dtype)?,
+        })
+    }
+
+    /// Final norm and output projection: logits of hidden states.
+    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
+        let x = rms_norm(x, &self.norm, self.config.rms_norm_eps)?;
         self.lm_head.as_ref().unwrap_or(&self.tied_head).forward(&x)
     }
+
+    /// Number of decoder layers.
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
+    }
+
+    /// Decoder layer `i` alone, calling `tap(short_name, input)` with the input of each of its
+    /// linear layers (for calibration) before applying the layer normally.
+    pub fn block_with_taps(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        tap: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+    ) -> Result<Tensor> {
+        self.block_forward(i, x, ctx, &mut |name, l, x| {
+            tap(name, x)?;
+            l.forward(x)
+        })
+    }
+
+    /// Replace the frozen weight of the linear layer at `module` (e.g. after pruning it).
+    pub fn replace_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
+        let slot = self
+            .blocks
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(i, b)| {
+                let layers = [
+                    &mut b.q,
+                    &mut b.k,
+                    &mut b.v,
+                    &mut b.o,
+                    &mut b.gate,
+                    &mut b.up,
+                    &mut b.down,
+                ];
+                BLOCK_LINEARS
+                    .iter()
+                    .zip(layers)
+                    .map(move |((g, n), l)| (format!("model.layers.{i}.{g}.{n}"), l))
+            })
+            .find(|(name, _)| name == module)
+            .map(|(_, l)| l)
+            .ok_or_else(|| LorsError::invalid("module", format!("no linear layer `{module}`")))?;
+        let bias = slot.base().bias().cloned();
+        *slot = Linear::Frozen(SparseLinear::new(weight.to_dtype(self.dtype)?, bias, None)?);
+        Ok(())
+    }
+
+    fn block_forward(
+        &self,
+        i: usize,
+        x: &Tensor,
+        ctx: &BlockContext,
+        run: &mut dyn FnMut(&str, &Linear, &Tensor) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let block = &self.blocks[i];
+        let (b, t, _) = x.dims3()?;
+        let eps = c.rms_norm_eps;
+        let h = rms_norm(x, &block.input_norm, eps)?;
+        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
+            Ok(y.reshape((b, t, n, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?)
+        };
+        let q = heads(run("q_proj", &block.q, &h)?, c.num_heads)?;
+        let k = heads(run("k_proj", &block.k, &h)?, c.num_kv_heads)?;
+        let v = heads(run("v_proj", &block.v, &h)?, c.num_kv_heads)?;
+        let q = rope_slow(&q, &ctx.cos, &ctx.sin)?;
+        let k = rope_slow(&k, &ctx.cos, &ctx.sin)?;
+        let n_rep = c.num_heads / c.num_kv_heads;
+        let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
+        let scores = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
+        let probs = softmax(&scores.broadcast_add(&ctx.mask)?, D::Minus1)?;
+        let attn = probs
+            .matmul(&v)?
+            .transpose(1, 2)?
+            .reshape((b, t, c.num_heads * c.head_dim))?;
+        let x = (x + run("o_proj", &block.o, &attn)?)?;
+        let h = rms_norm(&x, &block.post_norm, eps)?;
+        let gate = run("gate_proj", &block.gate, &h)?;
+        let up = run("up_proj", &block.up, &h)?;
+        let mlp = (gate.silu()? * up)?;
+        Ok((&x + run("down_proj", &block.down, &mlp)?)?)
+    }
+}
+
+/// Per-sequence-length inputs shared by every decoder layer.
+pub struct BlockContext {
+    cos: Tensor,
+    sin: Tensor,
+    mask: Tensor,
+}
+
+/// `model.layers.{i}.{self_attn|mlp}.{name}` for a block prefix and a short name.
+fn module_path(prefix: &str, name: &str) -> String {
+    let group = BLOCK_LINEARS
+        .iter()
+        .find(|(_, n)| *n == name)
+        .map_or("mlp", |(g, _)| *g);
+    format!("{prefix}.{group}.{name}")
 }
 
 /// RMSNorm with differentiable ops, accumulated in f32.

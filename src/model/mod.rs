@@ -10,8 +10,8 @@ pub mod random;
 mod weights;
 
 pub use config::{Architecture, Llama3Scaling, ModelConfig, RawConfig, RopeParameters};
-pub use export::{export_merged, LayerSparsity, SparsityReport};
+pub use export::{export_merged, write_model_dir, LayerSparsity, SparsityReport};
 pub use generate::generate_greedy;
 pub use linear::Linear;
-pub use llama::{AdapterSpec, CausalLm, Probes, DEFAULT_TARGETS};
+pub use llama::{AdapterSpec, BlockContext, CausalLm, Probes, DEFAULT_TARGETS};
 pub use weights::{parse_dtype, ModelDir, SafetensorsSource, WeightSource};

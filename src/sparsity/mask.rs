@@ -157,6 +157,41 @@ impl BitMask {
         Ok(())
     }
 
+    /// Set kept weights that are exactly zero (an exact cancellation, or underflow in a narrow
+    /// dtype) to the dtype's smallest positive subnormal, so that the weight still encodes this
+    /// mask as `W != 0`. Returns the weight and how many entries were set.
+    pub fn nudge_kept_zeros(&self, weight: &Tensor) -> Result<(Tensor, usize)> {
+        fn fix<T: WithDType>(m: &BitMask, weight: &Tensor, tiny: T) -> Result<(Tensor, usize)> {
+            let mut values = weight.flatten_all()?.to_vec1::<T>()?;
+            let mut nudged = 0;
+            for (i, v) in values.iter_mut().enumerate() {
+                if m.is_kept(i) && v.to_f64() == 0.0 {
+                    *v = tiny;
+                    nudged += 1;
+                }
+            }
+            if nudged == 0 {
+                return Ok((weight.clone(), 0));
+            }
+            Ok((
+                Tensor::from_vec(values, weight.shape(), weight.device())?,
+                nudged,
+            ))
+        }
+        let (r, c) = weight.dims2()?;
+        self.expect_dims("weight", r, c)?;
+        match weight.dtype() {
+            DType::F32 => fix(self, weight, f32::from_bits(1)),
+            DType::F64 => fix(self, weight, f64::from_bits(1)),
+            DType::BF16 => fix(self, weight, half::bf16::from_bits(1)),
+            DType::F16 => fix(self, weight, half::f16::from_bits(1)),
+            other => Err(LorsError::UnsupportedDType {
+                dtype: other,
+                what: "a masked weight".into(),
+            }),
+        }
+    }
+
     /// Compare a weight's zero pattern with the mask.
     pub fn check_pattern(&self, weight: &Tensor) -> Result<PatternCheck> {
         let (r, c) = weight.dims2()?;

@@ -52,15 +52,16 @@ impl Pattern {
         }
     }
 
-    /// Number of weights kept in a group of `len` inputs (a row for unstructured, `m` for N:M).
-    fn kept_in_group(&self, len: usize) -> usize {
+    /// Number of weights kept in a group of `len` inputs (a row, or `m` for N:M).
+    pub fn kept_in_group(&self, len: usize) -> usize {
         match *self {
             Pattern::Unstructured { sparsity } => ((1.0 - sparsity) * len as f64).round() as usize,
             Pattern::NofM { n, .. } => n,
         }
     }
 
-    fn group_len(&self, cols: usize) -> usize {
+    /// Length of a selection group: the row for unstructured, `m` for N:M.
+    pub fn group_len(&self, cols: usize) -> usize {
         match *self {
             Pattern::Unstructured { .. } => cols,
             Pattern::NofM { m, .. } => m,
@@ -99,12 +100,26 @@ impl FromStr for Pattern {
 /// Ties go to the lower index, so the result is deterministic.
 pub fn magnitude_mask(weight: &Tensor, pattern: Pattern) -> Result<BitMask> {
     let (rows, cols) = weight.dims2()?;
-    pattern.validate(cols)?;
-    let values = weight
+    let scores = weight
         .to_dtype(DType::F64)?
         .abs()?
         .flatten_all()?
         .to_vec1::<f64>()?;
+    mask_from_scores(&scores, rows, cols, pattern)
+}
+
+/// Keep the highest-scoring weights of each group (a row for unstructured, `m` consecutive
+/// inputs for N:M) of a row-major `rows x cols` score matrix; ties go to the lower index.
+pub fn mask_from_scores(
+    scores: &[f64],
+    rows: usize,
+    cols: usize,
+    pattern: Pattern,
+) -> Result<BitMask> {
+    pattern.validate(cols)?;
+    if scores.len() != rows * cols {
+        return Err(LorsError::shape("scores", rows * cols, scores.len()));
+    }
     let group = pattern.group_len(cols);
     let keep_n = pattern.kept_in_group(group);
     let mut keep = vec![false; rows * cols];
@@ -112,7 +127,7 @@ pub fn magnitude_mask(weight: &Tensor, pattern: Pattern) -> Result<BitMask> {
     for start in (0..rows * cols).step_by(group) {
         order.clear();
         order.extend(start..start + group);
-        order.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
         for &i in &order[..keep_n] {
             keep[i] = true;
         }

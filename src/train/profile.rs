@@ -238,6 +238,9 @@ fn default_output() -> PathBuf {
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub model: ModelSection,
+    /// Prune `model.path` first and fine-tune the pruned model (dense → sparse → LoRS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prune: Option<crate::prune::PruneSettings>,
     pub data: DataSection,
     #[serde(default)]
     pub adapter: AdapterSection,
@@ -302,6 +305,9 @@ impl Profile {
                 "data.valid_fraction",
                 format!("{} must be in [0, 1)", self.data.valid_fraction),
             );
+        }
+        if let Some(p) = &self.prune {
+            p.validate()?;
         }
         let a = &self.adapter;
         if a.rank == 0 {
@@ -383,6 +389,9 @@ impl Profile {
             abs(v);
         }
         if let Some(v) = self.adapter.init_from.as_mut() {
+            abs(v);
+        }
+        if let Some(v) = self.prune.as_mut().and_then(|p| p.calib.as_mut()) {
             abs(v);
         }
         abs(&mut self.train.output_dir);

@@ -31,6 +31,13 @@ pub enum Event {
         step: usize,
         total: usize,
     },
+    /// Prune step progress (decoder layers done of total).
+    PruneProgress {
+        done: usize,
+        total: usize,
+    },
+    /// The prune step finished.
+    Pruned(crate::prune::PruneReport),
     /// Gradient initialisation progress (layers done of total).
     InitProgress {
         done: usize,
@@ -233,7 +240,31 @@ fn train_inner(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunOutcome> {
-    let profile = lp.profile;
+    let pruned_profile;
+    let profile = match &lp.profile.prune {
+        Some(settings) => {
+            let out = lp.run.path.join("pruned");
+            if !out.join("sparsity.json").is_file() {
+                lp.set_status(
+                    RunState::Initializing,
+                    0,
+                    Some(format!("pruning ({})", settings.method)),
+                )?;
+                let report = crate::prune::prune_to_dir(
+                    &lp.profile.model.path,
+                    settings,
+                    &out,
+                    &mut |done, total| on_event(&Event::PruneProgress { done, total }),
+                )?;
+                on_event(&Event::Pruned(report));
+            }
+            let mut p = lp.profile.clone();
+            p.model.path = out;
+            pruned_profile = p;
+            &pruned_profile
+        }
+        None => lp.profile,
+    };
     let t = &profile.train;
     let p = prepare(profile)?;
     let total = total_steps(profile, &p.train);

@@ -1,0 +1,146 @@
+//! `lors prune` and `lors inspect`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use candle_core::DType;
+use clap::Args;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+
+use lors::data::{load_blocks, BlockOptions, DataFormat, TextTokenizer};
+use lors::model::{CausalLm, ModelDir};
+use lors::prune::{prune_to_dir, PruneSettings};
+use lors::sparsity::{describe, summarize, BitMask};
+use lors::train::eval::evaluate;
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Dense (or less sparse) model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// magnitude, wanda or sparsegpt.
+    #[arg(long, default_value = "wanda")]
+    pub method: String,
+    /// Unstructured sparsity in (0, 1) (ignored with --pattern N:M).
+    #[arg(long, default_value_t = 0.5)]
+    pub sparsity: f64,
+    /// `unstructured` or N:M such as `2:4`.
+    #[arg(long, default_value = "unstructured")]
+    pub pattern: String,
+    /// Calibration data (JSONL/JSON records or plain text); not needed for magnitude.
+    #[arg(long)]
+    pub calib: Option<PathBuf>,
+    #[arg(long, default_value_t = 128)]
+    pub nsamples: usize,
+    #[arg(long, default_value_t = 2048)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output directory.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Print perplexity on this file before and after pruning.
+    #[arg(long)]
+    pub eval: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InspectArgs {
+    /// Model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+}
+
+fn load(dir: &ModelDir) -> Result<CausalLm> {
+    Ok(CausalLm::from_source(
+        &dir.config,
+        &dir.weights()?,
+        DType::F32,
+        None,
+        &mut ChaCha8Rng::seed_from_u64(0),
+    )?)
+}
+
+pub fn prune(args: PruneArgs) -> Result<()> {
+    let settings = PruneSettings {
+        method: args.method.parse()?,
+        pattern: args.pattern.clone(),
+        sparsity: args.sparsity,
+        calib: args.calib.clone(),
+        nsamples: args.nsamples,
+        seq_len: args.seq_len,
+        seed: args.seed,
+    };
+    let dir = ModelDir::open(&args.model)?;
+    let evaluate_on = |model_dir: &ModelDir, label: &str| -> Result<()> {
+        if let Some(path) = &args.eval {
+            let tok = TextTokenizer::from_file(
+                &model_dir.tokenizer_path(),
+                model_dir.config.eos_token_ids.first().copied(),
+            )?;
+            let opts = BlockOptions {
+                format: DataFormat::Auto,
+                seq_len: 256.min(model_dir.config.max_position_embeddings),
+                pack: Some(true),
+                train_on_prompt: true,
+                skip_bad: false,
+            };
+            let data = load_blocks(path, &tok, &opts)?;
+            let r = evaluate(&load(model_dir)?, &data.blocks, 8, None)?;
+            println!(
+                "{label}: perplexity {:.4} on {}",
+                r.perplexity,
+                path.display()
+            );
+        }
+        Ok(())
+    };
+    evaluate_on(&dir, "before")?;
+    let report = prune_to_dir(&args.model, &settings, &args.out, &mut |done, total| {
+        eprintln!("pruned decoder layer {done}/{total}")
+    })
+    .with_context(|| format!("pruning {} failed", args.model.display()))?;
+    println!(
+        "{} {}: density {:.4} over {} layers in {:.2} s -> {}",
+        report.method,
+        report.pattern,
+        report.density,
+        report.layers.len(),
+        report.seconds,
+        args.out.display()
+    );
+    evaluate_on(&ModelDir::open(&args.out)?, "after")
+}
+
+pub fn inspect(args: InspectArgs) -> Result<()> {
+    let dir = ModelDir::open(&args.model)?;
+    let model = load(&dir)?;
+    let c = &dir.config;
+    println!(
+        "{}: {:?}, hidden {}, {} layers, {} heads ({} kv), vocab {}, stored {}",
+        args.model.display(),
+        c.architecture,
+        c.hidden_size,
+        c.num_layers,
+        c.num_heads,
+        c.num_kv_heads,
+        c.vocab_size,
+        c.stored_dtype.as_deref().unwrap_or("?")
+    );
+    let layers: Vec<_> = model
+        .linears()
+        .into_iter()
+        .filter(|(n, _)| n != "lm_head")
+        .map(|(n, l)| describe(&n, &BitMask::clone(l.base().mask())))
+        .collect();
+    for l in &layers {
+        let nm = l
+            .n_of_m
+            .map(|(n, m)| format!("  {n}:{m}"))
+            .unwrap_or_default();
+        println!("  {:<40} density {:.4}{nm}", l.name, l.density);
+    }
+    println!("overall: {}", summarize(&layers));
+    Ok(())
+}
