@@ -466,3 +466,71 @@ fn alpaca_records_train_on_the_response_only() {
     let all = lors::data::tokenize_records(&records, &tok, true).unwrap();
     assert!(all[0].loss.iter().all(|&l| l));
 }
+
+#[test]
+fn another_process_can_pause_resume_checkpoint_and_stop_a_run() {
+    use lors::train::ControlRequest;
+    use std::time::{Duration, Instant};
+    let f = fixture();
+    let p = profile(
+        &f,
+        &[
+            "train.max_steps=100000",
+            "train.eval_every=0",
+            "train.save_every=0",
+            "adapter.init=\"standard\"",
+        ],
+    );
+    let dir = f.root.join("runs/controlled");
+    let run = RunDir::create(&dir).unwrap();
+    run.write_profile(&p.to_toml()).unwrap();
+    let worker = {
+        let (p, run) = (p.clone(), run.clone());
+        std::thread::spawn(move || {
+            train::train(&p, &run, false, &AtomicBool::new(false), &mut |_| {})
+        })
+    };
+    let wait = |what: &str, ok: &dyn Fn(&lors::train::Status) -> bool| {
+        let start = Instant::now();
+        loop {
+            if let Ok(s) = run.read_status() {
+                if ok(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "timed out waiting for {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("training", &|s| s.state == RunState::Running && s.step >= 2);
+    let id = run.request(ControlRequest::Pause).unwrap();
+    let paused = wait("pause", &|s| {
+        s.state == RunState::Paused && s.control_ack == id
+    });
+    std::thread::sleep(Duration::from_millis(400));
+    let still = run.read_status().unwrap();
+    assert_eq!(
+        (still.state, still.step),
+        (RunState::Paused, paused.step),
+        "no step while paused"
+    );
+    // A checkpoint while paused is saved at once and the run stays paused.
+    let id = run.request(ControlRequest::Checkpoint).unwrap();
+    let s = wait("checkpoint", &|s| s.control_ack == id);
+    assert_eq!(s.state, RunState::Paused);
+    assert!(dir
+        .join(format!("checkpoints/step-{:06}", paused.step))
+        .is_dir());
+    let id = run.request(ControlRequest::Resume).unwrap();
+    wait("resume", &|s| {
+        s.control_ack == id && s.step > paused.step + 2
+    });
+    run.request(ControlRequest::Stop).unwrap();
+    let outcome = worker.join().unwrap().unwrap();
+    assert_eq!(outcome.state, RunState::Stopped);
+    assert!(outcome.step > paused.step && outcome.step < 100000);
+    assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+}

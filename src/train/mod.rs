@@ -11,5 +11,5 @@ pub mod run_dir;
 mod trainer;
 
 pub use profile::Profile;
-pub use run_dir::{MetricRow, RunDir, RunState, Status};
+pub use run_dir::{Control, ControlRequest, MetricRow, RunDir, RunState, Status};
 pub use trainer::{prepare, train, Event, Prepared, RunOutcome};

@@ -37,6 +37,27 @@ pub struct Status {
     pub best_eval_loss: Option<f64>,
     pub message: Option<String>,
     pub error: Option<String>,
+    /// Id of the last control request the run has acted on.
+    #[serde(default)]
+    pub control_ack: u64,
+}
+
+/// What another process (the TUI) asks a running training to do, between two steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlRequest {
+    Pause,
+    Resume,
+    Stop,
+    /// Save a checkpoint now and go on.
+    Checkpoint,
+}
+
+/// `control.json`: the latest request, numbered so that each is acted on once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Control {
+    pub id: u64,
+    pub request: ControlRequest,
 }
 
 /// One line of `metrics.jsonl`.
@@ -123,6 +144,29 @@ impl RunDir {
     }
     pub fn checkpoints_path(&self) -> PathBuf {
         self.path.join("checkpoints")
+    }
+    pub fn control_path(&self) -> PathBuf {
+        self.path.join("control.json")
+    }
+
+    /// Ask the run to pause, resume, stop or checkpoint; returns the request's id, which
+    /// `status.json`'s `control_ack` reaches once the run has acted on it.
+    pub fn request(&self, request: ControlRequest) -> Result<u64> {
+        let id = self.read_control()?.map_or(1, |c| c.id + 1);
+        write_json_atomic(&self.control_path(), &Control { id, request })?;
+        Ok(id)
+    }
+
+    /// The latest control request, if any.
+    pub fn read_control(&self) -> Result<Option<Control>> {
+        let p = self.control_path();
+        match std::fs::read_to_string(&p) {
+            Ok(text) => serde_json::from_str(&text)
+                .map(Some)
+                .map_err(|e| LorsError::parse(&p, e.to_string())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LorsError::io(&p, e)),
+        }
     }
 
     pub fn write_profile(&self, text: &str) -> Result<()> {

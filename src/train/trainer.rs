@@ -13,7 +13,7 @@ use super::grad_init::{gradient_init, GradInitReport};
 use super::loss::causal_lm_loss;
 use super::optim::{lr_at, AdamW};
 use super::profile::{Packing, Profile};
-use super::run_dir::{now_s, MetricRow, RunDir, RunState, Status};
+use super::run_dir::{now_s, ControlRequest, MetricRow, RunDir, RunState, Status};
 use crate::adapters::Init;
 use crate::data::{
     load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, BlockOptions,
@@ -180,6 +180,46 @@ impl Loop<'_> {
         self.run.write_status(&self.status)
     }
 
+    /// Act on new control requests: a pause blocks here (status `paused`) until a resume, a
+    /// stop or Ctrl-C; a checkpoint is saved at once (staying paused if paused); a stop sets
+    /// `stop` for the loop to checkpoint and end.
+    fn follow_control(
+        &mut self,
+        stop: &AtomicBool,
+        save_now: &mut dyn FnMut() -> Result<()>,
+    ) -> Result<()> {
+        let mut paused = false;
+        loop {
+            let new = self
+                .run
+                .read_control()?
+                .filter(|c| c.id > self.status.control_ack);
+            if let Some(c) = new {
+                let step = self.status.step;
+                match c.request {
+                    ControlRequest::Pause => paused = true,
+                    ControlRequest::Resume => paused = false,
+                    ControlRequest::Stop => {
+                        stop.store(true, Ordering::SeqCst);
+                        paused = false;
+                    }
+                    ControlRequest::Checkpoint => save_now()?,
+                }
+                self.status.control_ack = c.id;
+                let (state, message) = if paused {
+                    (RunState::Paused, "paused")
+                } else {
+                    (RunState::Running, "training")
+                };
+                self.set_status(state, step, Some(message.into()))?;
+            }
+            if !paused || stop.load(Ordering::SeqCst) {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
     fn eval(&self, p: &Prepared) -> Result<Option<EvalResult>> {
         if p.valid.is_empty() {
             return Ok(None);
@@ -221,9 +261,11 @@ pub fn train(
             best_eval_loss: None,
             message: Some("loading model and data".into()),
             error: None,
+            control_ack: 0,
         },
         started: Instant::now(),
     };
+    lp.status.control_ack = run.read_control()?.map_or(0, |c| c.id);
     lp.run.write_status(&lp.status)?;
     let result = train_inner(&mut lp, resume, stop, on_event);
     if let Err(e) = &result {
@@ -331,6 +373,7 @@ fn train_inner(
         };
     lp.set_status(RunState::Running, state.step, Some("training".into()))?;
     while state.step < total {
+        lp.follow_control(stop, &mut || save(&state, &opt, &mut *on_event))?;
         if stop.load(Ordering::SeqCst) {
             save(&state, &opt, on_event)?;
             lp.set_status(
