@@ -3,14 +3,10 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::DType;
 use clap::Args;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
-use lors::data::{load_blocks, BlockOptions, DataFormat, TextTokenizer};
 use lors::model::{export_merged, generate_greedy, CausalLm, ModelDir};
-use lors::train::{checkpoint, eval::evaluate, prepare, Profile, RunDir};
+use lors::train::{checkpoint, eval::perplexity_of_file, load_adapted, Profile, RunDir};
 
 #[derive(Args)]
 pub struct EvalArgs {
@@ -55,32 +51,10 @@ pub struct MergeArgs {
     pub out: Option<PathBuf>,
 }
 
-fn load_plain(dir: &ModelDir) -> Result<CausalLm> {
-    Ok(CausalLm::from_source(
-        &dir.config,
-        &dir.weights()?,
-        DType::F32,
-        None,
-        &mut ChaCha8Rng::seed_from_u64(0),
-    )?)
-}
-
 pub fn eval(args: EvalArgs) -> Result<()> {
     let dir = ModelDir::open(&args.model)?;
-    let model = load_plain(&dir)?;
-    let tok = TextTokenizer::from_file(
-        &dir.tokenizer_path(),
-        dir.config.eos_token_ids.first().copied(),
-    )?;
-    let opts = BlockOptions {
-        format: DataFormat::Auto,
-        seq_len: args.seq_len,
-        pack: Some(true),
-        train_on_prompt: true,
-        skip_bad: false,
-    };
-    let data = load_blocks(&args.data, &tok, &opts)?;
-    let r = evaluate(&model, &data.blocks, args.batch_size, args.max_windows)?;
+    let model = CausalLm::load_frozen(&dir)?;
+    let r = perplexity_of_file(&model, &dir, &args.data, args.seq_len, args.max_windows)?;
     println!(
         "{}: perplexity {:.4} (loss {:.4}) over {} windows of {} tokens ({} predictions)",
         args.data.display(),
@@ -95,8 +69,8 @@ pub fn eval(args: EvalArgs) -> Result<()> {
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let dir = ModelDir::open(&args.model)?;
-    let model = load_plain(&dir)?;
-    let tok = TextTokenizer::from_file(&dir.tokenizer_path(), None)?;
+    let model = CausalLm::load_frozen(&dir)?;
+    let tok = dir.tokenizer()?;
     let mut prompt = tok.encode(&args.prompt, true)?;
     if prompt.is_empty() {
         prompt = dir.config.bos_token_id.into_iter().collect();
@@ -118,10 +92,17 @@ pub fn merge(args: MergeArgs) -> Result<()> {
             .latest_checkpoint()
             .with_context(|| format!("{} has no checkpoint yet", args.run.display()))?,
     };
-    let prepared = prepare(&profile)?;
-    checkpoint::load_adapter(&ckpt.join("adapter_model.safetensors"), &prepared.model)?;
+    // A run that began with a prune step trained the pruned model in the run directory.
+    let base = if profile.prune.is_some() {
+        run.path.join("pruned")
+    } else {
+        profile.model.path.clone()
+    };
+    let model_dir = ModelDir::open(&base)?;
+    let model = load_adapted(&profile, &model_dir)?;
+    checkpoint::load_adapter(&ckpt.join("adapter_model.safetensors"), &model)?;
     let out = args.out.unwrap_or_else(|| run.path.join("merged"));
-    let report = export_merged(&prepared.model, &prepared.model_dir, &out)?;
+    let report = export_merged(&model, &model_dir, &out)?;
     println!(
         "merged {} ({}) into {}: density {:.4} -> {:.4} over {} adapted layers, zero pattern {}",
         ckpt.display(),

@@ -3,16 +3,12 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use candle_core::DType;
 use clap::Args;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 
-use lors::data::{load_blocks, BlockOptions, DataFormat, TextTokenizer};
 use lors::model::{CausalLm, ModelDir};
 use lors::prune::{prune_to_dir, PruneSettings};
 use lors::sparsity::{describe, summarize, BitMask};
-use lors::train::eval::evaluate;
+use lors::train::eval::perplexity_of_file;
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -52,16 +48,6 @@ pub struct InspectArgs {
     pub model: PathBuf,
 }
 
-fn load(dir: &ModelDir) -> Result<CausalLm> {
-    Ok(CausalLm::from_source(
-        &dir.config,
-        &dir.weights()?,
-        DType::F32,
-        None,
-        &mut ChaCha8Rng::seed_from_u64(0),
-    )?)
-}
-
 pub fn prune(args: PruneArgs) -> Result<()> {
     let settings = PruneSettings {
         method: args.method.parse()?,
@@ -75,19 +61,9 @@ pub fn prune(args: PruneArgs) -> Result<()> {
     let dir = ModelDir::open(&args.model)?;
     let evaluate_on = |model_dir: &ModelDir, label: &str| -> Result<()> {
         if let Some(path) = &args.eval {
-            let tok = TextTokenizer::from_file(
-                &model_dir.tokenizer_path(),
-                model_dir.config.eos_token_ids.first().copied(),
-            )?;
-            let opts = BlockOptions {
-                format: DataFormat::Auto,
-                seq_len: 256.min(model_dir.config.max_position_embeddings),
-                pack: Some(true),
-                train_on_prompt: true,
-                skip_bad: false,
-            };
-            let data = load_blocks(path, &tok, &opts)?;
-            let r = evaluate(&load(model_dir)?, &data.blocks, 8, None)?;
+            let seq_len = 256.min(model_dir.config.max_position_embeddings);
+            let model = CausalLm::load_frozen(model_dir)?;
+            let r = perplexity_of_file(&model, model_dir, path, seq_len, None)?;
             println!(
                 "{label}: perplexity {:.4} on {}",
                 r.perplexity,
@@ -115,7 +91,7 @@ pub fn prune(args: PruneArgs) -> Result<()> {
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let dir = ModelDir::open(&args.model)?;
-    let model = load(&dir)?;
+    let model = CausalLm::load_frozen(&dir)?;
     let c = &dir.config;
     println!(
         "{}: {:?}, hidden {}, {} layers, {} heads ({} kv), vocab {}, stored {}",

@@ -28,6 +28,20 @@ pub struct BlockOptions {
     pub skip_bad: bool,
 }
 
+impl BlockOptions {
+    /// Every record packed into `seq_len` blocks, every token in the loss: evaluation and
+    /// calibration data.
+    pub fn evaluation(seq_len: usize) -> Self {
+        Self {
+            format: DataFormat::Auto,
+            seq_len,
+            pack: Some(true),
+            train_on_prompt: true,
+            skip_bad: false,
+        }
+    }
+}
+
 /// Records of a file and the blocks they make.
 pub struct LoadedData {
     pub records: RecordSet,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, D};
 use candle_nn::ops::softmax;
 use candle_nn::rotary_emb::rope_slow;
-use rand::Rng;
+use rand::{Rng, SeedableRng};
 
 use super::{Linear, ModelConfig, WeightSource};
 use crate::adapters::{AdaptedLinear, AdapterConfig, SparseLinear};
@@ -192,6 +192,12 @@ impl CausalLm {
             tied_head,
             inv_freq: inv_freq(c)?,
         })
+    }
+
+    /// The model of a directory as it is (no adapters), computing in f32.
+    pub fn load_frozen(dir: &super::ModelDir) -> Result<Self> {
+        let mut unused = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        Self::from_source(&dir.config, &dir.weights()?, DType::F32, None, &mut unused)
     }
 
     /// The resolved configuration.

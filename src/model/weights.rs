@@ -69,6 +69,14 @@ impl ModelDir {
         self.path.join("tokenizer.json")
     }
 
+    /// The model's tokenizer, with the config's end-of-sequence token.
+    pub fn tokenizer(&self) -> Result<crate::data::TextTokenizer> {
+        crate::data::TextTokenizer::from_file(
+            &self.tokenizer_path(),
+            self.config.eos_token_ids.first().copied(),
+        )
+    }
+
     /// Memory-map the weights.
     pub fn weights(&self) -> Result<SafetensorsSource> {
         // SAFETY: the files are not modified while mapped (they are inputs of a run).

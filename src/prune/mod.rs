@@ -373,27 +373,11 @@ pub fn prune_to_dir(
             ),
         ));
     }
-    let mut model = CausalLm::from_source(
-        &dir.config,
-        &dir.weights()?,
-        DType::F32,
-        None,
-        &mut ChaCha8Rng::seed_from_u64(0),
-    )?;
+    let mut model = CausalLm::load_frozen(&dir)?;
     let (calib, info) = match &settings.calib {
         Some(path) if settings.method != PruneMethod::Magnitude => {
-            let tok = crate::data::TextTokenizer::from_file(
-                &dir.tokenizer_path(),
-                dir.config.eos_token_ids.first().copied(),
-            )?;
-            let opts = crate::data::BlockOptions {
-                format: crate::data::DataFormat::Auto,
-                seq_len: settings.seq_len,
-                pack: Some(true),
-                train_on_prompt: true,
-                skip_bad: false,
-            };
-            let data = crate::data::load_blocks(path, &tok, &opts)?;
+            let opts = crate::data::BlockOptions::evaluation(settings.seq_len);
+            let data = crate::data::load_blocks(path, &dir.tokenizer()?, &opts)?;
             let blocks = calibration_blocks(data.blocks, settings.nsamples, settings.seed)?;
             let info = CalibrationInfo {
                 file: path.clone(),

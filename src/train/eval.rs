@@ -18,6 +18,21 @@ pub struct EvalResult {
     pub windows: usize,
 }
 
+/// Perplexity of `model` (from `dir`) on a data file, over its first `max_windows` windows of
+/// `seq_len` tokens (all when `None`).
+pub fn perplexity_of_file(
+    model: &CausalLm,
+    dir: &crate::model::ModelDir,
+    data: &std::path::Path,
+    seq_len: usize,
+    max_windows: Option<usize>,
+) -> Result<EvalResult> {
+    let tok = dir.tokenizer()?;
+    let blocks =
+        crate::data::load_blocks(data, &tok, &crate::data::BlockOptions::evaluation(seq_len))?;
+    evaluate(model, &blocks.blocks, 8, max_windows)
+}
+
 /// Evaluate `model` on `blocks` (all of them, or the first `max_blocks`), `batch_size` at a time.
 pub fn evaluate(
     model: &CausalLm,

@@ -12,4 +12,4 @@ mod trainer;
 
 pub use profile::Profile;
 pub use run_dir::{Control, ControlRequest, MetricRow, RunDir, RunState, Status};
-pub use trainer::{prepare, train, Event, Prepared, RunOutcome};
+pub use trainer::{load_adapted, prepare, train, Event, Prepared, RunOutcome};

@@ -66,12 +66,26 @@ pub struct Prepared {
     pub skipped_records: usize,
 }
 
+/// The profile's model with freshly initialised adapters (seeded by `train.seed`).
+pub fn load_adapted(profile: &Profile, model_dir: &ModelDir) -> Result<CausalLm> {
+    let spec = AdapterSpec {
+        config: profile.adapter.adapter_config(),
+        targets: profile.adapter.target_modules.clone(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(profile.train.seed);
+    CausalLm::from_source(
+        &model_dir.config,
+        &model_dir.weights()?,
+        parse_dtype(&profile.model.dtype)?,
+        Some(&spec),
+        &mut rng,
+    )
+}
+
 /// Load the model (with adapters) and the data of a profile.
 pub fn prepare(profile: &Profile) -> Result<Prepared> {
     let model_dir = ModelDir::open(&profile.model.path)?;
-    let dtype = parse_dtype(&profile.model.dtype)?;
-    let eos = model_dir.config.eos_token_ids.first().copied();
-    let tokenizer = TextTokenizer::from_file(&model_dir.tokenizer_path(), eos)?;
+    let tokenizer = model_dir.tokenizer()?;
     let d = &profile.data;
     let opts = BlockOptions {
         format: d.format,
@@ -110,18 +124,7 @@ pub fn prepare(profile: &Profile) -> Result<Prepared> {
         }
     };
     let train = Batcher::new(train_blocks, profile.train.batch_size, profile.train.seed)?;
-    let spec = AdapterSpec {
-        config: profile.adapter.adapter_config(),
-        targets: profile.adapter.target_modules.clone(),
-    };
-    let mut rng = ChaCha8Rng::seed_from_u64(profile.train.seed);
-    let model = CausalLm::from_source(
-        &model_dir.config,
-        &model_dir.weights()?,
-        dtype,
-        Some(&spec),
-        &mut rng,
-    )?;
+    let model = load_adapted(profile, &model_dir)?;
     let vocab = model_dir.config.vocab_size;
     if tokenizer.vocab_size() > vocab {
         return Err(LorsError::invalid(
