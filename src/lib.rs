@@ -14,5 +14,6 @@ pub mod model;
 pub mod prune;
 pub mod sparsity;
 pub mod train;
+pub mod tui;
 
 pub use error::{LorsError, Result};

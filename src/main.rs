@@ -21,6 +21,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The interactive workbench (also what `lors` alone opens).
+    Tui(TuiArgs),
     /// Train headless from a profile (or resume a run).
     Train(cli::train::TrainArgs),
     /// Re-run a run from its recorded profile and check that its metrics match.
@@ -40,6 +42,24 @@ enum Command {
     Bench(BenchCommand),
     /// Write a random Llama checkpoint (for benchmarks), optionally pruned by magnitude.
     RandomModel(cli::bench::RandomModelArgs),
+}
+
+#[derive(Parser)]
+struct TuiArgs {
+    /// Runs folder to watch and launch into.
+    #[arg(long, default_value = "runs")]
+    runs_dir: std::path::PathBuf,
+    /// Profile the Setup view starts from.
+    #[arg(long, default_value = "profiles/demo.toml")]
+    profile: std::path::PathBuf,
+}
+
+fn tui(args: TuiArgs) -> Result<()> {
+    lors::tui::run(&lors::tui::TuiOptions {
+        runs_dir: args.runs_dir,
+        profile: args.profile,
+    })?;
+    Ok(())
 }
 
 #[derive(Subcommand)]
@@ -137,10 +157,7 @@ fn main() -> Result<()> {
             }
             bench_layer(args)
         }
-        None => {
-            use clap::CommandFactory;
-            Cli::command().print_help()?;
-            Ok(())
-        }
+        Some(Command::Tui(args)) => tui(args),
+        None => tui(TuiArgs::parse_from(["tui"])),
     }
 }

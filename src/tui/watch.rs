@@ -1,0 +1,188 @@
+//! Watching run directories: status and profile re-read when they change, metrics tailed
+//! from the last complete line. Works for runs started by the TUI, headless, or before the
+//! TUI was opened.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use crate::train::{MetricRow, Profile, RunDir, Status};
+
+/// What the TUI knows of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunInfo {
+    pub path: PathBuf,
+    pub name: String,
+    pub status: Option<Status>,
+    pub profile: Option<Profile>,
+    /// (step, train loss).
+    pub train_loss: Vec<(f64, f64)>,
+    /// (step, eval loss).
+    pub eval_loss: Vec<(f64, f64)>,
+    /// The latest train row.
+    pub last: Option<MetricRow>,
+    /// RSS in bytes per step, for the memory sparkline.
+    pub rss: Vec<u64>,
+    /// Lines for the event log (init, evals, status messages and errors).
+    pub events: Vec<String>,
+    offset: u64,
+    status_mtime: Option<SystemTime>,
+}
+
+impl RunInfo {
+    /// Best evaluation loss so far.
+    pub fn best_eval(&self) -> Option<f64> {
+        self.eval_loss.iter().map(|e| e.1).reduce(f64::min)
+    }
+}
+
+fn mtime(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
+}
+
+impl RunInfo {
+    fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            profile: Profile::load(&path.join("profile.toml"), &[]).ok(),
+            ..Self::default()
+        }
+    }
+
+    /// Read what changed since the last call; true when anything did.
+    pub fn refresh(&mut self) -> bool {
+        let run = RunDir {
+            path: self.path.clone(),
+        };
+        let mut changed = false;
+        let m = mtime(&run.status_path());
+        if m != self.status_mtime {
+            self.status_mtime = m;
+            if let Ok(s) = run.read_status() {
+                let msg = s
+                    .error
+                    .clone()
+                    .map(|e| format!("error: {e}"))
+                    .or(s.message.clone());
+                let previous = self.status.as_ref().and_then(|p| {
+                    p.error
+                        .clone()
+                        .map(|e| format!("error: {e}"))
+                        .or(p.message.clone())
+                });
+                if let Some(msg) = msg.filter(|m| Some(m) != previous.as_ref()) {
+                    self.events.push(msg);
+                }
+                self.status = Some(s);
+                changed = true;
+            }
+        }
+        changed | self.tail_metrics(&run.metrics_path())
+    }
+
+    fn tail_metrics(&mut self, path: &Path) -> bool {
+        let Ok(mut f) = std::fs::File::open(path) else {
+            return false;
+        };
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if len < self.offset {
+            // Rewritten (a resume truncated it): read again from the start.
+            self.offset = 0;
+            self.train_loss.clear();
+            self.eval_loss.clear();
+            self.rss.clear();
+        }
+        if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
+            return false;
+        }
+        let mut text = String::new();
+        if f.read_to_string(&mut text).is_err() {
+            return false;
+        }
+        let complete = text.rfind('\n').map_or(0, |i| i + 1);
+        for line in text[..complete].lines() {
+            match serde_json::from_str::<MetricRow>(line) {
+                Ok(row) => self.add(row),
+                Err(e) => self.events.push(format!("unreadable metrics line: {e}")),
+            }
+        }
+        self.offset += complete as u64;
+        complete > 0
+    }
+
+    fn add(&mut self, row: MetricRow) {
+        match &row {
+            MetricRow::Train {
+                step,
+                loss,
+                rss_bytes,
+                ..
+            } => {
+                self.train_loss.push((*step as f64, *loss));
+                self.rss.push(rss_bytes.unwrap_or(0));
+                self.last = Some(row);
+            }
+            MetricRow::Eval {
+                step,
+                eval_loss,
+                eval_ppl,
+            } => {
+                self.eval_loss.push((*step as f64, *eval_loss));
+                self.events.push(format!(
+                    "step {step}: eval loss {eval_loss:.4}, ppl {eval_ppl:.3}"
+                ));
+            }
+            MetricRow::Init {
+                seconds, layers, ..
+            } => self
+                .events
+                .push(format!("gradient init: {layers} layers in {seconds:.2} s")),
+        }
+    }
+}
+
+/// Every run under a runs folder, kept up to date.
+#[derive(Debug, Default)]
+pub struct Watcher {
+    pub root: PathBuf,
+    pub runs: Vec<RunInfo>,
+}
+
+impl Watcher {
+    pub fn new(root: &Path) -> Self {
+        Self {
+            root: root.to_path_buf(),
+            runs: Vec::new(),
+        }
+    }
+
+    /// Pick up new run directories and read what changed; true when anything did.
+    pub fn refresh(&mut self) -> bool {
+        let mut changed = false;
+        if let Ok(entries) = std::fs::read_dir(&self.root) {
+            let mut dirs: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("profile.toml").is_file())
+                .collect();
+            dirs.sort();
+            let before = self.runs.len();
+            self.runs.retain(|r| dirs.contains(&r.path));
+            changed |= self.runs.len() != before;
+            for d in dirs {
+                if !self.runs.iter().any(|r| r.path == d) {
+                    self.runs.push(RunInfo::new(&d));
+                    changed = true;
+                }
+            }
+            self.runs.sort_by(|a, b| a.path.cmp(&b.path));
+        }
+        for r in &mut self.runs {
+            changed |= r.refresh();
+        }
+        changed
+    }
+}
