@@ -1,0 +1,200 @@
+//! The real `lors` binary in a terminal (tmux, 80x24): launch the bundled default from Setup,
+//! watch the loss panel fill and the run finish, quit, and check the run directory; and a
+//! run that outlives the TUI that started it is re-attached by the next one.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use lors::train::{ControlRequest, Profile, RunDir, RunState};
+
+struct Tmux {
+    socket: String,
+    session: &'static str,
+}
+
+impl Tmux {
+    fn start(session: &'static str, cwd: &Path, args: &[&str]) -> Self {
+        let socket = format!("lors-e2e-{}-{session}", std::process::id());
+        let mut cmd = Command::new("tmux");
+        cmd.args([
+            "-L",
+            &socket,
+            "new-session",
+            "-d",
+            "-x",
+            "80",
+            "-y",
+            "24",
+            "-s",
+            session,
+            "-c",
+        ])
+        .arg(cwd)
+        .arg(env!("CARGO_BIN_EXE_lors"))
+        .args(args);
+        assert!(cmd.status().expect("tmux must be installed").success());
+        Self { socket, session }
+    }
+
+    fn send(&self, keys: &str) {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "send-keys", "-t", self.session, keys])
+            .status()
+            .unwrap();
+    }
+
+    fn screen(&self) -> String {
+        let out = Command::new("tmux")
+            .args(["-L", &self.socket, "capture-pane", "-p", "-t", self.session])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn alive(&self) -> bool {
+        Command::new("tmux")
+            .args(["-L", &self.socket, "has-session", "-t", self.session])
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    fn wait_for(&self, what: &str, secs: u64) -> String {
+        let start = Instant::now();
+        loop {
+            let s = self.screen();
+            if s.contains(what) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(secs),
+                "no {what:?} on screen:\n{s}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .args(["-L", &self.socket, "kill-server"])
+            .status();
+    }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The demo profile with absolute paths and `steps` steps, written into `dir`.
+fn demo_profile(dir: &Path, steps: usize) -> PathBuf {
+    let mut p = Profile::load(
+        &repo().join("profiles/demo.toml"),
+        &[format!("train.max_steps={steps}")],
+    )
+    .unwrap();
+    p.resolve_paths(&repo());
+    p.train.eval_every = 4;
+    p.train.save_every = 0;
+    let path = dir.join("profile.toml");
+    std::fs::write(&path, p.to_toml()).unwrap();
+    path
+}
+
+fn only_run(runs: &Path) -> RunDir {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("profile.toml").is_file())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    RunDir::open(&dirs[0]).unwrap()
+}
+
+#[test]
+fn launch_watch_finish_and_quit_in_a_real_terminal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let profile = demo_profile(tmp.path(), 8);
+    let tui = Tmux::start(
+        "e2e",
+        &repo(),
+        &[
+            "tui",
+            "--runs-dir",
+            runs.to_str().unwrap(),
+            "--profile",
+            profile.to_str().unwrap(),
+        ],
+    );
+    tui.wait_for("ready to launch", 30);
+    tui.send("l");
+    let screen = tui.wait_for("finished step 8/8", 180);
+    assert!(
+        screen.contains("tok/s") && screen.contains("step 8: eval loss"),
+        "{screen}"
+    );
+    tui.send("q");
+    let start = Instant::now();
+    while tui.alive() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the TUI did not quit"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = only_run(&runs);
+    assert_eq!(run.read_status().unwrap().state, RunState::Finished);
+    let train_rows = run
+        .read_metrics()
+        .unwrap()
+        .iter()
+        .filter(|r| matches!(r, lors::train::MetricRow::Train { .. }))
+        .count();
+    assert_eq!(train_rows, 8);
+    assert!(run.path.join("merged/sparsity.json").is_file());
+}
+
+#[test]
+fn a_run_outlives_its_tui_and_the_next_tui_reattaches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let profile = demo_profile(tmp.path(), 100_000);
+    let args = [
+        "tui",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+    ];
+    let first = Tmux::start("first", &repo(), &args);
+    first.wait_for("ready to launch", 30);
+    first.send("l");
+    first.wait_for("running step", 120);
+    first.send("q");
+    drop(first);
+    let run = only_run(&runs);
+    let step = run.read_status().unwrap().step;
+    let start = Instant::now();
+    while run.read_status().unwrap().step < step + 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the run stopped with its TUI"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let second = Tmux::start("second", &repo(), &args);
+    second.send("3");
+    let screen = second.wait_for("running", 30);
+    assert!(
+        screen.contains(&run.path.file_name().unwrap().to_string_lossy()[..12]),
+        "{screen}"
+    );
+    second.send("2");
+    second.wait_for("running step", 30);
+    run.request(ControlRequest::Stop).unwrap();
+    second.wait_for("stopped step", 60);
+    assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+}
