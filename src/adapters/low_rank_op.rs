@@ -135,9 +135,11 @@ fn fuse_masked_merge<T: MergeElem>(ba: &mut [T], w: &[T], scale: f64, mask: &Bit
                 } else if word == 0 {
                     d.fill(T::zero());
                 } else {
+                    // Branch-free: a random mask makes `if bit` a coin flip per weight.
                     for (bit, (d, &w)) in d.iter_mut().zip(w).enumerate() {
+                        let merged = T::merge(w, *d, scale);
                         *d = if (word >> bit) & 1 == 1 {
-                            T::merge(w, *d, scale)
+                            merged
                         } else {
                             T::zero()
                         };
