@@ -295,14 +295,9 @@ fn bias_is_added_and_frozen() {
     assert!(diff < 1e-12, "bias: {diff}");
 }
 
-/// Zero positions of a weight, as a bit vector.
-fn zero_bits(t: &Tensor) -> Vec<u8> {
-    t.eq(0f64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap()
+/// Zero positions of a weight, one bit per weight (compared with `==`).
+fn zero_bits(t: &Tensor) -> BitMask {
+    BitMask::from_nonzero(t).unwrap()
 }
 
 #[test]
@@ -379,9 +374,7 @@ fn lora_merge_reports_the_density_it_produced() {
     // 7x5 at 50% keeps round(2.5) = 3 of 5 per row.
     assert_eq!(report.density_before, c.layer.base().density());
     assert!((report.density_before - 0.6).abs() < 1e-12);
-    let nonzero = 1.0
-        - zero_bits(&merged).iter().map(|&z| z as f64).sum::<f64>() / merged.elem_count() as f64;
-    assert_eq!(report.density_after, nonzero);
+    assert_eq!(report.density_after, zero_bits(&merged).density());
     assert!(
         report.density_after > 0.99,
         "a dense B·A fills the pruned weights"

@@ -252,13 +252,9 @@ fn a_replay_reproduces_the_metrics_bit_for_bit_and_a_change_is_detected() {
     );
 }
 
-fn zero_pattern(t: &Tensor) -> Vec<u8> {
-    t.eq(0f64)
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<u8>()
-        .unwrap()
+/// Zero positions of any tensor (viewed as one row), compared with `==`.
+fn zero_pattern(t: &Tensor) -> lors::sparsity::BitMask {
+    lors::sparsity::BitMask::from_nonzero(&t.reshape((1, ())).unwrap()).unwrap()
 }
 
 #[test]

@@ -288,14 +288,7 @@ output_dir = "{root}/runs"
     let merged =
         candle_core::safetensors::load(run.path.join("merged/model.safetensors"), &Device::Cpu)
             .unwrap();
-    let zeros = |t: &Tensor| {
-        t.eq(0f64)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<u8>()
-            .unwrap()
-    };
+    let zeros = |t: &Tensor| BitMask::from_nonzero(t).unwrap();
     for (name, w) in &pruned {
         if name.contains("_proj") {
             let mask = BitMask::from_nonzero(w).unwrap();
