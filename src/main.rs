@@ -52,12 +52,37 @@ struct TuiArgs {
     /// Profile the Setup view starts from.
     #[arg(long, default_value = "profiles/demo.toml")]
     profile: std::path::PathBuf,
+    /// Folder of saved profiles (the Profiles view).
+    #[arg(long, default_value = "profiles")]
+    profiles_dir: std::path::PathBuf,
+    /// Folder of bundled models and data offered in Setup.
+    #[arg(long, default_value = "assets")]
+    assets_dir: std::path::PathBuf,
+    /// More folders to look for models and data files in (repeatable; also
+    /// `LORS_SEARCH_PATH`, colon-separated).
+    #[arg(long = "search", value_name = "DIR")]
+    search: Vec<std::path::PathBuf>,
+    /// Write redraw statistics (draws, seconds) to this JSON file on exit.
+    #[arg(long, value_name = "FILE")]
+    stats: Option<std::path::PathBuf>,
 }
 
 fn tui(args: TuiArgs) -> Result<()> {
+    let mut extra = args.search;
+    if let Some(paths) = std::env::var_os("LORS_SEARCH_PATH") {
+        extra.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
+    }
     lors::tui::run(&lors::tui::TuiOptions {
+        search: lors::tui::catalog::SearchPaths {
+            assets: args.assets_dir,
+            runs: args.runs_dir.clone(),
+            extra,
+            hf_cache: lors::tui::catalog::hf_cache_dir().filter(|d| d.is_dir()),
+        },
         runs_dir: args.runs_dir,
         profile: args.profile,
+        profiles_dir: args.profiles_dir,
+        stats: args.stats,
     })?;
     Ok(())
 }

@@ -323,6 +323,31 @@ fn merged_export_keeps_every_zero_and_lora_reports_its_density() {
             assert_eq!(report["pattern_preserved"], true);
             assert_eq!(report["density_after"], report["density_before"]);
         }
+        // The sparsity rows the TUI shows: at the start the would-be merged weight is the
+        // base (B = 0 or W_col = 1 start); at the end it is what the export wrote.
+        let rows: Vec<(usize, Vec<lors::model::LayerSparsity>)> = comparable_rows(&dir)
+            .into_iter()
+            .filter_map(|r| match r {
+                MetricRow::Sparsity { step, layers } => Some((step, layers)),
+                _ => None,
+            })
+            .collect();
+        let (first, last) = (&rows[0], rows.last().unwrap());
+        assert_eq!(first.0, 0);
+        assert!(first.1.iter().all(|l| l.density_after == l.density_before));
+        assert_eq!(last.0, 6);
+        let exported = report["layers"].as_array().unwrap();
+        assert_eq!(last.1.len(), exported.len());
+        for (l, e) in last.1.iter().zip(exported) {
+            assert_eq!(l.name, e["name"].as_str().unwrap());
+            assert_eq!(
+                l.density_after,
+                e["density_after"].as_f64().unwrap(),
+                "{}",
+                l.name
+            );
+            assert_eq!(l.pattern_preserved, method != "lora");
+        }
     }
 }
 

@@ -1,14 +1,17 @@
-//! The workbench without a terminal: key handling and validation of the state machine,
-//! rendering into ratatui's TestBackend at 80x24 and 120x40, and run-directory watching.
+//! The workbench without a terminal: key handling and validation of the state machine in
+//! every view, rendering into ratatui's TestBackend at 80x24 and 120x40 (what each view
+//! shows), and run-directory watching.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use lors::model::ModelConfig;
+use lors::model::LayerSparsity;
 use lors::train::{ControlRequest, MetricRow, Profile, RunDir, RunState, Status};
 use lors::tui::app::{App, Confirm, Effect, View};
+use lors::tui::catalog::{self, SearchPaths};
 use lors::tui::draw::{draw, Theme};
 use lors::tui::watch::Watcher;
+use lors::tui::TuiOptions;
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 
@@ -16,22 +19,63 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn demo_app() -> App {
+fn shared() -> PathBuf {
+    repo().join("../shared")
+}
+
+fn search(runs: &Path) -> SearchPaths {
+    SearchPaths {
+        assets: repo().join("assets"),
+        runs: runs.to_path_buf(),
+        extra: vec![shared().join("models"), shared().join("data")],
+        hf_cache: None,
+    }
+}
+
+/// Carry out the inspections among `effects` synchronously (as the event loop does on
+/// blocking threads) and return the other effects.
+fn settle(app: &mut App, effects: Vec<Effect>) -> Vec<Effect> {
+    let mut rest = Vec::new();
+    for e in effects {
+        match e {
+            Effect::InspectModel(p) => {
+                let r = catalog::inspect_model_at(&p);
+                app.set_model(&p, r);
+            }
+            Effect::InspectData(key, req) => {
+                let r = catalog::inspect_data(&req);
+                app.set_data(key, &req, r);
+            }
+            other => rest.push(other),
+        }
+    }
+    rest
+}
+
+fn demo_app(runs: &Path) -> App {
     let mut p = Profile::load(&repo().join("profiles/demo.toml"), &[]).unwrap();
     p.resolve_paths(&repo());
-    let mut app = App::new(p.clone());
-    let dir = lors::model::ModelDir::open(&p.model.path).unwrap();
-    app.set_model(Ok::<ModelConfig, String>(dir.config));
+    let mut app = App::new(p);
+    let s = search(runs);
+    app.set_catalog(
+        catalog::list_profiles(&repo().join("profiles")),
+        s.models(),
+        s.datasets(),
+    );
+    let effects = app.inspections();
+    assert!(settle(&mut app, effects).is_empty());
     app
 }
 
-fn key(app: &mut App, code: KeyCode) -> Vec<Effect> {
-    app.on_key(KeyEvent::new(code, KeyModifiers::NONE))
+/// One key through the state machine, with its inspections settled.
+fn press(app: &mut App, code: KeyCode) -> Vec<Effect> {
+    let effects = app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
+    settle(app, effects)
 }
 
 fn type_text(app: &mut App, text: &str) {
     for c in text.chars() {
-        key(app, KeyCode::Char(c));
+        press(app, KeyCode::Char(c));
     }
 }
 
@@ -40,26 +84,33 @@ fn select_field(app: &mut App, label: &str) {
         if app.setup.fields[app.setup.selected].label == label {
             return;
         }
-        key(app, KeyCode::Down);
+        press(app, KeyCode::Down);
     }
     panic!("no field {label}");
 }
 
+fn value(app: &App, key: &str) -> String {
+    app.setup.field(key).unwrap().value.clone()
+}
+
 #[test]
 fn views_cycle_and_help_opens_and_closes() {
-    let mut app = demo_app();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = demo_app(tmp.path());
     assert_eq!(app.view, View::Setup);
-    key(&mut app, KeyCode::Tab);
-    assert_eq!(app.view, View::Run);
-    key(&mut app, KeyCode::Tab);
-    assert_eq!(app.view, View::Runs);
-    key(&mut app, KeyCode::BackTab);
-    assert_eq!(app.view, View::Run);
-    key(&mut app, KeyCode::Char('1'));
+    for want in [View::Run, View::Runs, View::Profiles, View::Setup] {
+        press(&mut app, KeyCode::Tab);
+        assert_eq!(app.view, want);
+    }
+    press(&mut app, KeyCode::BackTab);
+    assert_eq!(app.view, View::Profiles);
+    press(&mut app, KeyCode::Char('1'));
     assert_eq!(app.view, View::Setup);
-    key(&mut app, KeyCode::Char('?'));
+    press(&mut app, KeyCode::Char('4'));
+    assert_eq!(app.view, View::Profiles);
+    press(&mut app, KeyCode::Char('?'));
     assert!(app.help);
-    key(&mut app, KeyCode::Char('x'));
+    press(&mut app, KeyCode::Char('x'));
     assert!(!app.help);
     app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(app.quit);
@@ -67,50 +118,67 @@ fn views_cycle_and_help_opens_and_closes() {
 
 #[test]
 fn setup_edits_validates_and_launches() {
-    let mut app = demo_app();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = demo_app(tmp.path());
     assert_eq!(app.setup.error, None, "the demo profile is valid");
+    let Some(Ok(d)) = app.setup.data.first().map(|(_, d)| d.clone()) else {
+        panic!("the demo data was not counted: {:?}", app.setup.data)
+    };
+    assert_eq!(d.format, "text");
+    assert!(
+        d.records > 0 && d.tokens > d.records && d.sequences > 0,
+        "{d:?}"
+    );
     select_field(&mut app, "method");
-    key(&mut app, KeyCode::Right);
-    assert_eq!(app.setup.fields[app.setup.selected].value, "lors-exact");
-    key(&mut app, KeyCode::Left);
-    key(&mut app, KeyCode::Left);
-    assert_eq!(app.setup.fields[app.setup.selected].value, "lora");
+    press(&mut app, KeyCode::Right);
+    assert_eq!(value(&app, "adapter.method"), "lors-exact");
+    press(&mut app, KeyCode::Left);
+    press(&mut app, KeyCode::Left);
+    assert_eq!(value(&app, "adapter.method"), "lora");
     // A rank larger than the model allows is shown inline and blocks the launch.
     select_field(&mut app, "rank");
-    key(&mut app, KeyCode::Enter);
-    key(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Backspace);
     type_text(&mut app, "100");
-    key(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
     let err = app.setup.error.clone().expect("rank 100 is invalid");
     assert!(err.contains("rank 100") && err.contains("(32)"), "{err}");
-    assert!(key(&mut app, KeyCode::Char('l')).is_empty());
+    assert!(press(&mut app, KeyCode::Char('l')).is_empty());
     assert!(app.notice.as_deref().unwrap().starts_with("cannot launch"));
-    // A bad number names its key; Esc abandons an edit.
-    key(&mut app, KeyCode::Enter);
+    // Esc abandons an edit; a bad number names its key.
+    press(&mut app, KeyCode::Enter);
     type_text(&mut app, "x");
-    key(&mut app, KeyCode::Esc);
-    assert_eq!(app.setup.fields[app.setup.selected].value, "100");
+    press(&mut app, KeyCode::Esc);
+    assert_eq!(value(&app, "adapter.rank"), "100");
     select_field(&mut app, "steps");
-    key(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
     type_text(&mut app, "abc");
-    key(&mut app, KeyCode::Enter);
-    assert!(app.setup.error.is_some());
+    press(&mut app, KeyCode::Enter);
+    assert!(app.setup.error.as_deref().unwrap().contains("max_steps"));
     select_field(&mut app, "steps");
-    key(&mut app, KeyCode::Enter);
-    for _ in 0..5 {
-        key(&mut app, KeyCode::Backspace);
+    press(&mut app, KeyCode::Enter);
+    for _ in 0..6 {
+        press(&mut app, KeyCode::Backspace);
     }
     type_text(&mut app, "7");
-    key(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
     select_field(&mut app, "rank");
-    key(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
     for _ in 0..3 {
-        key(&mut app, KeyCode::Backspace);
+        press(&mut app, KeyCode::Backspace);
     }
     type_text(&mut app, "2");
-    key(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
+    // Target modules are a comma list.
+    select_field(&mut app, "targets");
+    press(&mut app, KeyCode::Enter);
+    for _ in 0..80 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    type_text(&mut app, "q_proj, v_proj");
+    press(&mut app, KeyCode::Enter);
     assert_eq!(app.setup.error, None);
-    let effects = key(&mut app, KeyCode::Char('l'));
+    let effects = press(&mut app, KeyCode::Char('l'));
     let [Effect::Launch(p)] = effects.as_slice() else {
         panic!("{effects:?}")
     };
@@ -118,19 +186,201 @@ fn setup_edits_validates_and_launches() {
         (p.adapter.rank, p.train.max_steps, p.adapter.method.name()),
         (2, Some(7), "lora")
     );
+    assert_eq!(p.adapter.target_modules, ["q_proj", "v_proj"]);
+    assert_eq!(p.prune, None);
     assert_eq!(app.view, View::Run);
-    // Editing the model path asks for it to be inspected.
-    key(&mut app, KeyCode::Char('1'));
-    select_field(&mut app, "model");
-    key(&mut app, KeyCode::Enter);
-    type_text(&mut app, "-missing");
-    let effects = key(&mut app, KeyCode::Enter);
+    // A seq_len the data cannot fill blocks the launch with the file's error.
+    press(&mut app, KeyCode::Char('1'));
+    select_field(&mut app, "seq_len");
+    press(&mut app, KeyCode::Enter);
+    type_text(&mut app, "000000");
+    press(&mut app, KeyCode::Enter);
+    let err = app.setup.error.clone().unwrap();
     assert!(
-        matches!(effects.as_slice(), [Effect::InspectModel(p)] if p.ends_with("demo-model-missing"))
+        err.contains("data.train") && err.contains("too little text"),
+        "{err}"
     );
 }
 
-fn fake_run(root: &std::path::Path, name: &str, state: RunState) -> PathBuf {
+#[test]
+fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = demo_app(tmp.path());
+    let labels: Vec<&str> = app.models.iter().map(|c| c.label.as_str()).collect();
+    for want in [
+        "demo-model",
+        "stories260K",
+        "stories260K-wanda-50",
+        "stories260K-wanda-2of4",
+    ] {
+        assert!(labels.iter().any(|l| l.ends_with(want)), "{labels:?}");
+    }
+    assert!(app
+        .datasets
+        .iter()
+        .any(|c| c.label.ends_with("tinystories-synth-valid.jsonl")));
+    // The demo model: unstructured 50%.
+    match &app.setup.model {
+        Some(Ok(m)) => {
+            assert_eq!(m.pattern(), "unstructured 50.0% sparse");
+            assert!(!m.is_dense());
+        }
+        other => panic!("{other:?}"),
+    }
+    // Pick the 2:4 model from the list.
+    select_field(&mut app, "model");
+    press(&mut app, KeyCode::Enter);
+    let picker = app.picker.clone().expect("a picker opens on a path field");
+    let i = picker
+        .items
+        .iter()
+        .position(|c| c.label.ends_with("stories260K-wanda-2of4"))
+        .unwrap();
+    let current = picker.selected;
+    for _ in 0..(i + picker.items.len() + 1 - current) % (picker.items.len() + 1) {
+        press(&mut app, KeyCode::Down);
+    }
+    press(&mut app, KeyCode::Enter);
+    assert!(app.picker.is_none());
+    assert!(value(&app, "model.path").ends_with("stories260K-wanda-2of4"));
+    match &app.setup.model {
+        Some(Ok(m)) => {
+            assert_eq!(m.pattern(), "2:4");
+            assert_eq!(m.config.hidden_size, 64);
+            assert!(
+                m.parameters > 250_000 && m.parameters < 300_000,
+                "{}",
+                m.parameters
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // The dense model warns and offers the prune step.
+    let dense = shared().join("models/stories260K");
+    select_field(&mut app, "model");
+    press(&mut app, KeyCode::Enter);
+    let n = app.picker.as_ref().unwrap().items.len();
+    for _ in 0..n + 1 {
+        if app.picker.as_ref().unwrap().selected == n {
+            break;
+        }
+        press(&mut app, KeyCode::Down);
+    }
+    press(&mut app, KeyCode::Enter);
+    assert!(app.setup.editing.is_some(), "the last entry types a path");
+    for _ in 0..300 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    type_text(&mut app, dense.to_str().unwrap());
+    press(&mut app, KeyCode::Enter);
+    assert!(matches!(&app.setup.model, Some(Ok(m)) if m.is_dense()));
+    let s = render(&app, 120, 40, false);
+    assert!(s.contains("DENSE model"), "{s}");
+    press(&mut app, KeyCode::Char('P'));
+    assert_eq!(value(&app, "prune.method"), "wanda");
+    let p = app.setup.profile(&app.base).unwrap();
+    let prune = p.prune.expect("a prune step");
+    assert_eq!(prune.method.to_string(), "wanda");
+    assert_eq!(prune.calib.as_deref(), Some(p.data.train.as_path()));
+    assert_eq!(prune.seq_len, p.data.seq_len);
+    let s = render(&app, 120, 40, false);
+    assert!(s.contains("prune step: wanda unstructured 0.5"), "{s}");
+    assert!(!s.contains("DENSE model"), "{s}");
+    // Back to none: no prune section.
+    select_field(&mut app, "prune first");
+    press(&mut app, KeyCode::Left);
+    press(&mut app, KeyCode::Left);
+    assert_eq!(value(&app, "prune.method"), "none");
+    assert_eq!(app.setup.profile(&app.base).unwrap().prune, None);
+    // A missing model is an inline error that blocks the launch.
+    select_field(&mut app, "model");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Esc);
+    assert!(app.picker.is_none());
+    app.setup.fields[0].value = "/nonexistent/model".into();
+    let effects = app.inspections();
+    settle(&mut app, effects);
+    let err = app.setup.error.clone().unwrap();
+    assert!(
+        err.starts_with("model:") && err.contains("/nonexistent/model"),
+        "{err}"
+    );
+    // A stale inspection result (for a model no longer in Setup) is ignored.
+    app.set_model(&dense, catalog::inspect_model_at(&dense));
+    assert!(matches!(app.setup.model, Some(Err(_))));
+}
+
+#[test]
+fn profiles_are_saved_listed_and_loaded() {
+    let tmp = tempfile::tempdir().unwrap();
+    let profiles = tmp.path().join("profiles");
+    let opts = TuiOptions {
+        runs_dir: tmp.path().join("runs"),
+        profile: repo().join("profiles/demo.toml"),
+        profiles_dir: profiles.clone(),
+        search: search(&tmp.path().join("runs")),
+        stats: None,
+    };
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut app = demo_app(tmp.path());
+    app.set_catalog(Vec::new(), app.models.clone(), app.datasets.clone());
+    press(&mut app, KeyCode::Char('4'));
+    assert!(render(&app, 80, 24, false).contains("No saved profiles yet"));
+    // Change the rank, then save the Setup as `quick`.
+    press(&mut app, KeyCode::Char('1'));
+    select_field(&mut app, "rank");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Backspace);
+    type_text(&mut app, "3");
+    press(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Char('w'));
+    assert!(app.naming.is_some());
+    type_text(&mut app, "../evil");
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert!(app
+        .notice
+        .as_deref()
+        .unwrap()
+        .contains("not a profile name"));
+    press(&mut app, KeyCode::Char('w'));
+    type_text(&mut app, "quick");
+    let effects = press(&mut app, KeyCode::Enter);
+    let [Effect::SaveProfile(name, p)] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!((name.as_str(), p.adapter.rank), ("quick", 3));
+    for e in effects {
+        lors::tui::apply(&mut app, e, &opts, &tx);
+    }
+    let saved = Profile::load(&profiles.join("quick.toml"), &[]).unwrap();
+    assert_eq!(saved.adapter.rank, 3);
+    assert_eq!(app.profiles.len(), 1);
+    // Saving under the same name asks first.
+    press(&mut app, KeyCode::Char('w'));
+    type_text(&mut app, "quick");
+    assert!(press(&mut app, KeyCode::Enter).is_empty());
+    assert!(matches!(&app.confirm, Some(Confirm::Overwrite(n, _)) if n == "quick"));
+    assert!(matches!(
+        press(&mut app, KeyCode::Char('y')).as_slice(),
+        [Effect::SaveProfile(..)]
+    ));
+    // The list shows a summary; Enter loads it into Setup.
+    press(&mut app, KeyCode::Char('4'));
+    let s = render(&app, 80, 24, false);
+    assert!(
+        s.contains("quick") && s.contains("lors r3 gradient 60 steps, demo-model"),
+        "{s}"
+    );
+    app.setup = lors::tui::app::Setup::from_profile(&app.base);
+    assert_eq!(value(&app, "adapter.rank"), "4");
+    let effects = press(&mut app, KeyCode::Enter);
+    assert!(effects.is_empty(), "inspections were settled: {effects:?}");
+    assert_eq!(app.view, View::Setup);
+    assert_eq!(value(&app, "adapter.rank"), "3");
+    assert!(matches!(app.setup.model, Some(Ok(_))));
+}
+
+fn fake_run(root: &Path, name: &str, state: RunState, merged_density: f64) -> PathBuf {
     let mut p = Profile::load(&repo().join("profiles/demo.toml"), &[]).unwrap();
     p.resolve_paths(&repo());
     let run = RunDir::create(&root.join(name)).unwrap();
@@ -156,6 +406,19 @@ fn fake_run(root: &std::path::Path, name: &str, state: RunState) -> PathBuf {
         eval_ppl: 2.75f64.exp(),
     })
     .unwrap();
+    let layers = ["q_proj", "k_proj"]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| LayerSparsity {
+            name: format!("model.layers.{i}.self_attn.{n}"),
+            density_before: 0.5,
+            density_after: if i == 1 { merged_density } else { 0.5 },
+            pattern_preserved: i == 0 || merged_density == 0.5,
+            nudged: 0,
+        })
+        .collect();
+    run.append_metric(&MetricRow::Sparsity { step: 3, layers })
+        .unwrap();
     run.write_status(&Status {
         state,
         step: 3,
@@ -177,59 +440,96 @@ fn fake_run(root: &std::path::Path, name: &str, state: RunState) -> PathBuf {
 #[test]
 fn run_and_runs_views_send_controls_and_confirm_destructive_ones() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = fake_run(tmp.path(), "run-a", RunState::Running);
+    let path = fake_run(tmp.path(), "run-a", RunState::Running, 0.5);
+    let other = fake_run(tmp.path(), "run-b", RunState::Finished, 0.93);
     let mut w = Watcher::new(tmp.path());
     assert!(w.refresh());
-    let mut app = demo_app();
+    let mut app = demo_app(tmp.path());
     app.set_runs(w.runs.clone());
+    app.focused = Some(path.clone());
     app.view = View::Run;
     assert_eq!(
-        key(&mut app, KeyCode::Char('p')),
+        press(&mut app, KeyCode::Char('p')),
         vec![Effect::Control(path.clone(), ControlRequest::Pause)]
     );
     assert_eq!(
-        key(&mut app, KeyCode::Char('c')),
+        press(&mut app, KeyCode::Char('c')),
         vec![Effect::Control(path.clone(), ControlRequest::Checkpoint)]
     );
-    assert!(key(&mut app, KeyCode::Char('s')).is_empty());
+    assert!(
+        press(&mut app, KeyCode::Char('m')).is_empty(),
+        "not finished"
+    );
+    assert!(press(&mut app, KeyCode::Char('s')).is_empty());
     assert_eq!(app.confirm, Some(Confirm::Stop(path.clone())));
-    assert!(key(&mut app, KeyCode::Char('n')).is_empty());
+    assert!(press(&mut app, KeyCode::Char('n')).is_empty());
     assert_eq!(app.confirm, None);
-    key(&mut app, KeyCode::Char('s'));
+    press(&mut app, KeyCode::Char('s'));
     assert_eq!(
-        key(&mut app, KeyCode::Char('y')),
+        press(&mut app, KeyCode::Char('y')),
         vec![Effect::Control(path.clone(), ControlRequest::Stop)]
     );
-    key(&mut app, KeyCode::Char('g'));
+    press(&mut app, KeyCode::Char('g'));
     assert!(app.log_scale);
-    // A paused run resumes with the same key; a finished one takes no controls.
+    press(&mut app, KeyCode::Char('g'));
+    press(&mut app, KeyCode::Char('z'));
+    assert_eq!(app.zoom_last, Some(50));
+    press(&mut app, KeyCode::Char('z'));
+    // A paused run resumes with the same key; a finished one takes no controls but merges.
     app.runs[0].status.as_mut().unwrap().state = RunState::Paused;
     assert_eq!(
-        key(&mut app, KeyCode::Char('p')),
+        press(&mut app, KeyCode::Char('p')),
         vec![Effect::Control(path.clone(), ControlRequest::Resume)]
     );
     app.runs[0].status.as_mut().unwrap().state = RunState::Finished;
-    assert!(key(&mut app, KeyCode::Char('p')).is_empty());
-    app.view = View::Runs;
-    key(&mut app, KeyCode::Char('d'));
+    assert!(press(&mut app, KeyCode::Char('p')).is_empty());
     assert_eq!(
-        key(&mut app, KeyCode::Char('y')),
+        press(&mut app, KeyCode::Char('m')),
+        vec![Effect::Merge(path.clone())]
+    );
+    // Runs: delete asks, Enter opens, Space marks for the overlay, r replays, e edits.
+    app.view = View::Runs;
+    press(&mut app, KeyCode::Char('d'));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('y')),
         vec![Effect::Delete(path.clone())]
     );
-    key(&mut app, KeyCode::Enter);
+    press(&mut app, KeyCode::Enter);
     assert_eq!(
         (app.view, app.focused.clone()),
         (View::Run, Some(path.clone()))
     );
     app.view = View::Runs;
-    let effects = key(&mut app, KeyCode::Char('e'));
+    press(&mut app, KeyCode::Char(' '));
+    press(&mut app, KeyCode::Down);
+    press(&mut app, KeyCode::Char(' '));
+    assert_eq!(app.marked.len(), 2);
+    assert_eq!(
+        press(&mut app, KeyCode::Char('r')),
+        vec![Effect::Replay(other.clone())]
+    );
+    press(&mut app, KeyCode::Char(' '));
+    assert_eq!(app.marked.len(), 1);
+    press(&mut app, KeyCode::Char(' '));
+    let effects = press(&mut app, KeyCode::Char('e'));
+    assert!(effects.is_empty(), "inspections were settled: {effects:?}");
     assert_eq!(app.view, View::Setup);
-    assert!(matches!(effects.as_slice(), [Effect::InspectModel(_)]));
+    assert!(matches!(app.setup.model, Some(Ok(_))));
 }
 
-fn render(app: &App, w: u16, h: u16) -> String {
+fn render(app: &App, w: u16, h: u16, ascii: bool) -> String {
     let mut term = Terminal::new(TestBackend::new(w, h)).unwrap();
-    term.draw(|f| draw(f, app, Theme { color: false })).unwrap();
+    term.draw(|f| {
+        draw(
+            f,
+            app,
+            Theme {
+                color: false,
+                ascii,
+            },
+        )
+    })
+    .unwrap();
     let buf = term.backend().buffer().clone();
     (0..h)
         .map(|y| {
@@ -244,73 +544,106 @@ fn render(app: &App, w: u16, h: u16) -> String {
 #[test]
 fn every_view_renders_what_it_must_at_80x24_and_120x40() {
     let tmp = tempfile::tempdir().unwrap();
-    fake_run(tmp.path(), "run-a", RunState::Running);
+    fake_run(tmp.path(), "run-a", RunState::Running, 0.5);
+    fake_run(tmp.path(), "run-lora", RunState::Finished, 0.93);
     let mut w = Watcher::new(tmp.path());
     w.refresh();
-    let mut app = demo_app();
+    let mut app = demo_app(tmp.path());
     app.set_runs(w.runs.clone());
+    app.focused = Some(tmp.path().join("run-a"));
     for (width, height) in [(80, 24), (120, 40)] {
+        let ascii = width == 80;
+        let check = |app: &App, view: &str, wants: &[&str]| {
+            let s = render(app, width, height, ascii);
+            for want in wants {
+                assert!(
+                    s.contains(want),
+                    "{width}x{height} {view} lacks {want:?}:\n{s}"
+                );
+            }
+            if ascii {
+                assert!(s.is_ascii(), "non-ASCII in {view}:\n{s}");
+            }
+        };
         app.view = View::Setup;
-        let s = render(&app, width, height);
-        for want in [
-            "1:Setup",
-            "model",
-            "rank",
-            "method",
-            "< lors >",
-            "Llama, hidden 64",
-            "ready to launch",
-            "q quit",
-        ] {
-            assert!(
-                s.contains(want),
-                "{width}x{height} Setup lacks {want:?}:\n{s}"
-            );
-        }
-        app.view = View::Run;
-        let s = render(&app, width, height);
-        for want in [
-            "run-a running step 3/10",
-            "ETA 7s",
-            "loss",
-            "tok/s    1234",
-            "RSS      40.0 MiB",
-            "best val 2.7500",
-            "step 3: eval loss 2.7500",
-            "p pause/resume",
-        ] {
-            assert!(
-                s.contains(want),
-                "{width}x{height} Run lacks {want:?}:\n{s}"
-            );
-        }
-        app.view = View::Runs;
-        let s = render(&app, width, height);
-        for want in ["val loss/ppl", "run-a", "running", "lors", "2.750 / 15.64"] {
-            assert!(
-                s.contains(want),
-                "{width}x{height} Runs lacks {want:?}:\n{s}"
-            );
-        }
-        app.help = true;
-        let s = render(&app, width, height);
-        assert!(
-            s.contains("c checkpoint now"),
-            "{width}x{height} help:\n{s}"
+        check(
+            &app,
+            "Setup",
+            &[
+                "1:Setup",
+                "model",
+                "rank",
+                "< lors >",
+                "q quit",
+                "Llama, 0.11M params, F32",
+                "unstructured 50.0% sparse",
+                "train: ",
+                "records (text)",
+                "sequences of 64",
+                "ready to launch",
+            ],
         );
+        app.view = View::Run;
+        check(
+            &app,
+            "Run",
+            &[
+                "run-a",
+                "running step 3/10",
+                "ETA 7s",
+                "* train  o valid",
+                "tok/s 1234",
+                "RSS  40.0 MiB",
+                "best  2.7500",
+                "step 3: eval loss 2.7500",
+                "zero pattern kept on all 2 layers",
+                "0.q_proj",
+                "p pause",
+            ],
+        );
+        app.focused = Some(tmp.path().join("run-lora"));
+        check(
+            &app,
+            "Run (lora)",
+            &[
+                "finished step 3/10",
+                "DRIFT: 1 of 2 layers",
+                "1.k_proj     0.500 -> 0.930",
+            ],
+        );
+        app.focused = Some(tmp.path().join("run-a"));
+        app.view = View::Runs;
+        app.marked.clear();
+        check(
+            &app,
+            "Runs",
+            &["val/ppl", "run-a", "running", "lors", "2.750/15.64"],
+        );
+        app.marked = app.runs.iter().map(|r| r.path.clone()).collect();
+        check(
+            &app,
+            "Runs overlay",
+            &["* run-a", "o run-lora", "train loss of the marked"],
+        );
+        app.view = View::Profiles;
+        check(&app, "Profiles", &["demo", "lors r4"]);
+        app.help = true;
+        check(&app, "help", &["c checkpoint now", "Space mark"]);
         app.help = false;
     }
-    // Below 80x24 it still draws without panicking.
-    render(&app, 40, 10);
+    // Below 80x24 it says so instead of drawing a broken layout.
+    assert!(render(&app, 40, 9, true).contains("terminal too small"));
+    render(&app, 60, 16, true);
 }
 
 #[test]
 fn the_watcher_reads_only_complete_metric_lines() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = fake_run(tmp.path(), "run-b", RunState::Running);
+    let path = fake_run(tmp.path(), "run-b", RunState::Running, 0.5);
     let mut w = Watcher::new(tmp.path());
     assert!(w.refresh());
     assert_eq!(w.runs[0].train_loss.len(), 3);
+    assert_eq!(w.runs[0].sparsity.as_ref().unwrap().1.len(), 2);
     assert!(!w.refresh(), "nothing changed");
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()

@@ -113,11 +113,21 @@ fn only_run(runs: &Path) -> RunDir {
     RunDir::open(&dirs[0]).unwrap()
 }
 
+/// Keep an 80x24 capture of a view next to the test binaries (`target/tmp/tui-screens/`).
+fn keep_screen(name: &str, screen: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("tui-screens");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(format!("{name}.txt")), screen).unwrap();
+}
+
 #[test]
 fn launch_watch_finish_and_quit_in_a_real_terminal() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
+    let profiles = tmp.path().join("profiles");
+    let stats = tmp.path().join("stats.json");
     let profile = demo_profile(tmp.path(), 8);
+    let assets = repo().join("assets");
     let tui = Tmux::start(
         "e2e",
         &repo(),
@@ -127,15 +137,60 @@ fn launch_watch_finish_and_quit_in_a_real_terminal() {
             runs.to_str().unwrap(),
             "--profile",
             profile.to_str().unwrap(),
+            "--assets-dir",
+            assets.to_str().unwrap(),
+            "--profiles-dir",
+            profiles.to_str().unwrap(),
+            "--stats",
+            stats.to_str().unwrap(),
         ],
     );
     tui.wait_for("ready to launch", 30);
+    // Pick the bundled model and dataset from their lists.
+    tui.send("Enter");
+    let screen = tui.wait_for("pick model", 10);
+    assert!(screen.contains("demo-model [assets]"), "{screen}");
+    keep_screen("setup-picker", &screen);
+    tui.send("Enter");
+    for _ in 0..4 {
+        tui.send("Down");
+    }
+    tui.send("Enter");
+    let screen = tui.wait_for("pick train data", 10);
+    assert!(screen.contains("train.jsonl [assets]"), "{screen}");
+    tui.send("Enter");
+    let screen = tui.wait_for("sequences of 64", 30);
+    assert!(
+        screen.contains("unstructured 50.0% sparse") && screen.contains("ready to launch"),
+        "{screen}"
+    );
+    keep_screen("setup", &screen);
     tui.send("l");
     let screen = tui.wait_for("finished step 8/8", 180);
     assert!(
-        screen.contains("tok/s") && screen.contains("step 8: eval loss"),
+        screen.contains("tok/s")
+            && screen.contains("step 8: eval loss")
+            && screen.contains("zero pattern kept on all 14 layers"),
         "{screen}"
     );
+    keep_screen("run", &screen);
+    tui.send("3");
+    tui.send("Space");
+    let screen = tui.wait_for("train loss of the marked", 10);
+    assert!(screen.contains("finished"), "{screen}");
+    keep_screen("runs", &screen);
+    tui.send("4");
+    tui.send("w");
+    tui.send("e2e-saved");
+    tui.send("Enter");
+    tui.wait_for("saved", 10);
+    tui.send("4");
+    let screen = tui.wait_for("e2e-saved", 10);
+    keep_screen("profiles", &screen);
+    assert!(Profile::load(&profiles.join("e2e-saved.toml"), &[]).is_ok());
+    tui.send("?");
+    keep_screen("help", &tui.wait_for("this help", 10));
+    tui.send("x");
     tui.send("q");
     let start = Instant::now();
     while tui.alive() {
@@ -155,6 +210,15 @@ fn launch_watch_finish_and_quit_in_a_real_terminal() {
         .count();
     assert_eq!(train_rows, 8);
     assert!(run.path.join("merged/sparsity.json").is_file());
+    // Redraws are capped at 10 per second.
+    let stats: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    let (draws, secs) = (
+        stats["draws"].as_f64().unwrap(),
+        stats["seconds"].as_f64().unwrap(),
+    );
+    eprintln!("redraws: {draws} in {secs:.1} s");
+    assert!(draws > 5.0 && draws / secs <= 10.5, "{stats}");
 }
 
 #[test]

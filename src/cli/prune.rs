@@ -5,9 +5,8 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
-use lors::model::{CausalLm, ModelDir};
+use lors::model::{inspect_model, CausalLm, ModelDir};
 use lors::prune::{prune_to_dir, PruneSettings};
-use lors::sparsity::{describe, summarize, BitMask};
 use lors::train::eval::perplexity_of_file;
 
 #[derive(Args)]
@@ -91,32 +90,27 @@ pub fn prune(args: PruneArgs) -> Result<()> {
 
 pub fn inspect(args: InspectArgs) -> Result<()> {
     let dir = ModelDir::open(&args.model)?;
-    let model = CausalLm::load_frozen(&dir)?;
-    let c = &dir.config;
+    let m = inspect_model(&dir)?;
+    let c = &m.config;
     println!(
-        "{}: {:?}, hidden {}, {} layers, {} heads ({} kv), vocab {}, stored {}",
+        "{}: {:?}, {:.1}M parameters, hidden {}, {} layers, {} heads ({} kv), vocab {}, stored {}",
         args.model.display(),
         c.architecture,
+        m.parameters as f64 / 1e6,
         c.hidden_size,
         c.num_layers,
         c.num_heads,
         c.num_kv_heads,
         c.vocab_size,
-        c.stored_dtype.as_deref().unwrap_or("?")
+        m.dtype
     );
-    let layers: Vec<_> = model
-        .linears()
-        .into_iter()
-        .filter(|(n, _)| n != "lm_head")
-        .map(|(n, l)| describe(&n, &BitMask::clone(l.base().mask())))
-        .collect();
-    for l in &layers {
+    for l in &m.layers {
         let nm = l
             .n_of_m
             .map(|(n, m)| format!("  {n}:{m}"))
             .unwrap_or_default();
         println!("  {:<40} density {:.4}{nm}", l.name, l.density);
     }
-    println!("overall: {}", summarize(&layers));
+    println!("overall: {}", m.pattern());
     Ok(())
 }

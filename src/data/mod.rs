@@ -55,13 +55,75 @@ pub fn records_to_blocks(
     opts: &BlockOptions,
 ) -> Result<Vec<Block>> {
     let examples = tokenize_records(records, tok, opts.train_on_prompt)?;
+    Ok(examples_to_blocks(records, &examples, tok, opts))
+}
+
+fn examples_to_blocks(
+    records: &[Record],
+    examples: &[Example],
+    tok: &TextTokenizer,
+    opts: &BlockOptions,
+) -> Vec<Block> {
     let instruction = records
         .iter()
         .any(|r| matches!(r, Record::Instruction { .. }));
-    Ok(if opts.pack.unwrap_or(!instruction) {
-        pack_blocks(&examples, opts.seq_len)
+    if opts.pack.unwrap_or(!instruction) {
+        pack_blocks(examples, opts.seq_len)
     } else {
-        pad_blocks(&examples, opts.seq_len, tok.eos_id.unwrap_or(0))
+        pad_blocks(examples, opts.seq_len, tok.eos_id.unwrap_or(0))
+    }
+}
+
+fn check_not_empty(path: &Path, blocks: &[Block], opts: &BlockOptions) -> Result<()> {
+    if blocks.is_empty() {
+        return Err(crate::error::LorsError::parse(
+            path,
+            format!("too little text for one block of {} tokens", opts.seq_len),
+        ));
+    }
+    Ok(())
+}
+
+/// What a data file holds, as the workbench shows it before a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataSummary {
+    /// `text`, `alpaca` or `mixed`.
+    pub format: &'static str,
+    pub records: usize,
+    /// Bad records skipped (with `skip_bad`).
+    pub skipped: usize,
+    /// Tokens after tokenisation (with BOS/EOS and prompt template).
+    pub tokens: usize,
+    /// Training sequences of `seq_len` those tokens make.
+    pub sequences: usize,
+}
+
+/// Read and tokenise `path` as a run would, and count what it gives; an error where the run
+/// would fail (bad records, too little text for one sequence).
+pub fn summarize_file(
+    path: &Path,
+    tok: &TextTokenizer,
+    opts: &BlockOptions,
+) -> Result<DataSummary> {
+    let set = read_records(path, opts.format, opts.skip_bad)?;
+    let examples = tokenize_records(&set.records, tok, opts.train_on_prompt)?;
+    let instructions = set
+        .records
+        .iter()
+        .filter(|r| matches!(r, Record::Instruction { .. }))
+        .count();
+    let blocks = examples_to_blocks(&set.records, &examples, tok, opts);
+    check_not_empty(path, &blocks, opts)?;
+    Ok(DataSummary {
+        format: match instructions {
+            0 => "text",
+            n if n == set.records.len() => "alpaca",
+            _ => "mixed",
+        },
+        records: set.records.len(),
+        skipped: set.skipped,
+        tokens: examples.iter().map(|e| e.ids.len()).sum(),
+        sequences: blocks.len(),
     })
 }
 
@@ -69,12 +131,7 @@ pub fn records_to_blocks(
 pub fn load_blocks(path: &Path, tok: &TextTokenizer, opts: &BlockOptions) -> Result<LoadedData> {
     let records = read_records(path, opts.format, opts.skip_bad)?;
     let blocks = records_to_blocks(&records.records, tok, opts)?;
-    if blocks.is_empty() {
-        return Err(crate::error::LorsError::parse(
-            path,
-            format!("too little text for one block of {} tokens", opts.seq_len),
-        ));
-    }
+    check_not_empty(path, &blocks, opts)?;
     Ok(LoadedData { records, blocks })
 }
 

@@ -8,6 +8,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::{CausalLm, ModelDir, WeightSource};
+use crate::adapters::MergeReport;
 use crate::error::{LorsError, Result};
 use crate::io::{build_dir_atomic, write_json_atomic, write_safetensors_atomic};
 
@@ -19,6 +20,29 @@ pub struct LayerSparsity {
     pub density_after: f64,
     pub pattern_preserved: bool,
     pub nudged: usize,
+}
+
+impl LayerSparsity {
+    /// The entry of layer `name` from its merge report.
+    pub fn new(name: &str, r: &MergeReport) -> Self {
+        Self {
+            name: name.to_string(),
+            density_before: r.density_before,
+            density_after: r.density_after,
+            pattern_preserved: r.pattern_preserved,
+            nudged: r.nudged,
+        }
+    }
+}
+
+/// Density of every adapted layer's base weight and of its would-be merged weight (in the
+/// model's compute dtype), without writing anything: what the TUI's sparsity panel shows.
+pub fn merged_sparsity(model: &CausalLm) -> Result<Vec<LayerSparsity>> {
+    model
+        .adapted()
+        .into_iter()
+        .map(|(name, a)| Ok(LayerSparsity::new(&name, &a.merge()?.1)))
+        .collect()
 }
 
 /// `sparsity.json` of an export.
@@ -70,13 +94,7 @@ pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<Sp
         kept_after += report.as_ref().map_or(1.0, |r| r.density_after) * n;
         total += n;
         if let Some(r) = report {
-            layers.push(LayerSparsity {
-                name: path.clone(),
-                density_before: r.density_before,
-                density_after: r.density_after,
-                pattern_preserved: r.pattern_preserved,
-                nudged: r.nudged,
-            });
+            layers.push(LayerSparsity::new(&path, &r));
         }
         tensors.insert(key, merged);
     }

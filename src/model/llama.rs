@@ -68,7 +68,7 @@ pub struct CausalLm {
     inv_freq: Tensor,
 }
 
-const BLOCK_LINEARS: [(&str, &str); 7] = [
+pub(crate) const BLOCK_LINEARS: [(&str, &str); 7] = [
     ("self_attn", "q_proj"),
     ("self_attn", "k_proj"),
     ("self_attn", "v_proj"),

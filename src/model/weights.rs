@@ -109,6 +109,17 @@ pub struct SafetensorsSource {
     path: PathBuf,
 }
 
+impl SafetensorsSource {
+    /// Elements over every stored tensor (read from the headers).
+    pub fn parameter_count(&self) -> usize {
+        self.st
+            .tensors()
+            .iter()
+            .map(|(_, v)| v.shape().iter().product::<usize>())
+            .sum()
+    }
+}
+
 impl WeightSource for SafetensorsSource {
     fn tensor(&self, name: &str) -> Result<Tensor> {
         if !self.contains(name) {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::adapters::{AdapterConfig, Init, Method};
-use crate::data::DataFormat;
+use crate::data::{BlockOptions, DataFormat};
 use crate::error::{LorsError, Result};
 use crate::model::DEFAULT_TARGETS;
 
@@ -64,6 +64,23 @@ pub struct DataSection {
 
 fn default_seq_len() -> usize {
     256
+}
+
+impl DataSection {
+    /// How this section turns records into training sequences.
+    pub fn block_options(&self) -> BlockOptions {
+        BlockOptions {
+            format: self.format,
+            seq_len: self.seq_len,
+            pack: match self.packing {
+                Packing::Auto => None,
+                Packing::Pack => Some(true),
+                Packing::Pad => Some(false),
+            },
+            train_on_prompt: self.train_on_prompt,
+            skip_bad: self.skip_bad_records,
+        }
+    }
 }
 
 /// The adapter and its initialisation.

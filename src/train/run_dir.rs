@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{LorsError, Result};
 use crate::io::{write_atomic, write_json_atomic};
+use crate::model::LayerSparsity;
 
 /// Life cycle of a run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -88,6 +89,12 @@ pub enum MetricRow {
         layers: usize,
         sequences: usize,
         sweeps: usize,
+    },
+    /// Per adapted layer: density of the base weight and of the would-be merged weight
+    /// (written when training starts and at each evaluation).
+    Sparsity {
+        step: usize,
+        layers: Vec<LayerSparsity>,
     },
 }
 
@@ -228,7 +235,9 @@ impl RunDir {
             .read_metrics()?
             .into_iter()
             .filter(|r| match r {
-                MetricRow::Train { step: s, .. } | MetricRow::Eval { step: s, .. } => *s <= step,
+                MetricRow::Train { step: s, .. }
+                | MetricRow::Eval { step: s, .. }
+                | MetricRow::Sparsity { step: s, .. } => *s <= step,
                 MetricRow::Init { .. } => true,
             })
             .collect();
@@ -278,7 +287,7 @@ fn comparable(rows: &[MetricRow]) -> Vec<String> {
                 "step {step}: eval_loss {eval_loss} ({:016x})",
                 eval_loss.to_bits()
             )),
-            MetricRow::Init { .. } => None,
+            MetricRow::Init { .. } | MetricRow::Sparsity { .. } => None,
         })
         .collect()
 }

@@ -12,16 +12,15 @@ use super::eval::{evaluate, EvalResult};
 use super::grad_init::{gradient_init, GradInitReport};
 use super::loss::causal_lm_loss;
 use super::optim::{lr_at, AdamW};
-use super::profile::{Packing, Profile};
+use super::profile::Profile;
 use super::run_dir::{now_s, ControlRequest, MetricRow, RunDir, RunState, Status};
 use crate::adapters::Init;
 use crate::data::{
-    load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, BlockOptions,
-    TextTokenizer,
+    load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, TextTokenizer,
 };
 use crate::error::{LorsError, Result};
 use crate::memory;
-use crate::model::{parse_dtype, AdapterSpec, CausalLm, ModelDir};
+use crate::model::{merged_sparsity, parse_dtype, AdapterSpec, CausalLm, ModelDir};
 
 /// Something that happened during a run, for progress displays.
 #[derive(Debug, Clone)]
@@ -87,17 +86,7 @@ pub fn prepare(profile: &Profile) -> Result<Prepared> {
     let model_dir = ModelDir::open(&profile.model.path)?;
     let tokenizer = model_dir.tokenizer()?;
     let d = &profile.data;
-    let opts = BlockOptions {
-        format: d.format,
-        seq_len: d.seq_len,
-        pack: match d.packing {
-            Packing::Auto => None,
-            Packing::Pack => Some(true),
-            Packing::Pad => Some(false),
-        },
-        train_on_prompt: d.train_on_prompt,
-        skip_bad: d.skip_bad_records,
-    };
+    let opts = d.block_options();
     let (train_blocks, valid, skipped) = match &d.valid {
         Some(valid_path) => {
             let train = load_blocks(&d.train, &tokenizer, &opts)?;
@@ -279,6 +268,22 @@ pub fn train(
     result
 }
 
+/// Append the per-layer base and would-be merged densities as a metrics row.
+fn record_sparsity(
+    run: &RunDir,
+    model: &CausalLm,
+    step: usize,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<()> {
+    let row = MetricRow::Sparsity {
+        step,
+        layers: merged_sparsity(model)?,
+    };
+    run.append_metric(&row)?;
+    on_event(&Event::Metric(row));
+    Ok(())
+}
+
 fn train_inner(
     lp: &mut Loop,
     resume: bool,
@@ -363,6 +368,9 @@ fn train_inner(
         step: state.step,
         total,
     });
+    if resumed_from.is_none() {
+        record_sparsity(lp.run, &p.model, state.step, on_event)?;
+    }
     let tokens_per_step = (t.batch_size * t.grad_accum * profile.data.seq_len) as f64;
     let vars: Vec<Var> = trainable(&p.model).into_iter().map(|(_, v)| v).collect();
     let first_step = state.step;
@@ -473,6 +481,7 @@ fn train_inner(
                 lp.status.best_eval_loss = Some(best);
                 last_eval = Some(e);
             }
+            record_sparsity(lp.run, &p.model, state.step, on_event)?;
         }
         if (t.save_every > 0 && state.step.is_multiple_of(t.save_every)) || is_last {
             save(&state, &opt, on_event)?;

@@ -1,31 +1,68 @@
-//! Drawing: one function per view, from the state alone. Plain ASCII borders and markers, so
-//! it reads the same over any SSH terminal; colours are dropped under `NO_COLOR`.
+//! Drawing: one function per view and one per panel, from the state alone. Charts, gauges and
+//! sparklines use plain ASCII; borders are box-drawing lines on UTF-8 terminals and `+-|`
+//! otherwise (or with `LORS_ASCII=1`); colours are dropped under `NO_COLOR`.
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
-use ratatui::symbols::{border, Marker};
+use ratatui::symbols::{bar, border};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{
-    Axis, Block, Borders, Chart, Clear, Dataset, Gauge, GraphType, List, ListItem, ListState,
-    Paragraph, Row, Sparkline, Table, TableState, Wrap,
+    Block, Borders, Clear, List, ListItem, ListState, Paragraph, Row, Sparkline, Table, TableState,
+    Wrap,
 };
 use ratatui::Frame;
 
-use super::app::{App, Confirm, View};
+use super::app::{App, Confirm, Kind, View};
+use super::plot::{Plot, Series};
 use super::watch::RunInfo;
 use crate::memory::human_bytes;
 use crate::train::MetricRow;
 
-/// Colours, or none under `NO_COLOR`.
+/// How the screen may look: colours (unless `NO_COLOR`) and box-drawing borders (unless
+/// the locale is not UTF-8 or `LORS_ASCII` is set).
 #[derive(Debug, Clone, Copy)]
 pub struct Theme {
     pub color: bool,
+    pub ascii: bool,
 }
+
+const ASCII_BORDER: border::Set = border::Set {
+    top_left: "+",
+    top_right: "+",
+    bottom_left: "+",
+    bottom_right: "+",
+    vertical_left: "|",
+    vertical_right: "|",
+    horizontal_top: "-",
+    horizontal_bottom: "-",
+};
+
+const ASCII_BARS: bar::Set = bar::Set {
+    full: "#",
+    seven_eighths: "#",
+    three_quarters: "=",
+    five_eighths: "=",
+    half: "-",
+    three_eighths: "-",
+    one_quarter: "_",
+    one_eighth: "_",
+    empty: " ",
+};
+
+/// Symbols of overlaid curves, in order.
+const SYMBOLS: [char; 8] = ['*', 'o', '+', 'x', '#', '@', '%', '&'];
 
 impl Theme {
     pub fn from_env() -> Self {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        let locale = ["LC_ALL", "LC_CTYPE", "LANG"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+            .unwrap_or_default()
+            .to_uppercase();
         Self {
-            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+            color: !set("NO_COLOR"),
+            ascii: set("LORS_ASCII") || !(locale.contains("UTF-8") || locale.contains("UTF8")),
         }
     }
 
@@ -40,18 +77,37 @@ impl Theme {
     fn selected(&self) -> Style {
         Style::default().add_modifier(Modifier::REVERSED)
     }
-}
 
-fn block(title: &str) -> Block<'_> {
-    Block::default()
-        .borders(Borders::ALL)
-        .border_set(border::PLAIN)
-        .title(format!(" {title} "))
+    fn warn(&self) -> Style {
+        self.fg(Color::Yellow).add_modifier(Modifier::BOLD)
+    }
+
+    fn block<'a>(&self, title: &str) -> Block<'a> {
+        Block::default()
+            .borders(Borders::ALL)
+            .border_set(if self.ascii {
+                ASCII_BORDER
+            } else {
+                border::PLAIN
+            })
+            .title(format!(" {title} "))
+    }
 }
 
 /// Draw the whole screen.
 pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     let area = f.area();
+    if area.width < 40 || area.height < 10 {
+        f.render_widget(
+            Paragraph::new(format!(
+                "lors: terminal too small ({}x{}); 80x24 or more please. q quits.",
+                area.width, area.height
+            ))
+            .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
     let [tabs, body, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(0),
@@ -75,29 +131,46 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         View::Setup => draw_setup(f, body, app, theme),
         View::Run => draw_run(f, body, app, theme),
         View::Runs => draw_runs(f, body, app, theme),
+        View::Profiles => draw_profiles(f, body, app, theme),
     }
     // The global keys come first so that a narrow terminal still shows them.
     let keys = match app.view {
-        View::Setup => "Up/Down field  Enter edit  Left/Right choose  l launch",
-        View::Run => "p pause/resume  c checkpoint  s stop  g log  z zoom",
-        View::Runs => "Up/Down select  Enter open  e edit  d delete",
+        View::Setup => "Enter edit  Lt/Rt choose  l launch  w save  P prune",
+        View::Run => "p pause  c checkpoint  s stop  m merge  g log  z zoom",
+        View::Runs => "Space mark  Enter open  r replay  e edit  d delete",
+        View::Profiles => "Enter load into Setup  w save Setup as profile",
     };
     let line = match &app.notice {
         Some(n) => format!(" q quit  ? help  Tab view | {n}"),
         None => format!(" q quit  ? help  Tab view | {keys}"),
     };
     f.render_widget(Paragraph::new(line).style(theme.selected()), footer);
+    if let Some(p) = &app.picker {
+        draw_picker(f, area, app, p, theme);
+    }
+    if let Some(name) = &app.naming {
+        let r = centered(area, 60, 3);
+        f.render_widget(Clear, r);
+        f.render_widget(
+            Paragraph::new(format!("{name}_")).block(theme.block(&format!(
+                "save profile as {}/<name>.toml (Enter, Esc)",
+                "profiles"
+            ))),
+            r,
+        );
+    }
     if app.help {
-        draw_help(f, area);
+        draw_help(f, area, theme);
     }
     if let Some(c) = &app.confirm {
         let text = match c {
             Confirm::Stop(p) => format!("Stop {}? It checkpoints first. (y/n)", name(p)),
             Confirm::Delete(p) => format!("Delete {} and all its files? (y/n)", name(p)),
+            Confirm::Overwrite(n, _) => format!("Profile {n} exists. Overwrite it? (y/n)"),
         };
         let r = centered(area, 60, 3);
         f.render_widget(Clear, r);
-        f.render_widget(Paragraph::new(text).block(block("confirm")), r);
+        f.render_widget(Paragraph::new(text).block(theme.block("confirm")), r);
     }
 }
 
@@ -120,7 +193,11 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 
 fn draw_setup(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let s = &app.setup;
-    let [form, info] = Layout::vertical([Constraint::Min(3), Constraint::Length(4)]).areas(area);
+    let [form, info] = if area.width >= 110 {
+        Layout::horizontal([Constraint::Length(60), Constraint::Min(40)]).areas(area)
+    } else {
+        Layout::vertical([Constraint::Min(5), Constraint::Length(8)]).areas(area)
+    };
     let items: Vec<ListItem> = s
         .fields
         .iter()
@@ -128,7 +205,8 @@ fn draw_setup(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .map(|(i, fl)| {
             let value = match (&s.editing, i == s.selected) {
                 (Some(buf), true) => format!("{buf}_"),
-                _ if !fl.choices.is_empty() => format!("< {} >", fl.value),
+                _ if !fl.choices().is_empty() => format!("< {} >", fl.value),
+                _ if matches!(fl.kind, Kind::Path(_)) && fl.value.is_empty() => "(none)".into(),
                 _ => fl.value.clone(),
             };
             ListItem::new(format!("{:<14} {value}", fl.label))
@@ -137,31 +215,117 @@ fn draw_setup(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let mut state = ListState::default().with_selected(Some(s.selected));
     f.render_stateful_widget(
         List::new(items)
-            .block(block("Setup"))
+            .block(theme.block("Setup"))
             .highlight_style(theme.selected()),
         form,
         &mut state,
     );
+    f.render_widget(
+        Paragraph::new(detected_lines(app, theme))
+            .wrap(Wrap { trim: true })
+            .block(theme.block("Detected")),
+        info,
+    );
+}
+
+/// What the Detected panel says about the model, the prune step and the data.
+fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
+    let s = &app.setup;
     let mut lines = Vec::new();
-    match (&s.model, &s.model_error) {
-        (Some(c), _) => lines.push(Line::from(format!(
-            "model: {:?}, hidden {}, {} layers, {} heads ({} kv), vocab {}",
-            c.architecture, c.hidden_size, c.num_layers, c.num_heads, c.num_kv_heads, c.vocab_size
-        ))),
-        (None, Some(e)) => lines.push(Line::styled(format!("model: {e}"), theme.fg(Color::Red))),
-        (None, None) => lines.push(Line::from(
-            "model: (press Enter on the model field to inspect)",
-        )),
+    match &s.model {
+        Some(Ok(m)) => {
+            let c = &m.config;
+            lines.push(Line::from(format!(
+                "model: {:?}, {:.2}M params, {}, hidden {}, {} layers, {} heads ({} kv), vocab {}",
+                c.architecture,
+                m.parameters as f64 / 1e6,
+                m.dtype,
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.vocab_size
+            )));
+            let pruning = s.field("prune.method").is_some_and(|f| f.value != "none");
+            if m.is_dense() && !pruning {
+                lines.push(Line::styled(
+                    "DENSE model: masked methods keep nothing sparse. P adds a prune step \
+                     (wanda 50%), or set `prune first`.",
+                    theme.warn(),
+                ));
+            } else {
+                lines.push(Line::from(format!(
+                    "sparsity: {} (density {:.3}) over {} linear layers",
+                    m.pattern(),
+                    m.density(),
+                    m.layers.len()
+                )));
+            }
+        }
+        Some(Err(e)) => lines.push(Line::styled(format!("model: {e}"), theme.fg(Color::Red))),
+        None => lines.push(Line::from("model: inspecting...")),
+    }
+    if let Some(p) = s.field("prune.method").filter(|f| f.value != "none") {
+        let pattern = s.field("prune.pattern").map_or("", |f| f.value.as_str());
+        let sparsity = s.field("prune.sparsity").map_or("", |f| f.value.as_str());
+        lines.push(Line::from(format!(
+            "prune step: {} {} {} before training, calibrated on the train data",
+            p.value,
+            pattern,
+            if pattern == "unstructured" {
+                sparsity
+            } else {
+                ""
+            }
+        )));
+    }
+    for (key, info) in &s.data {
+        let label = key.trim_start_matches("data.");
+        lines.push(match info {
+            Ok(d) => Line::from(format!(
+                "{label}: {} records ({}{}), {} tokens = {} sequences of {}",
+                d.records,
+                d.format,
+                if d.skipped > 0 {
+                    format!(", {} skipped", d.skipped)
+                } else {
+                    String::new()
+                },
+                d.tokens,
+                d.sequences,
+                s.field("data.seq_len").map_or("", |f| f.value.as_str())
+            )),
+            Err(e) => Line::styled(format!("{label}: {e}"), theme.fg(Color::Red)),
+        });
     }
     match &s.error {
         Some(e) => lines.push(Line::styled(format!("invalid: {e}"), theme.fg(Color::Red))),
         None => lines.push(Line::styled("ready to launch (l)", theme.fg(Color::Green))),
     }
-    f.render_widget(
-        Paragraph::new(lines)
-            .wrap(Wrap { trim: true })
-            .block(block("Detected")),
-        info,
+    lines
+}
+
+fn draw_picker(f: &mut Frame, area: Rect, app: &App, p: &super::app::Picker, theme: Theme) {
+    let label = app.setup.fields[p.field].label;
+    let mut items: Vec<ListItem> = p
+        .items
+        .iter()
+        .map(|c| ListItem::new(format!("{} [{}]", c.label, c.origin)))
+        .collect();
+    items.push(ListItem::new("(type a path or hub id...)"));
+    let r = centered(
+        area,
+        area.width.saturating_sub(8),
+        area.height.saturating_sub(6),
+    );
+    f.render_widget(Clear, r);
+    let mut state = ListState::default().with_selected(Some(p.selected));
+    f.render_stateful_widget(
+        List::new(items)
+            .block(theme.block(&format!("pick {label} (Enter, Esc)")))
+            .highlight_style(theme.selected()),
+        r,
+        &mut state,
     );
 }
 
@@ -172,19 +336,26 @@ fn state_text(r: &RunInfo) -> String {
         .unwrap_or_else(|| "starting".into())
 }
 
+/// `[#####.....]` of `width` characters.
+fn ascii_bar(ratio: f64, width: usize) -> String {
+    let filled = ((ratio.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
 fn draw_run(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let Some(run) = app.focused_run() else {
         f.render_widget(
             Paragraph::new("No run yet: launch one from Setup (l), or open one from Runs.")
-                .block(block("Run")),
+                .block(theme.block("Run")),
             area,
         );
         return;
     };
-    let [head, middle, log] = Layout::vertical([
+    let bottom_h = if area.height >= 30 { 10 } else { 6 };
+    let [head, middle, bottom] = Layout::vertical([
         Constraint::Length(3),
         Constraint::Min(6),
-        Constraint::Length(5),
+        Constraint::Length(bottom_h),
     ])
     .areas(area);
     let (step, total, eta, elapsed) = run.status.as_ref().map_or((0, 0, None, 0.0), |s| {
@@ -195,109 +366,78 @@ fn draw_run(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else {
         0.0
     };
-    let label = format!(
+    let text = format!(
         "{} {} step {step}/{total}  elapsed {:.0}s  ETA {}",
-        run.name,
+        ascii_bar(ratio, (head.width as usize / 4).clamp(5, 30)),
         state_text(run),
         elapsed,
         eta.map_or("-".into(), |e| format!("{e:.0}s"))
     );
-    f.render_widget(
-        Gauge::default()
-            .block(block("Progress"))
-            .gauge_style(theme.fg(Color::Green))
-            .ratio(ratio.clamp(0.0, 1.0))
-            .label(label),
-        head,
-    );
-    let wide = middle.width >= 100;
-    let [chart_area, side] = if wide {
-        Layout::horizontal([Constraint::Min(40), Constraint::Length(36)]).areas(middle)
-    } else {
-        Layout::horizontal([Constraint::Min(30), Constraint::Length(26)]).areas(middle)
-    };
+    f.render_widget(Paragraph::new(text).block(theme.block(&run.name)), head);
+    let side_w = if middle.width >= 100 { 36 } else { 26 };
+    let [chart_area, side] =
+        Layout::horizontal([Constraint::Min(30), Constraint::Length(side_w)]).areas(middle);
     draw_loss(f, chart_area, app, run, theme);
-    draw_side(f, side, run);
-    let lines: Vec<Line> = run
-        .events
-        .iter()
-        .rev()
-        .take(log.height.saturating_sub(2) as usize)
-        .rev()
-        .map(|e| {
-            if e.starts_with("error") {
-                Line::styled(e.clone(), theme.fg(Color::Red))
-            } else {
-                Line::from(e.clone())
-            }
-        })
-        .collect();
-    f.render_widget(Paragraph::new(lines).block(block("Events")), log);
+    draw_stats(f, side, run, theme);
+    let [log, sparsity] =
+        Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
+    draw_events(f, log, run, theme);
+    draw_sparsity(f, sparsity, run, theme);
+}
+
+/// Points from `start` on, with y in log scale when asked.
+fn view_points(pts: &[(f64, f64)], start: f64, log: bool) -> Vec<(f64, f64)> {
+    pts.iter()
+        .filter(|p| p.0 >= start)
+        .map(|&(x, y)| (x, if log { y.max(1e-9).ln() } else { y }))
+        .collect()
 }
 
 fn draw_loss(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) {
-    let transform = |pts: &[(f64, f64)]| -> Vec<(f64, f64)> {
-        let start = app.zoom_last.map_or(0.0, |n| {
-            run.train_loss.last().map_or(0.0, |l| l.0 - n as f64)
-        });
-        pts.iter()
-            .filter(|p| p.0 >= start)
-            .map(|&(x, y)| (x, if app.log_scale { y.max(1e-9).ln() } else { y }))
-            .collect()
-    };
-    let train = transform(&run.train_loss);
-    let eval = transform(&run.eval_loss);
-    let all = train.iter().chain(&eval);
-    let (x0, x1) = all
-        .clone()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
-    let (y0, y1) = all.fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    let start = app.zoom_last.map_or(f64::MIN, |n| {
+        run.train_loss.last().map_or(0.0, |l| l.0 - n as f64)
+    });
+    let train = view_points(&run.train_loss, start, app.log_scale);
+    let eval = view_points(&run.eval_loss, start, app.log_scale);
     let title = format!(
-        "loss{}{}",
+        "loss{}: * train  o valid{}",
         if app.log_scale { " (ln)" } else { "" },
         app.zoom_last
             .map_or(String::new(), |n| format!(", last {n} steps"))
     );
     if train.is_empty() {
         f.render_widget(
-            Paragraph::new("waiting for the first step...").block(block(&title)),
+            Paragraph::new("waiting for the first step...").block(theme.block(&title)),
             area,
         );
         return;
     }
-    let datasets = vec![
-        Dataset::default()
-            .name("train")
-            .marker(Marker::Dot)
-            .graph_type(GraphType::Line)
-            .style(theme.fg(Color::Cyan))
-            .data(&train),
-        Dataset::default()
-            .name("valid")
-            .marker(Marker::Dot)
-            .graph_type(GraphType::Scatter)
-            .style(theme.fg(Color::Yellow))
-            .data(&eval),
-    ];
-    let pad = ((y1 - y0) * 0.05).max(1e-6);
-    let chart = Chart::new(datasets)
-        .block(block(&title))
-        .x_axis(
-            Axis::default()
-                .bounds([x0, x1.max(x0 + 1.0)])
-                .labels([format!("{x0:.0}"), format!("{x1:.0}")]),
-        )
-        .y_axis(
-            Axis::default()
-                .bounds([y0 - pad, y1 + pad])
-                .labels([format!("{y0:.2}"), format!("{y1:.2}")]),
-        );
-    f.render_widget(chart, area);
+    f.render_widget(
+        Plot {
+            block: theme.block(&title),
+            series: vec![
+                Series {
+                    symbol: '*',
+                    style: theme.fg(Color::Cyan),
+                    points: &train,
+                    line: true,
+                },
+                Series {
+                    symbol: 'o',
+                    style: theme.fg(Color::Yellow),
+                    points: &eval,
+                    line: false,
+                },
+            ],
+        },
+        area,
+    );
 }
 
-fn draw_side(f: &mut Frame, area: Rect, run: &RunInfo) {
-    let [stats, spark] = Layout::vertical([Constraint::Min(5), Constraint::Length(4)]).areas(area);
+fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let [stats, memory] = Layout::vertical([Constraint::Length(7), Constraint::Min(5)]).areas(area);
     let mut lines = Vec::new();
+    let mut mem = Vec::new();
     if let Some(MetricRow::Train {
         loss,
         lr,
@@ -309,40 +449,157 @@ fn draw_side(f: &mut Frame, area: Rect, run: &RunInfo) {
         ..
     }) = &run.last
     {
-        lines.push(format!("loss     {loss:.4}"));
-        lines.push(format!("lr       {lr:.2e}"));
-        lines.push(format!("grad     {grad_norm:.3}"));
-        lines.push(format!("tok/s    {tokens_per_s:.0}"));
-        lines.push(format!(
-            "RSS      {}",
+        lines.push(format!("loss  {loss:.4}"));
+        lines.push(format!("lr    {lr:.2e}  grad {grad_norm:.2}"));
+        lines.push(format!("tok/s {tokens_per_s:.0}"));
+        mem.push(format!(
+            "RSS  {}",
             rss_bytes.map_or("-".into(), |b| human_bytes(b as f64))
         ));
-        lines.push(format!("live     {}", human_bytes(*live_bytes as f64)));
-        lines.push(format!("peak     {}", human_bytes(*peak_bytes as f64)));
+        mem.push(format!("live {}", human_bytes(*live_bytes as f64)));
+        mem.push(format!("peak {}", human_bytes(*peak_bytes as f64)));
     }
     if let Some(best) = run.best_eval() {
-        lines.push(format!("best val {best:.4} (ppl {:.2})", best.exp()));
+        lines.push(format!("best  {best:.4} ppl {:.2}", best.exp()));
     }
     if let Some(p) = &run.profile {
-        lines.push(
-            format!(
-                "{} r{} {:?}",
-                p.adapter.method, p.adapter.rank, p.adapter.init
-            )
-            .to_lowercase(),
-        );
+        lines.push(format!(
+            "{} r{} {}",
+            p.adapter.method,
+            p.adapter.rank,
+            serde_json::to_value(p.adapter.init)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default()
+        ));
     }
     let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
-    f.render_widget(Paragraph::new(text).block(block("Stats")), stats);
-    let data: Vec<u64> = run.rss.iter().map(|b| b / 1024).collect();
-    f.render_widget(Sparkline::default().block(block("RSS")).data(&data), spark);
+    f.render_widget(Paragraph::new(text).block(theme.block("Stats")), stats);
+    let block = theme.block("Memory");
+    let inner = block.inner(memory);
+    f.render_widget(block, memory);
+    let n = mem.len() as u16;
+    let [numbers, spark] =
+        Layout::vertical([Constraint::Length(n), Constraint::Min(0)]).areas(inner);
+    f.render_widget(
+        Paragraph::new(mem.into_iter().map(Line::from).collect::<Vec<_>>()),
+        numbers,
+    );
+    let width = spark.width as usize;
+    let data: Vec<u64> = run.rss[run.rss.len().saturating_sub(width)..]
+        .iter()
+        .map(|b| b / 1024)
+        .collect();
+    f.render_widget(
+        Sparkline::default()
+            .data(&data)
+            .bar_set(ASCII_BARS)
+            .style(theme.fg(Color::Magenta)),
+        spark,
+    );
+}
+
+fn draw_events(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let lines: Vec<Line> = run
+        .events
+        .iter()
+        .rev()
+        .take(area.height.saturating_sub(2) as usize)
+        .rev()
+        .map(|e| {
+            if e.starts_with("error") {
+                Line::styled(e.clone(), theme.fg(Color::Red))
+            } else {
+                Line::from(e.clone())
+            }
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(theme.block("Events")),
+        area,
+    );
+}
+
+/// `model.layers.3.self_attn.q_proj` as `3.q_proj`.
+fn short_layer(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        ["model", "layers", i, _, leaf] => format!("{i}.{leaf}"),
+        _ => name.to_string(),
+    }
+}
+
+fn draw_sparsity(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let Some((step, layers)) = &run.sparsity else {
+        f.render_widget(
+            Paragraph::new("written when training starts and at each eval")
+                .wrap(Wrap { trim: true })
+                .block(theme.block("Sparsity")),
+            area,
+        );
+        return;
+    };
+    let n = layers.len().max(1) as f64;
+    let base = layers.iter().map(|l| l.density_before).sum::<f64>() / n;
+    let merged = layers.iter().map(|l| l.density_after).sum::<f64>() / n;
+    let kept = layers.iter().filter(|l| l.pattern_preserved).count();
+    let mut lines = vec![
+        Line::from(format!("step {step}: base {base:.3} merged {merged:.3}")),
+        if kept == layers.len() {
+            Line::styled(
+                format!("zero pattern kept on all {kept} layers"),
+                theme.fg(Color::Green),
+            )
+        } else {
+            Line::styled(
+                format!(
+                    "DRIFT: {} of {} layers lose zeros",
+                    layers.len() - kept,
+                    layers.len()
+                ),
+                theme.warn(),
+            )
+        },
+    ];
+    // The layers that drift most first.
+    let mut by_drift: Vec<_> = layers.iter().collect();
+    by_drift.sort_by(|a, b| {
+        (b.density_after - b.density_before).total_cmp(&(a.density_after - a.density_before))
+    });
+    for l in by_drift {
+        lines.push(Line::from(format!(
+            "{:<12} {:.3} -> {:.3}",
+            short_layer(&l.name),
+            l.density_before,
+            l.density_after
+        )));
+    }
+    f.render_widget(
+        Paragraph::new(lines).block(theme.block("Sparsity (base -> merged)")),
+        area,
+    );
 }
 
 fn draw_runs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if app.runs.is_empty() {
-        f.render_widget(Paragraph::new("No runs yet.").block(block("Runs")), area);
+        f.render_widget(
+            Paragraph::new("No runs yet.").block(theme.block("Runs")),
+            area,
+        );
         return;
     }
+    let overlay: Vec<&RunInfo> = app
+        .runs
+        .iter()
+        .filter(|r| app.marked.contains(&r.path))
+        .collect();
+    let [table_area, chart_area] = if overlay.is_empty() {
+        [area, Rect::default()]
+    } else {
+        Layout::vertical([Constraint::Min(5), Constraint::Percentage(55)]).areas(area)
+    };
     let rows: Vec<Row> = app
         .runs
         .iter()
@@ -357,13 +614,17 @@ fn draw_runs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 });
             let best = r
                 .best_eval()
-                .map_or("-".into(), |b| format!("{b:.3} / {:.2}", b.exp()));
+                .map_or("-".into(), |b| format!("{b:.3}/{:.2}", b.exp()));
             let dur = r
                 .status
                 .as_ref()
                 .map_or("-".into(), |s| format!("{:.0}s", s.elapsed_s));
+            let mark = overlay
+                .iter()
+                .position(|o| o.path == r.path)
+                .map_or(' ', |i| SYMBOLS[i % SYMBOLS.len()]);
             Row::new(vec![
-                r.name.clone(),
+                format!("{mark} {}", r.name),
                 state_text(r),
                 method,
                 rank.to_string(),
@@ -376,45 +637,96 @@ fn draw_runs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     let table = Table::new(
         rows,
         [
-            Constraint::Min(14),
+            Constraint::Min(16),
             Constraint::Length(8),
             Constraint::Length(10),
-            Constraint::Length(4),
+            Constraint::Length(3),
             Constraint::Length(8),
-            Constraint::Length(14),
-            Constraint::Length(6),
+            Constraint::Length(12),
+            Constraint::Length(5),
         ],
     )
     .header(
         Row::new(vec![
-            "run",
-            "state",
-            "method",
-            "r",
-            "init",
-            "val loss/ppl",
-            "time",
+            "  run", "state", "method", "r", "init", "val/ppl", "time",
         ])
         .style(theme.fg(Color::Cyan)),
     )
     .row_highlight_style(theme.selected())
-    .block(block("Runs"));
+    .block(theme.block("Runs"));
     let mut state = TableState::default().with_selected(Some(app.selected_run));
+    f.render_stateful_widget(table, table_area, &mut state);
+    if overlay.is_empty() {
+        return;
+    }
+    let curves: Vec<Vec<(f64, f64)>> = overlay
+        .iter()
+        .map(|r| view_points(&r.train_loss, f64::MIN, app.log_scale))
+        .collect();
+    let colors = [
+        Color::Cyan,
+        Color::Yellow,
+        Color::Green,
+        Color::Magenta,
+        Color::Red,
+        Color::Blue,
+    ];
+    let series = curves
+        .iter()
+        .enumerate()
+        .map(|(i, pts)| Series {
+            symbol: SYMBOLS[i % SYMBOLS.len()],
+            style: theme.fg(colors[i % colors.len()]),
+            points: pts,
+            line: true,
+        })
+        .collect();
+    f.render_widget(
+        Plot {
+            block: theme.block("train loss of the marked runs (symbol in the run column)"),
+            series,
+        },
+        chart_area,
+    );
+}
+
+fn draw_profiles(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    if app.profiles.is_empty() {
+        f.render_widget(
+            Paragraph::new("No saved profiles yet: w saves the current Setup.")
+                .block(theme.block("Profiles")),
+            area,
+        );
+        return;
+    }
+    let rows: Vec<Row> = app
+        .profiles
+        .iter()
+        .map(|p| Row::new(vec![p.name.clone(), p.summary()]))
+        .collect();
+    let table = Table::new(rows, [Constraint::Length(24), Constraint::Min(20)])
+        .header(Row::new(vec!["profile", "summary"]).style(theme.fg(Color::Cyan)))
+        .row_highlight_style(theme.selected())
+        .block(theme.block("Profiles"));
+    let mut state = TableState::default().with_selected(Some(app.selected_profile));
     f.render_stateful_widget(table, area, &mut state);
 }
 
-fn draw_help(f: &mut Frame, area: Rect) {
+fn draw_help(f: &mut Frame, area: Rect, theme: Theme) {
     let text = "\
-Tab / Shift-Tab, 1 2 3   switch view (Setup, Run, Runs)
-?                        this help (any key closes it)
-q, Ctrl-C                quit (runs keep going)
-Setup: Up/Down field, Enter edit text (Enter ok, Esc cancel),
-       Left/Right cycle a choice, l or F5 launch
+Tab / Shift-Tab, 1-4   switch view (Setup, Run, Runs, Profiles)
+?                      this help (any key closes it)
+q, Ctrl-C              quit (runs keep going)
+Setup: Up/Down field, Enter edit text or pick a model/data
+       file (Enter ok, Esc cancel), Left/Right cycle a choice,
+       P add a prune step, w save as profile, l or F5 launch
 Run:   p pause/resume, c checkpoint now, s stop (asks),
-       g log-scale loss, z last 50 steps / all
-Runs:  Up/Down select, Enter open in Run,
-       e open its profile in Setup, d delete (asks)";
-    let r = centered(area, 66, 12);
+       m merge/export when finished, g log scale, z last 50
+Runs:  Up/Down select, Space mark for the loss overlay,
+       Enter open in Run, r replay, e open profile in Setup,
+       d delete (asks)
+Profiles: Enter load into Setup, w save Setup as a profile";
+    let r = centered(area, 66, 15);
     f.render_widget(Clear, r);
-    f.render_widget(Paragraph::new(text).block(block("help")), r);
+    f.render_widget(Paragraph::new(text).block(theme.block("help")), r);
 }

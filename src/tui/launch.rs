@@ -1,6 +1,8 @@
-//! Starting a run as a detached `lors train` process in its own session, so it survives the
-//! TUI quitting and the SSH connection dropping; the TUI then only watches its directory.
+//! Starting `lors` subcommands (train, replay, merge) as detached processes in their own
+//! session, so they survive the TUI quitting and the SSH connection dropping; the TUI then
+//! only watches their directories.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -8,33 +10,16 @@ use crate::error::{LorsError, Result};
 use crate::train::run_dir::now_s;
 use crate::train::Profile;
 
-/// Launch `profile` into a new run directory under `runs_dir`; returns that directory. The
-/// profile and the process's output go to `runs_dir/.launch/<run>.{toml,log}`.
-pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
-    let name = format!(
-        "{}-r{}-{}",
-        profile.adapter.method,
-        profile.adapter.rank,
-        (now_s() * 1000.0) as u64
-    );
-    let run_dir = runs_dir.join(&name);
-    let launch_dir = runs_dir.join(".launch");
-    std::fs::create_dir_all(&launch_dir).map_err(|e| LorsError::io(&launch_dir, e))?;
-    let profile_path = launch_dir.join(format!("{name}.toml"));
-    crate::io::write_atomic(&profile_path, profile.to_toml().as_bytes())?;
-    let log_path = launch_dir.join(format!("{name}.log"));
-    let log = std::fs::File::create(&log_path).map_err(|e| LorsError::io(&log_path, e))?;
-    let err_log = log.try_clone().map_err(|e| LorsError::io(&log_path, e))?;
+/// Run `lors <args>` detached, with stdout and stderr going to `log`.
+fn spawn_detached(args: &[OsString], log: &Path) -> Result<()> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| LorsError::io(dir, e))?;
+    }
+    let out = std::fs::File::create(log).map_err(|e| LorsError::io(log, e))?;
+    let err = out.try_clone().map_err(|e| LorsError::io(log, e))?;
     let exe = std::env::current_exe().map_err(|e| LorsError::io(Path::new("lors"), e))?;
     let mut cmd = Command::new(exe);
-    cmd.arg("train")
-        .arg("--profile")
-        .arg(&profile_path)
-        .arg("--run-dir")
-        .arg(&run_dir)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(err_log);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
@@ -46,8 +31,68 @@ pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
             });
         }
     }
-    let mut child = cmd.spawn().map_err(|e| LorsError::io(&profile_path, e))?;
+    let mut child = cmd.spawn().map_err(|e| LorsError::io(log, e))?;
     // Reap the child if it ends while the TUI still runs.
     std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+fn stamp() -> u64 {
+    (now_s() * 1000.0) as u64
+}
+
+/// Launch `profile` into a new run directory under `runs_dir`; returns that directory. The
+/// profile and the process's output go to `runs_dir/.launch/<run>.{toml,log}`.
+pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
+    let name = format!(
+        "{}-r{}-{}",
+        profile.adapter.method,
+        profile.adapter.rank,
+        stamp()
+    );
+    let run_dir = runs_dir.join(&name);
+    let launch_dir = runs_dir.join(".launch");
+    std::fs::create_dir_all(&launch_dir).map_err(|e| LorsError::io(&launch_dir, e))?;
+    let profile_path = launch_dir.join(format!("{name}.toml"));
+    crate::io::write_atomic(&profile_path, profile.to_toml().as_bytes())?;
+    spawn_detached(
+        &[
+            "train".into(),
+            "--profile".into(),
+            profile_path.into(),
+            "--run-dir".into(),
+            run_dir.clone().into(),
+        ],
+        &launch_dir.join(format!("{name}.log")),
+    )?;
     Ok(run_dir)
+}
+
+/// Replay `run` (same profile and seed) into a new run beside it; `lors replay` compares the
+/// curves bit for bit when done and reports the result in its log.
+pub fn replay(run: &Path, runs_dir: &Path) -> Result<PathBuf> {
+    let name = format!(
+        "{}-replay-{}",
+        run.file_name()
+            .map_or_else(|| "run".into(), |n| n.to_string_lossy()),
+        stamp()
+    );
+    let out = runs_dir.join(&name);
+    spawn_detached(
+        &[
+            "replay".into(),
+            run.into(),
+            "--out".into(),
+            out.clone().into(),
+        ],
+        &runs_dir.join(".launch").join(format!("{name}.log")),
+    )?;
+    Ok(out)
+}
+
+/// Export `run`'s merged model to `<run>/merged`; returns the log file.
+pub fn merge(run: &Path) -> Result<PathBuf> {
+    let log = run.join("merge.log");
+    spawn_detached(&["merge".into(), "--run".into(), run.into()], &log)?;
+    Ok(log)
 }

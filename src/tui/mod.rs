@@ -1,26 +1,32 @@
 //! The interactive workbench (ratatui + crossterm on tokio): set up a run, launch it as a
 //! detached process, and watch every run directory under the runs folder.
 //!
-//! State ([`app`]), drawing ([`draw`]), run watching ([`watch`]) and launching ([`launch`])
-//! are kept apart; the loop below only routes events and carries out effects. It redraws
-//! only when something changed, at most ten times a second, and polls run files four times
-//! a second.
+//! State ([`app`]), drawing ([`draw`]), run watching ([`watch`]), what is on disk
+//! ([`catalog`]) and launching ([`launch`]) are kept apart; the loop below only routes events
+//! and carries out effects. Inspections of models and data run on blocking threads and come
+//! back as messages. It redraws only when something changed, at most ten times a second, and
+//! polls run files four times a second.
 
 pub mod app;
+pub mod catalog;
 pub mod draw;
 pub mod launch;
+pub mod plot;
 pub mod watch;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use crossterm::event::{Event, EventStream, KeyEventKind};
 use futures::StreamExt;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
+use crate::data::DataSummary;
 use crate::error::{LorsError, Result};
-use crate::model::ModelDir;
+use crate::model::ModelSummary;
 use crate::train::{Profile, RunDir};
 use app::{App, Effect};
+use catalog::{DataRequest, SearchPaths};
 
 /// Where the workbench reads and writes.
 #[derive(Debug, Clone)]
@@ -29,18 +35,75 @@ pub struct TuiOptions {
     pub runs_dir: PathBuf,
     /// The profile the Setup view starts from.
     pub profile: PathBuf,
+    /// The folder of saved profiles.
+    pub profiles_dir: PathBuf,
+    /// Where model and dataset candidates are looked for.
+    pub search: SearchPaths,
+    /// Write the number of redraws and the seconds the TUI ran to this file on exit.
+    pub stats: Option<PathBuf>,
 }
 
-/// Carry out an effect, updating the state with what came of it.
-pub fn apply(app: &mut App, effect: Effect, runs_dir: &Path) {
+/// The result of an inspection run off the event loop.
+#[derive(Debug)]
+pub enum Update {
+    Model(PathBuf, std::result::Result<ModelSummary, String>),
+    Data(
+        &'static str,
+        DataRequest,
+        std::result::Result<DataSummary, String>,
+    ),
+}
+
+impl Update {
+    /// Hand the result to the state machine.
+    pub fn apply(self, app: &mut App) {
+        match self {
+            Update::Model(path, r) => app.set_model(&path, r),
+            Update::Data(key, req, r) => app.set_data(key, &req, r),
+        }
+    }
+}
+
+/// Re-read the saved profiles and the model and dataset candidates.
+fn refresh_catalog(app: &mut App, opts: &TuiOptions) -> bool {
+    let profiles = catalog::list_profiles(&opts.profiles_dir);
+    let models = opts.search.models();
+    let datasets = opts.search.datasets();
+    let changed = profiles != app.profiles || models != app.models || datasets != app.datasets;
+    if changed {
+        app.set_catalog(profiles, models, datasets);
+    }
+    changed
+}
+
+/// Carry out an effect, updating the state with what came of it. Inspections run on
+/// blocking threads and report through `updates`.
+pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &UnboundedSender<Update>) {
     match effect {
-        Effect::Launch(p) => match launch::launch(&p, runs_dir) {
+        Effect::Launch(p) => match launch::launch(&p, &opts.runs_dir) {
             Ok(dir) => {
                 app.notice = Some(format!("launched {}", dir.display()));
                 app.focused = Some(dir);
             }
             Err(e) => app.notice = Some(format!("launch failed: {e}")),
         },
+        Effect::Replay(run) => match launch::replay(&run, &opts.runs_dir) {
+            Ok(dir) => {
+                app.notice = Some(format!("replaying into {}", dir.display()));
+                app.focused = Some(dir);
+            }
+            Err(e) => app.notice = Some(format!("replay failed: {e}")),
+        },
+        Effect::Merge(run) => {
+            app.notice = Some(match launch::merge(&run) {
+                Ok(log) => format!(
+                    "exporting to {} (log: {})",
+                    run.join("merged").display(),
+                    log.display()
+                ),
+                Err(e) => format!("merge failed: {e}"),
+            })
+        }
         Effect::Control(path, req) => {
             let run = RunDir { path };
             app.notice = Some(match run.request(req) {
@@ -54,12 +117,30 @@ pub fn apply(app: &mut App, effect: Effect, runs_dir: &Path) {
                 Err(e) => format!("delete failed: {e}"),
             });
         }
+        Effect::SaveProfile(name, profile) => {
+            let path = opts.profiles_dir.join(format!("{name}.toml"));
+            let saved = std::fs::create_dir_all(&opts.profiles_dir)
+                .map_err(|e| LorsError::io(&opts.profiles_dir, e))
+                .and_then(|()| crate::io::write_atomic(&path, profile.to_toml().as_bytes()));
+            app.notice = Some(match saved {
+                Ok(()) => format!("saved {}", path.display()),
+                Err(e) => format!("save failed: {e}"),
+            });
+            refresh_catalog(app, opts);
+        }
         Effect::InspectModel(path) => {
-            app.set_model(
-                ModelDir::open(&path)
-                    .map(|d| d.config)
-                    .map_err(|e| e.to_string()),
-            );
+            let tx = updates.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = catalog::inspect_model_at(&path);
+                let _ = tx.send(Update::Model(path, r));
+            });
+        }
+        Effect::InspectData(key, req) => {
+            let tx = updates.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = catalog::inspect_data(&req);
+                let _ = tx.send(Update::Data(key, req, r));
+            });
         }
     }
 }
@@ -68,29 +149,33 @@ pub fn apply(app: &mut App, effect: Effect, runs_dir: &Path) {
 /// (ratatui's init installs a panic hook that restores it too).
 pub fn run(opts: &TuiOptions) -> Result<()> {
     let base = Profile::load(&opts.profile, &[])?;
-    let mut app = App::new(base.clone());
-    apply(
-        &mut app,
-        Effect::InspectModel(base.model.path.clone()),
-        &opts.runs_dir,
-    );
+    let mut app = App::new(base);
     let mut watcher = watch::Watcher::new(&opts.runs_dir);
     watcher.refresh();
     app.set_runs(watcher.runs.clone());
+    refresh_catalog(&mut app, opts);
     let theme = draw::Theme::from_env();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
         .map_err(|e| LorsError::io(&opts.runs_dir, e))?;
+    let started = Instant::now();
+    let mut draws = 0u64;
     let mut terminal = ratatui::init();
     let result: std::io::Result<()> = rt.block_on(async {
+        let (tx, mut rx) = unbounded_channel();
+        for effect in app.inspections() {
+            apply(&mut app, effect, opts, &tx);
+        }
         let mut events = EventStream::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
+        let mut ticks = 0u64;
         let mut dirty = true;
         let mut last_draw = Instant::now() - Duration::from_secs(1);
         while !app.quit {
             if dirty && last_draw.elapsed() >= Duration::from_millis(100) {
                 terminal.draw(|f| draw::draw(f, &app, theme))?;
+                draws += 1;
                 dirty = false;
                 last_draw = Instant::now();
             }
@@ -98,7 +183,7 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
                 ev = events.next() => match ev {
                     Some(Ok(Event::Key(k))) if k.kind == KeyEventKind::Press => {
                         for effect in app.on_key(k) {
-                            apply(&mut app, effect, &opts.runs_dir);
+                            apply(&mut app, effect, opts, &tx);
                         }
                         dirty = true;
                     }
@@ -107,9 +192,18 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
                     None => break,
                     _ => {}
                 },
+                Some(update) = rx.recv() => {
+                    update.apply(&mut app);
+                    dirty = true;
+                }
                 _ = tick.tick() => {
+                    ticks += 1;
                     if watcher.refresh() {
                         app.set_runs(watcher.runs.clone());
+                        dirty = true;
+                    }
+                    // Saved profiles and candidates change rarely: every 2 s is enough.
+                    if ticks.is_multiple_of(8) && refresh_catalog(&mut app, opts) {
                         dirty = true;
                     }
                 }
@@ -118,5 +212,12 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
         Ok(())
     });
     ratatui::restore();
+    if let Some(path) = &opts.stats {
+        let stats = serde_json::json!({
+            "draws": draws,
+            "seconds": started.elapsed().as_secs_f64(),
+        });
+        crate::io::write_json_atomic(path, &stats)?;
+    }
     result.map_err(|e| LorsError::io(&opts.runs_dir, e))
 }

@@ -6,6 +6,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::model::LayerSparsity;
 use crate::train::{MetricRow, Profile, RunDir, Status};
 
 /// What the TUI knows of one run.
@@ -23,6 +24,8 @@ pub struct RunInfo {
     pub last: Option<MetricRow>,
     /// RSS in bytes per step, for the memory sparkline.
     pub rss: Vec<u64>,
+    /// The latest per-layer densities (base and would-be merged), with their step.
+    pub sparsity: Option<(usize, Vec<LayerSparsity>)>,
     /// Lines for the event log (init, evals, status messages and errors).
     pub events: Vec<String>,
     offset: u64,
@@ -141,6 +144,9 @@ impl RunInfo {
             } => self
                 .events
                 .push(format!("gradient init: {layers} layers in {seconds:.2} s")),
+            MetricRow::Sparsity { step, layers } => {
+                self.sparsity = Some((*step, layers.clone()));
+            }
         }
     }
 }

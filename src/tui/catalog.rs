@@ -1,0 +1,236 @@
+//! What the Setup and Profiles views offer: model and dataset candidates found on disk, saved
+//! profiles, and the inspections of a picked model or data file. Everything here reads files;
+//! the state machine only receives the results.
+
+use std::path::{Path, PathBuf};
+
+use crate::data::{summarize_file, DataSummary};
+use crate::model::{inspect_model, ModelDir, ModelSummary};
+use crate::train::Profile;
+
+/// A model directory or data file the user can pick.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Candidate {
+    pub path: PathBuf,
+    /// Where it was found: `assets`, `runs`, `search`, `hf-cache`.
+    pub origin: &'static str,
+    /// What to show (a hub id for cached hub models, else the path).
+    pub label: String,
+}
+
+/// A saved profile in the profiles folder.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileEntry {
+    pub path: PathBuf,
+    pub name: String,
+    /// The parsed profile, or why it does not parse.
+    pub profile: Result<Profile, String>,
+}
+
+impl ProfileEntry {
+    /// One line: method, rank, init, steps and model.
+    pub fn summary(&self) -> String {
+        match &self.profile {
+            Ok(p) => format!(
+                "{} r{} {} {} steps, {}",
+                p.adapter.method,
+                p.adapter.rank,
+                serde_json::to_value(p.adapter.init)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                p.train
+                    .max_steps
+                    .map_or_else(|| "epochs".into(), |s| s.to_string()),
+                p.model
+                    .path
+                    .file_name()
+                    .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+            ),
+            Err(e) => format!("invalid: {e}"),
+        }
+    }
+}
+
+/// Where candidates are looked for.
+#[derive(Debug, Clone, Default)]
+pub struct SearchPaths {
+    /// Bundled assets (`assets/`).
+    pub assets: PathBuf,
+    /// The runs folder: pruned and merged outputs of runs are candidates too.
+    pub runs: PathBuf,
+    /// Folders given with `--search` or `LORS_SEARCH_PATH`.
+    pub extra: Vec<PathBuf>,
+    /// The Hugging Face hub cache, when there is one.
+    pub hf_cache: Option<PathBuf>,
+}
+
+/// The Hugging Face hub cache folder, as `huggingface_hub` finds it: `HF_HUB_CACHE`, else
+/// `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
+pub fn hf_cache_dir() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    if let Some(p) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(p).join("hub"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
+}
+
+fn children(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+fn is_model_dir(p: &Path) -> bool {
+    p.join("config.json").is_file()
+        && (p.join("model.safetensors").is_file()
+            || p.join("model.safetensors.index.json").is_file())
+}
+
+fn is_data_file(p: &Path) -> bool {
+    p.is_file()
+        && matches!(
+            p.extension().and_then(|e| e.to_str()),
+            Some("jsonl" | "json" | "txt" | "raw")
+        )
+        && p.file_name().and_then(|n| n.to_str()) != Some("config.json")
+}
+
+fn candidate(path: PathBuf, origin: &'static str) -> Candidate {
+    Candidate {
+        label: path.display().to_string(),
+        path,
+        origin,
+    }
+}
+
+impl SearchPaths {
+    /// Model directories: in the assets, in run outputs (`pruned/`, `merged/`), in the
+    /// search folders (the folder itself and two levels below) and in the hub cache.
+    pub fn models(&self) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        for d in children(&self.assets)
+            .into_iter()
+            .filter(|p| is_model_dir(p))
+        {
+            out.push(candidate(d, "assets"));
+        }
+        for run in children(&self.runs) {
+            for sub in ["pruned", "merged"] {
+                if is_model_dir(&run.join(sub)) {
+                    out.push(candidate(run.join(sub), "runs"));
+                }
+            }
+        }
+        for root in &self.extra {
+            walk(root, 2, &mut |p| {
+                if is_model_dir(p) {
+                    out.push(candidate(p.to_path_buf(), "search"));
+                }
+            });
+        }
+        if let Some(cache) = &self.hf_cache {
+            out.extend(hub_models(cache));
+        }
+        out.dedup_by(|a, b| a.path == b.path);
+        out
+    }
+
+    /// Data files (`.jsonl`, `.json`, `.txt`, `.raw`) in the assets and the search folders.
+    pub fn datasets(&self) -> Vec<Candidate> {
+        let mut out = Vec::new();
+        walk(&self.assets, 2, &mut |p| {
+            if is_data_file(p) && !p.components().any(|c| c.as_os_str() == "demo-model") {
+                out.push(candidate(p.to_path_buf(), "assets"));
+            }
+        });
+        for root in &self.extra {
+            walk(root, 2, &mut |p| {
+                if is_data_file(p) && p.parent().is_some_and(|d| !is_model_dir(d)) {
+                    out.push(candidate(p.to_path_buf(), "search"));
+                }
+            });
+        }
+        out
+    }
+}
+
+/// Visit `root` and everything up to `depth` levels below it (in name order).
+fn walk(root: &Path, depth: usize, visit: &mut dyn FnMut(&Path)) {
+    visit(root);
+    if depth > 0 && root.is_dir() {
+        for c in children(root) {
+            walk(&c, depth - 1, visit);
+        }
+    }
+}
+
+/// Snapshots of hub model repos in a hub cache (`models--org--name/snapshots/<rev>/`).
+fn hub_models(cache: &Path) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for repo in children(cache) {
+        let Some(id) = repo
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix("models--"))
+            .map(|n| n.replace("--", "/"))
+        else {
+            continue;
+        };
+        for snap in children(&repo.join("snapshots")) {
+            if is_model_dir(&snap) {
+                let rev: String = snap
+                    .file_name()
+                    .map(|n| n.to_string_lossy().chars().take(8).collect())
+                    .unwrap_or_default();
+                out.push(Candidate {
+                    label: format!("{id}@{rev}"),
+                    path: snap,
+                    origin: "hf-cache",
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Every `*.toml` in the profiles folder, parsed.
+pub fn list_profiles(dir: &Path) -> Vec<ProfileEntry> {
+    children(dir)
+        .into_iter()
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
+        .map(|path| ProfileEntry {
+            name: path
+                .file_stem()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            profile: Profile::load(&path, &[]).map_err(|e| e.to_string()),
+            path,
+        })
+        .collect()
+}
+
+/// Describe the model at `path` (architecture, size, dtype, per-layer sparsity).
+pub fn inspect_model_at(path: &Path) -> Result<ModelSummary, String> {
+    let dir = ModelDir::open(path).map_err(|e| e.to_string())?;
+    inspect_model(&dir).map_err(|e| e.to_string())
+}
+
+/// A data file to describe with a model's tokenizer, as a profile would read it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DataRequest {
+    pub path: PathBuf,
+    pub model: PathBuf,
+    pub options: crate::train::profile::DataSection,
+}
+
+/// Records and tokens of a data file, tokenised with the model's tokenizer.
+pub fn inspect_data(req: &DataRequest) -> Result<DataSummary, String> {
+    let dir = ModelDir::open(&req.model).map_err(|e| format!("model: {e}"))?;
+    let tok = dir.tokenizer().map_err(|e| e.to_string())?;
+    summarize_file(&req.path, &tok, &req.options.block_options()).map_err(|e| e.to_string())
+}
