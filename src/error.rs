@@ -55,6 +55,10 @@ pub enum LorsError {
     /// An error from the tokenizer.
     #[error("tokenizer {}: {detail}", path.display())]
     Tokenizer { path: PathBuf, detail: String },
+    /// A Hugging Face Hub repo or file could not be resolved (the detail says what is
+    /// missing and how to provide it).
+    #[error("hub {repo}: {detail}")]
+    Hub { repo: String, detail: String },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -12,6 +12,7 @@ pub mod io;
 pub mod memory;
 pub mod model;
 pub mod prune;
+pub mod sources;
 pub mod sparsity;
 pub mod train;
 pub mod tui;

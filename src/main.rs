@@ -37,6 +37,8 @@ enum Command {
     Inspect(cli::prune::InspectArgs),
     /// Export a run's merged model as a Hugging Face directory.
     Merge(cli::model::MergeArgs),
+    /// Download a hub model or data file into the Hugging Face cache (resumable).
+    Fetch(cli::source::FetchArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -77,7 +79,7 @@ fn tui(args: TuiArgs) -> Result<()> {
             assets: args.assets_dir,
             runs: args.runs_dir.clone(),
             extra,
-            hf_cache: lors::tui::catalog::hf_cache_dir().filter(|d| d.is_dir()),
+            hf_cache: Some(lors::sources::hub::cache_dir()).filter(|d| d.is_dir()),
         },
         runs_dir: args.runs_dir,
         profile: args.profile,
@@ -171,6 +173,7 @@ fn main() -> Result<()> {
         Some(Command::Eval(args)) => cli::model::eval(args),
         Some(Command::Generate(args)) => cli::model::generate(args),
         Some(Command::Merge(args)) => cli::model::merge(args),
+        Some(Command::Fetch(args)) => cli::source::fetch(args),
         Some(Command::Prune(args)) => cli::prune::prune(args),
         Some(Command::Inspect(args)) => cli::prune::inspect(args),
         Some(Command::Bench(BenchCommand::Train(args))) => cli::bench::train(args),

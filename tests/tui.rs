@@ -39,7 +39,7 @@ fn settle(app: &mut App, effects: Vec<Effect>) -> Vec<Effect> {
     for e in effects {
         match e {
             Effect::InspectModel(p) => {
-                let r = catalog::inspect_model_at(&p);
+                let r = catalog::inspect_model_at(&p, &mut |_| {});
                 app.set_model(&p, r);
             }
             Effect::InspectData(key, req) => {
@@ -306,7 +306,7 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
         "{err}"
     );
     // A stale inspection result (for a model no longer in Setup) is ignored.
-    app.set_model(&dense, catalog::inspect_model_at(&dense));
+    app.set_model(&dense, catalog::inspect_model_at(&dense, &mut |_| {}));
     assert!(matches!(app.setup.model, Some(Err(_))));
 }
 

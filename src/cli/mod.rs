@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod model;
 pub mod prune;
+pub mod source;
 pub mod train;

@@ -78,7 +78,7 @@ fn record_from_json(
 
 /// Read every record of `path`. With `skip_bad`, bad records are counted instead of failing.
 pub fn read_records(path: &Path, format: DataFormat, skip_bad: bool) -> Result<RecordSet> {
-    let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
+    let path = &crate::sources::resolve_data_path(path)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
@@ -89,6 +89,11 @@ pub fn read_records(path: &Path, format: DataFormat, skip_bad: bool) -> Result<R
         records: Vec::new(),
         skipped: 0,
     };
+    if ext == "parquet" {
+        read_parquet(&mut set, format, skip_bad)?;
+        return finish(set);
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
     if matches!(ext.as_str(), "txt" | "raw" | "text") {
         if format == DataFormat::Alpaca {
             return Err(LorsError::parse(
@@ -146,6 +151,45 @@ pub fn read_records(path: &Path, format: DataFormat, skip_bad: bool) -> Result<R
         }
     }
     finish(set)
+}
+
+/// Records of a parquet file (as the hub's dataset viewer writes them): each row's string
+/// columns are read like the fields of a JSON record; errors name the row (as `line`, from 1).
+fn read_parquet(set: &mut RecordSet, format: DataFormat, skip_bad: bool) -> Result<()> {
+    use parquet::file::reader::SerializedFileReader;
+    use parquet::record::Field;
+    let path = set.path.clone();
+    let file = std::fs::File::open(&path).map_err(|e| LorsError::io(&path, e))?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| LorsError::parse(&path, format!("not a readable parquet file: {e}")))?;
+    for (i, row) in reader.into_iter().enumerate() {
+        let parsed = row.map_err(|e| e.to_string()).and_then(|row| {
+            let fields: serde_json::Map<String, serde_json::Value> = row
+                .get_column_iter()
+                .map(|(name, field)| {
+                    let value = match field {
+                        Field::Str(s) => serde_json::Value::String(s.clone()),
+                        Field::Null => serde_json::Value::Null,
+                        other => serde_json::Value::String(other.to_string()),
+                    };
+                    (name.clone(), value)
+                })
+                .collect();
+            record_from_json(&serde_json::Value::Object(fields), format)
+        });
+        match parsed {
+            Ok(r) => set.records.push(r),
+            Err(_) if skip_bad => set.skipped += 1,
+            Err(detail) => {
+                return Err(LorsError::Record {
+                    path,
+                    line: i + 1,
+                    detail: format!("row {}: {detail}", i + 1),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 fn finish(set: RecordSet) -> Result<RecordSet> {

@@ -16,4 +16,4 @@ pub use generate::generate_greedy;
 pub use inspect::{inspect_model, ModelSummary};
 pub use linear::Linear;
 pub use llama::{AdapterSpec, BlockContext, CausalLm, Probes, DEFAULT_TARGETS};
-pub use weights::{parse_dtype, ModelDir, SafetensorsSource, WeightSource};
+pub use weights::{index_shards, parse_dtype, ModelDir, SafetensorsSource, WeightSource};

@@ -19,8 +19,11 @@ pub struct ModelDir {
 }
 
 impl ModelDir {
-    /// Check that `path` holds a loadable model and read its config.
+    /// Check that `path` holds a loadable model and read its config. A path that does not
+    /// exist locally but reads as a hub id (`org/name[@rev]`) is fetched into the Hugging
+    /// Face cache first (see [`crate::sources::hub`]).
     pub fn open(path: &Path) -> Result<Self> {
+        let path = &crate::sources::resolve_model_path(path)?;
         if !path.is_dir() {
             return Err(LorsError::parse(path, "not a model directory"));
         }
@@ -30,20 +33,7 @@ impl ModelDir {
         let weight_files = if single.is_file() {
             vec![single]
         } else if index.is_file() {
-            let text = std::fs::read_to_string(&index).map_err(|e| LorsError::io(&index, e))?;
-            let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|e| LorsError::parse(&index, e.to_string()))?;
-            let map = json
-                .get("weight_map")
-                .and_then(|m| m.as_object())
-                .ok_or_else(|| LorsError::parse(&index, "no `weight_map` object"))?;
-            let mut files: Vec<PathBuf> = map
-                .values()
-                .filter_map(|v| v.as_str())
-                .map(|f| path.join(f))
-                .collect();
-            files.sort();
-            files.dedup();
+            let files: Vec<PathBuf> = index_shards(&index)?.iter().map(|f| path.join(f)).collect();
             if let Some(missing) = files.iter().find(|f| !f.is_file()) {
                 return Err(LorsError::parse(
                     &index,
@@ -160,6 +150,24 @@ impl WeightSource for HashMap<String, Tensor> {
         names.sort();
         names
     }
+}
+
+/// The shard files a `model.safetensors.index.json` names, sorted and without repeats.
+pub fn index_shards(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| LorsError::io(index, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| LorsError::parse(index, e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| LorsError::parse(index, "no `weight_map` object"))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
 }
 
 /// Parse a dtype name as used in configs and profiles.

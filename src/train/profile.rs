@@ -400,16 +400,25 @@ impl Profile {
                 *p = base.join(&*p);
             }
         };
-        abs(&mut self.model.path);
-        abs(&mut self.data.train);
+        // A model or data path that is not there but reads as a hub id stays as written.
+        let abs_or_hub = |p: &mut PathBuf, dataset: bool| {
+            let hub = crate::sources::HubRef::from_path(&base.join(&*p))
+                .and(p.to_str().and_then(crate::sources::HubRef::parse))
+                .is_some_and(|r| r.dataset == dataset);
+            if !hub {
+                abs(p);
+            }
+        };
+        abs_or_hub(&mut self.model.path, false);
+        abs_or_hub(&mut self.data.train, true);
         if let Some(v) = self.data.valid.as_mut() {
-            abs(v);
+            abs_or_hub(v, true);
         }
         if let Some(v) = self.adapter.init_from.as_mut() {
             abs(v);
         }
         if let Some(v) = self.prune.as_mut().and_then(|p| p.calib.as_mut()) {
-            abs(v);
+            abs_or_hub(v, true);
         }
         abs(&mut self.train.output_dir);
     }

@@ -11,6 +11,7 @@ use super::catalog::{Candidate, DataRequest, ProfileEntry};
 use super::watch::RunInfo;
 use crate::data::DataSummary;
 use crate::model::ModelSummary;
+use crate::sources::hub::Download;
 use crate::train::{ControlRequest, Profile, RunState};
 
 /// The views, in Tab order.
@@ -158,6 +159,8 @@ pub struct Setup {
     pub model: Option<Result<ModelSummary, String>>,
     /// What was counted in the train and valid files, by field key.
     pub data: Vec<(&'static str, Result<DataSummary, String>)>,
+    /// The hub download in progress for the model, if any.
+    pub download: Option<Download>,
 }
 
 impl Setup {
@@ -313,6 +316,7 @@ impl Setup {
             error: None,
             model: None,
             data: Vec::new(),
+            download: None,
         }
     }
 
@@ -540,11 +544,19 @@ impl App {
         self.datasets = datasets;
     }
 
+    /// Download progress of the model at `path` (a hub id), if it is still the one in Setup.
+    pub fn set_download(&mut self, path: &Path, d: Download) {
+        if Path::new(self.setup.value("model.path")) == path {
+            self.setup.download = Some(d);
+        }
+    }
+
     /// The description of the model at `path`, if it is still the one in Setup.
     pub fn set_model(&mut self, path: &Path, result: Result<ModelSummary, String>) {
         if Path::new(self.setup.value("model.path")) != path {
             return;
         }
+        self.setup.download = None;
         self.setup.model = Some(result);
         self.revalidate();
     }

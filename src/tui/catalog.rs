@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::data::{summarize_file, DataSummary};
 use crate::model::{inspect_model, ModelDir, ModelSummary};
+use crate::sources::hub::Download;
+use crate::sources::{fetch_model, HubRef, HubSettings};
 use crate::train::Profile;
 
 /// A model directory or data file the user can pick.
@@ -65,18 +67,6 @@ pub struct SearchPaths {
     pub hf_cache: Option<PathBuf>,
 }
 
-/// The Hugging Face hub cache folder, as `huggingface_hub` finds it: `HF_HUB_CACHE`, else
-/// `HF_HOME/hub`, else `~/.cache/huggingface/hub`.
-pub fn hf_cache_dir() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    if let Some(p) = std::env::var_os("HF_HOME").filter(|v| !v.is_empty()) {
-        return Some(PathBuf::from(p).join("hub"));
-    }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/huggingface/hub"))
-}
-
 fn children(dir: &Path) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -95,7 +85,7 @@ fn is_data_file(p: &Path) -> bool {
     p.is_file()
         && matches!(
             p.extension().and_then(|e| e.to_str()),
-            Some("jsonl" | "json" | "txt" | "raw")
+            Some("jsonl" | "json" | "txt" | "raw" | "parquet")
         )
         && p.file_name().and_then(|n| n.to_str()) != Some("config.json")
 }
@@ -140,7 +130,8 @@ impl SearchPaths {
         out
     }
 
-    /// Data files (`.jsonl`, `.json`, `.txt`, `.raw`) in the assets and the search folders.
+    /// Data files (`.jsonl`, `.json`, `.parquet`, `.txt`, `.raw`) in the assets and the search
+    /// folders.
     pub fn datasets(&self) -> Vec<Candidate> {
         let mut out = Vec::new();
         walk(&self.assets, 2, &mut |p| {
@@ -214,9 +205,19 @@ pub fn list_profiles(dir: &Path) -> Vec<ProfileEntry> {
         .collect()
 }
 
-/// Describe the model at `path` (architecture, size, dtype, per-layer sparsity).
-pub fn inspect_model_at(path: &Path) -> Result<ModelSummary, String> {
-    let dir = ModelDir::open(path).map_err(|e| e.to_string())?;
+/// Describe the model at `path` (architecture, size, dtype, per-layer sparsity). A hub id is
+/// fetched into the cache first, reporting download progress.
+pub fn inspect_model_at(
+    path: &Path,
+    progress: &mut dyn FnMut(&Download),
+) -> Result<ModelSummary, String> {
+    let local = match HubRef::from_path(path).filter(|r| !r.dataset) {
+        Some(r) => {
+            fetch_model(&r, &HubSettings::from_env(), progress).map_err(|e| e.to_string())?
+        }
+        None => path.to_path_buf(),
+    };
+    let dir = ModelDir::open(&local).map_err(|e| e.to_string())?;
     inspect_model(&dir).map_err(|e| e.to_string())
 }
 

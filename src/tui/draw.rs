@@ -263,7 +263,15 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
             }
         }
         Some(Err(e)) => lines.push(Line::styled(format!("model: {e}"), theme.fg(Color::Red))),
-        None => lines.push(Line::from("model: inspecting...")),
+        None => lines.push(Line::from(match &s.download {
+            Some(d) => format!(
+                "model: downloading {} {} / {}",
+                d.file,
+                human_bytes(d.done as f64),
+                human_bytes(d.total as f64)
+            ),
+            None => "model: inspecting...".into(),
+        })),
     }
     if let Some(p) = s.field("prune.method").filter(|f| f.value != "none") {
         let pattern = s.field("prune.pattern").map_or("", |f| f.value.as_str());

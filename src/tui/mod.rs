@@ -24,6 +24,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use crate::data::DataSummary;
 use crate::error::{LorsError, Result};
 use crate::model::ModelSummary;
+use crate::sources::hub::Download;
 use crate::train::{Profile, RunDir};
 use app::{App, Effect};
 use catalog::{DataRequest, SearchPaths};
@@ -46,6 +47,8 @@ pub struct TuiOptions {
 /// The result of an inspection run off the event loop.
 #[derive(Debug)]
 pub enum Update {
+    /// Progress of a hub download for the model at this path.
+    Download(PathBuf, Download),
     Model(PathBuf, std::result::Result<ModelSummary, String>),
     Data(
         &'static str,
@@ -58,6 +61,7 @@ impl Update {
     /// Hand the result to the state machine.
     pub fn apply(self, app: &mut App) {
         match self {
+            Update::Download(path, d) => app.set_download(&path, d),
             Update::Model(path, r) => app.set_model(&path, r),
             Update::Data(key, req, r) => app.set_data(key, &req, r),
         }
@@ -131,7 +135,9 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
         Effect::InspectModel(path) => {
             let tx = updates.clone();
             tokio::task::spawn_blocking(move || {
-                let r = catalog::inspect_model_at(&path);
+                let r = catalog::inspect_model_at(&path, &mut |d| {
+                    let _ = tx.send(Update::Download(path.clone(), d.clone()));
+                });
                 let _ = tx.send(Update::Model(path, r));
             });
         }

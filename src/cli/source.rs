@@ -1,0 +1,72 @@
+//! `lors fetch` (hub models and data files into the Hugging Face cache, with progress) and
+//! `lors convert` (GGUF files into Hugging Face directories).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use lors::sources::hub::Download;
+use lors::sources::{fetch_file, fetch_model, HubRef, HubSettings};
+
+#[derive(Args)]
+pub struct FetchArgs {
+    /// `org/name[@revision]` (a model), or `hf://datasets/org/name[@revision]/path/file`.
+    pub spec: String,
+}
+
+/// A progress bar per file, fed by hub download events.
+fn progress_bar() -> impl FnMut(&Download) {
+    let mut current: Option<(String, ProgressBar)> = None;
+    move |d: &Download| {
+        if current.as_ref().is_none_or(|(f, _)| f != &d.file) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish();
+            }
+            let bar = ProgressBar::new(d.total);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg:30} {bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
+                )
+                .expect("valid template"),
+            );
+            bar.set_message(d.file.clone());
+            current = Some((d.file.clone(), bar));
+        }
+        if let Some((_, bar)) = &current {
+            bar.set_length(d.total);
+            bar.set_position(d.done);
+            if d.done >= d.total {
+                bar.finish();
+            }
+        }
+    }
+}
+
+/// Fetch a hub model or data file into the cache, showing progress; its local path.
+pub fn fetch_path(spec: &Path, dataset: bool) -> Result<PathBuf> {
+    let Some(r) = HubRef::from_path(spec).filter(|r| r.dataset == dataset) else {
+        return Ok(spec.to_path_buf());
+    };
+    let settings = HubSettings::from_env();
+    let mut bar = progress_bar();
+    Ok(if dataset {
+        fetch_file(&r, &settings, &mut bar)?
+    } else {
+        fetch_model(&r, &settings, &mut bar)?
+    })
+}
+
+pub fn fetch(args: FetchArgs) -> Result<()> {
+    let Some(r) = HubRef::parse(&args.spec) else {
+        bail!(
+            "`{}` is not a hub reference: use org/name[@revision] for a model, or \
+             hf://datasets/org/name[@revision]/path/to/file for a data file",
+            args.spec
+        );
+    };
+    let path = fetch_path(Path::new(&args.spec), r.dataset)?;
+    println!("{}", path.display());
+    Ok(())
+}

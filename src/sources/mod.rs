@@ -1,0 +1,8 @@
+//! Where models and data come from besides local paths: the Hugging Face Hub ([`hub`]) and
+//! GGUF files ([`gguf`]).
+
+pub mod hub;
+
+pub use hub::{
+    fetch_file, fetch_model, resolve_data_path, resolve_model_path, HubRef, HubSettings,
+};
