@@ -39,6 +39,8 @@ enum Command {
     Merge(cli::model::MergeArgs),
     /// Download a hub model or data file into the Hugging Face cache (resumable).
     Fetch(cli::source::FetchArgs),
+    /// Convert a GGUF file into a Hugging Face directory.
+    Convert(cli::source::ConvertArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -174,6 +176,7 @@ fn main() -> Result<()> {
         Some(Command::Generate(args)) => cli::model::generate(args),
         Some(Command::Merge(args)) => cli::model::merge(args),
         Some(Command::Fetch(args)) => cli::source::fetch(args),
+        Some(Command::Convert(args)) => cli::source::convert(args),
         Some(Command::Prune(args)) => cli::prune::prune(args),
         Some(Command::Inspect(args)) => cli::prune::inspect(args),
         Some(Command::Bench(BenchCommand::Train(args))) => cli::bench::train(args),

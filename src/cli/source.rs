@@ -7,8 +7,9 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use lors::model::parse_dtype;
 use lors::sources::hub::Download;
-use lors::sources::{fetch_file, fetch_model, HubRef, HubSettings};
+use lors::sources::{convert_gguf, fetch_file, fetch_model, HubRef, HubSettings};
 
 #[derive(Args)]
 pub struct FetchArgs {
@@ -68,5 +69,40 @@ pub fn fetch(args: FetchArgs) -> Result<()> {
     };
     let path = fetch_path(Path::new(&args.spec), r.dataset)?;
     println!("{}", path.display());
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// The GGUF file (Llama family: llama, qwen2; F32, F16, BF16, Q4_0, Q4_1, Q8_0, K-quants).
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// The Hugging Face directory to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Dtype of the dequantised weights: f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+pub fn convert(args: ConvertArgs) -> Result<()> {
+    let dtype = parse_dtype(&args.dtype)?;
+    let r = convert_gguf(&args.gguf, &args.out, dtype)?;
+    let types: Vec<String> = r
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    println!(
+        "{} -> {}: {} model, {} tensors ({}), {} tokenizer with {} tokens, weights in {}",
+        args.gguf.display(),
+        args.out.display(),
+        r.architecture,
+        r.tensor_types.values().sum::<usize>(),
+        types.join(", "),
+        r.tokenizer,
+        r.vocab_size,
+        r.dtype
+    );
     Ok(())
 }

@@ -21,9 +21,11 @@ pub struct ModelDir {
 impl ModelDir {
     /// Check that `path` holds a loadable model and read its config. A path that does not
     /// exist locally but reads as a hub id (`org/name[@rev]`) is fetched into the Hugging
-    /// Face cache first (see [`crate::sources::hub`]).
+    /// Face cache first (see [`crate::sources::hub`]); a `.gguf` file is converted once
+    /// (see [`crate::sources::gguf`]).
     pub fn open(path: &Path) -> Result<Self> {
         let path = &crate::sources::resolve_model_path(path)?;
+        let path = &crate::sources::resolve_gguf_path(path)?;
         if !path.is_dir() {
             return Err(LorsError::parse(path, "not a model directory"));
         }

@@ -1,0 +1,477 @@
+//! GGUF import. The GGUF files here are written with candle's GGUF writer the way llama.cpp's
+//! `convert_hf_to_gguf.py` lays them out (llama.cpp names, q/k rows permuted for its rotary
+//! layout, tokenizer metadata), from the real `stories260K` and from a random model whose
+//! sides fit every quantisation block. The real SmolLM2 Q4_1 check is `scripts/gguf_check.sh`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{DType, Device, Tensor};
+use lors::data::TextTokenizer;
+use lors::model::{CausalLm, ModelDir};
+use lors::sources::convert_gguf;
+
+fn shared() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+/// llama.cpp's `LlamaModel.permute`: HF's half-split rotary rows to interleaved pairs.
+fn permute(w: &Tensor, heads: usize) -> Tensor {
+    let (rows, cols) = w.dims2().unwrap();
+    w.reshape((heads, 2, rows / heads / 2, cols))
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .contiguous()
+        .unwrap()
+        .reshape((rows, cols))
+        .unwrap()
+}
+
+/// llama.cpp's name of an HF tensor.
+fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.").unwrap();
+    let (layer, leaf) = rest.split_once('.').unwrap();
+    let module = leaf.trim_end_matches(".weight");
+    let short = match module {
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        "input_layernorm" => "attn_norm",
+        "post_attention_layernorm" => "ffn_norm",
+        other => panic!("{other}"),
+    };
+    format!("blk.{layer}.{short}.weight")
+}
+
+/// Write the HF model in `dir` as a GGUF file, 2-D weights in `dtype` where their rows fit
+/// its blocks (F32 otherwise, as llama.cpp falls back too), norms in F32.
+fn write_gguf(dir: &Path, out: &Path, dtype: GgmlDType, tokenizer: Vec<(String, Value)>) {
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+    let u = |k: &str| config[k].as_u64().unwrap() as u32;
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut q = Vec::new();
+    let mut names: Vec<&String> = tensors.keys().collect();
+    names.sort();
+    for name in names {
+        let mut w = tensors[name].to_dtype(DType::F32).unwrap();
+        if name.ends_with("q_proj.weight") {
+            w = permute(&w, u("num_attention_heads") as usize);
+        } else if name.ends_with("k_proj.weight") {
+            w = permute(&w, u("num_key_value_heads") as usize);
+        }
+        let fits = w.rank() == 2 && w.dims()[1].is_multiple_of(dtype.block_size());
+        let t = QTensor::quantize(&w, if fits { dtype } else { GgmlDType::F32 }).unwrap();
+        q.push((gguf_name(name), t));
+    }
+    let mut meta: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        (
+            "llama.embedding_length".into(),
+            Value::U32(u("hidden_size")),
+        ),
+        (
+            "llama.feed_forward_length".into(),
+            Value::U32(u("intermediate_size")),
+        ),
+        (
+            "llama.block_count".into(),
+            Value::U32(u("num_hidden_layers")),
+        ),
+        (
+            "llama.attention.head_count".into(),
+            Value::U32(u("num_attention_heads")),
+        ),
+        (
+            "llama.attention.head_count_kv".into(),
+            Value::U32(u("num_key_value_heads")),
+        ),
+        (
+            "llama.context_length".into(),
+            Value::U32(u("max_position_embeddings")),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(config["rms_norm_eps"].as_f64().unwrap() as f32),
+        ),
+        (
+            "llama.rope.freq_base".into(),
+            Value::F32(config["rope_theta"].as_f64().unwrap_or(10000.0) as f32),
+        ),
+    ];
+    meta.extend(tokenizer);
+    let meta_refs: Vec<(&str, &Value)> = meta.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = q.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut f = std::fs::File::create(out).unwrap();
+    gguf_file::write(&mut f, &meta_refs, &tensor_refs).unwrap();
+}
+
+/// SentencePiece metadata for stories260K's tokenizer, as llama.cpp stores a llama2.c
+/// tokenizer: pieces by id, scores ranking the merged pieces (earlier merge, higher score),
+/// and token types (2 unknown, 3 control, 6 byte, 1 normal).
+fn spm_metadata(tokenizer_json: &Path) -> Vec<(String, Value)> {
+    let t: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(tokenizer_json).unwrap()).unwrap();
+    let vocab = t["model"]["vocab"].as_object().unwrap();
+    let mut tokens = vec![String::new(); vocab.len()];
+    for (piece, id) in vocab {
+        tokens[id.as_u64().unwrap() as usize] = piece.clone();
+    }
+    let rank: HashMap<String, usize> = t["model"]["merges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let pair = m.as_array().unwrap();
+            (
+                format!("{}{}", pair[0].as_str().unwrap(), pair[1].as_str().unwrap()),
+                i,
+            )
+        })
+        .collect();
+    let scores: Vec<Value> = tokens
+        .iter()
+        .map(|p| Value::F32(rank.get(p).map_or(-1e6, |r| -(*r as f32))))
+        .collect();
+    let types: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            Value::I32(match (i, p.starts_with("<0x")) {
+                (0, _) => 2,
+                (1 | 2, _) => 3,
+                (_, true) => 6,
+                _ => 1,
+            })
+        })
+        .collect();
+    vec![
+        ("tokenizer.ggml.model".into(), Value::String("llama".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.into_iter().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.scores".into(), Value::Array(scores)),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(2)),
+        ("tokenizer.ggml.unknown_token_id".into(), Value::U32(0)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(true)),
+    ]
+}
+
+fn logits(model: &CausalLm, ids: &[u32]) -> Tensor {
+    model
+        .forward(
+            &Tensor::new(ids, &Device::Cpu)
+                .unwrap()
+                .unsqueeze(0)
+                .unwrap(),
+        )
+        .unwrap()
+}
+
+#[test]
+fn stories260k_round_trips_through_gguf_exactly() {
+    let src = shared().join("models/stories260K");
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("stories260K.F32.gguf");
+    write_gguf(
+        &src,
+        &file,
+        GgmlDType::F32,
+        spm_metadata(&src.join("tokenizer.json")),
+    );
+    let out = tmp.path().join("hf");
+    let report = convert_gguf(&file, &out, DType::F32).unwrap();
+    assert_eq!(
+        (report.architecture.as_str(), report.tokenizer.as_str()),
+        ("llama", "llama")
+    );
+    let (ours, theirs) = (ModelDir::open(&out).unwrap(), ModelDir::open(&src).unwrap());
+    assert_eq!(ours.config, {
+        let mut c = theirs.config.clone();
+        c.stored_dtype = ours.config.stored_dtype.clone();
+        c
+    });
+    // Same weights (the q/k permutation undone), so the same logits, bit for bit.
+    let ids: Vec<u32> = (0..40).map(|i| (i * 37 + 1) % 512).collect();
+    let (a, b) = (
+        logits(&CausalLm::load_frozen(&ours).unwrap(), &ids),
+        logits(&CausalLm::load_frozen(&theirs).unwrap(), &ids),
+    );
+    let diff = (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert_eq!(diff, 0.0);
+    // The tokenizer rebuilt from pieces and scores encodes like the original.
+    let (tok, reference) = (ours.tokenizer().unwrap(), theirs.tokenizer().unwrap());
+    let text =
+        std::fs::read_to_string(shared().join("data/tinystories-synth-valid.jsonl")).unwrap();
+    let mut checked = 0;
+    for line in text.lines().take(60) {
+        let story: serde_json::Value = serde_json::from_str(line).unwrap();
+        let s = story["text"].as_str().unwrap();
+        let ids = tok.encode(s, true).unwrap();
+        assert_eq!(ids, reference.encode(s, true).unwrap(), "{s}");
+        assert_eq!(ids[0], 1, "BOS first");
+        assert_eq!(
+            tok.decode(&ids[1..]).unwrap(),
+            reference.decode(&ids[1..]).unwrap()
+        );
+        checked += ids.len();
+    }
+    assert!(checked > 5000);
+    // Bytes outside the pieces fall back to byte tokens and decode back.
+    let odd = "naïve café ☃";
+    let ids = tok.encode(odd, false).unwrap();
+    assert_eq!(ids, reference.encode(odd, false).unwrap());
+    assert_eq!(tok.decode(&ids).unwrap(), odd);
+}
+
+#[test]
+fn every_supported_quantisation_dequantises_exactly_as_candle_does() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("random");
+    // Sides that are multiples of 256, so every type's blocks fit every weight.
+    let mut config = lors::model::random::small_config(256, 2, 4, 2, 512);
+    config.vocab_size = 512;
+    let weights = lors::model::random::random_weights(
+        &config,
+        7,
+        Some(lors::sparsity::Pattern::Unstructured { sparsity: 0.5 }),
+    )
+    .unwrap();
+    lors::model::random::write_checkpoint(&src, &config, &weights).unwrap();
+    let reference =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let tokenizer = spm_metadata(&shared().join("models/stories260K/tokenizer.json"));
+    for dtype in [
+        GgmlDType::F16,
+        GgmlDType::BF16,
+        GgmlDType::Q8_0,
+        GgmlDType::Q4_0,
+        GgmlDType::Q4_1,
+        GgmlDType::Q4K,
+        GgmlDType::Q6K,
+    ] {
+        let file = tmp.path().join(format!("{dtype:?}.gguf"));
+        write_gguf(&src, &file, dtype, tokenizer.clone());
+        let out = tmp.path().join(format!("{dtype:?}"));
+        let report = convert_gguf(&file, &out, DType::F32).unwrap();
+        assert!(
+            report.tensor_types.contains_key(&format!("{dtype:?}")),
+            "{report:?}"
+        );
+        let got =
+            candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+        assert_eq!(got.len(), reference.len());
+        for (name, w) in &reference {
+            let w = w.to_dtype(DType::F32).unwrap();
+            let want = if w.rank() == 2 {
+                QTensor::quantize(&w, dtype)
+                    .unwrap()
+                    .dequantize(&Device::Cpu)
+                    .unwrap()
+            } else {
+                w.clone()
+            };
+            let diff = (&got[name] - &want)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert_eq!(diff, 0.0, "{dtype:?} {name}");
+        }
+        // And the model loads and runs.
+        let model = CausalLm::load_frozen(&ModelDir::open(&out).unwrap()).unwrap();
+        assert_eq!(logits(&model, &[1, 2, 3]).dims(), [1, 3, 512]);
+    }
+    // bf16 output dtype.
+    let out = tmp.path().join("bf16-out");
+    convert_gguf(&tmp.path().join("Q8_0.gguf"), &out, DType::BF16).unwrap();
+    let got = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu).unwrap();
+    assert!(got.values().all(|t| t.dtype() == DType::BF16));
+}
+
+/// GPT-2's byte-to-character map.
+fn byte_chars() -> Vec<char> {
+    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32)
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut cs = bs.clone();
+    let mut n = 0;
+    for b in 0..256 {
+        if !bs.contains(&b) {
+            bs.push(b);
+            cs.push(256 + n);
+            n += 1;
+        }
+    }
+    let mut out = vec![' '; 256];
+    for (b, c) in bs.into_iter().zip(cs) {
+        out[b as usize] = char::from_u32(c).unwrap();
+    }
+    out
+}
+
+#[test]
+fn a_byte_level_bpe_tokenizer_keeps_specials_digits_and_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = shared().join("models/stories260K");
+    let chars = byte_chars();
+    let mut tokens: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into()];
+    tokens.extend(chars.iter().map(|c| c.to_string()));
+    for t in [
+        "he", "hel", "hell", "hello", "Ġw", "Ġwor", "Ġworld", "or", "ld",
+    ] {
+        tokens.push(t.into());
+    }
+    // Pad to the model's 512 embeddings.
+    while tokens.len() < 512 {
+        tokens.push(format!("<unused{}>", tokens.len()));
+    }
+    let merges = [
+        "h e", "he l", "hel l", "hell o", "Ġ w", "o r", "Ġw or", "l d", "Ġwor ld",
+    ];
+    let types: Vec<Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            Value::I32(if i < 2 || t.starts_with("<unused") {
+                3
+            } else {
+                1
+            })
+        })
+        .collect();
+    let meta = vec![
+        ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
+        ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(tokens.iter().cloned().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(
+                merges
+                    .iter()
+                    .map(|m| Value::String(m.to_string()))
+                    .collect(),
+            ),
+        ),
+        ("tokenizer.ggml.token_type".into(), Value::Array(types)),
+        ("tokenizer.ggml.bos_token_id".into(), Value::U32(0)),
+        ("tokenizer.ggml.eos_token_id".into(), Value::U32(0)),
+        ("tokenizer.ggml.add_bos_token".into(), Value::Bool(false)),
+    ];
+    let file = tmp.path().join("bpe.gguf");
+    write_gguf(&src, &file, GgmlDType::F32, meta);
+    let out = tmp.path().join("hf");
+    assert_eq!(
+        convert_gguf(&file, &out, DType::F32).unwrap().tokenizer,
+        "gpt2"
+    );
+    let tok = TextTokenizer::from_file(&out.join("tokenizer.json"), Some(0)).unwrap();
+    let id = |t: &str| tokens.iter().position(|x| x == t).unwrap() as u32;
+    let ids = tok.encode("<|im_start|>hello world 42", false).unwrap();
+    assert_eq!(
+        ids,
+        [
+            id("<|im_start|>"),
+            id("hello"),
+            id("Ġworld"),
+            id("Ġ"),
+            id("4"),
+            id("2")
+        ]
+    );
+    let text = "hello wörld\n\ttabs 2024 ☃";
+    assert_eq!(tok.decode(&tok.encode(text, false).unwrap()).unwrap(), text);
+}
+
+#[test]
+fn bad_gguf_files_are_clear_errors_and_a_gguf_path_is_a_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    let not_gguf = tmp.path().join("x.gguf");
+    std::fs::write(&not_gguf, b"definitely not gguf").unwrap();
+    let err = convert_gguf(&not_gguf, &tmp.path().join("o"), DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("x.gguf") && err.contains("not a readable GGUF"),
+        "{err}"
+    );
+    assert!(!tmp.path().join("o").exists());
+    // Another architecture.
+    let other = tmp.path().join("gpt2.gguf");
+    let meta = [("general.architecture", &Value::String("gpt2".into()))];
+    gguf_file::write(&mut std::fs::File::create(&other).unwrap(), &meta, &[]).unwrap();
+    let err = convert_gguf(&other, &tmp.path().join("o"), DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`gpt2` is not supported"), "{err}");
+    // A missing metadata key is named.
+    let partial = tmp.path().join("partial.gguf");
+    let meta = [("general.architecture", &Value::String("llama".into()))];
+    gguf_file::write(&mut std::fs::File::create(&partial).unwrap(), &meta, &[]).unwrap();
+    let err = convert_gguf(&partial, &tmp.path().join("o"), DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`llama.embedding_length` is missing"), "{err}");
+    // A .gguf path used as a model converts once into the user's cache and evaluates like
+    // the model it came from.
+    let src = shared().join("models/stories260K");
+    let file = tmp.path().join("stories.gguf");
+    write_gguf(
+        &src,
+        &file,
+        GgmlDType::F32,
+        spm_metadata(&src.join("tokenizer.json")),
+    );
+    let eval = |model: &Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lors"))
+            .args(["eval", "--model"])
+            .arg(model)
+            .arg("--data")
+            .arg(shared().join("data/tinystories-synth-valid.jsonl"))
+            .args(["--max-windows", "4"])
+            .env("XDG_CACHE_HOME", tmp.path().join("cache"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8_lossy(&out.stdout).into_owned();
+        s[s.find("perplexity").unwrap()..].to_string()
+    };
+    assert_eq!(eval(&file), eval(&src));
+    assert!(tmp.path().join("cache/lors/gguf").is_dir());
+}
