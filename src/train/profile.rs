@@ -385,7 +385,8 @@ impl Profile {
             return bad(
                 "train.device",
                 format!(
-                    "`{}`: this build runs on the CPU only (CUDA comes with the `cuda` feature)",
+                    "`{}`: training runs on the CPU only in this version (the `cuda` feature \
+                     builds candle's CUDA backend, but the training path does not use it yet)",
                     t.device
                 ),
             );

@@ -1,8 +1,9 @@
-"""Compare the tokenizer `lors convert --gguf` builds with the one transformers builds from the
-same GGUF file (its own GGUF converter, an independent implementation).
+"""Compare what `lors convert --gguf` wrote with what transformers makes of the same GGUF file
+(its own GGUF reader, dequantiser and tokenizer converter: an independent implementation):
+every weight, and the token ids of the first 2000 lines of a text file.
 
-    /tmp/pq/bin/pip install transformers gguf sentencepiece protobuf
-    python scripts/check_gguf_tokenizer.py GGUF_FILE CONVERTED_DIR [TEXT_FILE]
+    python -m venv /tmp/pq && /tmp/pq/bin/pip install torch transformers accelerate gguf safetensors
+    /tmp/pq/bin/python scripts/check_gguf.py GGUF_FILE CONVERTED_DIR [TEXT_FILE]
 """
 import os
 import sys
@@ -20,6 +21,19 @@ samples = lines + [
     "<|im_start|>user\nWhat is 12345 + 678?<|im_end|>\n<|im_start|>assistant\n",
     "naïve café ☃ — “quotes” 1,000,000.5",
 ]
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM
+
+model = AutoModelForCausalLM.from_pretrained(os.path.dirname(os.path.abspath(gguf)),
+                                             gguf_file=os.path.basename(gguf))
+theirs = model.state_dict()
+mine = load_file(os.path.join(converted, "model.safetensors"))
+worst = 0.0
+for name, t in mine.items():
+    diff = (theirs[name].float() - t.float()).abs().max().item()
+    worst = max(worst, diff)
+print(f"{len(mine)} tensors, max |difference| to transformers' dequantised weights: {worst:.3g}")
+
 bad = tokens = 0
 for s in samples:
     a = ref.encode(s, add_special_tokens=True)
