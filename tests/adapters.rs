@@ -6,6 +6,8 @@
 //! central difference has no truncation error; what is left is rounding, about
 //! `ε_f64·|L|/h ≈ 1e-16·10/1e-4 = 1e-11`. We allow `1e-8` (absolute, plus the same relative).
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var};
 use lors::adapters::{AdaptedLinear, AdapterConfig, Init, Method, SparseLinear};
 use lors::sparsity::{magnitude_mask, BitMask, Pattern};
@@ -335,15 +337,7 @@ fn merge_keeps_zero_pattern_bit_for_bit() {
                 assert_eq!(report.density_after, report.density_before);
                 assert!((report.density_before - 0.5).abs() < 1e-12);
                 // And the merge did change the kept weights.
-                let changed = (merged.to_dtype(DType::F32).unwrap()
-                    - w.to_dtype(DType::F32).unwrap())
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+                let changed = common::max_abs_diff(&merged, &w);
                 assert!(changed > 1e-3, "{method}: merge changed nothing");
             }
         }

@@ -2,6 +2,8 @@
 //! resume equals uninterrupted, replay equals original, merge keeps the mask, and the errors
 //! bad input must produce.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -298,14 +300,7 @@ fn merged_export_keeps_every_zero_and_lora_reports_its_density() {
                     "{method}: zeros of {name}"
                 );
             }
-            let diff = (m - w)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = common::max_abs_diff(m, w);
             if adapted && diff > 0.0 {
                 changed += 1;
             }

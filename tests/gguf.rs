@@ -3,6 +3,8 @@
 //! layout, tokenizer metadata), from the real `stories260K` and from a random model whose
 //! sides fit every quantisation block. The real SmolLM2 Q4_1 check is `scripts/gguf_check.sh`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -215,15 +217,7 @@ fn stories260k_round_trips_through_gguf_exactly() {
         logits(&CausalLm::load_frozen(&ours).unwrap(), &ids),
         logits(&CausalLm::load_frozen(&theirs).unwrap(), &ids),
     );
-    let diff = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(common::max_abs_diff(&a, &b), 0.0);
     // The tokenizer rebuilt from pieces and scores encodes like the original.
     let (tok, reference) = (ours.tokenizer().unwrap(), theirs.tokenizer().unwrap());
     let text =
@@ -296,15 +290,11 @@ fn every_supported_quantisation_dequantises_exactly_as_candle_does() {
             } else {
                 w.clone()
             };
-            let diff = (&got[name] - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            assert_eq!(diff, 0.0, "{dtype:?} {name}");
+            assert_eq!(
+                common::max_abs_diff(&got[name], &want),
+                0.0,
+                "{dtype:?} {name}"
+            );
         }
         // And the model loads and runs.
         let model = CausalLm::load_frozen(&ModelDir::open(&out).unwrap()).unwrap();

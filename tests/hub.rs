@@ -4,6 +4,8 @@
 //! for a full disk, sharded weights, revisions, dataset files, and the environment variables.
 //! Nothing here touches the internet.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
@@ -580,15 +582,13 @@ fn sharded_weights_revisions_and_dataset_files() {
         CausalLm::load_frozen(&ModelDir::open(&shared().join("models/stories260K")).unwrap())
             .unwrap();
     let ids = candle_core::Tensor::new(&[[1u32, 400, 12, 7]], &candle_core::Device::Cpu).unwrap();
-    let diff = (sharded.forward(&ids).unwrap() - single.forward(&ids).unwrap())
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    assert_eq!(diff, 0.0);
+    assert_eq!(
+        common::max_abs_diff(
+            &sharded.forward(&ids).unwrap(),
+            &single.forward(&ids).unwrap()
+        ),
+        0.0
+    );
     // Offline, the cached shards are enough.
     let offline = HubSettings {
         offline: true,

@@ -87,6 +87,17 @@ pub enum Init {
     Gradient,
 }
 
+impl Init {
+    /// The name used in profiles.
+    pub fn name(self) -> &'static str {
+        match self {
+            Init::Standard => "standard",
+            Init::Gaussian => "gaussian",
+            Init::Gradient => "gradient",
+        }
+    }
+}
+
 /// Settings of one adapter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

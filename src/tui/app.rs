@@ -238,7 +238,7 @@ impl Setup {
             field(
                 "adapter.init",
                 "init",
-                plain(&p.adapter.init),
+                p.adapter.init.name().into(),
                 Kind::Choice(INITS),
             ),
             field(

@@ -37,10 +37,7 @@ impl ProfileEntry {
                 "{} r{} {} {} steps, {}",
                 p.adapter.method,
                 p.adapter.rank,
-                serde_json::to_value(p.adapter.init)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
+                p.adapter.init.name(),
                 p.train
                     .max_steps
                     .map_or_else(|| "epochs".into(), |s| s.to_string()),

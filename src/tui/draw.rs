@@ -475,10 +475,7 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
             "{} r{} {}",
             p.adapter.method,
             p.adapter.rank,
-            serde_json::to_value(p.adapter.init)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
+            p.adapter.init.name()
         ));
     }
     let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
@@ -617,7 +614,7 @@ fn draw_runs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                     (
                         p.adapter.method.to_string(),
                         p.adapter.rank,
-                        format!("{:?}", p.adapter.init).to_lowercase(),
+                        p.adapter.init.name().to_string(),
                     )
                 });
             let best = r
