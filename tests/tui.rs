@@ -419,6 +419,8 @@ fn fake_run(root: &Path, name: &str, state: RunState, merged_density: f64) -> Pa
         .collect();
     run.append_metric(&MetricRow::Sparsity { step: 3, layers })
         .unwrap();
+    run.append_metric(&MetricRow::Checkpoint { step: 3 })
+        .unwrap();
     run.write_status(&Status {
         state,
         step: 3,
@@ -575,7 +577,7 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
                 "rank",
                 "< lors >",
                 "q quit",
-                "Llama, 0.11M params, F32",
+                "Llama 0.11M params F32",
                 "unstructured 50.0% sparse",
                 "train: ",
                 "records (text)",
@@ -596,6 +598,8 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
                 "RSS  40.0 MiB",
                 "best  2.7500",
                 "step 3: eval loss 2.7500",
+                "step 3: checkpoint saved",
+                "running: training",
                 "zero pattern kept on all 2 layers",
                 "0.q_proj",
                 "p pause",
@@ -611,7 +615,18 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
                 "1.k_proj     0.500 -> 0.930",
             ],
         );
+        // Before the first step the header shows the initialisation's progress.
         app.focused = Some(tmp.path().join("run-a"));
+        let status = app.runs[0].status.clone();
+        let s = app.runs[0].status.as_mut().unwrap();
+        s.state = RunState::Initializing;
+        s.message = Some("gradient init: 3/14 layers".into());
+        check(
+            &app,
+            "Run (init)",
+            &["initializing: gradient init: 3/14 layers"],
+        );
+        app.runs[0].status = status;
         app.view = View::Runs;
         app.marked.clear();
         check(

@@ -121,7 +121,9 @@ fn run_with_progress(profile: &Profile, run: &RunDir, resume: bool) -> Result<Ru
         }) => say(format!(
             "step {step}: eval loss {eval_loss:.4}, perplexity {eval_ppl:.3}"
         )),
-        Event::Metric(MetricRow::Init { .. } | MetricRow::Sparsity { .. }) => {}
+        Event::Metric(
+            MetricRow::Init { .. } | MetricRow::Sparsity { .. } | MetricRow::Checkpoint { .. },
+        ) => {}
         Event::Checkpoint(dir) => say(format!("checkpoint {}", dir.display())),
     };
     let outcome = train::train(profile, run, resume, &stop, &mut on_event);

@@ -90,6 +90,8 @@ pub enum MetricRow {
         sequences: usize,
         sweeps: usize,
     },
+    /// A checkpoint was saved after this step.
+    Checkpoint { step: usize },
     /// Per adapted layer: density of the base weight and of the would-be merged weight
     /// (written when training starts and at each evaluation).
     Sparsity {
@@ -237,7 +239,8 @@ impl RunDir {
             .filter(|r| match r {
                 MetricRow::Train { step: s, .. }
                 | MetricRow::Eval { step: s, .. }
-                | MetricRow::Sparsity { step: s, .. } => *s <= step,
+                | MetricRow::Sparsity { step: s, .. }
+                | MetricRow::Checkpoint { step: s } => *s <= step,
                 MetricRow::Init { .. } => true,
             })
             .collect();
@@ -287,7 +290,9 @@ fn comparable(rows: &[MetricRow]) -> Vec<String> {
                 "step {step}: eval_loss {eval_loss} ({:016x})",
                 eval_loss.to_bits()
             )),
-            MetricRow::Init { .. } | MetricRow::Sparsity { .. } => None,
+            MetricRow::Init { .. } | MetricRow::Sparsity { .. } | MetricRow::Checkpoint { .. } => {
+                None
+            }
         })
         .collect()
 }

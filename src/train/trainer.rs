@@ -300,12 +300,22 @@ fn train_inner(
                     0,
                     Some(format!("pruning ({})", settings.method)),
                 )?;
-                let report = crate::prune::prune_to_dir(
-                    &lp.profile.model.path,
-                    settings,
-                    &out,
-                    &mut |done, total| on_event(&Event::PruneProgress { done, total }),
-                )?;
+                let (model, settings) = (lp.profile.model.path.clone(), settings.clone());
+                let mut status_error = None;
+                let report =
+                    crate::prune::prune_to_dir(&model, &settings, &out, &mut |done, total| {
+                        on_event(&Event::PruneProgress { done, total });
+                        let msg = format!(
+                            "pruning ({}): {done}/{total} decoder layers",
+                            settings.method
+                        );
+                        if let Err(e) = lp.set_status(RunState::Initializing, 0, Some(msg)) {
+                            status_error.get_or_insert(e);
+                        }
+                    })?;
+                if let Some(e) = status_error {
+                    return Err(e);
+                }
                 on_event(&Event::Pruned(report));
             }
             let mut p = lp.profile.clone();
@@ -347,14 +357,24 @@ fn train_inner(
         let batches = (0..n)
             .map(|i| p.train.batch(i, DType::F32))
             .collect::<Result<Vec<_>>>()?;
+        let mut status_error = None;
         let report = gradient_init(
             &p.model,
             &batches,
             profile.adapter.stable_gamma,
             1 << 30,
             t.seed,
-            &mut |done, total| on_event(&Event::InitProgress { done, total }),
+            &mut |done, total| {
+                on_event(&Event::InitProgress { done, total });
+                let msg = format!("gradient init: {done}/{total} layers");
+                if let Err(e) = lp.set_status(RunState::Initializing, 0, Some(msg)) {
+                    status_error.get_or_insert(e);
+                }
+            },
         )?;
+        if let Some(e) = status_error {
+            return Err(e);
+        }
         let row = MetricRow::Init {
             seconds: report.seconds,
             layers: report.layers,
@@ -379,6 +399,8 @@ fn train_inner(
     let save =
         |state: &TrainerState, opt: &AdamW, on_event: &mut dyn FnMut(&Event)| -> Result<()> {
             let dir = checkpoint::save(&lp.run.checkpoints_path(), state, &p.model, opt, profile)?;
+            lp.run
+                .append_metric(&MetricRow::Checkpoint { step: state.step })?;
             on_event(&Event::Checkpoint(dir));
             Ok(())
         };

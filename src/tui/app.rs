@@ -125,9 +125,7 @@ const METHODS: &[&str] = &["lors", "lors-exact", "sqft", "spp", "lora"];
 const INITS: &[&str] = &["gradient", "standard", "gaussian"];
 const SCHEDULES: &[&str] = &["cosine", "linear", "constant"];
 const PRUNE_METHODS: &[&str] = &["none", "magnitude", "wanda", "sparsegpt"];
-#[cfg(feature = "cuda")]
-const DEVICES: &[&str] = &["cpu", "cuda:0", "cuda:1", "cuda:2", "cuda:3"];
-#[cfg(not(feature = "cuda"))]
+/// Devices a run can use (training runs on the CPU in this version).
 const DEVICES: &[&str] = &["cpu"];
 
 fn field(key: &'static str, label: &'static str, value: String, kind: Kind) -> Field {

@@ -16,7 +16,7 @@ use super::app::{App, Confirm, Kind, View};
 use super::plot::{Plot, Series};
 use super::watch::RunInfo;
 use crate::memory::human_bytes;
-use crate::train::MetricRow;
+use crate::train::{MetricRow, RunState};
 
 /// How the screen may look: colours (unless `NO_COLOR`) and box-drawing borders (unless
 /// the locale is not UTF-8 or `LORS_ASCII` is set).
@@ -236,7 +236,7 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
         Some(Ok(m)) => {
             let c = &m.config;
             lines.push(Line::from(format!(
-                "model: {:?}, {:.2}M params, {}, hidden {}, {} layers, {} heads ({} kv), vocab {}",
+                "model: {:?} {:.2}M params {}, hidden {}, {} layers, heads {}/{} kv, vocab {}",
                 c.architecture,
                 m.parameters as f64 / 1e6,
                 m.dtype,
@@ -254,11 +254,13 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
                     theme.warn(),
                 ));
             } else {
+                let (lo, hi) = m.layers.iter().fold((f64::MAX, f64::MIN), |(a, b), l| {
+                    (a.min(l.density), b.max(l.density))
+                });
                 lines.push(Line::from(format!(
-                    "sparsity: {} (density {:.3}) over {} linear layers",
+                    "sparsity: {}, density {:.3} (layers {lo:.3}-{hi:.3})",
                     m.pattern(),
-                    m.density(),
-                    m.layers.len()
+                    m.density()
                 )));
             }
         }
@@ -374,13 +376,21 @@ fn draw_run(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else {
         0.0
     };
-    let text = format!(
-        "{} {} step {step}/{total}  elapsed {:.0}s  ETA {}",
-        ascii_bar(ratio, (head.width as usize / 4).clamp(5, 30)),
-        state_text(run),
-        elapsed,
-        eta.map_or("-".into(), |e| format!("{e:.0}s"))
-    );
+    let initializing = run
+        .status
+        .as_ref()
+        .filter(|s| s.state == RunState::Initializing);
+    let text = match initializing.and_then(|s| s.message.as_ref()) {
+        // Pruning or gradient-init progress before the first step.
+        Some(m) => format!("initializing: {m}  elapsed {elapsed:.0}s"),
+        None => format!(
+            "{} {} step {step}/{total}  elapsed {:.0}s  ETA {}",
+            ascii_bar(ratio, (head.width as usize / 4).clamp(5, 30)),
+            state_text(run),
+            elapsed,
+            eta.map_or("-".into(), |e| format!("{e:.0}s"))
+        ),
+    };
     f.render_widget(Paragraph::new(text).block(theme.block(&run.name)), head);
     let side_w = if middle.width >= 100 { 36 } else { 26 };
     let [chart_area, side] =

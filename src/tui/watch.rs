@@ -66,19 +66,21 @@ impl RunInfo {
         if m != self.status_mtime {
             self.status_mtime = m;
             if let Ok(s) = run.read_status() {
-                let msg = s
+                // The log gets state changes and errors; progress messages only show in the
+                // Run view's header.
+                let before = self.status.as_ref();
+                if let Some(e) = s
                     .error
-                    .clone()
-                    .map(|e| format!("error: {e}"))
-                    .or(s.message.clone());
-                let previous = self.status.as_ref().and_then(|p| {
-                    p.error
-                        .clone()
-                        .map(|e| format!("error: {e}"))
-                        .or(p.message.clone())
-                });
-                if let Some(msg) = msg.filter(|m| Some(m) != previous.as_ref()) {
-                    self.events.push(msg);
+                    .as_ref()
+                    .filter(|e| before.and_then(|b| b.error.as_ref()) != Some(*e))
+                {
+                    self.events.push(format!("error: {e}"));
+                } else if before.map(|b| b.state) != Some(s.state) {
+                    let state = format!("{:?}", s.state).to_lowercase();
+                    self.events.push(match &s.message {
+                        Some(m) => format!("{state}: {m}"),
+                        None => state,
+                    });
                 }
                 self.status = Some(s);
                 changed = true;
@@ -144,6 +146,9 @@ impl RunInfo {
             } => self
                 .events
                 .push(format!("gradient init: {layers} layers in {seconds:.2} s")),
+            MetricRow::Checkpoint { step } => {
+                self.events.push(format!("step {step}: checkpoint saved"));
+            }
             MetricRow::Sparsity { step, layers } => {
                 self.sparsity = Some((*step, layers.clone()));
             }
