@@ -61,7 +61,8 @@ impl RunInfo {
         let run = RunDir {
             path: self.path.clone(),
         };
-        let mut changed = false;
+        // Metrics first, so that a run's last evaluation is logged before its end.
+        let mut changed = self.tail_metrics(&run.metrics_path());
         let m = mtime(&run.status_path());
         if m != self.status_mtime {
             self.status_mtime = m;
@@ -78,15 +79,15 @@ impl RunInfo {
                 } else if before.map(|b| b.state) != Some(s.state) {
                     let state = format!("{:?}", s.state).to_lowercase();
                     self.events.push(match &s.message {
-                        Some(m) => format!("{state}: {m}"),
-                        None => state,
+                        Some(m) if *m != state => format!("{state}: {m}"),
+                        _ => state,
                     });
                 }
                 self.status = Some(s);
                 changed = true;
             }
         }
-        changed | self.tail_metrics(&run.metrics_path())
+        changed
     }
 
     fn tail_metrics(&mut self, path: &Path) -> bool {
