@@ -423,6 +423,7 @@ fn offline_or_unreachable_without_a_cache_says_what_is_missing() {
         "model.safetensors",
         "lors fetch test/stories260K@main",
         "local directory",
+        cache.path().to_str().unwrap(),
     ] {
         assert!(err.contains(want), "{want:?} not in: {err}");
     }

@@ -208,19 +208,6 @@ impl Progress for Forward<'_> {
     }
 }
 
-/// Files missing from the cache, as a sentence with what to do about it.
-fn missing_help(r: &HubRef, missing: &[String]) -> String {
-    format!(
-        "not in the cache ({}): missing {}. Give a local directory instead, or download it \
-         where there is network (`lors fetch {}`, or `huggingface-cli download {}`) into this \
-         cache",
-        cache_dir().display(),
-        missing.join(", "),
-        r.display(),
-        r.repo_id
-    )
-}
-
 /// A readable reason for a failed hub request.
 fn explain(r: &HubRef, settings: &HubSettings, e: ApiError) -> String {
     if let ApiError::RequestError(err) = &e {
@@ -337,6 +324,28 @@ impl<'a> Fetcher<'a> {
         Ok(path)
     }
 
+    /// Those of `files` the cache lacks.
+    fn missing(&self, files: &[String]) -> Vec<String> {
+        files
+            .iter()
+            .filter(|f| self.cached(f).is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Files missing from the cache, as a sentence with what to do about it.
+    fn missing_help(&self, missing: &[String]) -> String {
+        format!(
+            "not in the cache ({}): missing {}. Give a local directory instead, or download \
+             it where there is network (`lors fetch {}`, or `huggingface-cli download {}`) \
+             into this cache",
+            self.settings.cache_dir.display(),
+            missing.join(", "),
+            self.r.display(),
+            self.r.repo_id
+        )
+    }
+
     /// The files of the repo at this revision; a network failure says what the cache lacks.
     fn list(&self, api: &Api, missing: &[String]) -> Result<Vec<String>> {
         match api.repo(self.r.repo()).info() {
@@ -344,7 +353,7 @@ impl<'a> Fetcher<'a> {
             Err(e) if is_network_error(&e) => Err(self.error(format!(
                 "{}; and the repo is {}",
                 explain(self.r, self.settings, e),
-                missing_help(self.r, missing)
+                self.missing_help(missing)
             ))),
             Err(e) => Err(self.error(explain(self.r, self.settings, e))),
         }
@@ -375,18 +384,14 @@ impl<'a> Fetcher<'a> {
 
     /// `files` if all are cached; else, offline, an error naming the missing ones.
     fn all_cached(&self, files: &[String]) -> Result<Option<Vec<PathBuf>>> {
-        let missing: Vec<String> = files
-            .iter()
-            .filter(|f| self.cached(f).is_none())
-            .cloned()
-            .collect();
+        let missing = self.missing(files);
         if missing.is_empty() {
             return Ok(Some(files.iter().filter_map(|f| self.cached(f)).collect()));
         }
         if self.settings.offline {
             return Err(self.error(format!(
                 "HF_HUB_OFFLINE is set and the repo is {}",
-                missing_help(self.r, &missing)
+                self.missing_help(&missing)
             )));
         }
         Ok(None)
@@ -418,12 +423,7 @@ pub fn fetch_model(
         return Ok(snapshot_dir(&paths[0]));
     }
     let api = settings.api()?;
-    let missing: Vec<String> = files
-        .iter()
-        .filter(|x| f.cached(x).is_none())
-        .cloned()
-        .collect();
-    let listing = f.list(&api, &missing)?;
+    let listing = f.list(&api, &f.missing(&files))?;
     let sharded = !listing.iter().any(|x| x == SINGLE);
     if sharded && !listing.iter().any(|x| x == INDEX) {
         return Err(f.error(format!(

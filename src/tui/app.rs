@@ -894,8 +894,12 @@ impl App {
         match key.code {
             KeyCode::Up => self.selected_run = (self.selected_run + n - 1) % n,
             KeyCode::Down => self.selected_run = (self.selected_run + 1) % n,
-            KeyCode::Char(' ') if !self.marked.remove(&path) => {
-                self.marked.insert(path);
+            KeyCode::Char(' ') => {
+                // Toggle: unmark a marked run, else mark it.
+                let was_marked = self.marked.remove(&path);
+                if !was_marked {
+                    self.marked.insert(path);
+                }
             }
             KeyCode::Enter => {
                 self.focused = Some(path);
