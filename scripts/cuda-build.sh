@@ -41,6 +41,8 @@ echo "libcuda stub: $(wc -l < "$link/cuda-symbols.txt") driver symbols"
 awk '{print "void " $1 "(void) {}"}' "$link/cuda-symbols.txt" > "$link/cuda-stub.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$link/libcuda.so" "$link/cuda-stub.c"
 cargo build --release --features cuda --bins
+# The CUDA-only code (kernels, GPU memory readings) is linted here, where it compiles.
+cargo clippy --release --features cuda --all-targets -- -D warnings
 # It loads, with the stub standing in for the driver: every library it links is found.
 ln -sf libcuda.so "$link/libcuda.so.1"
 LD_LIBRARY_PATH="$cu/lib:$link" ldd "$root/release/lors" | grep -E "libcuda|cublas|curand|cudart"

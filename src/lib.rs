@@ -7,6 +7,7 @@
 pub mod adapters;
 pub mod bench;
 pub mod data;
+pub mod device;
 pub mod error;
 pub mod io;
 pub mod memory;

@@ -120,9 +120,15 @@ struct LayerArgs {
     /// `unstructured` or N:M such as `2:4`.
     #[arg(long, default_value = "unstructured")]
     pattern: String,
-    /// f32, f16 or f64 (bf16 needs CUDA).
+    /// f32, f16 or f64 on the CPU; bf16 or f32 on CUDA.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// `cpu`, `cuda` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// First compare every method on the device with an f64 CPU reference (small layer).
+    #[arg(long)]
+    verify: bool,
     /// Worker threads for the matmuls (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
@@ -145,7 +151,8 @@ fn bench_layer(args: LayerArgs) -> Result<()> {
     } else {
         args.pattern.parse::<Pattern>()?
     };
-    let dtype = layer::parse_dtype(&args.dtype)?;
+    let device = lors::device::parse_device(&args.device)?;
+    let dtype = layer::parse_dtype(&args.dtype, &device)?;
     let config = LayerBenchConfig {
         in_features: args.in_features,
         out_features: args.out_features,
@@ -154,11 +161,14 @@ fn bench_layer(args: LayerArgs) -> Result<()> {
         pattern: args.pattern.clone(),
         density: pattern.density(),
         dtype: args.dtype.clone(),
+        device: lors::device::device_name(&device),
+        memory: if device.is_cpu() { "heap" } else { "gpu pool" }.into(),
         runs: args.runs,
         threads: candle_core::utils::get_num_threads(),
         seed: args.seed,
     };
-    let report = layer::run(&config, pattern, dtype).context("layer benchmark failed")?;
+    let report = layer::run(&config, pattern, dtype, &device, args.verify)
+        .context("layer benchmark failed")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

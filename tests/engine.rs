@@ -127,12 +127,20 @@ fn random_checkpoint_reloads_with_identical_logits() {
         &dir.config,
         &dir.weights().unwrap(),
         DType::F32,
+        &candle_core::Device::Cpu,
         None,
         &mut rng,
     )
     .unwrap();
-    let in_memory =
-        CausalLm::from_source(&dir.config, &tensors, DType::F32, None, &mut rng).unwrap();
+    let in_memory = CausalLm::from_source(
+        &dir.config,
+        &tensors,
+        DType::F32,
+        &candle_core::Device::Cpu,
+        None,
+        &mut rng,
+    )
+    .unwrap();
     let ids = Tensor::new(
         &[[1u32, 40, 50, 60, 70, 80], [1, 90, 100, 7, 8, 9]],
         &Device::Cpu,
@@ -177,12 +185,21 @@ fn qwen2_needs_and_uses_qkv_bias() {
         &dir.config,
         &dir.weights().unwrap(),
         DType::F32,
+        &candle_core::Device::Cpu,
         None,
         &mut rng,
     )
     .unwrap();
     tensors.remove("model.layers.0.self_attn.k_proj.bias");
-    let err = CausalLm::from_source(&dir.config, &tensors, DType::F32, None, &mut rng).unwrap_err();
+    let err = CausalLm::from_source(
+        &dir.config,
+        &tensors,
+        DType::F32,
+        &candle_core::Device::Cpu,
+        None,
+        &mut rng,
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("model.layers.0.self_attn.k_proj.bias"),
@@ -415,12 +432,25 @@ fn bad_input_names_the_file_line_key_or_tensor() {
         ("adapter.rank=0", "adapter.rank"),
         ("optim.lr=-1.0", "optim.lr"),
         ("data.seq_len=1", "data.seq_len"),
-        ("train.device=\"cuda:0\"", "train.device"),
+        ("train.device=\"gpu0\"", "train.device"),
         ("adapter.method=\"lors-fast\"", "method"),
         ("model.dtype=\"bf16\"", "model.dtype"),
     ] {
         let err = Profile::parse(&base, &[set.into()]).unwrap_err();
         assert!(err.to_string().contains(key), "{set}: {err}");
+    }
+    // CUDA computes in bf16 or f32 only.
+    let set = [
+        "train.device=\"cuda:0\"".into(),
+        "model.dtype=\"f16\"".into(),
+    ];
+    let err = Profile::parse(&base, &set).unwrap_err();
+    assert!(err.to_string().contains("model.dtype"), "{err}");
+    // A CUDA device in a build without CUDA says how to get one.
+    if !cfg!(feature = "cuda") {
+        let p = profile(&f, &["train.device=\"cuda:0\""]);
+        let err = train::prepare(&p).err().expect("no CUDA in this build");
+        assert!(err.to_string().contains("--features cuda"), "{err}");
     }
     // A layer name that matches nothing.
     let p = profile(&f, &["adapter.target_modules=[\"qkv\"]"]);
@@ -441,7 +471,15 @@ fn bad_input_names_the_file_line_key_or_tensor() {
         }
     }
     let mut rng = ChaCha8Rng::seed_from_u64(0);
-    let err = CausalLm::from_source(&dir.config, &tensors, DType::F32, None, &mut rng).unwrap_err();
+    let err = CausalLm::from_source(
+        &dir.config,
+        &tensors,
+        DType::F32,
+        &candle_core::Device::Cpu,
+        None,
+        &mut rng,
+    )
+    .unwrap_err();
     assert!(
         err.to_string()
             .contains("model.layers.1.mlp.up_proj.weight"),

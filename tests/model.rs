@@ -24,6 +24,7 @@ fn stories260k_greedy_continuation_matches_the_published_text() {
         &dir.config,
         &dir.weights().unwrap(),
         DType::F32,
+        &candle_core::Device::Cpu,
         None,
         &mut ChaCha8Rng::seed_from_u64(0),
     )
@@ -62,6 +63,7 @@ fn load(config: &ModelConfig, src: &dyn WeightSource) -> CausalLm {
         config,
         src,
         DType::F32,
+        &candle_core::Device::Cpu,
         None,
         &mut ChaCha8Rng::seed_from_u64(0),
     )

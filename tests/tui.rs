@@ -380,7 +380,13 @@ fn profiles_are_saved_listed_and_loaded() {
     assert!(matches!(app.setup.model, Some(Ok(_))));
 }
 
-fn fake_run(root: &Path, name: &str, state: RunState, merged_density: f64) -> PathBuf {
+fn fake_run(
+    root: &Path,
+    name: &str,
+    state: RunState,
+    merged_density: f64,
+    gpu: Option<lors::device::GpuMemory>,
+) -> PathBuf {
     let mut p = Profile::load(&repo().join("profiles/demo.toml"), &[]).unwrap();
     p.resolve_paths(&repo());
     let run = RunDir::create(&root.join(name)).unwrap();
@@ -397,6 +403,7 @@ fn fake_run(root: &Path, name: &str, state: RunState, merged_density: f64) -> Pa
             peak_bytes: 2 << 20,
             step_peak_bytes: 1 << 20,
             rss_bytes: Some(40 << 20),
+            gpu,
         })
         .unwrap();
     }
@@ -442,8 +449,8 @@ fn fake_run(root: &Path, name: &str, state: RunState, merged_density: f64) -> Pa
 #[test]
 fn run_and_runs_views_send_controls_and_confirm_destructive_ones() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = fake_run(tmp.path(), "run-a", RunState::Running, 0.5);
-    let other = fake_run(tmp.path(), "run-b", RunState::Finished, 0.93);
+    let path = fake_run(tmp.path(), "run-a", RunState::Running, 0.5, None);
+    let other = fake_run(tmp.path(), "run-b", RunState::Finished, 0.93, None);
     let mut w = Watcher::new(tmp.path());
     assert!(w.refresh());
     let mut app = demo_app(tmp.path());
@@ -546,8 +553,15 @@ fn render(app: &App, w: u16, h: u16, ascii: bool) -> String {
 #[test]
 fn every_view_renders_what_it_must_at_80x24_and_120x40() {
     let tmp = tempfile::tempdir().unwrap();
-    fake_run(tmp.path(), "run-a", RunState::Running, 0.5);
-    fake_run(tmp.path(), "run-lora", RunState::Finished, 0.93);
+    fake_run(tmp.path(), "run-a", RunState::Running, 0.5, None);
+    // A run on a GPU: the memory panel shows its pool and the device next to host memory.
+    let gpu = lors::device::GpuMemory {
+        used_bytes: 3 << 30,
+        peak_bytes: 5 << 30,
+        device_used_bytes: 6 << 30,
+        device_total_bytes: 140 << 30,
+    };
+    fake_run(tmp.path(), "run-lora", RunState::Finished, 0.93, Some(gpu));
     let mut w = Watcher::new(tmp.path());
     w.refresh();
     let mut app = demo_app(tmp.path());
@@ -611,6 +625,9 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
             "Run (lora)",
             &[
                 "finished step 3/10",
+                "RSS  40.0 MiB",
+                "GPU  3.0 GiB pk 5.0 GiB",
+                "dev  6.0 GiB/140.0 GiB",
                 "DRIFT: 1 of 2 layers",
                 "1.k_proj     0.500 -> 0.930",
             ],
@@ -654,7 +671,7 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
 #[test]
 fn the_watcher_reads_only_complete_metric_lines() {
     let tmp = tempfile::tempdir().unwrap();
-    let path = fake_run(tmp.path(), "run-b", RunState::Running, 0.5);
+    let path = fake_run(tmp.path(), "run-b", RunState::Running, 0.5, None);
     let mut w = Watcher::new(tmp.path());
     assert!(w.refresh());
     assert_eq!(w.runs[0].train_loss.len(), 3);

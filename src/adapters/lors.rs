@@ -30,7 +30,7 @@ impl Lors {
             weight: base.weight().clone(),
             scale: self.scale,
             kind: LowRankKind::Lors {
-                mask: base.mask().clone(),
+                mask: base.op_mask().clone(),
                 grad: self.grad,
             },
         };

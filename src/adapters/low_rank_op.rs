@@ -17,9 +17,9 @@
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
-use candle_core::op::BackpropOp;
 use candle_core::{
-    CpuStorage, CustomOp3, DType, InplaceOp1, Layout, Result, Shape, Storage, Tensor, WithDType,
+    CpuStorage, CustomOp2, CustomOp3, DType, Device, InplaceOp1, Layout, Result, Shape, Storage,
+    Tensor, WithDType,
 };
 
 use crate::sparsity::BitMask;
@@ -33,13 +33,35 @@ pub enum GradMode {
     Exact,
 }
 
+/// A layer's mask as the kernels read it: the host bits, and on a GPU the same bits packed
+/// into a u32 tensor on the device (never expanded to one value per weight).
+#[derive(Debug, Clone)]
+pub(crate) struct OpMask {
+    pub bits: Arc<BitMask>,
+    /// [`BitMask::to_packed_tensor`] on the weight's device; `None` on the CPU.
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    pub packed: Option<Tensor>,
+}
+
+impl OpMask {
+    /// The mask for a weight on `device`.
+    pub fn new(bits: Arc<BitMask>, device: &Device) -> crate::error::Result<Self> {
+        let packed = if device.is_cpu() {
+            None
+        } else {
+            Some(bits.to_packed_tensor(device)?)
+        };
+        Ok(Self { bits, packed })
+    }
+}
+
 /// What the op computes besides the frozen product.
 #[derive(Debug, Clone)]
 pub(crate) enum LowRankKind {
     /// Plain LoRA: an unmasked rank-r side path.
     Lora,
     /// LoRS: the adapter merged through the mask.
-    Lors { mask: Arc<BitMask>, grad: GradMode },
+    Lors { mask: OpMask, grad: GradMode },
 }
 
 /// `y = adapted_linear(x; W, A, B)` for `lora` and `lors`, applied with
@@ -53,22 +75,23 @@ pub(crate) struct LowRankOp {
     pub kind: LowRankKind,
 }
 
-fn msg(s: impl std::fmt::Display) -> candle_core::Error {
+pub(crate) fn msg(s: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(s.to_string())
 }
 
-fn cpu_of(storage: &Storage) -> Result<&CpuStorage> {
-    match storage {
-        Storage::Cpu(s) => Ok(s),
-        other => Err(msg(format!(
-            "the lors op runs on the CPU in this build; got a tensor on {:?}",
-            other.device().location()
-        ))),
-    }
+/// A backend's storage with the two kernels candle lacks: the fused masked merge and masking
+/// in place. Everything else the ops do goes through candle's own backend kernels.
+pub(crate) trait MaskKernels: BackendStorage {
+    /// This backend's storage inside `storage`, or an error naming the device it is on.
+    fn of(storage: &Storage) -> Result<&Self>;
+    /// `ba[i] = M[i] ? w[i] + s·ba[i] : 0` over a fresh contiguous `ba` (out x in).
+    fn masked_merge(ba: &mut Self, w: &Self, wl: &Layout, scale: f64, mask: &OpMask) -> Result<()>;
+    /// `d[i] = M[i] ? d[i] : 0` over a fresh contiguous `d`.
+    fn apply_mask(d: &mut Self, layout: &Layout, mask: &OpMask) -> Result<()>;
 }
 
 /// `x·Wᵀ` for `x` of shape (..., in) and `W` of shape (out, in): returns (..., out).
-fn x_wt(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(CpuStorage, Shape)> {
+fn x_wt<S: BackendStorage>(x: &S, lx: &Layout, w: &S, lw: &Layout) -> Result<(S, Shape)> {
     if !lx.is_contiguous() {
         return Err(msg("lors op: input must be contiguous"));
     }
@@ -90,7 +113,13 @@ fn x_wt(x: &CpuStorage, lx: &Layout, w: &CpuStorage, lw: &Layout) -> Result<(Cpu
     Ok((y, Shape::from(dims)))
 }
 
-/// Element types the fused merge handles natively.
+/// `x·Wᵀ` with the frozen `weight` read from its tensor.
+fn frozen_product<S: MaskKernels>(weight: &Tensor, x: &S, lx: &Layout) -> Result<(S, Shape)> {
+    let (ws, wl) = weight.storage_and_layout();
+    x_wt(x, lx, S::of(&ws)?, wl)
+}
+
+/// Element types the CPU's fused merge handles natively.
 trait MergeElem: WithDType {
     /// `w + s·d` in the element's own arithmetic (f16 through f32).
     fn merge(w: Self, d: Self, s: f64) -> Self;
@@ -149,45 +178,115 @@ fn fuse_masked_merge<T: MergeElem>(ba: &mut [T], w: &[T], scale: f64, mask: &Bit
         });
 }
 
+impl MaskKernels for CpuStorage {
+    fn of(storage: &Storage) -> Result<&Self> {
+        match storage {
+            Storage::Cpu(s) => Ok(s),
+            other => Err(msg(format!(
+                "lors op: a CPU tensor mixed with one on {:?}",
+                other.device().location()
+            ))),
+        }
+    }
+
+    fn masked_merge(ba: &mut Self, w: &Self, wl: &Layout, scale: f64, mask: &OpMask) -> Result<()> {
+        if !wl.is_contiguous() {
+            return Err(msg("lors op: frozen weight must be contiguous"));
+        }
+        let off = wl.start_offset();
+        let n = wl.shape().elem_count();
+        let bits = &mask.bits;
+        match (ba, w) {
+            (CpuStorage::F32(d), CpuStorage::F32(w)) => {
+                fuse_masked_merge(d, &w[off..off + n], scale, bits)
+            }
+            (CpuStorage::F64(d), CpuStorage::F64(w)) => {
+                fuse_masked_merge(d, &w[off..off + n], scale, bits)
+            }
+            (CpuStorage::F16(d), CpuStorage::F16(w)) => {
+                fuse_masked_merge(d, &w[off..off + n], scale, bits)
+            }
+            (d, w) => {
+                return Err(msg(format!(
+                    "lors op: adapter dtype {:?} and weight dtype {:?} must match and be f16, \
+                     f32 or f64 on the CPU",
+                    d.dtype(),
+                    w.dtype()
+                )))
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_mask(d: &mut Self, layout: &Layout, mask: &OpMask) -> Result<()> {
+        if !layout.is_contiguous() || layout.start_offset() != 0 {
+            return Err(msg("apply-mask needs a fresh contiguous tensor"));
+        }
+        match d {
+            CpuStorage::F32(d) => mask.bits.apply(d),
+            CpuStorage::F64(d) => mask.bits.apply(d),
+            CpuStorage::F16(d) => mask.bits.apply(d),
+            CpuStorage::BF16(d) => mask.bits.apply(d),
+            other => return Err(msg(format!("apply-mask: dtype {:?}", other.dtype()))),
+        }
+        Ok(())
+    }
+}
+
 /// `W' = (W + s·B·A) ⊙ M`, a fresh contiguous out x in buffer.
-fn merged_weight_cpu(
-    w: (&CpuStorage, &Layout),
-    a: (&CpuStorage, &Layout),
-    b: (&CpuStorage, &Layout),
+fn merged_weight_storage<S: MaskKernels>(
+    weight: &Tensor,
+    a: (&S, &Layout),
+    b: (&S, &Layout),
     scale: f64,
-    mask: &BitMask,
-) -> Result<CpuStorage> {
+    mask: &OpMask,
+) -> Result<S> {
     let (out, rank) = b.1.shape().dims2()?;
     let (_, in_f) = a.1.shape().dims2()?;
-    if !w.1.is_contiguous() {
-        return Err(msg("lors op: frozen weight must be contiguous"));
-    }
     let mut ba = b.0.matmul(a.0, (1, out, in_f, rank), b.1, a.1)?;
-    let off = w.1.start_offset();
-    let n = out * in_f;
-    match (&mut ba, w.0) {
-        (CpuStorage::F32(d), CpuStorage::F32(w)) => {
-            fuse_masked_merge(d, &w[off..off + n], scale, mask)
-        }
-        (CpuStorage::F64(d), CpuStorage::F64(w)) => {
-            fuse_masked_merge(d, &w[off..off + n], scale, mask)
-        }
-        (CpuStorage::F16(d), CpuStorage::F16(w)) => {
-            fuse_masked_merge(d, &w[off..off + n], scale, mask)
-        }
-        (d, w) => {
-            return Err(msg(format!(
-            "lors op: adapter dtype {:?} and weight dtype {:?} must match and be f16, f32 or f64",
-            d.dtype(),
-            w.dtype()
-        )))
-        }
-    }
+    let (ws, wl) = weight.storage_and_layout();
+    S::masked_merge(&mut ba, S::of(&ws)?, wl, scale, mask)?;
     Ok(ba)
 }
 
+/// `(A, B) -> (W + s·B·A) ⊙ M`, applied without a graph node (`apply_op2_no_bwd`).
+struct MergedWeightOp<'a> {
+    weight: &'a Tensor,
+    scale: f64,
+    mask: &'a OpMask,
+}
+
+impl CustomOp2 for MergedWeightOp<'_> {
+    fn name(&self) -> &'static str {
+        "lors-merged-weight"
+    }
+
+    fn cpu_fwd(
+        &self,
+        a: &CpuStorage,
+        la: &Layout,
+        b: &CpuStorage,
+        lb: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let w = merged_weight_storage(self.weight, (a, la), (b, lb), self.scale, self.mask)?;
+        Ok((w, self.weight.shape().clone()))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        let w = merged_weight_storage(self.weight, (a, la), (b, lb), self.scale, self.mask)?;
+        Ok((w, self.weight.shape().clone()))
+    }
+}
+
 /// Zero the pruned entries of a contiguous tensor in place.
-struct ApplyMask<'a>(&'a BitMask);
+struct ApplyMask<'a>(&'a OpMask);
 
 impl InplaceOp1 for ApplyMask<'_> {
     fn name(&self) -> &'static str {
@@ -195,40 +294,50 @@ impl InplaceOp1 for ApplyMask<'_> {
     }
 
     fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
-        if !layout.is_contiguous() || layout.start_offset() != 0 {
-            return Err(msg("apply-mask needs a fresh contiguous tensor"));
-        }
-        match storage {
-            CpuStorage::F32(d) => self.0.apply(d),
-            CpuStorage::F64(d) => self.0.apply(d),
-            CpuStorage::F16(d) => self.0.apply(d),
-            CpuStorage::BF16(d) => self.0.apply(d),
-            other => return Err(msg(format!("apply-mask: dtype {:?}", other.dtype()))),
-        }
-        Ok(())
+        CpuStorage::apply_mask(storage, layout, self.0)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(&self, storage: &mut candle_core::CudaStorage, layout: &Layout) -> Result<()> {
+        candle_core::CudaStorage::apply_mask(storage, layout, self.0)
     }
 }
 
 impl LowRankOp {
     /// Rebuild `W' = (W + s·B·A) ⊙ M` as a detached tensor (used in backward and by tests).
-    pub(crate) fn merged_weight(&self, a: &Tensor, b: &Tensor, mask: &BitMask) -> Result<Tensor> {
-        let (ws, wl) = self.weight.storage_and_layout();
-        let (as_, al) = a.storage_and_layout();
-        let (bs, bl) = b.storage_and_layout();
-        let merged = merged_weight_cpu(
-            (cpu_of(&ws)?, wl),
-            (cpu_of(&as_)?, al),
-            (cpu_of(&bs)?, bl),
-            self.scale,
-            mask,
-        )?;
-        let shape = self.weight.shape().clone();
-        Ok(Tensor::from_storage(
-            Storage::Cpu(merged),
-            shape,
-            BackpropOp::none(),
-            false,
-        ))
+    pub(crate) fn merged_weight(&self, a: &Tensor, b: &Tensor, mask: &OpMask) -> Result<Tensor> {
+        a.apply_op2_no_bwd(
+            b,
+            &MergedWeightOp {
+                weight: &self.weight,
+                scale: self.scale,
+                mask,
+            },
+        )
+    }
+
+    /// The forward on any backend with the mask kernels.
+    fn forward<S: MaskKernels>(
+        &self,
+        x: (&S, &Layout),
+        a: (&S, &Layout),
+        b: (&S, &Layout),
+    ) -> Result<(S, Shape)> {
+        match &self.kind {
+            LowRankKind::Lora => {
+                let (base, shape) = frozen_product(&self.weight, x.0, x.1)?;
+                let (x_a, x_a_shape) = x_wt(x.0, x.1, a.0, a.1)?; // tokens x r
+                let x_a = x_a.affine(&Layout::contiguous(&x_a_shape), self.scale, 0.)?;
+                let (side, _) = x_wt(&x_a, &Layout::contiguous(&x_a_shape), b.0, b.1)?;
+                let l = Layout::contiguous(&shape);
+                let y = base.binary_impl::<candle_core::op::Add>(&side, &l, &l)?;
+                Ok((y, shape))
+            }
+            LowRankKind::Lors { mask, .. } => {
+                let merged = merged_weight_storage(&self.weight, a, b, self.scale, mask)?;
+                x_wt(x.0, x.1, &merged, &Layout::contiguous(self.weight.shape()))
+            }
+        }
     }
 
     /// LoRA's adapter gradients: `(s·(g·B)ᵀ·x, s·gᵀ·(x·Aᵀ))`, plus `s·g·B` for reuse.
@@ -264,23 +373,20 @@ impl CustomOp3 for LowRankOp {
         b: &CpuStorage,
         lb: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (ws, wl) = self.weight.storage_and_layout();
-        let w = cpu_of(&ws)?;
-        match &self.kind {
-            LowRankKind::Lora => {
-                let (base, shape) = x_wt(x, lx, w, wl)?;
-                let (x_a, x_a_shape) = x_wt(x, lx, a, la)?; // tokens x r
-                let x_a = x_a.affine(&Layout::contiguous(&x_a_shape), self.scale, 0.)?;
-                let (side, _) = x_wt(&x_a, &Layout::contiguous(&x_a_shape), b, lb)?;
-                let l = Layout::contiguous(&shape);
-                let y = base.binary_impl::<candle_core::op::Add>(&side, &l, &l)?;
-                Ok((y, shape))
-            }
-            LowRankKind::Lors { mask, .. } => {
-                let merged = merged_weight_cpu((w, wl), (a, la), (b, lb), self.scale, mask)?;
-                x_wt(x, lx, &merged, &Layout::contiguous(wl.shape()))
-            }
-        }
+        self.forward((x, lx), (a, la), (b, lb))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        a: &candle_core::CudaStorage,
+        la: &Layout,
+        b: &candle_core::CudaStorage,
+        lb: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        self.forward((x, lx), (a, la), (b, lb))
     }
 
     fn bwd(
@@ -330,9 +436,14 @@ impl CustomOp3 for LowRankOp {
     }
 }
 
-/// Dtypes the op's CPU kernels accept.
-pub(crate) fn op_supports(dtype: DType) -> bool {
-    matches!(dtype, DType::F16 | DType::F32 | DType::F64)
+/// Dtypes the ops compute in on `device`: the CPU has no bf16 matmul in candle, and the CUDA
+/// mask kernels are built for f32 and bf16.
+pub(crate) fn op_supports(dtype: DType, device: &Device) -> bool {
+    if device.is_cpu() {
+        matches!(dtype, DType::F16 | DType::F32 | DType::F64)
+    } else {
+        matches!(dtype, DType::F32 | DType::BF16)
+    }
 }
 
 /// `y = x·Wᵀ` for a frozen `W`: one graph node whose backward gives `grad_x = grad_y·W` only
@@ -348,8 +459,16 @@ impl candle_core::CustomOp1 for FrozenLinearOp {
     }
 
     fn cpu_fwd(&self, x: &CpuStorage, lx: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (ws, wl) = self.weight.storage_and_layout();
-        x_wt(x, lx, cpu_of(&ws)?, wl)
+        frozen_product(&self.weight, x, lx)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        frozen_product(&self.weight, x, lx)
     }
 
     fn bwd(&self, x: &Tensor, _res: &Tensor, grad_y: &Tensor) -> Result<Option<Tensor>> {
@@ -404,8 +523,18 @@ impl candle_core::CustomOp2 for ProbedLinearOp {
         _anchor: &CpuStorage,
         _la: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (ws, wl) = self.weight.storage_and_layout();
-        x_wt(x, lx, cpu_of(&ws)?, wl)
+        frozen_product(&self.weight, x, lx)
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        x: &candle_core::CudaStorage,
+        lx: &Layout,
+        _anchor: &candle_core::CudaStorage,
+        _la: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        frozen_product(&self.weight, x, lx)
     }
 
     fn bwd(

@@ -6,6 +6,8 @@
 //! with `rslora`).
 
 mod config;
+#[cfg(feature = "cuda")]
+mod cuda_mask;
 mod init;
 mod lora;
 mod lors;
@@ -121,7 +123,12 @@ impl AdaptedLinear {
                     format!("{:?}", value.dims()),
                 ));
             }
-            var.set(&value.to_dtype(var.dtype())?.copy()?)?;
+            var.set(
+                &value
+                    .to_device(var.device())?
+                    .to_dtype(var.dtype())?
+                    .copy()?,
+            )?;
         }
         Ok(())
     }

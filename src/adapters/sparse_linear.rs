@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::low_rank_op::{op_supports, FrozenLinearOp, GradProbe, ProbedLinearOp};
+use super::low_rank_op::{op_supports, FrozenLinearOp, GradProbe, OpMask, ProbedLinearOp};
 use crate::error::{LorsError, Result};
 use crate::sparsity::BitMask;
 
@@ -13,7 +13,7 @@ use crate::sparsity::BitMask;
 pub struct SparseLinear {
     weight: Tensor,
     bias: Option<Tensor>,
-    mask: Arc<BitMask>,
+    mask: OpMask,
 }
 
 impl SparseLinear {
@@ -46,9 +46,9 @@ impl SparseLinear {
             None => BitMask::from_nonzero(&weight)?,
         };
         Ok(Self {
+            mask: OpMask::new(Arc::new(mask), weight.device())?,
             weight: weight.detach().contiguous()?,
             bias: bias.map(|b| b.detach()),
-            mask: Arc::new(mask),
         })
     }
 
@@ -64,17 +64,22 @@ impl SparseLinear {
 
     /// The mask of kept weights.
     pub fn mask(&self) -> &Arc<BitMask> {
+        &self.mask.bits
+    }
+
+    /// The mask as the op kernels read it (bit-packed on the weight's device).
+    pub(crate) fn op_mask(&self) -> &OpMask {
         &self.mask
     }
 
     /// `(out_features, in_features)`.
     pub fn dims(&self) -> (usize, usize) {
-        self.mask.dims()
+        self.mask.bits.dims()
     }
 
     /// Fraction of weights the mask keeps.
     pub fn density(&self) -> f64 {
-        self.mask.density()
+        self.mask.bits.density()
     }
 
     /// Dtype of adapter parameters: f64 for f64 weights (gradient checks), else f32 masters.
@@ -96,14 +101,25 @@ impl SparseLinear {
                 format!("{:?}", x.dims()),
             ));
         }
-        if x.dtype() != self.weight.dtype() || !op_supports(x.dtype()) {
+        if x.dtype() != self.weight.dtype() || !op_supports(x.dtype(), x.device()) {
             return Err(LorsError::UnsupportedDType {
                 dtype: x.dtype(),
                 what: format!(
-                    "a layer input (the weight is {:?}; compute needs f16, f32 or f64 on the CPU)",
+                    "a layer input (the weight is {:?}; compute needs f16, f32 or f64 on the \
+                     CPU, f32 or bf16 on CUDA)",
                     self.weight.dtype()
                 ),
             });
+        }
+        if !x.device().same_device(self.weight.device()) {
+            return Err(LorsError::invalid(
+                "layer input",
+                format!(
+                    "is on {:?}, the weight on {:?}",
+                    x.device().location(),
+                    self.weight.device().location()
+                ),
+            ));
         }
         Ok(())
     }

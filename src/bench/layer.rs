@@ -1,8 +1,11 @@
 //! `lors bench layer`: every method on the same random sparse layer, forward + backward.
 //!
-//! Per method it measures the median step time, the bytes the layer keeps alive between its
-//! forward and its backward (heap growth across the forward, minus the output itself), and
-//! the peak heap bytes of the step above what was live before it.
+//! Per method it measures the median step time (in a run of its own, from an idle device to
+//! its last kernel), the bytes the layer keeps alive between its forward and its backward (growth across the forward, minus the output itself), and the
+//! peak bytes of the step above what was live before it. On the CPU these are heap bytes
+//! (the counting allocator); on a GPU, bytes of the device's memory pool, which is where
+//! candle's CUDA tensors live. With `verify`, every method's output and gradients on the
+//! chosen device are first compared with an f64 CPU reference.
 
 use std::time::Instant;
 
@@ -13,6 +16,7 @@ use serde::Serialize;
 
 use super::median;
 use crate::adapters::{normal, AdaptedLinear, AdapterConfig, Method, SparseLinear};
+use crate::device::{gpu_memory, reset_gpu_peak};
 use crate::error::{LorsError, Result};
 use crate::memory;
 use crate::sparsity::{magnitude_mask, Pattern};
@@ -27,6 +31,10 @@ pub struct LayerBenchConfig {
     pub pattern: String,
     pub density: f64,
     pub dtype: String,
+    /// `cpu` or `cuda:N`.
+    pub device: String,
+    /// What the byte figures count: `heap` (CPU) or `gpu pool` (CUDA).
+    pub memory: String,
     pub runs: usize,
     pub threads: usize,
     pub seed: u64,
@@ -43,9 +51,25 @@ pub struct MethodResult {
     pub kept_bytes: usize,
     /// Peak heap bytes during the step above the bytes live before it.
     pub peak_bytes: usize,
+    /// Dense-equivalent TFLOP/s of the layer's two big products, forward `x·Wᵀ` and input
+    /// gradient `grad_y·W` (`4·tokens·out·in` per step), at the median time.
+    pub tflops: f64,
     pub time_vs_lora: f64,
     pub kept_vs_lora: f64,
     pub peak_vs_lora: f64,
+}
+
+/// One method's agreement with the f64 CPU reference (largest difference over the largest
+/// reference magnitude, per tensor).
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyResult {
+    pub method: String,
+    pub y: f64,
+    pub grad_x: f64,
+    pub grad_a: f64,
+    pub grad_b: f64,
+    /// The tolerance every figure is held to.
+    pub tolerance: f64,
 }
 
 /// The whole benchmark result.
@@ -54,6 +78,8 @@ pub struct LayerBenchReport {
     pub config: LayerBenchConfig,
     /// Bytes of one out x in tensor in this dtype, for reading `kept_bytes`.
     pub weight_bytes: usize,
+    /// The check against the CPU reference, when asked for.
+    pub verify: Vec<VerifyResult>,
     pub results: Vec<MethodResult>,
 }
 
@@ -63,37 +89,59 @@ struct Sample {
     peak_bytes: usize,
 }
 
-/// Parse the dtype names the CLI accepts.
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" => Ok(DType::F32),
-        "f16" => Ok(DType::F16),
-        "f64" => Ok(DType::F64),
-        "bf16" => Err(LorsError::UnsupportedDType {
-            dtype: DType::BF16,
-            what: "matmul on the CPU (candle's CPU backend has no bf16 matmul; use f32 here \
-                   and bf16 on CUDA)"
-                .into(),
-        }),
-        other => Err(LorsError::invalid(
-            "dtype",
-            format!("`{other}` is not f32, f16 or f64"),
-        )),
+/// Parse the dtype names the CLI accepts on `device`: f32, f16 or f64 on the CPU, bf16 or
+/// f32 on CUDA.
+pub fn parse_dtype(s: &str, device: &Device) -> Result<DType> {
+    let dtype = match s {
+        "f32" => DType::F32,
+        "f16" => DType::F16,
+        "f64" => DType::F64,
+        "bf16" => DType::BF16,
+        other => {
+            return Err(LorsError::invalid(
+                "dtype",
+                format!("`{other}` is not f32, f16, bf16 or f64"),
+            ))
+        }
+    };
+    let ok = if device.is_cpu() {
+        dtype != DType::BF16
+    } else {
+        matches!(dtype, DType::BF16 | DType::F32)
+    };
+    if !ok {
+        return Err(LorsError::UnsupportedDType {
+            dtype,
+            what: if device.is_cpu() {
+                "matmul on the CPU (candle's CPU backend has no bf16 matmul; use f32 here and \
+                 bf16 on CUDA)"
+                    .into()
+            } else {
+                "the CUDA kernels (bf16 or f32)".into()
+            },
+        });
     }
+    Ok(dtype)
 }
 
-/// Measure one forward+backward of `layer`; `x` is a variable so `grad_x` is computed too.
-fn step(layer: &AdaptedLinear, x: &Var, upstream: &Tensor) -> Result<Sample> {
-    let before = memory::live_bytes();
-    memory::reset_peak();
-    let start = Instant::now();
+/// Bytes live now and the peak since the last reset, on the heap (CPU) or in the GPU's pool;
+/// on a GPU this waits for the queued work.
+fn live_and_peak(device: &Device) -> Result<(usize, usize)> {
+    Ok(match gpu_memory(device)? {
+        Some(g) => (g.used_bytes as usize, g.peak_bytes as usize),
+        None => (memory::live_bytes(), memory::peak_bytes()),
+    })
+}
+
+/// One forward+backward of `layer` (`x` is a variable, so `grad_x` is computed too), with
+/// the graph's results returned so the caller decides when they are freed.
+fn forward_backward(
+    layer: &AdaptedLinear,
+    x: &Var,
+    upstream: &Tensor,
+) -> Result<(Tensor, candle_core::backprop::GradStore)> {
     let y = layer.forward(x.as_tensor())?;
-    let after_forward = memory::live_bytes();
-    let y_bytes = y.elem_count() * y.dtype().size_in_bytes();
-    let loss = (&y * upstream)?.sum_all()?;
-    let grads = loss.backward()?;
-    let time_ms = start.elapsed().as_secs_f64() * 1e3;
-    let peak_bytes = memory::peak_bytes().saturating_sub(before);
+    let grads = (&y * upstream)?.sum_all()?.backward()?;
     for (name, var) in layer.trainable() {
         if grads.get(var).is_none() {
             return Err(LorsError::invalid(
@@ -102,63 +150,216 @@ fn step(layer: &AdaptedLinear, x: &Var, upstream: &Tensor) -> Result<Sample> {
             ));
         }
     }
-    drop((grads, loss, y));
-    Ok(Sample {
-        time_ms,
-        kept_bytes: after_forward.saturating_sub(before + y_bytes),
-        peak_bytes,
-    })
+    Ok((y, grads))
 }
 
-/// Run the benchmark: `warmup` unmeasured rounds, then `config.runs` measured rounds, each
-/// round running every method once in turn.
-pub fn run(config: &LayerBenchConfig, pattern: Pattern, dtype: DType) -> Result<LayerBenchReport> {
+/// Wall time of one forward+backward, from an idle device to the end of its last kernel.
+fn timed_step(layer: &AdaptedLinear, x: &Var, upstream: &Tensor) -> Result<f64> {
+    let device = x.device();
+    device.synchronize()?;
+    let start = Instant::now();
+    let results = forward_backward(layer, x, upstream)?;
+    device.synchronize()?;
+    let ms = start.elapsed().as_secs_f64() * 1e3;
+    drop(results);
+    Ok(ms)
+}
+
+/// Memory of one forward+backward, in a run of its own (reading GPU memory waits for the
+/// device, which would distort a timed run).
+fn memory_step(layer: &AdaptedLinear, x: &Var, upstream: &Tensor) -> Result<(usize, usize)> {
+    let device = x.device();
+    let (before, _) = live_and_peak(device)?;
+    memory::reset_peak();
+    reset_gpu_peak(device)?;
+    let y = layer.forward(x.as_tensor())?;
+    let (after_forward, _) = live_and_peak(device)?;
+    let y_bytes = y.elem_count() * y.dtype().size_in_bytes();
+    let grads = (&y * upstream)?.sum_all()?.backward()?;
+    let (_, peak) = live_and_peak(device)?;
+    drop((grads, y));
+    Ok((
+        after_forward.saturating_sub(before + y_bytes),
+        peak.saturating_sub(before),
+    ))
+}
+
+/// A random pruned layer per method on `device` in `dtype`, with the input `x` and the
+/// upstream gradient: every method gets the same weight, mask, `x` and upstream, and a
+/// nonzero `B` (SPP: column scale) so every path does real work.
+struct Problem {
+    layers: Vec<AdaptedLinear>,
+    x: Var,
+    upstream: Tensor,
+}
+
+impl Problem {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        (out_f, in_f, tokens): (usize, usize, usize),
+        rank: usize,
+        pattern: Pattern,
+        dtype: DType,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
+        let cpu = Device::Cpu;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let dense = normal(
+            (out_f, in_f),
+            1.0 / (in_f as f64).sqrt(),
+            DType::F64,
+            &cpu,
+            &mut rng,
+        )?;
+        let mask = magnitude_mask(&dense, pattern)?;
+        let mut pruned = dense.flatten_all()?.to_vec1::<f64>()?;
+        mask.apply(&mut pruned);
+        let put = |t: Tensor| -> Result<Tensor> { Ok(t.to_device(device)?.to_dtype(dtype)?) };
+        let weight = put(Tensor::from_vec(pruned, (out_f, in_f), &cpu)?)?;
+        let x = Var::from_tensor(&put(normal(
+            (tokens, in_f),
+            1.0,
+            DType::F64,
+            &cpu,
+            &mut rng,
+        )?)?)?;
+        let upstream = put(normal((tokens, out_f), 1.0, DType::F64, &cpu, &mut rng)?)?;
+        let mut layers = Vec::new();
+        for method in Method::ALL {
+            let base = SparseLinear::new(weight.clone(), None, Some(mask.clone()))?;
+            let adapter = AdapterConfig {
+                method,
+                rank,
+                ..AdapterConfig::default()
+            };
+            let layer = AdaptedLinear::new(base, &adapter, &mut rng)?;
+            let [(_, a), (_, b)] = layer.trainable();
+            let b_value = normal(b.dims2()?, 0.01, DType::F64, &cpu, &mut rng)?;
+            layer.set_adapter(&a.as_tensor().clone(), &b_value)?;
+            layers.push(layer);
+        }
+        Ok(Self {
+            layers,
+            x,
+            upstream,
+        })
+    }
+
+    /// Output and gradients (x, A, B) of layer `i`, as f64 on the CPU.
+    fn outputs(&self, i: usize) -> Result<[Tensor; 4]> {
+        let layer = &self.layers[i];
+        let y = layer.forward(self.x.as_tensor())?;
+        let grads = (&y * &self.upstream)?.sum_all()?.backward()?;
+        let [(_, a), (_, b)] = layer.trainable();
+        let get = |v: &Tensor| -> Result<Tensor> {
+            let g = grads.get(v).ok_or_else(|| {
+                LorsError::invalid(
+                    "verify",
+                    format!("{} gave no gradient", layer.config().method),
+                )
+            })?;
+            Ok(g.to_device(&Device::Cpu)?.to_dtype(DType::F64)?)
+        };
+        Ok([
+            y.to_device(&Device::Cpu)?.to_dtype(DType::F64)?,
+            get(self.x.as_tensor())?,
+            get(a.as_tensor())?,
+            get(b.as_tensor())?,
+        ])
+    }
+}
+
+/// Compare every method on `device` in `dtype` with the same problem in f64 on the CPU, on a
+/// small layer (96 x 128, 64 tokens, rank 8), and check that the masked methods' merged
+/// weights keep the zero pattern there. Tolerances, relative to the largest reference
+/// magnitude: 1e-4 for f32 (products of 128 terms in f32 against f64), 3e-2 for bf16 (8-bit
+/// mantissas: inputs, adapters and outputs rounded to bf16, about 4e-3 each).
+pub fn verify(pattern: Pattern, dtype: DType, device: &Device) -> Result<Vec<VerifyResult>> {
+    let dims = (96, 128, 64);
+    let reference = Problem::new(dims, 8, pattern, DType::F64, &Device::Cpu, 7)?;
+    let tested = Problem::new(dims, 8, pattern, dtype, device, 7)?;
+    let tolerance = if dtype == DType::BF16 { 3e-2 } else { 1e-4 };
+    let mut out = Vec::new();
+    for (i, layer) in tested.layers.iter().enumerate() {
+        let method = layer.config().method;
+        let want = reference.outputs(i)?;
+        let got = tested.outputs(i)?;
+        let mut rel = [0f64; 4];
+        for (r, (w, g)) in rel.iter_mut().zip(want.iter().zip(&got)) {
+            let scale = w
+                .abs()?
+                .max_all()?
+                .to_scalar::<f64>()?
+                .max(f64::MIN_POSITIVE);
+            *r = (w - g)?.abs()?.max_all()?.to_scalar::<f64>()? / scale;
+        }
+        let result = VerifyResult {
+            method: method.to_string(),
+            y: rel[0],
+            grad_x: rel[1],
+            grad_a: rel[2],
+            grad_b: rel[3],
+            tolerance,
+        };
+        if rel.iter().any(|r| r.is_nan() || *r > tolerance) {
+            return Err(LorsError::invalid(
+                "verify",
+                format!("{method} on {device:?} disagrees with the f64 CPU reference: {result:?}"),
+            ));
+        }
+        if method.is_masked() {
+            // merge() fails unless the merged weight is nonzero exactly where M keeps one.
+            layer.merge()?;
+        }
+        out.push(result);
+    }
+    Ok(out)
+}
+
+/// Run the benchmark on `device`: `warmup` unmeasured rounds, then `config.runs` measured
+/// rounds, each round running every method once in turn.
+pub fn run(
+    config: &LayerBenchConfig,
+    pattern: Pattern,
+    dtype: DType,
+    device: &Device,
+    verify_first: bool,
+) -> Result<LayerBenchReport> {
     if config.runs == 0 {
         return Err(LorsError::invalid("runs", "must be at least 1"));
     }
-    let device = Device::Cpu;
-    let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
+    let verified = if verify_first {
+        verify(pattern, dtype, device)?
+    } else {
+        Vec::new()
+    };
     let (out_f, in_f) = (config.out_features, config.in_features);
-    let dense = normal(
-        (out_f, in_f),
-        1.0 / (in_f as f64).sqrt(),
-        DType::F64,
-        &device,
-        &mut rng,
+    let Problem {
+        layers,
+        x,
+        upstream,
+    } = Problem::new(
+        (out_f, in_f, config.tokens),
+        config.rank,
+        pattern,
+        dtype,
+        device,
+        config.seed,
     )?;
-    let mask = magnitude_mask(&dense, pattern)?;
-    let mut pruned = dense.flatten_all()?.to_vec1::<f64>()?;
-    mask.apply(&mut pruned);
-    let weight = Tensor::from_vec(pruned, (out_f, in_f), &device)?.to_dtype(dtype)?;
-    let x = Var::from_tensor(
-        &normal((config.tokens, in_f), 1.0, DType::F64, &device, &mut rng)?.to_dtype(dtype)?,
-    )?;
-    let upstream =
-        normal((config.tokens, out_f), 1.0, DType::F64, &device, &mut rng)?.to_dtype(dtype)?;
-
-    let mut layers = Vec::new();
-    for method in Method::ALL {
-        let base = SparseLinear::new(weight.clone(), None, Some(mask.clone()))?;
-        let adapter = AdapterConfig {
-            method,
-            rank: config.rank,
-            ..AdapterConfig::default()
-        };
-        let layer = AdaptedLinear::new(base, &adapter, &mut rng)?;
-        // A nonzero B (SPP: column scale), so every path does real work.
-        let [(_, a), (_, b)] = layer.trainable();
-        let b_value = normal(b.dims2()?, 0.01, DType::F64, &device, &mut rng)?;
-        layer.set_adapter(&a.as_tensor().clone(), &b_value)?;
-        layers.push(layer);
-    }
 
     let warmup = 1;
     let mut samples: Vec<Vec<Sample>> = layers.iter().map(|_| Vec::new()).collect();
     for round in 0..warmup + config.runs {
         for (layer, out) in layers.iter().zip(samples.iter_mut()) {
-            let s = step(layer, &x, &upstream)?;
+            let time_ms = timed_step(layer, &x, &upstream)?;
+            let (kept_bytes, peak_bytes) = memory_step(layer, &x, &upstream)?;
             if round >= warmup {
-                out.push(s);
+                out.push(Sample {
+                    time_ms,
+                    kept_bytes,
+                    peak_bytes,
+                });
             }
         }
     }
@@ -168,9 +369,11 @@ pub fn run(config: &LayerBenchConfig, pattern: Pattern, dtype: DType) -> Result<
         .zip(&samples)
         .map(|(layer, s)| {
             let times: Vec<f64> = s.iter().map(|s| s.time_ms).collect();
+            let median_ms = median(&times);
             MethodResult {
                 method: layer.config().method.to_string(),
-                median_ms: median(&times),
+                tflops: 4.0 * (config.tokens * out_f * in_f) as f64 / (median_ms * 1e-3) / 1e12,
+                median_ms,
                 times_ms: times,
                 kept_bytes: s.iter().map(|s| s.kept_bytes).max().unwrap_or(0),
                 peak_bytes: s.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
@@ -193,6 +396,7 @@ pub fn run(config: &LayerBenchConfig, pattern: Pattern, dtype: DType) -> Result<
     Ok(LayerBenchReport {
         config: config.clone(),
         weight_bytes: out_f * in_f * dtype.size_in_bytes(),
+        verify: verified,
         results,
     })
 }
@@ -201,8 +405,9 @@ pub fn run(config: &LayerBenchConfig, pattern: Pattern, dtype: DType) -> Result<
 pub fn render_table(report: &LayerBenchReport) -> String {
     let c = &report.config;
     let mut s = format!(
-        "layer {}x{} ({} pattern, density {:.2}), {} tokens, rank {}, {}, {} threads, median of {} runs\n\
-         (one out x in weight = {})\n\n",
+        "layer {}x{} ({} pattern, density {:.2}), {} tokens, rank {}, {} on {}, {} threads, \
+         median of {} runs\n(one out x in weight = {}; bytes are {} bytes; TFLOP/s counts \
+         x·Wᵀ and grad_y·W, 4·tokens·out·in)\n\n",
         c.out_features,
         c.in_features,
         c.pattern,
@@ -210,20 +415,36 @@ pub fn render_table(report: &LayerBenchReport) -> String {
         c.tokens,
         c.rank,
         c.dtype,
+        c.device,
         c.threads,
         c.runs,
         memory::human_bytes(report.weight_bytes as f64),
+        c.memory,
     );
+    if !report.verify.is_empty() {
+        s.push_str(&format!(
+            "check against the f64 CPU reference (max |diff| / max |ref|, tolerance {:.0e}):\n",
+            report.verify[0].tolerance
+        ));
+        for v in &report.verify {
+            s.push_str(&format!(
+                "  {:<11} y {:.1e}  grad_x {:.1e}  grad_A {:.1e}  grad_B {:.1e}\n",
+                v.method, v.y, v.grad_x, v.grad_a, v.grad_b
+            ));
+        }
+        s.push('\n');
+    }
     s.push_str(&format!(
-        "{:<11} {:>12} {:>8} {:>14} {:>8} {:>12} {:>8}\n",
-        "method", "fwd+bwd ms", "x lora", "kept fwd->bwd", "x lora", "peak", "x lora"
+        "{:<11} {:>12} {:>8} {:>9} {:>14} {:>8} {:>12} {:>8}\n",
+        "method", "fwd+bwd ms", "x lora", "TFLOP/s", "kept fwd->bwd", "x lora", "peak", "x lora"
     ));
     for r in &report.results {
         s.push_str(&format!(
-            "{:<11} {:>12.1} {:>8.2} {:>14} {:>8.2} {:>12} {:>8.2}\n",
+            "{:<11} {:>12.2} {:>8.2} {:>9.1} {:>14} {:>8.2} {:>12} {:>8.2}\n",
             r.method,
             r.median_ms,
             r.time_vs_lora,
+            r.tflops,
             memory::human_bytes(r.kept_bytes as f64),
             r.kept_vs_lora,
             memory::human_bytes(r.peak_bytes as f64),

@@ -22,9 +22,23 @@ pub struct TrainBenchResult {
     pub peak_bytes: usize,
     /// Largest peak above the step's starting heap (activations and gradients).
     pub step_peak_bytes: usize,
+    /// Largest GPU memory-pool peak of a measured step (training on a GPU only).
+    pub gpu_peak_bytes: Option<u64>,
+    /// Dense-equivalent TFLOP/s of the linear layers, forward and input gradient
+    /// (`4 · linear weights · tokens/s`), at the median tokens/s.
+    pub linear_tflops: f64,
     pub tokens_vs_lora: f64,
     pub peak_vs_lora: f64,
     pub step_peak_vs_lora: f64,
+}
+
+/// What one measured step reported.
+#[derive(Debug, Clone)]
+struct StepRow {
+    tokens_per_s: f64,
+    peak_bytes: usize,
+    step_peak_bytes: usize,
+    gpu_peak_bytes: Option<u64>,
 }
 
 /// Run `steps` optimiser steps per method (the first `warmup` not measured), into run
@@ -39,7 +53,10 @@ pub fn run(
     out: &Path,
     on_method: &mut dyn FnMut(Method),
 ) -> Result<Vec<TrainBenchResult>> {
-    let mut rows_of: Vec<Vec<(f64, usize, usize)>> = vec![Vec::new(); methods.len()];
+    let linear_parameters = crate::model::ModelDir::open(&base.model.path)?
+        .config
+        .linear_parameters();
+    let mut rows_of: Vec<Vec<StepRow>> = vec![Vec::new(); methods.len()];
     let order: Vec<usize> = (0..methods.len()).chain((0..methods.len()).rev()).collect();
     for (round, &m) in order.iter().enumerate() {
         let method = methods[m];
@@ -66,23 +83,32 @@ pub fn run(
                 tokens_per_s,
                 peak_bytes,
                 step_peak_bytes,
+                gpu,
                 ..
             }) = e
             {
                 if *step > warmup {
-                    rows.push((*tokens_per_s, *peak_bytes, *step_peak_bytes));
+                    rows.push(StepRow {
+                        tokens_per_s: *tokens_per_s,
+                        peak_bytes: *peak_bytes,
+                        step_peak_bytes: *step_peak_bytes,
+                        gpu_peak_bytes: gpu.map(|g| g.peak_bytes),
+                    });
                 }
             }
         })?;
     }
     let mut results = Vec::new();
     for (method, rows) in methods.iter().zip(&rows_of) {
-        let tps: Vec<f64> = rows.iter().map(|r| r.0).collect();
+        let tps: Vec<f64> = rows.iter().map(|r| r.tokens_per_s).collect();
+        let tokens_per_s = median(&tps);
         results.push(TrainBenchResult {
             method: method.to_string(),
-            tokens_per_s: median(&tps),
-            peak_bytes: rows.iter().map(|r| r.1).max().unwrap_or(0),
-            step_peak_bytes: rows.iter().map(|r| r.2).max().unwrap_or(0),
+            tokens_per_s,
+            peak_bytes: rows.iter().map(|r| r.peak_bytes).max().unwrap_or(0),
+            step_peak_bytes: rows.iter().map(|r| r.step_peak_bytes).max().unwrap_or(0),
+            gpu_peak_bytes: rows.iter().filter_map(|r| r.gpu_peak_bytes).max(),
+            linear_tflops: 4.0 * linear_parameters as f64 * tokens_per_s / 1e12,
             tokens_vs_lora: f64::NAN,
             peak_vs_lora: f64::NAN,
             step_peak_vs_lora: f64::NAN,
@@ -98,23 +124,50 @@ pub fn run(
     Ok(results)
 }
 
-/// Results as a text table.
+/// Results as a text table (with a GPU peak column when the runs were on a GPU).
 pub fn render_table(results: &[TrainBenchResult]) -> String {
+    let gpu = results.iter().any(|r| r.gpu_peak_bytes.is_some());
     let mut s = format!(
-        "{:<11} {:>10} {:>8} {:>12} {:>8} {:>14} {:>8}\n",
-        "method", "tokens/s", "x lora", "peak heap", "x lora", "step peak", "x lora"
+        "{:<11} {:>10} {:>8} {:>13} {:>12} {:>8} {:>14} {:>8}",
+        "method",
+        "tokens/s",
+        "x lora",
+        "lin. TFLOP/s",
+        "peak heap",
+        "x lora",
+        "step peak",
+        "x lora"
     );
+    if gpu {
+        s.push_str(&format!(" {:>12} {:>8}", "GPU peak", "x lora"));
+    }
+    s.push('\n');
+    let lora_gpu = results
+        .iter()
+        .find(|r| r.method == "lora")
+        .and_then(|r| r.gpu_peak_bytes);
     for r in results {
         s.push_str(&format!(
-            "{:<11} {:>10.1} {:>8.2} {:>12} {:>8.2} {:>14} {:>8.2}\n",
+            "{:<11} {:>10.1} {:>8.2} {:>13.1} {:>12} {:>8.2} {:>14} {:>8.2}",
             r.method,
             r.tokens_per_s,
             r.tokens_vs_lora,
+            r.linear_tflops,
             memory::human_bytes(r.peak_bytes as f64),
             r.peak_vs_lora,
             memory::human_bytes(r.step_peak_bytes as f64),
             r.step_peak_vs_lora,
         ));
+        if gpu {
+            let peak = r.gpu_peak_bytes.unwrap_or(0);
+            let ratio = lora_gpu.map_or(f64::NAN, |l| peak as f64 / l.max(1) as f64);
+            s.push_str(&format!(
+                " {:>12} {:>8.2}",
+                memory::human_bytes(peak as f64),
+                ratio
+            ));
+        }
+        s.push('\n');
     }
     s
 }

@@ -54,6 +54,9 @@ pub struct RandomModelArgs {
     /// `unstructured` (50%) or N:M such as `2:4`; `none` keeps the model dense.
     #[arg(long, default_value = "unstructured")]
     pub prune: String,
+    /// `max_position_embeddings` written to config.json.
+    #[arg(long, default_value_t = 1024)]
+    pub max_positions: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -101,13 +104,14 @@ pub fn random_model(args: RandomModelArgs) -> Result<()> {
         "unstructured" => Some(Pattern::Unstructured { sparsity: 0.5 }),
         other => Some(other.parse::<Pattern>()?),
     };
-    let config = small_config(
+    let mut config = small_config(
         args.hidden,
         args.layers,
         args.heads,
         args.kv_heads,
         args.intermediate,
     );
+    config.max_position_embeddings = Some(args.max_positions);
     let weights = random_weights(&config, args.seed, prune)?;
     write_checkpoint(&args.out, &config, &weights)?;
     println!("wrote {}", args.out.display());

@@ -122,6 +122,14 @@ pub enum Architecture {
 }
 
 impl ModelConfig {
+    /// Weights in the linear layers a token passes through: the seven projections of every
+    /// block and the output head (tied or not). `2·this` is the forward FLOPs per token.
+    pub fn linear_parameters(&self) -> usize {
+        let (h, hd, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
+        let attention = 2 * self.num_heads * hd * h + 2 * self.num_kv_heads * hd * h;
+        self.num_layers * (attention + 3 * i * h) + self.vocab_size * h
+    }
+
     /// Read and check `config.json`; errors name the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;

@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use candle_core::{DType, Device, Tensor, D};
-use candle_nn::ops::softmax;
+use super::softmax::softmax_last_dim;
+use candle_core::{DType, Device, Tensor};
 use candle_nn::rotary_emb::rope_slow;
 use rand::{Rng, SeedableRng};
 
@@ -59,6 +59,7 @@ struct Block {
 pub struct CausalLm {
     config: ModelConfig,
     dtype: DType,
+    device: Device,
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
@@ -79,12 +80,13 @@ pub(crate) const BLOCK_LINEARS: [(&str, &str); 7] = [
 ];
 
 impl CausalLm {
-    /// Build the model from named tensors, computing in `dtype`, with adapters on the layers
-    /// `adapter.targets` names.
+    /// Build the model from named tensors, computing in `dtype` on `device`, with adapters on
+    /// the layers `adapter.targets` names.
     pub fn from_source(
         config: &ModelConfig,
         src: &dyn WeightSource,
         dtype: DType,
+        device: &Device,
         adapter: Option<&AdapterSpec>,
         rng: &mut impl Rng,
     ) -> Result<Self> {
@@ -120,7 +122,7 @@ impl CausalLm {
                     format!("{:?}", t.dims()),
                 ));
             }
-            Ok(t.to_dtype(dtype)?)
+            Ok(t.to_device(device)?.to_dtype(dtype)?)
         };
         let mut blocks = Vec::with_capacity(c.num_layers);
         for i in 0..c.num_layers {
@@ -185,19 +187,27 @@ impl CausalLm {
         Ok(Self {
             config: c.clone(),
             dtype,
+            device: device.clone(),
             norm: load("model.norm.weight", &[h])?,
             embed,
             blocks,
             lm_head,
             tied_head,
-            inv_freq: inv_freq(c)?,
+            inv_freq: inv_freq(c)?.to_device(device)?,
         })
     }
 
     /// The model of a directory as it is (no adapters), computing in f32.
     pub fn load_frozen(dir: &super::ModelDir) -> Result<Self> {
         let mut unused = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        Self::from_source(&dir.config, &dir.weights()?, DType::F32, None, &mut unused)
+        Self::from_source(
+            &dir.config,
+            &dir.weights()?,
+            DType::F32,
+            &Device::Cpu,
+            None,
+            &mut unused,
+        )
     }
 
     /// The resolved configuration.
@@ -208,6 +218,11 @@ impl CausalLm {
     /// The compute dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The device the model computes on.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// Every linear layer with its Hugging Face module path (`model.layers.0.self_attn.q_proj`),
@@ -235,7 +250,7 @@ impl CausalLm {
     }
 
     fn rope(&self, seq_len: usize) -> Result<(Tensor, Tensor)> {
-        let positions = Tensor::arange(0u32, seq_len as u32, &Device::Cpu)?
+        let positions = Tensor::arange(0u32, seq_len as u32, &self.device)?
             .to_dtype(DType::F32)?
             .reshape((seq_len, 1))?;
         let freqs = positions.broadcast_mul(&self.inv_freq)?;
@@ -280,6 +295,7 @@ impl CausalLm {
         if t == 0 {
             return Err(LorsError::invalid("input", "empty sequence"));
         }
+        let ids = ids.to_device(&self.device)?;
         Ok(self.embed.index_select(&ids.flatten_all()?, 0)?.reshape((
             b,
             t,
@@ -293,7 +309,9 @@ impl CausalLm {
         Ok(BlockContext {
             cos,
             sin,
-            mask: causal_mask(seq_len, self.dtype)?,
+            mask: causal_mask(seq_len)?
+                .to_dtype(self.dtype)?
+                .to_device(&self.device)?,
         })
     }
 
@@ -348,7 +366,8 @@ impl CausalLm {
             .map(|(_, l)| l)
             .ok_or_else(|| LorsError::invalid("module", format!("no linear layer `{module}`")))?;
         let bias = slot.base().bias().cloned();
-        *slot = Linear::Frozen(SparseLinear::new(weight.to_dtype(self.dtype)?, bias, None)?);
+        let weight = weight.to_device(&self.device)?.to_dtype(self.dtype)?;
+        *slot = Linear::Frozen(SparseLinear::new(weight, bias, None)?);
         Ok(())
     }
 
@@ -376,8 +395,12 @@ impl CausalLm {
         let k = rope_slow(&k, &ctx.cos, &ctx.sin)?;
         let n_rep = c.num_heads / c.num_kv_heads;
         let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
-        let scores = (q.matmul(&k.t()?)? / (c.head_dim as f64).sqrt())?;
-        let probs = softmax(&scores.broadcast_add(&ctx.mask)?, D::Minus1)?;
+        // The 1/sqrt(d) scale on q (b·h·t·d values) rather than on the t x t scores, and the
+        // fused softmax (f32 accumulation for bf16): the graph keeps two t x t tensors per
+        // layer, the scores and the probabilities.
+        let q = (q * (1.0 / (c.head_dim as f64).sqrt()))?;
+        let scores = q.matmul(&k.t()?)?;
+        let probs = softmax_last_dim(&scores.broadcast_add(&ctx.mask)?)?;
         let attn = probs
             .matmul(&v)?
             .transpose(1, 2)?
@@ -423,8 +446,8 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kv * n_rep, t, d))?)
 }
 
-/// (t, t) additive mask: 0 on and below the diagonal, -inf above.
-fn causal_mask(t: usize, dtype: DType) -> Result<Tensor> {
+/// (t, t) additive f32 mask: 0 on and below the diagonal, -inf above.
+fn causal_mask(t: usize) -> Result<Tensor> {
     let v: Vec<f32> = (0..t * t)
         .map(|i| {
             if i % t > i / t {
@@ -434,7 +457,7 @@ fn causal_mask(t: usize, dtype: DType) -> Result<Tensor> {
             }
         })
         .collect();
-    Ok(Tensor::from_vec(v, (t, t), &Device::Cpu)?.to_dtype(dtype)?)
+    Ok(Tensor::from_vec(v, (t, t), &Device::Cpu)?)
 }
 
 /// Rotary inverse frequencies (1, head_dim/2), with Llama-3 scaling when configured.

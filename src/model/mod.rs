@@ -8,6 +8,7 @@ mod inspect;
 mod linear;
 mod llama;
 pub mod random;
+mod softmax;
 mod weights;
 
 pub use config::{Architecture, Llama3Scaling, ModelConfig, RawConfig, RopeParameters};

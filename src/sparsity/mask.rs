@@ -51,7 +51,22 @@ impl BitMask {
             )
         })?;
         let nonzero = weight.ne(0f64)?.flatten_all()?.to_vec1::<u8>()?;
-        Ok(Self::from_fn(rows, cols, |i| nonzero[i] != 0))
+        Ok(Self::from_flags(rows, cols, &nonzero))
+    }
+
+    /// A mask from one 0/1 flag per weight (row-major), packed in parallel.
+    fn from_flags(rows: usize, cols: usize, flags: &[u8]) -> Self {
+        use rayon::prelude::*;
+        let words = flags
+            .par_chunks(64)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .enumerate()
+                    .fold(0u64, |w, (bit, &f)| w | (u64::from(f != 0) << bit))
+            })
+            .collect();
+        Self { rows, cols, words }
     }
 
     /// Number of rows (output features).
@@ -140,9 +155,31 @@ impl BitMask {
 
     /// The mask as a dense 0/1 tensor.
     pub fn to_tensor(&self, dtype: DType, device: &Device) -> Result<Tensor> {
+        use rayon::prelude::*;
         let n = self.rows * self.cols;
-        let dense: Vec<u8> = (0..n).map(|i| u8::from(self.is_kept(i))).collect();
+        let mut dense = vec![0u8; n];
+        dense
+            .par_chunks_mut(64)
+            .zip(self.words.par_iter())
+            .for_each(|(chunk, &word)| {
+                for (bit, d) in chunk.iter_mut().enumerate() {
+                    *d = ((word >> bit) & 1) as u8;
+                }
+            });
         Ok(Tensor::from_vec(dense, (self.rows, self.cols), device)?.to_dtype(dtype)?)
+    }
+
+    /// The packed words as a u32 tensor on `device` (two u32 per word, low half first: bit
+    /// `i % 32` of element `i / 32` is flat index `i`), for device kernels that read the
+    /// mask without expanding it.
+    pub fn to_packed_tensor(&self, device: &Device) -> Result<Tensor> {
+        let halves: Vec<u32> = self
+            .words
+            .iter()
+            .flat_map(|&w| [w as u32, (w >> 32) as u32])
+            .collect();
+        let n = halves.len();
+        Ok(Tensor::from_vec(halves, n, device)?)
     }
 
     /// Error unless `(rows, cols)` matches this mask.

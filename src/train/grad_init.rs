@@ -65,7 +65,7 @@ pub fn gradient_init(
         groups.last_mut().expect("non-empty").push(i);
         used += bytes;
     }
-    let anchor = Var::zeros(1, DType::F32, &Device::Cpu)?;
+    let anchor = Var::zeros(1, DType::F32, model.device())?;
     let mut done = 0;
     for group in &groups {
         let probes = Probes {

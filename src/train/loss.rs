@@ -18,11 +18,16 @@ pub fn causal_lm_nll_sum(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result
     let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?;
     let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
     let mask = mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
+    // Counted where the batch lives (the host), before moving it next to the logits.
+    let count = mask.sum_all()?.to_scalar::<f32>()? as f64;
+    let (targets, mask) = (
+        targets.to_device(logits.device())?,
+        mask.to_device(logits.device())?,
+    );
     let logp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
     let picked = logp
         .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
         .squeeze(D::Minus1)?;
-    let count = mask.sum_all()?.to_scalar::<f32>()? as f64;
     let sum = (picked * &mask)?.sum_all()?.neg()?;
     Ok((sum, count))
 }

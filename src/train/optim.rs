@@ -97,7 +97,7 @@ impl AdamW {
                         format!("{:?}", t.dims()),
                     ));
                 }
-                *slot = t.to_dtype(slot.dtype())?;
+                *slot = t.to_device(slot.device())?.to_dtype(slot.dtype())?;
             }
         }
         self.step = step;

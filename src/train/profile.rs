@@ -16,7 +16,8 @@ use crate::model::DEFAULT_TARGETS;
 pub struct ModelSection {
     /// A Hugging Face model directory.
     pub path: PathBuf,
-    /// Compute dtype (`f32`; `f16`/`bf16` storage is converted on load).
+    /// Compute dtype: `f32` (or `f16`) on the CPU, `bf16` or `f32` on CUDA; the checkpoint's
+    /// storage dtype is converted on load. Adapters and optimiser state stay f32.
     #[serde(default = "default_dtype")]
     pub dtype: String,
 }
@@ -225,6 +226,7 @@ pub struct TrainSection {
     /// Checkpoint every this many steps (0: only at the end).
     #[serde(default)]
     pub save_every: usize,
+    /// `cpu`, `cuda` or `cuda:N` (CUDA needs a `--features cuda` build).
     #[serde(default = "default_device")]
     pub device: String,
     #[serde(default = "default_output")]
@@ -381,13 +383,15 @@ impl Profile {
         if t.grad_accum == 0 {
             return bad("train.grad_accum", "must be at least 1".into());
         }
-        if t.device != "cpu" {
+        let on_gpu = crate::device::cuda_ordinal(&t.device)
+            .map_err(|e| LorsError::invalid("train.device", e.to_string()))?
+            .is_some();
+        if on_gpu && !matches!(dtype, candle_core::DType::F32 | candle_core::DType::BF16) {
             return bad(
-                "train.device",
+                "model.dtype",
                 format!(
-                    "`{}`: training runs on the CPU only in this version (the `cuda` feature \
-                     builds candle's CUDA backend, but the training path does not use it yet)",
-                    t.device
+                    "`{}` on {}: the CUDA kernels compute in bf16 or f32",
+                    self.model.dtype, t.device
                 ),
             );
         }

@@ -78,6 +78,9 @@ pub enum MetricRow {
         /// `peak_bytes` minus the heap bytes live when the step began (activations, grads).
         step_peak_bytes: usize,
         rss_bytes: Option<u64>,
+        /// GPU memory after the step (absent on the CPU); its peak is the step's.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gpu: Option<crate::device::GpuMemory>,
     },
     Eval {
         step: usize,

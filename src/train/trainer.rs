@@ -18,6 +18,7 @@ use crate::adapters::Init;
 use crate::data::{
     load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, TextTokenizer,
 };
+use crate::device::{gpu_memory, parse_device, reset_gpu_peak};
 use crate::error::{LorsError, Result};
 use crate::memory;
 use crate::model::{merged_sparsity, parse_dtype, AdapterSpec, CausalLm, ModelDir};
@@ -76,6 +77,7 @@ pub fn load_adapted(profile: &Profile, model_dir: &ModelDir) -> Result<CausalLm>
         &model_dir.config,
         &model_dir.weights()?,
         parse_dtype(&profile.model.dtype)?,
+        &parse_device(&profile.train.device)?,
         Some(&spec),
         &mut rng,
     )
@@ -421,6 +423,8 @@ fn train_inner(
             });
         }
         let step_start = Instant::now();
+        let device = p.model.device();
+        reset_gpu_peak(device)?;
         memory::reset_peak();
         let live_at_start = memory::live_bytes();
         let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
@@ -469,6 +473,8 @@ fn train_inner(
         let lr = lr_at(&profile.optim, state.step, total);
         opt.step(&grads, lr, scale)?;
         state.step += 1;
+        // Reading GPU memory waits for the step's kernels, so the time below includes them.
+        let gpu = gpu_memory(device)?;
         let step_s = step_start.elapsed().as_secs_f64();
         let row = MetricRow::Train {
             step: state.step,
@@ -481,6 +487,7 @@ fn train_inner(
             peak_bytes: memory::peak_bytes(),
             step_peak_bytes: memory::peak_bytes().saturating_sub(live_at_start),
             rss_bytes: memory::rss_bytes(),
+            gpu,
         };
         lp.run.append_metric(&row)?;
         on_event(&Event::Metric(row));

@@ -125,8 +125,6 @@ const METHODS: &[&str] = &["lors", "lors-exact", "sqft", "spp", "lora"];
 const INITS: &[&str] = &["gradient", "standard", "gaussian"];
 const SCHEDULES: &[&str] = &["cosine", "linear", "constant"];
 const PRUNE_METHODS: &[&str] = &["none", "magnitude", "wanda", "sparsegpt"];
-/// Devices a run can use (training runs on the CPU in this version).
-const DEVICES: &[&str] = &["cpu"];
 
 fn field(key: &'static str, label: &'static str, value: String, kind: Kind) -> Field {
     Field {
@@ -304,7 +302,7 @@ impl Setup {
                 "train.device",
                 "device",
                 p.train.device.clone(),
-                Kind::Choice(DEVICES),
+                Kind::Choice(crate::device::available_devices()),
             ),
         ];
         Self {

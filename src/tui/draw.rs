@@ -464,6 +464,7 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
         live_bytes,
         peak_bytes,
         rss_bytes,
+        gpu,
         ..
     }) = &run.last
     {
@@ -474,8 +475,26 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
             "RSS  {}",
             rss_bytes.map_or("-".into(), |b| human_bytes(b as f64))
         ));
-        mem.push(format!("live {}", human_bytes(*live_bytes as f64)));
-        mem.push(format!("peak {}", human_bytes(*peak_bytes as f64)));
+        match gpu {
+            // On a GPU the tensors live in its memory: this process's pool (now, step peak)
+            // and the whole device (used / total), next to the host's RSS.
+            Some(g) => {
+                mem.push(format!(
+                    "GPU  {} pk {}",
+                    human_bytes(g.used_bytes as f64),
+                    human_bytes(g.peak_bytes as f64)
+                ));
+                mem.push(format!(
+                    "dev  {}/{}",
+                    human_bytes(g.device_used_bytes as f64),
+                    human_bytes(g.device_total_bytes as f64)
+                ));
+            }
+            None => {
+                mem.push(format!("live {}", human_bytes(*live_bytes as f64)));
+                mem.push(format!("peak {}", human_bytes(*peak_bytes as f64)));
+            }
+        }
     }
     if let Some(best) = run.best_eval() {
         lines.push(format!("best  {best:.4} ppl {:.2}", best.exp()));
@@ -501,7 +520,7 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
         numbers,
     );
     let width = spark.width as usize;
-    let data: Vec<u64> = run.rss[run.rss.len().saturating_sub(width)..]
+    let data: Vec<u64> = run.memory[run.memory.len().saturating_sub(width)..]
         .iter()
         .map(|b| b / 1024)
         .collect();

@@ -22,8 +22,8 @@ pub struct RunInfo {
     pub eval_loss: Vec<(f64, f64)>,
     /// The latest train row.
     pub last: Option<MetricRow>,
-    /// RSS in bytes per step, for the memory sparkline.
-    pub rss: Vec<u64>,
+    /// Memory per step for the sparkline: the GPU pool's bytes on a GPU, else the RSS.
+    pub memory: Vec<u64>,
     /// The latest per-layer densities (base and would-be merged), with their step.
     pub sparsity: Option<(usize, Vec<LayerSparsity>)>,
     /// Lines for the event log (init, evals, status messages and errors).
@@ -100,7 +100,7 @@ impl RunInfo {
             self.offset = 0;
             self.train_loss.clear();
             self.eval_loss.clear();
-            self.rss.clear();
+            self.memory.clear();
         }
         if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
             return false;
@@ -126,10 +126,12 @@ impl RunInfo {
                 step,
                 loss,
                 rss_bytes,
+                gpu,
                 ..
             } => {
                 self.train_loss.push((*step as f64, *loss));
-                self.rss.push(rss_bytes.unwrap_or(0));
+                self.memory
+                    .push(gpu.map_or(rss_bytes.unwrap_or(0), |g| g.used_bytes));
                 self.last = Some(row);
             }
             MetricRow::Eval {
