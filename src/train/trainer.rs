@@ -455,15 +455,16 @@ fn train_inner(
             });
         }
         let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("accumulated")).collect();
-        let mut sq = 0f64;
+        // Summed where the gradients live, in f64 and in order: one read from a GPU.
+        let mut sq: Option<Tensor> = None;
         for g in &grads {
-            sq += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(DType::F64)?
-                .to_scalar::<f64>()?;
+            let part = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+            sq = Some(match sq {
+                Some(acc) => (acc + part)?,
+                None => part,
+            });
         }
-        let grad_norm = sq.sqrt();
+        let grad_norm = sq.map_or(Ok(0.0), |s| s.to_scalar::<f64>())?.sqrt();
         let clip = profile.optim.grad_clip;
         let scale = if clip > 0.0 && grad_norm > clip {
             clip / grad_norm
