@@ -268,6 +268,23 @@ mod tests {
             .iter()
             .enumerate()
             .all(|(i, &v)| (v != 0.0) == mask.is_kept(i)));
+        // The layout the CUDA kernels read: bit i % 32 of u32 number i / 32.
+        let packed = mask
+            .to_packed_tensor(&Device::Cpu)
+            .unwrap()
+            .to_vec1::<u32>()
+            .unwrap();
+        assert_eq!(packed.len(), 6);
+        for i in 0..rows * cols {
+            assert_eq!(
+                (packed[i / 32] >> (i % 32)) & 1 == 1,
+                mask.is_kept(i),
+                "bit {i}"
+            );
+        }
+        // The dense 0/1 tensor and a mask read back from it agree with the bits.
+        let dense = mask.to_tensor(DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(BitMask::from_nonzero(&dense).unwrap(), mask);
     }
 
     #[test]
