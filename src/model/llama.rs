@@ -309,9 +309,7 @@ impl CausalLm {
         Ok(BlockContext {
             cos,
             sin,
-            mask: causal_mask(seq_len)?
-                .to_dtype(self.dtype)?
-                .to_device(&self.device)?,
+            mask: causal_mask(seq_len, self.dtype, &self.device)?,
         })
     }
 
@@ -446,18 +444,14 @@ fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
         .reshape((b, kv * n_rep, t, d))?)
 }
 
-/// (t, t) additive f32 mask: 0 on and below the diagonal, -inf above.
-fn causal_mask(t: usize) -> Result<Tensor> {
-    let v: Vec<f32> = (0..t * t)
-        .map(|i| {
-            if i % t > i / t {
-                f32::NEG_INFINITY
-            } else {
-                0.0
-            }
-        })
-        .collect();
-    Ok(Tensor::from_vec(v, (t, t), &Device::Cpu)?)
+/// (t, t) additive mask in `dtype`: 0 on and below the diagonal, -inf above, built where
+/// the model computes (no t x t host work and upload per forward).
+fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
+    let idx = Tensor::arange(0u32, t as u32, device)?;
+    let above = idx.unsqueeze(0)?.broadcast_gt(&idx.unsqueeze(1)?)?;
+    let zero = Tensor::zeros((t, t), dtype, device)?;
+    let minus_inf = Tensor::full(f32::NEG_INFINITY, (t, t), device)?.to_dtype(dtype)?;
+    Ok(above.where_cond(&minus_inf, &zero)?)
 }
 
 /// Rotary inverse frequencies (1, head_dim/2), with Llama-3 scaling when configured.
