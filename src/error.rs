@@ -49,9 +49,23 @@ pub enum LorsError {
         line: usize,
         detail: String,
     },
-    /// Training diverged (NaN or infinite loss).
-    #[error("training diverged at step {step}: loss is {loss}")]
-    Diverged { step: usize, loss: f64 },
+    /// Training diverged (NaN or infinite loss or gradient norm); `kept` says which step's
+    /// parameters were checkpointed instead.
+    #[error("training diverged at step {step}: {what}; {kept}")]
+    Diverged {
+        step: usize,
+        what: String,
+        kept: String,
+    },
+    /// An output would replace or delete something the user did not ask to lose.
+    #[error("{}: {detail}", path.display())]
+    OutputRefused { path: PathBuf, detail: String },
+    /// A run's profile was edited since its checkpoint was written.
+    #[error("{}: changed since the checkpoint was written ({keys}); undo the change, or resume with --accept-profile-change", path.display())]
+    ProfileChanged { path: PathBuf, keys: String },
+    /// Another process owns the run directory.
+    #[error("{}: {detail}", path.display())]
+    Locked { path: PathBuf, detail: String },
     /// An error from the tokenizer.
     #[error("tokenizer {}: {detail}", path.display())]
     Tokenizer { path: PathBuf, detail: String },

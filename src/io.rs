@@ -1,5 +1,8 @@
 //! Atomic file output: write to a temporary sibling, flush, then rename over the target, so
-//! an interrupted save never leaves a half-written file where a good one was.
+//! an interrupted save never leaves a half-written file where a good one was. Temporaries are
+//! named `.<name>.tmp-<pid>` (and `.<name>.old-<pid>` while a directory is being replaced), so
+//! those of dead processes can be found and cleaned up ([`clean_stale_temps`]). Outputs the
+//! user names are checked first ([`check_output_dir`]): nothing is replaced unless asked.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -9,17 +12,154 @@ use candle_core::Tensor;
 
 use crate::error::{LorsError, Result};
 
-fn temp_sibling(path: &Path) -> PathBuf {
+/// What a temporary sibling is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TempKind {
+    /// Being written; becomes the target on success.
+    New,
+    /// The target's previous content, moved aside while a directory is replaced.
+    Old,
+}
+
+impl TempKind {
+    fn tag(self) -> &'static str {
+        match self {
+            TempKind::New => "tmp",
+            TempKind::Old => "old",
+        }
+    }
+}
+
+fn temp_sibling(path: &Path, kind: TempKind) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp-{}", std::process::id()))
+    path.with_file_name(format!(".{name}.{}-{}", kind.tag(), std::process::id()))
+}
+
+/// The target name, kind and owner pid of a temporary's file name.
+fn parse_temp_name(name: &str) -> Option<(&str, TempKind, u32)> {
+    let rest = name.strip_prefix('.')?;
+    let (stem, pid) = rest.rsplit_once('-')?;
+    let pid = pid.parse().ok()?;
+    [TempKind::New, TempKind::Old].into_iter().find_map(|kind| {
+        let target = stem.strip_suffix(&format!(".{}", kind.tag()))?;
+        (!target.is_empty()).then_some((target, kind, pid))
+    })
+}
+
+/// Whether process `pid` is still running (a zombie, dead but not yet reaped, is not).
+pub fn process_alive(pid: u32) -> bool {
+    let Ok(pid_t) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let exists = unsafe { libc::kill(pid_t, 0) } == 0
+        || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+    if !exists {
+        return false;
+    }
+    // `/proc/<pid>/stat` is `pid (comm) S ...`; the state follows the last `)`.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_none_or(|state| !matches!(state, "Z" | "X")),
+        Err(_) => true,
+    }
+}
+
+/// Remove the temporaries that dead processes left in `dir` (an interrupted save or
+/// replacement); a moved-aside previous version whose target is gone is moved back instead.
+/// Returns how many were cleaned.
+pub fn clean_stale_temps(dir: &Path) -> Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut cleaned = 0;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let Some((target, kind, pid)) = name.to_str().and_then(parse_temp_name) else {
+            continue;
+        };
+        if pid == std::process::id() || process_alive(pid) {
+            continue;
+        }
+        let path = entry.path();
+        let target = dir.join(target);
+        let result = if kind == TempKind::Old && !target.exists() {
+            std::fs::rename(&path, &target)
+        } else if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        result.map_err(|e| LorsError::io(&path, e))?;
+        cleaned += 1;
+    }
+    Ok(cleaned)
+}
+
+/// `path` made absolute with `.`, `..` and symbolic links resolved as far as it exists.
+fn canonical(path: &Path) -> PathBuf {
+    if let Ok(p) = path.canonicalize() {
+        return p;
+    }
+    match (path.parent(), path.file_name()) {
+        (Some(parent), Some(name)) if !parent.as_os_str().is_empty() => {
+            canonical(parent).join(name)
+        }
+        _ => std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf()),
+    }
+}
+
+/// Check that a directory the user named as an output may be written, and return it as an
+/// absolute path. A missing or empty directory is fine; a non-empty one only with `force`;
+/// never a file, nor (even with `force`) a directory that is or contains one of `protected`
+/// (each with what it is, e.g. `("run directory", run)`): replacing it would delete it.
+pub fn check_output_dir(out: &Path, force: bool, protected: &[(&str, &Path)]) -> Result<PathBuf> {
+    let out = canonical(out);
+    let refuse = |detail: String| {
+        Err(LorsError::OutputRefused {
+            path: out.clone(),
+            detail,
+        })
+    };
+    if !out.exists() {
+        return Ok(out);
+    }
+    if !out.is_dir() {
+        return refuse("exists and is not a directory; choose another --out".into());
+    }
+    let empty = std::fs::read_dir(&out)
+        .map_err(|e| LorsError::io(&out, e))?
+        .next()
+        .is_none();
+    if empty {
+        return Ok(out);
+    }
+    if !force {
+        return refuse(
+            "exists and is not empty; choose another --out, or pass --force to replace it".into(),
+        );
+    }
+    for (what, path) in protected {
+        let path = canonical(path);
+        if path.starts_with(&out) {
+            let relation = if path == out { "is" } else { "contains" };
+            return refuse(format!(
+                "{relation} the {what} ({}); replacing it would delete it, even with --force",
+                path.display()
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// Write `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = temp_sibling(path);
+    let tmp = temp_sibling(path, TempKind::New);
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -51,9 +191,15 @@ pub fn write_safetensors_atomic(path: &Path, tensors: &HashMap<String, Tensor>) 
 }
 
 /// Build a directory under a temporary name with `fill`, then move it to `dest` (replacing
-/// an existing one only once the new one is complete).
+/// an existing one only once the new one is complete). Temporaries that dead processes left
+/// beside `dest` are cleaned up first; this call's own are removed on every error path.
 pub fn build_dir_atomic(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let tmp = temp_sibling(dest);
+    let dest = &canonical(dest);
+    if let Some(parent) = dest.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| LorsError::io(parent, e))?;
+        clean_stale_temps(parent)?;
+    }
+    let tmp = temp_sibling(dest, TempKind::New);
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| LorsError::io(&tmp, e))?;
     }
@@ -62,19 +208,70 @@ pub fn build_dir_atomic(dest: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> 
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }
-    if dest.exists() {
-        let old = dest.with_file_name(format!(
-            ".{}.old-{}",
-            dest.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default(),
-            std::process::id()
-        ));
-        std::fs::rename(dest, &old).map_err(|e| LorsError::io(dest, e))?;
-        std::fs::rename(&tmp, dest).map_err(|e| LorsError::io(dest, e))?;
-        std::fs::remove_dir_all(&old).map_err(|e| LorsError::io(&old, e))?;
+    let result = if dest.exists() {
+        replace_dir(&tmp, dest)
     } else {
-        std::fs::rename(&tmp, dest).map_err(|e| LorsError::io(dest, e))?;
+        std::fs::rename(&tmp, dest).map_err(|e| LorsError::io(dest, e))
+    };
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
     }
-    Ok(())
+    result
+}
+
+/// Move `dest` aside, `new` into its place, then delete the old one; `dest` is put back if
+/// the second move fails.
+fn replace_dir(new: &Path, dest: &Path) -> Result<()> {
+    let old = temp_sibling(dest, TempKind::Old);
+    std::fs::rename(dest, &old).map_err(|e| LorsError::io(dest, e))?;
+    if let Err(e) = std::fs::rename(new, dest) {
+        let _ = std::fs::rename(&old, dest);
+        return Err(LorsError::io(dest, e));
+    }
+    std::fs::remove_dir_all(&old).map_err(|e| LorsError::io(&old, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temp_names_round_trip() {
+        let dir = Path::new("/x/step-000004");
+        for kind in [TempKind::New, TempKind::Old] {
+            let tmp = temp_sibling(dir, kind);
+            let name = tmp.file_name().unwrap().to_str().unwrap();
+            assert_eq!(
+                parse_temp_name(name),
+                Some(("step-000004", kind, std::process::id()))
+            );
+        }
+        assert_eq!(
+            parse_temp_name(".a.b.tmp-12"),
+            Some(("a.b", TempKind::New, 12))
+        );
+        for name in [
+            "step-000004",
+            ".tmp-12",
+            ".x.tmp-",
+            ".x.tmp-1a",
+            "x.tmp-3",
+            ".x.new-3",
+        ] {
+            assert_eq!(parse_temp_name(name), None, "{name}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_alive_and_a_reaped_child_is_not() {
+        assert!(process_alive(std::process::id()));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Ended but not reaped: a zombie.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(!process_alive(pid));
+        child.wait().unwrap();
+        assert!(!process_alive(pid));
+        assert!(!process_alive(u32::MAX));
+    }
 }

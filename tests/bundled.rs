@@ -39,9 +39,15 @@ fn demo_profile_trains_and_exports_a_still_sparse_model() {
     )
     .unwrap();
     p.resolve_paths(&repo());
-    let run = RunDir::create(&tmp.path().join("demo")).unwrap();
-    run.write_profile(&p.to_toml()).unwrap();
-    let outcome = train::train(&p, &run, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let run = RunDir::create(&tmp.path().join("demo"), &p).unwrap();
+    let outcome = train::train(
+        &p,
+        &run,
+        train::Start::Fresh,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(outcome.state, RunState::Finished);
     let report: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(run.path.join("merged/sparsity.json")).unwrap(),

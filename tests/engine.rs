@@ -3,6 +3,8 @@
 //! bad input must produce.
 
 mod common;
+#[path = "support/fixture.rs"]
+mod fixture;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -12,101 +14,30 @@ use candle_core::{DType, Device, Tensor};
 use lors::data::TextTokenizer;
 use lors::model::random::{random_weights, small_config, write_checkpoint};
 use lors::model::{CausalLm, ModelDir, WeightSource};
-use lors::sparsity::Pattern;
 use lors::train::run_dir::compare_metrics;
 use lors::train::{self, Event, MetricRow, Profile, RunDir, RunState};
 use lors::LorsError;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-const HALF: Pattern = Pattern::Unstructured { sparsity: 0.5 };
-
-fn tiny_model(dir: &Path) {
-    let config = small_config(32, 2, 4, 2, 64);
-    write_checkpoint(
-        dir,
-        &config,
-        &random_weights(&config, 7, Some(HALF)).unwrap(),
-    )
-    .unwrap();
-}
-
-fn sentences(n: usize) -> String {
-    let subjects = ["The cat", "A dog", "My friend", "The bird", "Tom"];
-    let verbs = ["sees", "likes", "finds", "wants"];
-    let objects = [
-        "a red ball.",
-        "the big tree.",
-        "some milk.",
-        "a little boat.",
-    ];
-    (0..n)
-        .map(|i| {
-            let text = format!(
-                "{} {} {}",
-                subjects[i % 5],
-                verbs[(i / 5) % 4],
-                objects[(i / 20) % 4]
-            );
-            format!("{}\n", serde_json::json!({ "text": text }))
-        })
-        .collect()
-}
-
-struct Fixture {
-    _tmp: tempfile::TempDir,
-    root: PathBuf,
-}
-
-fn fixture() -> Fixture {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().to_path_buf();
-    tiny_model(&root.join("model"));
-    std::fs::write(root.join("train.jsonl"), sentences(160)).unwrap();
-    std::fs::write(root.join("valid.jsonl"), sentences(40)).unwrap();
-    Fixture { _tmp: tmp, root }
-}
-
-fn profile(f: &Fixture, extra: &[&str]) -> Profile {
-    let text = format!(
-        r#"
-[model]
-path = "{root}/model"
-[data]
-train = "{root}/train.jsonl"
-valid = "{root}/valid.jsonl"
-seq_len = 32
-[adapter]
-method = "lors"
-rank = 4
-init = "gradient"
-init_samples = 8
-[optim]
-lr = 0.01
-warmup_steps = 2
-[train]
-max_steps = 6
-batch_size = 4
-eval_every = 3
-save_every = 3
-output_dir = "{root}/runs"
-"#,
-        root = f.root.display()
-    );
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    Profile::parse(&text, &overrides).unwrap()
-}
+use fixture::{fixture, profile, sentences, tiny_model, HALF};
 
 fn run(p: &Profile, dir: &Path, stop_at: Option<usize>) -> lors::Result<train::RunOutcome> {
     let run = if dir.exists() {
         RunDir::open(dir)?
     } else {
-        RunDir::create(dir)?
+        RunDir::create(dir, p)?
     };
     run.write_profile(&p.to_toml())?;
     let stop = AtomicBool::new(false);
-    let resume = run.latest_checkpoint().is_some();
-    train::train(p, &run, resume, &stop, &mut |e| {
+    let start = if run.latest_checkpoint().is_some() {
+        train::Start::Resume {
+            accept_profile_change: false,
+        }
+    } else {
+        train::Start::Fresh
+    };
+    train::train(p, &run, start, &stop, &mut |e| {
         if let (Some(at), Event::Metric(MetricRow::Train { step, .. })) = (stop_at, e) {
             if *step == at {
                 stop.store(true, Ordering::SeqCst);
@@ -364,42 +295,6 @@ fn merged_export_keeps_every_zero_and_lora_reports_its_density() {
 }
 
 #[test]
-fn divergence_fails_the_run_with_a_last_good_checkpoint() {
-    let f = fixture();
-    let p = profile(
-        &f,
-        &[
-            "optim.lr=1e30",
-            "optim.grad_clip=0.0",
-            "optim.warmup_steps=0",
-            "train.max_steps=20",
-            "train.save_every=0",
-        ],
-    );
-    let dir = f.root.join("runs/nan");
-    let err = run(&p, &dir, None).unwrap_err();
-    assert!(matches!(err, LorsError::Diverged { .. }), "{err}");
-    let run_dir = RunDir::open(&dir).unwrap();
-    let status = run_dir.read_status().unwrap();
-    assert_eq!(status.state, RunState::Failed);
-    assert!(status.error.unwrap().contains("diverged"));
-    let ckpt = run_dir.latest_checkpoint().expect("a last good checkpoint");
-    let adapter =
-        candle_core::safetensors::load(ckpt.join("adapter_model.safetensors"), &Device::Cpu)
-            .unwrap();
-    for (name, t) in adapter {
-        let finite = t
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap()
-            .iter()
-            .all(|v| v.is_finite());
-        assert!(finite, "{name} in the last good checkpoint is finite");
-    }
-}
-
-#[test]
 fn bad_input_names_the_file_line_key_or_tensor() {
     let f = fixture();
     // A bad record names its file and line; skipping counts it instead.
@@ -536,12 +431,17 @@ fn another_process_can_pause_resume_checkpoint_and_stop_a_run() {
         ],
     );
     let dir = f.root.join("runs/controlled");
-    let run = RunDir::create(&dir).unwrap();
-    run.write_profile(&p.to_toml()).unwrap();
+    let run = RunDir::create(&dir, &p).unwrap();
     let worker = {
         let (p, run) = (p.clone(), run.clone());
         std::thread::spawn(move || {
-            train::train(&p, &run, false, &AtomicBool::new(false), &mut |_| {})
+            train::train(
+                &p,
+                &run,
+                train::Start::Fresh,
+                &AtomicBool::new(false),
+                &mut |_| {},
+            )
         })
     };
     let wait = |what: &str, ok: &dyn Fn(&lors::train::Status) -> bool| {
@@ -587,4 +487,384 @@ fn another_process_can_pause_resume_checkpoint_and_stop_a_run() {
     assert_eq!(outcome.state, RunState::Stopped);
     assert!(outcome.step > paused.step && outcome.step < 100000);
     assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+}
+
+fn resume(p: &Profile, dir: &Path, accept_profile_change: bool) -> lors::Result<train::RunOutcome> {
+    let run = RunDir::open(dir)?;
+    run.write_profile(&p.to_toml())?;
+    let start = train::Start::Resume {
+        accept_profile_change,
+    };
+    train::train(p, &run, start, &AtomicBool::new(false), &mut |_| {})
+}
+
+/// Every row of a run, times and memory left out, floats compared bit for bit.
+fn reproducible_rows(dir: &Path) -> Vec<serde_json::Value> {
+    comparable_rows(dir)
+        .iter()
+        .map(|r| lors::train::run_dir::reproducible(&serde_json::to_value(r).unwrap()))
+        .collect()
+}
+
+/// A process that has ended: its pid is free for a stale temporary's name.
+fn dead_pid() -> u32 {
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let pid = child.id();
+    child.wait().unwrap();
+    pid
+}
+
+#[test]
+fn resuming_after_a_crash_before_the_first_checkpoint_starts_over_cleanly() {
+    let f = fixture();
+    let p = profile(&f, &[]);
+    let full = f.root.join("runs/full");
+    run(&p, &full, None).unwrap();
+    // What a process killed after step 2 (before the checkpoint of step 3) leaves: rows, no
+    // checkpoint, a status saying `running` under a dead pid, and temporaries.
+    let crashed = f.root.join("runs/crashed");
+    let dir = RunDir::create(&crashed, &p).unwrap();
+    let text = std::fs::read_to_string(full.join("metrics.jsonl")).unwrap();
+    let partial: String = text.lines().take(4).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.metrics_path(), format!("{partial}{{\"kind\":\"tra")).unwrap();
+    let mut status = RunDir::open(&full).unwrap().read_status().unwrap();
+    (status.state, status.pid, status.step) = (RunState::Running, dead_pid(), 2);
+    dir.write_status(&status).unwrap();
+    let pid = dead_pid();
+    let stale_ckpt = crashed.join(format!("checkpoints/.step-000003.tmp-{pid}"));
+    std::fs::create_dir_all(&stale_ckpt).unwrap();
+    std::fs::write(stale_ckpt.join("adapter_model.safetensors"), b"half").unwrap();
+    std::fs::write(crashed.join(format!(".status.json.tmp-{pid}")), b"{").unwrap();
+    let resumed = resume(&p, &crashed, false).unwrap();
+    assert_eq!(resumed.state, RunState::Finished);
+    assert_eq!(reproducible_rows(&crashed), reproducible_rows(&full));
+    assert!(!stale_ckpt.exists());
+    assert!(!crashed.join(format!(".status.json.tmp-{pid}")).exists());
+}
+
+#[test]
+fn a_broken_newest_checkpoint_falls_back_to_the_previous_intact_one() {
+    let f = fixture();
+    let p = profile(&f, &[]);
+    let full = f.root.join("runs/full");
+    run(&p, &full, None).unwrap();
+    let split = f.root.join("runs/split");
+    run(&p, &split, Some(3)).unwrap();
+    run(&p, &split, Some(5)).unwrap();
+    let dir = RunDir::open(&split).unwrap();
+    let newest = dir.checkpoints()[0].clone();
+    assert!(newest.ends_with("step-000005"));
+    // One flipped byte in the adapter: the manifest's checksum no longer matches.
+    let adapter = newest.join("adapter_model.safetensors");
+    let mut bytes = std::fs::read(&adapter).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x40;
+    std::fs::write(&adapter, bytes).unwrap();
+    let err = lors::train::checkpoint::verify(&newest).unwrap_err();
+    assert!(
+        err.to_string().contains("adapter_model.safetensors"),
+        "{err}"
+    );
+    assert!(dir.latest_checkpoint().unwrap().ends_with("step-000003"));
+    let mut notices = Vec::new();
+    let start = train::Start::Resume {
+        accept_profile_change: false,
+    };
+    let outcome = train::train(&p, &dir, start, &AtomicBool::new(false), &mut |e| {
+        if let Event::Notice(n) = e {
+            notices.push(n.clone());
+        }
+    })
+    .unwrap();
+    assert_eq!(outcome.state, RunState::Finished);
+    assert!(
+        notices.iter().any(|n| n.contains("step-000005")),
+        "{notices:?}"
+    );
+    assert_eq!(reproducible_rows(&split), reproducible_rows(&full));
+}
+
+#[test]
+fn an_edited_profile_is_refused_on_resume_unless_accepted() {
+    let f = fixture();
+    let p = profile(&f, &[]);
+    let dir = f.root.join("runs/edited");
+    run(&p, &dir, Some(3)).unwrap();
+    let edited = profile(&f, &["adapter.method=\"lora\"", "optim.lr=0.02"]);
+    let err = resume(&edited, &dir, false).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("adapter.method")
+            && text.contains("optim.lr")
+            && text.contains("--accept-profile-change"),
+        "{text}"
+    );
+    assert_eq!(
+        RunDir::open(&dir).unwrap().read_status().unwrap().state,
+        RunState::Failed
+    );
+    let outcome = resume(&edited, &dir, true).unwrap();
+    assert_eq!(outcome.state, RunState::Finished);
+}
+
+#[test]
+fn divergence_keeps_the_last_finite_step_and_merge_refuses_non_finite_adapters() {
+    let f = fixture();
+    let p = profile(
+        &f,
+        &[
+            "optim.lr=1e30",
+            "optim.grad_clip=0.0",
+            "optim.warmup_steps=0",
+            "train.max_steps=20",
+            "train.save_every=0",
+            "train.eval_every=0",
+        ],
+    );
+    let dir = f.root.join("runs/diverged");
+    let LorsError::Diverged { step, kept, .. } = run(&p, &dir, None).unwrap_err() else {
+        panic!("expected divergence");
+    };
+    let run_dir = RunDir::open(&dir).unwrap();
+    let status = run_dir.read_status().unwrap();
+    assert_eq!(status.state, RunState::Failed);
+    assert!(status.error.unwrap().contains("diverged"));
+    let ckpt = run_dir
+        .latest_checkpoint()
+        .expect("the last finite step's checkpoint");
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("trainer_state.json")).unwrap())
+            .unwrap();
+    let kept_step = state["step"].as_u64().unwrap() as usize;
+    assert!(kept.contains(&format!("step-{kept_step:06}")), "{kept}");
+    // Its parameters gave the finite loss of step kept_step + 1; the next update diverged.
+    assert_eq!(kept_step + 2, step);
+    let rows = comparable_rows(&dir);
+    let loss_of = |s: usize| {
+        rows.iter().find_map(|r| match r {
+            MetricRow::Train { step, loss, .. } if *step == s => Some(*loss),
+            _ => None,
+        })
+    };
+    assert!(loss_of(kept_step + 1).unwrap().is_finite());
+    let model_dir = ModelDir::open(&f.root.join("model")).unwrap();
+    let model = train::load_adapted(&p, &model_dir).unwrap();
+    let adapter = ckpt.join("adapter_model.safetensors");
+    lors::train::checkpoint::load_adapter(&adapter, &model).unwrap();
+    // The same checkpoint with one NaN is refused, naming the tensor.
+    let mut tensors = candle_core::safetensors::load(&adapter, &Device::Cpu).unwrap();
+    let name = tensors.keys().next().unwrap().clone();
+    let t = &tensors[&name];
+    let nan = Tensor::full(f32::NAN, t.dims(), &Device::Cpu).unwrap();
+    tensors.insert(name.clone(), nan);
+    let poisoned = f.root.join("poisoned.safetensors");
+    candle_core::safetensors::save(&tensors, &poisoned).unwrap();
+    let err = lors::train::checkpoint::load_adapter(&poisoned, &model).unwrap_err();
+    assert!(
+        err.to_string().contains(&name) && err.to_string().contains("NaN"),
+        "{err}"
+    );
+}
+
+#[test]
+fn profile_values_must_be_finite_in_range_and_run_names_plain() {
+    let f = fixture();
+    let text = fixture::profile_text(&f);
+    for (set, key) in [
+        ("optim.weight_decay=nan", "optim.weight_decay"),
+        ("optim.grad_clip=nan", "optim.grad_clip"),
+        ("optim.grad_clip=-1.0", "optim.grad_clip"),
+        ("optim.eps=inf", "optim.eps"),
+        ("optim.lr=nan", "optim.lr"),
+        ("optim.lr=inf", "optim.lr"),
+        ("optim.betas=[0.9, nan]", "optim.betas"),
+        ("adapter.alpha=nan", "adapter.alpha"),
+        ("adapter.stable_gamma=inf", "adapter.stable_gamma"),
+        ("data.valid_fraction=nan", "data.valid_fraction"),
+        ("train.run_name=\"../../x\"", "train.run_name"),
+        ("train.run_name=\"/tmp/x\"", "train.run_name"),
+        ("train.run_name=\"a/b\"", "train.run_name"),
+        ("train.run_name=\"..\"", "train.run_name"),
+        ("train.run_name=\"\"", "train.run_name"),
+    ] {
+        let err = Profile::parse(&text, &[set.to_string()]).unwrap_err();
+        assert!(err.to_string().contains(key), "{set}: {err}");
+    }
+    Profile::parse(&text, &["train.run_name=\"my-run_2\"".into()]).unwrap();
+}
+
+#[test]
+fn configs_that_disagree_with_the_weights_and_overlong_sequences_are_errors() {
+    let f = fixture();
+    let model = f.root.join("model");
+    let config_path = model.join("config.json");
+    let original = std::fs::read_to_string(&config_path).unwrap();
+    let mut config: serde_json::Value = serde_json::from_str(&original).unwrap();
+    config["num_hidden_layers"] = 1.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let dir = ModelDir::open(&model).unwrap();
+    let err = CausalLm::load_frozen(&dir).err().unwrap().to_string();
+    assert!(
+        err.contains("num_hidden_layers") && err.contains("model.layers.1."),
+        "{err}"
+    );
+    config["num_hidden_layers"] = 2.into();
+    config["vocab_size"] = 300.into();
+    std::fs::write(&config_path, config.to_string()).unwrap();
+    let err = CausalLm::load_frozen(&ModelDir::open(&model).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("model.embed_tokens.weight"), "{err}");
+    std::fs::write(&config_path, &original).unwrap();
+    // seq_len beyond max_position_embeddings (1024) needs the explicit opt-in.
+    let long = profile(&f, &["data.seq_len=2048", "train.max_steps=1"]);
+    let err = train::prepare(&long).err().unwrap().to_string();
+    assert!(
+        err.contains("data.seq_len") && err.contains("1024"),
+        "{err}"
+    );
+    let allowed = profile(
+        &f,
+        &[
+            "data.seq_len=1100",
+            "data.allow_long_sequences=true",
+            "train.max_steps=1",
+        ],
+    );
+    std::fs::write(f.root.join("train.jsonl"), sentences(2000)).unwrap();
+    std::fs::write(f.root.join("valid.jsonl"), sentences(400)).unwrap();
+    train::prepare(&allowed).unwrap();
+}
+
+#[test]
+fn metrics_floats_survive_the_file_bit_for_bit() {
+    // Serialised shortest and parsed exactly (serde_json's float_roundtrip): a replay or a
+    // resume compares what was computed, not a neighbouring float.
+    let f = fixture();
+    let dir = RunDir::create(&f.root.join("runs/floats"), &profile(&f, &[])).unwrap();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let values: Vec<f64> = (0..20000)
+        .map(|_| f64::from_bits(rand::Rng::random::<u64>(&mut rng)))
+        .filter(|v| v.is_finite())
+        .collect();
+    for (i, &v) in values.iter().enumerate() {
+        dir.append_metric(&MetricRow::Eval {
+            step: i,
+            eval_loss: v,
+            eval_ppl: v / 3.0,
+        })
+        .unwrap();
+    }
+    let back = dir.read_metrics().unwrap();
+    for (row, &v) in back.iter().zip(&values) {
+        let MetricRow::Eval {
+            eval_loss,
+            eval_ppl,
+            ..
+        } = row
+        else {
+            panic!()
+        };
+        assert_eq!(eval_loss.to_bits(), v.to_bits());
+        assert_eq!(eval_ppl.to_bits(), (v / 3.0).to_bits());
+    }
+    assert_eq!(back.len(), values.len());
+}
+
+#[test]
+fn stale_temporaries_are_cleaned_and_an_interrupted_replacement_is_undone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let pid = dead_pid();
+    let live = std::process::id();
+    let target = tmp.path().join("out");
+    // A replacement killed between its two renames: the old directory is moved aside.
+    let aside = tmp.path().join(format!(".out.old-{pid}"));
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::write(aside.join("kept.txt"), "previous").unwrap();
+    let half = tmp.path().join(format!(".other.tmp-{pid}"));
+    std::fs::create_dir_all(&half).unwrap();
+    let ours = tmp.path().join(format!(".mine.tmp-{live}"));
+    std::fs::write(&ours, "in progress").unwrap();
+    assert_eq!(lors::io::clean_stale_temps(tmp.path()).unwrap(), 2);
+    assert_eq!(
+        std::fs::read_to_string(target.join("kept.txt")).unwrap(),
+        "previous"
+    );
+    assert!(
+        !half.exists() && ours.exists(),
+        "only dead processes' temporaries go"
+    );
+}
+
+#[test]
+fn long_texts_are_tokenised_in_pieces_exactly_as_whole() {
+    let shared = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared");
+    let wiki = std::fs::read_to_string(shared.join("data/wikitext2-test.raw")).unwrap();
+    let stories: Vec<String> =
+        std::fs::read_to_string(shared.join("data/tinystories-synth-train.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+    let stories = stories.join(" ");
+    for tokenizer in [
+        shared.join("models/stories260K/tokenizer.json"),
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/demo-model/tokenizer.json"),
+    ] {
+        let tok = TextTokenizer::from_file(&tokenizer, Some(2)).unwrap();
+        assert!(tok.cuts_long_texts(), "{}", tokenizer.display());
+        let reference = tokenizers::Tokenizer::from_file(&tokenizer).unwrap();
+        for text in [&wiki, &stories] {
+            assert!(text.len() > 1 << 20, "long enough for many pieces");
+            for special in [true, false] {
+                let whole = reference.encode(text.as_str(), special).unwrap();
+                assert_eq!(
+                    tok.encode(text, special).unwrap(),
+                    whole.get_ids(),
+                    "{} special={special}",
+                    tokenizer.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn data_files_in_other_encodings_get_a_hint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = "{\"text\": \"Once upon a time.\"}\n";
+    let utf16: Vec<u8> = [0xFF, 0xFE]
+        .into_iter()
+        .chain(line.encode_utf16().flat_map(|u| u.to_le_bytes()))
+        .collect();
+    let path = tmp.path().join("utf16.jsonl");
+    std::fs::write(&path, utf16).unwrap();
+    let err = lors::data::read_records(&path, lors::data::DataFormat::Auto, false).unwrap_err();
+    assert!(
+        err.to_string().contains("UTF-16") && err.to_string().contains("iconv"),
+        "{err}"
+    );
+    // A UTF-8 byte-order mark is skipped.
+    let path = tmp.path().join("bom.jsonl");
+    std::fs::write(&path, format!("\u{feff}{line}{line}")).unwrap();
+    let set = lors::data::read_records(&path, lors::data::DataFormat::Auto, false).unwrap();
+    assert_eq!(set.records.len(), 2);
+    // Invalid UTF-8 names its line, in JSON Lines and in plain text.
+    for name in ["latin1.jsonl", "latin1.txt"] {
+        let path = tmp.path().join(name);
+        let mut bytes = line.as_bytes().to_vec();
+        bytes.extend(b"{\"text\": \"caf\xe9\"}\n");
+        std::fs::write(&path, bytes).unwrap();
+        let err = lors::data::read_records(&path, lors::data::DataFormat::Auto, false).unwrap_err();
+        assert!(
+            err.to_string().contains("line 2") && err.to_string().contains("UTF-8"),
+            "{err}"
+        );
+    }
 }

@@ -835,4 +835,80 @@ fn parquet_dataset_files_read_like_json_records() {
         err.contains("bad.parquet") && err.contains("parquet"),
         "{err}"
     );
+    // A row the reader cannot decode (a fuzzed file) is an error even when skipping bad
+    // records: the reader reports it for ever, which once made this loop never end.
+    let damaged = fixture("damaged_rows.parquet");
+    let err = read_records(&damaged, DataFormat::Auto, true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("row 1") && err.contains("Parquet error"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_profile_trains_a_hub_model_on_a_hub_dataset_file_and_resumes_offline() {
+    let hub = hub();
+    let home = tempfile::tempdir().unwrap();
+    let hf_home = home.path().join("hf");
+    let profile = home.path().join("hub.toml");
+    std::fs::write(
+        &profile,
+        format!(
+            r#"
+[model]
+path = "test/stories260K"
+[data]
+train = "hf://datasets/test/stories/data/valid.jsonl"
+valid_fraction = 0.1
+seq_len = 64
+[adapter]
+rank = 2
+[train]
+max_steps = 2
+batch_size = 2
+output_dir = "{}"
+run_name = "from-hub"
+"#,
+            home.path().join("runs").display()
+        ),
+    )
+    .unwrap();
+    let env = [
+        ("HF_HOME", hf_home.to_str().unwrap()),
+        ("HF_ENDPOINT", hub.url.as_str()),
+    ];
+    let out = lors(&["train", "--profile", profile.to_str().unwrap()], &env);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = home.path().join("runs/from-hub");
+    // The recorded profile keeps the hub ids (not a path under the working directory).
+    let recorded = lors::train::Profile::load(&run.join("profile.toml"), &[]).unwrap();
+    assert_eq!(recorded.model.path, PathBuf::from("test/stories260K"));
+    assert_eq!(
+        recorded.data.train,
+        PathBuf::from("hf://datasets/test/stories/data/valid.jsonl")
+    );
+    assert!(file_requests(&hub.seen())
+        .iter()
+        .any(|r| r == "valid.jsonl"));
+    // Offline, resuming reads both from the cache.
+    let before = hub.seen().len();
+    let out = lors(
+        &["train", "--resume", run.to_str().unwrap()],
+        &[
+            ("HF_HOME", hf_home.to_str().unwrap()),
+            ("HF_HUB_OFFLINE", "1"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(hub.seen().len(), before);
 }

@@ -278,9 +278,15 @@ output_dir = "{root}/runs"
 "#
     );
     let p = Profile::parse(&text, &[]).unwrap();
-    let run = RunDir::create(&tmp.path().join("runs/r")).unwrap();
-    run.write_profile(&p.to_toml()).unwrap();
-    let outcome = train::train(&p, &run, false, &AtomicBool::new(false), &mut |_| {}).unwrap();
+    let run = RunDir::create(&tmp.path().join("runs/r"), &p).unwrap();
+    let outcome = train::train(
+        &p,
+        &run,
+        train::Start::Fresh,
+        &AtomicBool::new(false),
+        &mut |_| {},
+    )
+    .unwrap();
     assert_eq!(outcome.state, RunState::Finished);
     let pruned =
         candle_core::safetensors::load(run.path.join("pruned/model.safetensors"), &Device::Cpu)

@@ -389,8 +389,7 @@ fn fake_run(
 ) -> PathBuf {
     let mut p = Profile::load(&repo().join("profiles/demo.toml"), &[]).unwrap();
     p.resolve_paths(&repo());
-    let run = RunDir::create(&root.join(name)).unwrap();
-    run.write_profile(&p.to_toml()).unwrap();
+    let run = RunDir::create(&root.join(name), &p).unwrap();
     for step in 1..=3 {
         run.append_metric(&MetricRow::Train {
             step,

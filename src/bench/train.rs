@@ -74,29 +74,34 @@ pub fn run(
         p.data.valid = None;
         p.data.valid_fraction = 0.0;
         let round = round / methods.len();
-        let run = RunDir::create(&out.join(format!("{}-{round}", method.name())))?;
-        run.write_profile(&p.to_toml())?;
+        let run = RunDir::create(&out.join(format!("{}-{round}", method.name())), &p)?;
         let rows = &mut rows_of[m];
-        train::train(&p, &run, false, &AtomicBool::new(false), &mut |e| {
-            if let Event::Metric(MetricRow::Train {
-                step,
-                tokens_per_s,
-                peak_bytes,
-                step_peak_bytes,
-                gpu,
-                ..
-            }) = e
-            {
-                if *step > warmup {
-                    rows.push(StepRow {
-                        tokens_per_s: *tokens_per_s,
-                        peak_bytes: *peak_bytes,
-                        step_peak_bytes: *step_peak_bytes,
-                        gpu_peak_bytes: gpu.map(|g| g.peak_bytes),
-                    });
+        train::train(
+            &p,
+            &run,
+            train::Start::Fresh,
+            &AtomicBool::new(false),
+            &mut |e| {
+                if let Event::Metric(MetricRow::Train {
+                    step,
+                    tokens_per_s,
+                    peak_bytes,
+                    step_peak_bytes,
+                    gpu,
+                    ..
+                }) = e
+                {
+                    if *step > warmup {
+                        rows.push(StepRow {
+                            tokens_per_s: *tokens_per_s,
+                            peak_bytes: *peak_bytes,
+                            step_peak_bytes: *step_peak_bytes,
+                            gpu_peak_bytes: gpu.map(|g| g.peak_bytes),
+                        });
+                    }
                 }
-            }
-        })?;
+            },
+        )?;
     }
     let mut results = Vec::new();
     for (method, rows) in methods.iter().zip(&rows_of) {

@@ -41,6 +41,9 @@ pub struct TrainBenchArgs {
 pub struct RandomModelArgs {
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` if it exists and is not empty.
+    #[arg(long)]
+    pub force: bool,
     #[arg(long, default_value_t = 1024)]
     pub hidden: usize,
     #[arg(long, default_value_t = 4)]
@@ -113,7 +116,8 @@ pub fn random_model(args: RandomModelArgs) -> Result<()> {
     );
     config.max_position_embeddings = Some(args.max_positions);
     let weights = random_weights(&config, args.seed, prune)?;
-    write_checkpoint(&args.out, &config, &weights)?;
+    let out = lors::io::check_output_dir(&args.out, args.force, &[])?;
+    write_checkpoint(&out, &config, &weights)?;
     println!("wrote {}", args.out.display());
     Ok(())
 }

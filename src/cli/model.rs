@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use lors::io::check_output_dir;
 use lors::model::{export_merged, generate_greedy, CausalLm, ModelDir};
 use lors::train::{checkpoint, eval::perplexity_of_file, load_adapted, Profile, RunDir};
 
@@ -46,9 +47,12 @@ pub struct MergeArgs {
     /// Checkpoint directory (default: the run's latest).
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    /// Output directory (default: <run>/merged).
+    /// Output directory (default: <run>/merged, replaced if it exists).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Replace `--out` if it exists and is not empty (never when it is or holds an input).
+    #[arg(long)]
+    pub force: bool,
 }
 
 pub fn eval(args: EvalArgs) -> Result<()> {
@@ -101,7 +105,17 @@ pub fn merge(args: MergeArgs) -> Result<()> {
     let model_dir = ModelDir::open(&base)?;
     let model = load_adapted(&profile, &model_dir)?;
     checkpoint::load_adapter(&ckpt.join("adapter_model.safetensors"), &model)?;
-    let out = args.out.unwrap_or_else(|| run.path.join("merged"));
+    let out = match &args.out {
+        Some(out) => check_output_dir(
+            out,
+            args.force,
+            &[
+                ("run directory", &run.path),
+                ("base model", &model_dir.path),
+            ],
+        )?,
+        None => run.path.join("merged"),
+    };
     let report = export_merged(&model, &model_dir, &out)?;
     println!(
         "merged {} ({}) into {}: density {:.4} -> {:.4} over {} adapted layers, zero pattern {}",

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use lors::io::check_output_dir;
 use lors::model::{inspect_model, CausalLm, ModelDir};
 use lors::prune::{prune_to_dir, PruneSettings};
 use lors::train::eval::perplexity_of_file;
@@ -35,6 +36,9 @@ pub struct PruneArgs {
     /// Output directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` if it exists and is not empty (never when it is or holds an input).
+    #[arg(long)]
+    pub force: bool,
     /// Print perplexity on this file before and after pruning.
     #[arg(long)]
     pub eval: Option<PathBuf>,
@@ -58,6 +62,9 @@ pub fn prune(args: PruneArgs) -> Result<()> {
         seed: args.seed,
     };
     let dir = ModelDir::open(&args.model)?;
+    let mut inputs = vec![("model to prune", dir.path.as_path())];
+    inputs.extend(args.calib.as_deref().map(|c| ("calibration data", c)));
+    let out = check_output_dir(&args.out, args.force, &inputs)?;
     let evaluate_on = |model_dir: &ModelDir, label: &str| -> Result<()> {
         if let Some(path) = &args.eval {
             let seq_len = 256.min(model_dir.config.max_position_embeddings);
@@ -72,7 +79,7 @@ pub fn prune(args: PruneArgs) -> Result<()> {
         Ok(())
     };
     evaluate_on(&dir, "before")?;
-    let report = prune_to_dir(&args.model, &settings, &args.out, &mut |done, total| {
+    let report = prune_to_dir(&args.model, &settings, &out, &mut |done, total| {
         eprintln!("pruned decoder layer {done}/{total}")
     })
     .with_context(|| format!("pruning {} failed", args.model.display()))?;

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use lors::io::check_output_dir;
 use lors::model::parse_dtype;
 use lors::sources::hub::Download;
 use lors::sources::{convert_gguf, fetch_file, fetch_model, HubRef, HubSettings};
@@ -80,6 +81,9 @@ pub struct ConvertArgs {
     /// The Hugging Face directory to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` if it exists and is not empty (never when it is or holds an input).
+    #[arg(long)]
+    pub force: bool,
     /// Dtype of the dequantised weights: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
@@ -87,7 +91,8 @@ pub struct ConvertArgs {
 
 pub fn convert(args: ConvertArgs) -> Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
-    let r = convert_gguf(&args.gguf, &args.out, dtype)?;
+    let out = check_output_dir(&args.out, args.force, &[("GGUF file", &args.gguf)])?;
+    let r = convert_gguf(&args.gguf, &out, dtype)?;
     let types: Vec<String> = r
         .tensor_types
         .iter()

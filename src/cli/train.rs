@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lors::train::{self, Event, MetricRow, Profile, RunDir, RunOutcome};
+use lors::train::{self, Event, MetricRow, Profile, RunDir, RunOutcome, Start};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -24,9 +24,13 @@ pub struct TrainArgs {
     /// Start from this adapter (PEFT safetensors, e.g. a checkpoint's adapter_model.safetensors).
     #[arg(long, value_name = "FILE")]
     pub init_from: Option<PathBuf>,
-    /// Resume the run in this directory from its latest checkpoint.
+    /// Resume the run in this directory from its newest intact checkpoint.
     #[arg(long, conflicts_with_all = ["profile", "overrides", "init_from"])]
     pub resume: Option<PathBuf>,
+    /// With --resume: go on even though the run's profile.toml was edited since the
+    /// checkpoint (the differing keys are listed otherwise).
+    #[arg(long, requires = "resume")]
+    pub accept_profile_change: bool,
 }
 
 #[derive(Args)]
@@ -38,18 +42,20 @@ pub struct ReplayArgs {
     pub out: Option<PathBuf>,
 }
 
-/// Ctrl-C asks the run to checkpoint and stop between steps.
+/// Ctrl-C, SIGTERM and SIGHUP ask the run to checkpoint and stop between steps; a second
+/// one exits at once (a checkpoint being written then stays a temporary, removed by the next
+/// start).
 fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
     ctrlc::set_handler(move || {
         if s.swap(true, Ordering::SeqCst) {
-            eprintln!("\nsecond Ctrl-C: exiting without a checkpoint");
+            eprintln!("\nsecond signal: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("\nCtrl-C: saving a checkpoint and stopping after this step");
+        eprintln!("\nsignal: saving a checkpoint and stopping after this step");
     })
-    .context("cannot install the Ctrl-C handler")?;
+    .context("cannot install the signal handler")?;
     Ok(stop)
 }
 
@@ -66,7 +72,7 @@ fn default_run_dir(profile: &Profile) -> PathBuf {
 }
 
 /// Run with a progress bar; prints evaluations and the outcome.
-fn run_with_progress(profile: &Profile, run: &RunDir, resume: bool) -> Result<RunOutcome> {
+fn run_with_progress(profile: &Profile, run: &RunDir, start: Start) -> Result<RunOutcome> {
     let stop = stop_flag()?;
     let bar = ProgressBar::new(0);
     bar.set_style(
@@ -125,8 +131,9 @@ fn run_with_progress(profile: &Profile, run: &RunDir, resume: bool) -> Result<Ru
             MetricRow::Init { .. } | MetricRow::Sparsity { .. } | MetricRow::Checkpoint { .. },
         ) => {}
         Event::Checkpoint(dir) => say(format!("checkpoint {}", dir.display())),
+        Event::Notice(text) => say(format!("note: {text}")),
     };
-    let outcome = train::train(profile, run, resume, &stop, &mut on_event);
+    let outcome = train::train(profile, run, start, &stop, &mut on_event);
     bar.finish_and_clear();
     let outcome = outcome.with_context(|| format!("run {} failed", run.path.display()))?;
     println!(
@@ -151,8 +158,7 @@ fn start(mut profile: Profile, run_dir: Option<PathBuf>) -> Result<(Profile, Run
         super::source::fetch_path(data, true)?;
     }
     let dir = run_dir.unwrap_or_else(|| default_run_dir(&profile));
-    let run = RunDir::create(&dir)?;
-    run.write_profile(&profile.to_toml())?;
+    let run = RunDir::create(&dir, &profile)?;
     Ok((profile, run))
 }
 
@@ -160,7 +166,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if let Some(dir) = args.resume {
         let run = RunDir::open(&dir)?;
         let profile = Profile::load(&run.profile_path(), &[])?;
-        run_with_progress(&profile, &run, true)?;
+        let start = Start::Resume {
+            accept_profile_change: args.accept_profile_change,
+        };
+        run_with_progress(&profile, &run, start)?;
         return Ok(());
     }
     let path = args
@@ -172,7 +181,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     }
     let (profile, run) = start(profile, args.run_dir)?;
     println!("run directory: {}", run.path.display());
-    run_with_progress(&profile, &run, false)?;
+    run_with_progress(&profile, &run, Start::Fresh)?;
     Ok(())
 }
 
@@ -194,7 +203,7 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         args.run.display(),
         run.path.display()
     );
-    run_with_progress(&profile, &run, false)?;
+    run_with_progress(&profile, &run, Start::Fresh)?;
     let rows = train::run_dir::compare_metrics(&original, &run)?;
     println!("metrics match bit for bit ({rows} rows of loss, lr, grad_norm and eval loss)");
     Ok(())

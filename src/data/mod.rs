@@ -7,8 +7,10 @@ mod records;
 mod tokenize;
 
 pub use batch::{Batch, Batcher};
-pub use records::{read_records, DataFormat, Record, RecordSet};
-pub use tokenize::{pack_blocks, pad_blocks, tokenize_records, Block, Example, TextTokenizer};
+pub use records::{for_each_record, parse_records, read_records, DataFormat, Record, RecordSet};
+pub use tokenize::{
+    pack_blocks, pad_blocks, tokenize_record, tokenize_records, Block, Example, TextTokenizer,
+};
 
 use std::path::Path;
 
@@ -42,10 +44,10 @@ impl BlockOptions {
     }
 }
 
-/// Records of a file and the blocks they make.
+/// The blocks a file makes, and how many bad records were skipped.
 pub struct LoadedData {
-    pub records: RecordSet,
     pub blocks: Vec<Block>,
+    pub skipped: usize,
 }
 
 /// Tokenise `records` and cut them into blocks.
@@ -55,18 +57,28 @@ pub fn records_to_blocks(
     opts: &BlockOptions,
 ) -> Result<Vec<Block>> {
     let examples = tokenize_records(records, tok, opts.train_on_prompt)?;
-    Ok(examples_to_blocks(records, &examples, tok, opts))
+    Ok(examples_to_blocks(
+        has_instructions(records),
+        &examples,
+        tok,
+        opts,
+    ))
 }
 
+fn has_instructions(records: &[Record]) -> bool {
+    records
+        .iter()
+        .any(|r| matches!(r, Record::Instruction { .. }))
+}
+
+/// Blocks of examples: packed, unless the options say pad (or, by default, the records are
+/// instructions).
 fn examples_to_blocks(
-    records: &[Record],
+    instruction: bool,
     examples: &[Example],
     tok: &TextTokenizer,
     opts: &BlockOptions,
 ) -> Vec<Block> {
-    let instruction = records
-        .iter()
-        .any(|r| matches!(r, Record::Instruction { .. }));
     if opts.pack.unwrap_or(!instruction) {
         pack_blocks(examples, opts.seq_len)
     } else {
@@ -112,7 +124,7 @@ pub fn summarize_file(
         .iter()
         .filter(|r| matches!(r, Record::Instruction { .. }))
         .count();
-    let blocks = examples_to_blocks(&set.records, &examples, tok, opts);
+    let blocks = examples_to_blocks(has_instructions(&set.records), &examples, tok, opts);
     check_not_empty(path, &blocks, opts)?;
     Ok(DataSummary {
         format: match instructions {
@@ -127,24 +139,35 @@ pub fn summarize_file(
     })
 }
 
-/// Read a file and make its blocks.
+/// Read a file and make its blocks, tokenising each record as it is read (the records'
+/// text is never all in memory at once).
 pub fn load_blocks(path: &Path, tok: &TextTokenizer, opts: &BlockOptions) -> Result<LoadedData> {
-    let records = read_records(path, opts.format, opts.skip_bad)?;
-    let blocks = records_to_blocks(&records.records, tok, opts)?;
+    let mut examples = Vec::new();
+    let mut instruction = false;
+    let (_, skipped) = for_each_record(path, opts.format, opts.skip_bad, &mut |r| {
+        instruction |= matches!(r, Record::Instruction { .. });
+        examples.push(tokenize_record(&r, tok, opts.train_on_prompt)?);
+        Ok(())
+    })?;
+    let blocks = examples_to_blocks(instruction, &examples, tok, opts);
     check_not_empty(path, &blocks, opts)?;
-    Ok(LoadedData { records, blocks })
+    Ok(LoadedData { blocks, skipped })
 }
 
-/// Split records into (train, valid) with `fraction` of them, chosen by `seed`, held out.
-pub fn split_records(records: &[Record], fraction: f64, seed: u64) -> (Vec<Record>, Vec<Record>) {
+/// Split records into (train, valid) with `fraction` of them, chosen by `seed`, held out;
+/// each keeps the records' order.
+pub fn split_records(records: Vec<Record>, fraction: f64, seed: u64) -> (Vec<Record>, Vec<Record>) {
     let mut order: Vec<usize> = (0..records.len()).collect();
     order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(seed));
     let n_valid = ((records.len() as f64) * fraction).ceil() as usize;
-    let (valid, train) = order.split_at(n_valid.min(records.len()));
-    let pick = |ix: &[usize]| {
-        let mut ix = ix.to_vec();
-        ix.sort_unstable();
-        ix.into_iter().map(|i| records[i].clone()).collect()
-    };
-    (pick(train), pick(valid))
+    let mut held_out = vec![false; records.len()];
+    for &i in &order[..n_valid.min(records.len())] {
+        held_out[i] = true;
+    }
+    let (valid, train): (Vec<_>, Vec<_>) = records
+        .into_iter()
+        .zip(held_out)
+        .partition(|(_, held)| *held);
+    let strip = |v: Vec<(Record, bool)>| v.into_iter().map(|(r, _)| r).collect();
+    (strip(train), strip(valid))
 }

@@ -1,5 +1,6 @@
 //! Reading records from data files; a bad record names its file and line.
 
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -76,132 +77,297 @@ fn record_from_json(
     }
 }
 
+/// Where parsed records go, and the count of bad ones skipped.
+struct Sink<'a> {
+    path: PathBuf,
+    format: DataFormat,
+    skip_bad: bool,
+    records: usize,
+    skipped: usize,
+    each: &'a mut dyn FnMut(Record) -> Result<()>,
+}
+
+impl Sink<'_> {
+    /// A record, or the reason it is bad, from line `line`.
+    fn take(&mut self, line: usize, parsed: std::result::Result<Record, String>) -> Result<()> {
+        match parsed {
+            Ok(r) => {
+                self.records += 1;
+                (self.each)(r)
+            }
+            Err(_) if self.skip_bad => {
+                self.skipped += 1;
+                Ok(())
+            }
+            Err(detail) => Err(LorsError::Record {
+                path: self.path.clone(),
+                line,
+                detail,
+            }),
+        }
+    }
+
+    /// The record of a JSON value.
+    fn take_json(
+        &mut self,
+        line: usize,
+        value: std::result::Result<serde_json::Value, String>,
+    ) -> Result<()> {
+        let format = self.format;
+        self.take(line, value.and_then(|v| record_from_json(&v, format)))
+    }
+
+    /// The count of skipped records; an error when there were no good ones.
+    fn finish(self) -> Result<usize> {
+        if self.records == 0 {
+            return Err(LorsError::parse(
+                &self.path,
+                if self.skipped > 0 {
+                    format!("all {} records are bad", self.skipped)
+                } else {
+                    "no records".to_string()
+                },
+            ));
+        }
+        Ok(self.skipped)
+    }
+}
+
 /// Read every record of `path`. With `skip_bad`, bad records are counted instead of failing.
 pub fn read_records(path: &Path, format: DataFormat, skip_bad: bool) -> Result<RecordSet> {
+    let mut records = Vec::new();
+    let (path, skipped) = for_each_record(path, format, skip_bad, &mut |r| {
+        records.push(r);
+        Ok(())
+    })?;
+    Ok(RecordSet {
+        path,
+        records,
+        skipped,
+    })
+}
+
+/// Hand every record of `path` to `each` as it is read (JSON Lines files line by line, so
+/// memory stays bounded by the longest line); the resolved path and the count of bad records
+/// skipped.
+pub fn for_each_record(
+    path: &Path,
+    format: DataFormat,
+    skip_bad: bool,
+    each: &mut dyn FnMut(Record) -> Result<()>,
+) -> Result<(PathBuf, usize)> {
     let path = &crate::sources::resolve_data_path(path)?;
     let ext = path
         .extension()
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let mut set = RecordSet {
+    let mut sink = Sink {
         path: path.to_path_buf(),
-        records: Vec::new(),
+        format,
+        skip_bad,
+        records: 0,
         skipped: 0,
+        each,
     };
     if ext == "parquet" {
-        read_parquet(&mut set, format, skip_bad)?;
-        return finish(set);
+        read_parquet(&mut sink)?;
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| LorsError::io(path, e))?;
+        let plain_text = matches!(ext.as_str(), "txt" | "raw" | "text");
+        parse_stream(std::io::BufReader::new(file), plain_text, &mut sink)?;
     }
-    let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
-    if matches!(ext.as_str(), "txt" | "raw" | "text") {
-        if format == DataFormat::Alpaca {
+    Ok((path.to_path_buf(), sink.finish()?))
+}
+
+/// Records of a JSON Lines, JSON array or (with `plain_text`) plain-text stream; `path` names
+/// it in errors. A UTF-8 byte-order mark is skipped; UTF-16/32 text is an error with a hint.
+pub fn parse_records(
+    reader: impl BufRead,
+    path: &Path,
+    plain_text: bool,
+    format: DataFormat,
+    skip_bad: bool,
+) -> Result<RecordSet> {
+    let mut records = Vec::new();
+    let mut each = |r| {
+        records.push(r);
+        Ok(())
+    };
+    let mut sink = Sink {
+        path: path.to_path_buf(),
+        format,
+        skip_bad,
+        records: 0,
+        skipped: 0,
+        each: &mut each,
+    };
+    parse_stream(reader, plain_text, &mut sink)?;
+    let skipped = sink.finish()?;
+    Ok(RecordSet {
+        path: path.to_path_buf(),
+        records,
+        skipped,
+    })
+}
+
+fn parse_stream(mut reader: impl BufRead, plain_text: bool, sink: &mut Sink) -> Result<()> {
+    let path = sink.path.clone();
+    check_encoding(&mut reader, &path)?;
+    if plain_text {
+        if sink.format == DataFormat::Alpaca {
             return Err(LorsError::parse(
-                path,
+                &path,
                 "a plain-text file has no instruction records",
             ));
         }
+        let text = read_utf8(&mut reader, &path)?;
         if !text.trim().is_empty() {
-            set.records.push(Record::Text(text));
+            sink.take(1, Ok(Record::Text(text)))?;
         }
-        return finish(set);
+        return Ok(());
     }
-    let bad = |line: usize, detail: String, set: &mut RecordSet| -> Result<()> {
-        if skip_bad {
-            set.skipped += 1;
-            Ok(())
-        } else {
-            Err(LorsError::Record {
-                path: path.to_path_buf(),
-                line,
-                detail,
-            })
-        }
-    };
-    if text.trim_start().starts_with('[') {
-        // A JSON array: keep each element's position to report its line.
-        let items: Vec<&RawValue> = serde_json::from_str(&text).map_err(|e| LorsError::Record {
-            path: path.to_path_buf(),
-            line: e.line(),
-            detail: format!("invalid JSON: {e}"),
-        })?;
-        for raw in items {
-            let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
-            let line = text[..offset].matches('\n').count() + 1;
-            let parsed = serde_json::from_str::<serde_json::Value>(raw.get())
-                .map_err(|e| e.to_string())
-                .and_then(|v| record_from_json(&v, format));
-            match parsed {
-                Ok(r) => set.records.push(r),
-                Err(detail) => bad(line, detail, &mut set)?,
-            }
-        }
+    if first_non_space(&mut reader, &path)? == Some(b'[') {
+        let text = read_utf8(&mut reader, &path)?;
+        parse_json_array(&text, sink)
     } else {
-        for (i, line) in text.lines().enumerate() {
-            if line.trim().is_empty() {
-                continue;
-            }
-            let parsed = serde_json::from_str::<serde_json::Value>(line)
-                .map_err(|e| format!("invalid JSON: {e}"))
-                .and_then(|v| record_from_json(&v, format));
-            match parsed {
-                Ok(r) => set.records.push(r),
-                Err(detail) => bad(i + 1, detail, &mut set)?,
-            }
-        }
+        parse_json_lines(reader, sink)
     }
-    finish(set)
 }
 
-/// Records of a parquet file (as the hub's dataset viewer writes them): each row's string
-/// columns are read like the fields of a JSON record; errors name the row (as `line`, from 1).
-fn read_parquet(set: &mut RecordSet, format: DataFormat, skip_bad: bool) -> Result<()> {
-    use parquet::file::reader::SerializedFileReader;
-    use parquet::record::Field;
-    let path = set.path.clone();
-    let file = std::fs::File::open(&path).map_err(|e| LorsError::io(&path, e))?;
-    let reader = SerializedFileReader::new(file)
-        .map_err(|e| LorsError::parse(&path, format!("not a readable parquet file: {e}")))?;
-    for (i, row) in reader.into_iter().enumerate() {
-        let parsed = row.map_err(|e| e.to_string()).and_then(|row| {
-            let fields: serde_json::Map<String, serde_json::Value> = row
-                .get_column_iter()
-                .map(|(name, field)| {
-                    let value = match field {
-                        Field::Str(s) => serde_json::Value::String(s.clone()),
-                        Field::Null => serde_json::Value::Null,
-                        other => serde_json::Value::String(other.to_string()),
-                    };
-                    (name.clone(), value)
-                })
-                .collect();
-            record_from_json(&serde_json::Value::Object(fields), format)
-        });
-        match parsed {
-            Ok(r) => set.records.push(r),
-            Err(_) if skip_bad => set.skipped += 1,
-            Err(detail) => {
-                return Err(LorsError::Record {
-                    path,
-                    line: i + 1,
-                    detail: format!("row {}: {detail}", i + 1),
-                })
-            }
-        }
+/// A JSON array of records; each element's line is reported.
+fn parse_json_array(text: &str, sink: &mut Sink) -> Result<()> {
+    let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| LorsError::Record {
+        path: sink.path.clone(),
+        line: e.line(),
+        detail: format!("invalid JSON: {e}"),
+    })?;
+    let mut line = 1;
+    let mut counted_to = 0;
+    for raw in items {
+        let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
+        line += bytecount_newlines(&text.as_bytes()[counted_to..offset]);
+        counted_to = offset;
+        let value = serde_json::from_str(raw.get()).map_err(|e| e.to_string());
+        sink.take_json(line, value)?;
     }
     Ok(())
 }
 
-fn finish(set: RecordSet) -> Result<RecordSet> {
-    if set.records.is_empty() {
+fn bytecount_newlines(bytes: &[u8]) -> usize {
+    bytes.iter().filter(|&&b| b == b'\n').count()
+}
+
+/// JSON Lines, one line in memory at a time.
+fn parse_json_lines(mut reader: impl BufRead, sink: &mut Sink) -> Result<()> {
+    let mut buf = Vec::new();
+    for line_no in 1.. {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| LorsError::io(&sink.path, e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        let value = match std::str::from_utf8(&buf) {
+            Err(e) => Err(format!(
+                "not valid UTF-8 (at byte {} of the line); convert the file to UTF-8",
+                e.valid_up_to() + 1
+            )),
+            Ok(line) if line.trim().is_empty() => continue,
+            Ok(line) => serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}")),
+        };
+        sink.take_json(line_no, value)?;
+    }
+    Ok(())
+}
+
+/// Skip a UTF-8 byte-order mark; refuse UTF-16 and UTF-32 text (by its mark, or by the NUL
+/// bytes that ASCII text has in those encodings) with a hint.
+fn check_encoding(reader: &mut impl BufRead, path: &Path) -> Result<()> {
+    let head = reader.fill_buf().map_err(|e| LorsError::io(path, e))?;
+    if head.starts_with(&[0xEF, 0xBB, 0xBF]) {
+        reader.consume(3);
+        return Ok(());
+    }
+    let utf16_or_32 = head.starts_with(&[0xFF, 0xFE])
+        || head.starts_with(&[0xFE, 0xFF])
+        || head.starts_with(&[0, 0, 0xFE, 0xFF])
+        || head.iter().take(64).any(|&b| b == 0);
+    if utf16_or_32 {
         return Err(LorsError::parse(
-            &set.path,
-            if set.skipped > 0 {
-                format!("all {} records are bad", set.skipped)
-            } else {
-                "no records".to_string()
-            },
+            path,
+            "looks UTF-16 or UTF-32 encoded (a byte-order mark or NUL bytes); lors reads \
+             UTF-8: convert it, e.g. `iconv -f UTF-16 -t UTF-8 FILE > FILE.utf8`",
         ));
     }
-    Ok(set)
+    Ok(())
+}
+
+/// The first byte that is not ASCII whitespace, without consuming anything after it.
+fn first_non_space(reader: &mut impl BufRead, path: &Path) -> Result<Option<u8>> {
+    loop {
+        let buf = reader.fill_buf().map_err(|e| LorsError::io(path, e))?;
+        if buf.is_empty() {
+            return Ok(None);
+        }
+        match buf.iter().position(|b| !b.is_ascii_whitespace()) {
+            Some(i) => return Ok(Some(buf[i])),
+            None => {
+                let n = buf.len();
+                reader.consume(n);
+            }
+        }
+    }
+}
+
+/// The rest of the stream as text; invalid UTF-8 is an error naming the line.
+fn read_utf8(reader: &mut impl BufRead, path: &Path) -> Result<String> {
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .map_err(|e| LorsError::io(path, e))?;
+    String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        LorsError::Record {
+            path: path.to_path_buf(),
+            line: bytecount_newlines(&e.as_bytes()[..at]) + 1,
+            detail: "not valid UTF-8; convert the file to UTF-8".into(),
+        }
+    })
+}
+
+/// Records of a parquet file (as the hub's dataset viewer writes them): each row's string
+/// columns are read like the fields of a JSON record; errors name the row (as `line`, from 1).
+fn read_parquet(sink: &mut Sink) -> Result<()> {
+    use parquet::file::reader::SerializedFileReader;
+    use parquet::record::Field;
+    let path = sink.path.clone();
+    let file = std::fs::File::open(&path).map_err(|e| LorsError::io(&path, e))?;
+    let reader = SerializedFileReader::new(file)
+        .map_err(|e| LorsError::parse(&path, format!("not a readable parquet file: {e}")))?;
+    for (i, row) in reader.into_iter().enumerate() {
+        // A row the reader cannot decode means a damaged file, not a bad record: stop even
+        // with `skip_bad` (the reader would report the same error for ever).
+        let row = row.map_err(|e| LorsError::Record {
+            path: path.clone(),
+            line: i + 1,
+            detail: format!("row {}: {e}", i + 1),
+        })?;
+        let fields: serde_json::Map<String, serde_json::Value> = row
+            .get_column_iter()
+            .map(|(name, field)| {
+                let value = match field {
+                    Field::Str(s) => serde_json::Value::String(s.clone()),
+                    Field::Null => serde_json::Value::Null,
+                    other => serde_json::Value::String(other.to_string()),
+                };
+                (name.clone(), value)
+            })
+            .collect();
+        let parsed = record_from_json(&serde_json::Value::Object(fields), sink.format)
+            .map_err(|detail| format!("row {}: {detail}", i + 1));
+        sink.take(i + 1, parsed)?;
+    }
+    Ok(())
 }

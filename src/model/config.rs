@@ -126,14 +126,44 @@ impl ModelConfig {
     /// block and the output head (tied or not). `2·this` is the forward FLOPs per token.
     pub fn linear_parameters(&self) -> usize {
         let (h, hd, i) = (self.hidden_size, self.head_dim, self.intermediate_size);
-        let attention = 2 * self.num_heads * hd * h + 2 * self.num_kv_heads * hd * h;
-        self.num_layers * (attention + 3 * i * h) + self.vocab_size * h
+        let product = |xs: &[usize]| xs.iter().fold(1usize, |a, &b| a.saturating_mul(b));
+        let attention = product(&[2, self.num_heads, hd, h]).saturating_add(product(&[
+            2,
+            self.num_kv_heads,
+            hd,
+            h,
+        ]));
+        product(&[
+            self.num_layers,
+            attention.saturating_add(product(&[3, i, h])),
+        ])
+        .saturating_add(product(&[self.vocab_size, h]))
+    }
+
+    /// An error naming `field` when `seq_len` tokens exceed the positions the model was
+    /// trained for, unless `allow` (RoPE then extrapolates, usually badly).
+    pub fn check_positions(&self, field: &str, seq_len: usize, allow: bool) -> Result<()> {
+        if seq_len > self.max_position_embeddings && !allow {
+            return Err(LorsError::invalid(
+                field,
+                format!(
+                    "{seq_len} exceeds the model's max_position_embeddings {}",
+                    self.max_position_embeddings
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Read and check `config.json`; errors name the file and the field.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
-        let raw: RawConfig = serde_json::from_str(&text).map_err(|e| LorsError::Parse {
+        Self::from_json(&text, path)
+    }
+
+    /// Parse and check the text of a `config.json` (`path` names it in errors).
+    pub fn from_json(text: &str, path: &Path) -> Result<Self> {
+        let raw: RawConfig = serde_json::from_str(text).map_err(|e| LorsError::Parse {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
@@ -191,6 +221,39 @@ impl ModelConfig {
                 "head_dim",
                 format!("{head_dim} must be a positive even number"),
             ));
+        }
+        for (field, size) in [
+            ("hidden_size", raw.hidden_size),
+            ("intermediate_size", raw.intermediate_size),
+            ("num_hidden_layers", raw.num_hidden_layers),
+            ("vocab_size", raw.vocab_size),
+        ] {
+            if size == 0 {
+                return Err(LorsError::invalid(field, "must be positive"));
+            }
+        }
+        let products = [
+            raw.num_attention_heads.checked_mul(head_dim),
+            num_kv_heads.checked_mul(head_dim),
+            raw.intermediate_size.checked_mul(raw.hidden_size),
+            raw.vocab_size.checked_mul(raw.hidden_size),
+            raw.num_attention_heads
+                .checked_mul(head_dim)
+                .and_then(|q| q.checked_mul(raw.hidden_size)),
+        ];
+        if products.iter().any(Option::is_none) {
+            return Err(LorsError::invalid(
+                "hidden_size",
+                "the layer sizes are too large to address",
+            ));
+        }
+        for (field, value) in [
+            ("rms_norm_eps", raw.rms_norm_eps),
+            ("rope_theta", raw.rope_theta),
+        ] {
+            if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+                return Err(LorsError::invalid(field, "must be finite and positive"));
+            }
         }
         let rope = raw.rope_parameters.clone().or(raw.rope_scaling.clone());
         let rope_theta = raw

@@ -112,6 +112,7 @@ impl CausalLm {
             }
         }
         let c = config;
+        check_layer_count(c, src)?;
         let (h, hd) = (c.hidden_size, c.head_dim);
         let load = |name: &str, dims: &[usize]| -> Result<Tensor> {
             let t = src.tensor(name)?;
@@ -420,6 +421,32 @@ pub struct BlockContext {
 }
 
 /// `model.layers.{i}.{self_attn|mlp}.{name}` for a block prefix and a short name.
+/// Weights of more decoder layers than the config names are an error (they would be dropped
+/// without a word).
+fn check_layer_count(c: &ModelConfig, src: &dyn WeightSource) -> Result<()> {
+    let layer_of = |name: &str| -> Option<usize> {
+        name.strip_prefix("model.layers.")?
+            .split('.')
+            .next()?
+            .parse()
+            .ok()
+    };
+    match src
+        .names()
+        .into_iter()
+        .find(|n| layer_of(n).is_some_and(|i| i >= c.num_layers))
+    {
+        Some(extra) => Err(LorsError::invalid(
+            "num_hidden_layers",
+            format!(
+                "the config says {} layers but the weights hold tensor `{extra}`",
+                c.num_layers
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
 fn module_path(prefix: &str, name: &str) -> String {
     let group = BLOCK_LINEARS
         .iter()

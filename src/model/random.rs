@@ -12,7 +12,7 @@ use rand_distr::{Distribution, Normal};
 
 use super::RawConfig;
 use crate::error::{LorsError, Result};
-use crate::io::{write_atomic, write_json_atomic, write_safetensors_atomic};
+use crate::io::{build_dir_atomic, write_atomic, write_json_atomic, write_safetensors_atomic};
 use crate::sparsity::{magnitude_mask, Pattern};
 
 /// Vocabulary of the byte-level tokenizer: 3 special tokens and 256 bytes.
@@ -173,18 +173,20 @@ pub fn random_weights(
     Ok(t)
 }
 
-/// Write a Hugging Face directory: `config.json`, `model.safetensors`, `tokenizer.json`.
+/// Write a Hugging Face directory (atomically): `config.json`, `model.safetensors`,
+/// `tokenizer.json`.
 pub fn write_checkpoint(
     dir: &Path,
     config: &RawConfig,
     tensors: &HashMap<String, Tensor>,
 ) -> Result<()> {
-    std::fs::create_dir_all(dir).map_err(|e| LorsError::io(dir, e))?;
     let mut json =
         serde_json::to_value(config).map_err(|e| LorsError::parse(dir, e.to_string()))?;
     json["architectures"] = serde_json::json!(["LlamaForCausalLM"]);
-    write_json_atomic(&dir.join("config.json"), &json)?;
-    write_safetensors_atomic(&dir.join("model.safetensors"), tensors)?;
     let tok = serde_json::to_string_pretty(&byte_tokenizer_json()).expect("json");
-    write_atomic(&dir.join("tokenizer.json"), tok.as_bytes())
+    build_dir_atomic(dir, |tmp| {
+        write_json_atomic(&tmp.join("config.json"), &json)?;
+        write_safetensors_atomic(&tmp.join("model.safetensors"), tensors)?;
+        write_atomic(&tmp.join("tokenizer.json"), tok.as_bytes())
+    })
 }

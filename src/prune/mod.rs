@@ -364,15 +364,8 @@ pub fn prune_to_dir(
     settings.validate()?;
     let pattern = settings.pattern()?;
     let dir = ModelDir::open(model_dir)?;
-    if settings.seq_len > dir.config.max_position_embeddings {
-        return Err(LorsError::invalid(
-            "prune.seq_len",
-            format!(
-                "{} exceeds the model's max_position_embeddings {}",
-                settings.seq_len, dir.config.max_position_embeddings
-            ),
-        ));
-    }
+    dir.config
+        .check_positions("prune.seq_len", settings.seq_len, false)?;
     let mut model = CausalLm::load_frozen(&dir)?;
     let (calib, info) = match &settings.calib {
         Some(path) if settings.method != PruneMethod::Magnitude => {

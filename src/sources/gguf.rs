@@ -366,12 +366,89 @@ fn tokenizer_files(meta: &Meta) -> Result<(serde_json::Value, serde_json::Value,
     Ok((tokenizer, config, kind))
 }
 
+/// A GGUF file read into what a Hugging Face directory holds.
+pub struct GgufModel {
+    pub config: serde_json::Value,
+    pub tokenizer: serde_json::Value,
+    pub tokenizer_config: serde_json::Value,
+    pub tensors: HashMap<String, Tensor>,
+    pub report: GgufReport,
+}
+
 /// Convert the GGUF `file` into a Hugging Face directory at `out` (written atomically), with
 /// the weights in `dtype`.
 pub fn convert_gguf(file: &Path, out: &Path, dtype: DType) -> Result<GgufReport> {
     let mut reader = std::fs::File::open(file).map_err(|e| LorsError::io(file, e))?;
-    let content = Content::read(&mut reader)
-        .map_err(|e| LorsError::parse(file, format!("not a readable GGUF file: {e}")))?;
+    let m = read_gguf(&mut reader, file, dtype)?;
+    build_dir_atomic(out, |dir| {
+        write_json_atomic(&dir.join("config.json"), &m.config)?;
+        write_json_atomic(&dir.join("tokenizer.json"), &m.tokenizer)?;
+        write_json_atomic(&dir.join("tokenizer_config.json"), &m.tokenizer_config)?;
+        write_json_atomic(&dir.join("gguf_import.json"), &m.report)?;
+        write_safetensors_atomic(&dir.join("model.safetensors"), &m.tensors)
+    })?;
+    Ok(m.report)
+}
+
+/// Check every tensor's extent (element count, bytes, place in the file) before reading it,
+/// so a crafted header is an error naming the tensor, never an allocation panic.
+fn check_tensor_extents(
+    content: &Content,
+    reader: &mut (impl std::io::Read + std::io::Seek),
+    file: &Path,
+) -> Result<()> {
+    let len = reader
+        .seek(std::io::SeekFrom::End(0))
+        .map_err(|e| LorsError::io(file, e))?;
+    for (name, info) in &content.tensor_infos {
+        let bad = |why: &str| {
+            LorsError::parse(
+                file,
+                format!("tensor `{name}` with dims {:?}: {why}", info.shape.dims()),
+            )
+        };
+        let elems = info
+            .shape
+            .dims()
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .ok_or_else(|| bad("too many elements"))?;
+        if elems == 0 {
+            // candle reads an empty tensor through a misaligned empty slice (undefined behaviour).
+            return Err(bad("no elements"));
+        }
+        let block = info.ggml_dtype.block_size();
+        if !elems.is_multiple_of(block) {
+            return Err(bad(&format!(
+                "not a whole number of {block}-element blocks"
+            )));
+        }
+        let bytes = (elems / block)
+            .checked_mul(info.ggml_dtype.type_size())
+            .and_then(|b| u64::try_from(b).ok());
+        let end = bytes.and_then(|b| {
+            content
+                .tensor_data_offset
+                .checked_add(info.offset)?
+                .checked_add(b)
+        });
+        if end.is_none_or(|end| end > len) {
+            return Err(bad(&format!(
+                "its data lies beyond the end of the file ({len} bytes)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Read a GGUF stream (`file` names it in errors): config, tokenizer and weights in `dtype`.
+pub fn read_gguf(
+    reader: &mut (impl std::io::Read + std::io::Seek),
+    file: &Path,
+    dtype: DType,
+) -> Result<GgufModel> {
+    let content = read_content(reader, file)?;
+    check_tensor_extents(&content, reader, file)?;
     let meta = Meta {
         path: file,
         map: &content.metadata,
@@ -399,7 +476,7 @@ pub fn convert_gguf(file: &Path, out: &Path, dtype: DType) -> Result<GgufReport>
             LorsError::parse(file, format!("tensor `{name}` has no Llama-family HF name"))
         })?;
         let q = content
-            .tensor(&mut reader, name, &Device::Cpu)
+            .tensor(reader, name, &Device::Cpu)
             .map_err(|e| LorsError::parse(file, format!("tensor `{name}`: {e}")))?;
         *tensor_types.entry(format!("{:?}", q.dtype())).or_insert(0) += 1;
         let mut w = q
@@ -459,14 +536,19 @@ pub fn convert_gguf(file: &Path, out: &Path, dtype: DType) -> Result<GgufReport>
         vocab_size,
         dtype: dtype_name.into(),
     };
-    build_dir_atomic(out, |dir| {
-        write_json_atomic(&dir.join("config.json"), &config)?;
-        write_json_atomic(&dir.join("tokenizer.json"), &tokenizer)?;
-        write_json_atomic(&dir.join("tokenizer_config.json"), &tokenizer_config)?;
-        write_json_atomic(&dir.join("gguf_import.json"), &report)?;
-        write_safetensors_atomic(&dir.join("model.safetensors"), &tensors)
-    })?;
-    Ok(report)
+    Ok(GgufModel {
+        config,
+        tokenizer,
+        tokenizer_config,
+        tensors,
+        report,
+    })
+}
+
+/// The header and metadata of a GGUF stream.
+fn read_content(reader: &mut (impl std::io::Read + std::io::Seek), file: &Path) -> Result<Content> {
+    Content::read(reader)
+        .map_err(|e| LorsError::parse(file, format!("not a readable GGUF file: {e}")))
 }
 
 /// Where a `.gguf` used directly as a model is converted to (once): a folder in the user's

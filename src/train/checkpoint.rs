@@ -2,7 +2,7 @@
 //! an adapter config, the optimiser moments, and the trainer state (step), so that a resumed
 //! run continues exactly as an uninterrupted one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::AdamW;
 use super::profile::Profile;
 use crate::error::{LorsError, Result};
-use crate::io::{build_dir_atomic, write_json_atomic, write_safetensors_atomic};
+use crate::io::{build_dir_atomic, write_atomic, write_json_atomic, write_safetensors_atomic};
 use crate::model::CausalLm;
 
 /// `trainer_state.json`.
@@ -64,31 +64,117 @@ pub fn adapter_config_json(profile: &Profile) -> serde_json::Value {
     })
 }
 
-/// Save a checkpoint as `checkpoints/step-NNNNNN` (written under a temporary name first).
+/// Everything a checkpoint holds, taken at one step: the adapter is copied, so later updates
+/// of the model do not change it (the optimiser's moments are replaced, never updated in place).
+pub struct Snapshot {
+    pub state: TrainerState,
+    adapter: HashMap<String, Tensor>,
+    optimizer: HashMap<String, Tensor>,
+}
+
+impl Snapshot {
+    /// The state of `model` and `optimizer` now, as of `state`.
+    pub fn capture(state: &TrainerState, model: &CausalLm, optimizer: &AdamW) -> Result<Self> {
+        let adapter = adapter_tensors(model)
+            .into_iter()
+            .map(|(name, t)| Ok((name, t.copy()?)))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            state: state.clone(),
+            adapter,
+            optimizer: optimizer.state_tensors(),
+        })
+    }
+}
+
+/// The files of a checkpoint; `manifest.json` lists them with sizes and checksums and is
+/// written last, so a checkpoint verifies only if it was written whole.
+const ADAPTER_FILE: &str = "adapter_model.safetensors";
+const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+const STATE_FILE: &str = "trainer_state.json";
+const PROFILE_FILE: &str = "profile.toml";
+const MANIFEST_FILE: &str = "manifest.json";
+
+/// One file of a checkpoint as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ManifestEntry {
+    bytes: u64,
+    sha256: String,
+}
+
+fn file_digest(path: &Path) -> Result<ManifestEntry> {
+    use sha2::Digest;
+    let bytes = std::fs::read(path).map_err(|e| LorsError::io(path, e))?;
+    let hash = sha2::Sha256::digest(&bytes);
+    Ok(ManifestEntry {
+        bytes: bytes.len() as u64,
+        sha256: hash.iter().map(|b| format!("{b:02x}")).collect(),
+    })
+}
+
+/// Save `snap` as `checkpoints/step-NNNNNN` (written under a temporary name first), with the
+/// run's recorded profile (`profile_toml`) so a resume can tell whether it was edited since.
 pub fn save(
     checkpoints: &Path,
-    state: &TrainerState,
-    model: &CausalLm,
-    optimizer: &AdamW,
+    snap: &Snapshot,
     profile: &Profile,
+    profile_toml: &str,
 ) -> Result<PathBuf> {
-    let dir = checkpoints.join(format!("step-{:06}", state.step));
+    let dir = checkpoints.join(format!("step-{:06}", snap.state.step));
     build_dir_atomic(&dir, |tmp| {
-        write_safetensors_atomic(
-            &tmp.join("adapter_model.safetensors"),
-            &adapter_tensors(model),
-        )?;
+        write_safetensors_atomic(&tmp.join(ADAPTER_FILE), &snap.adapter)?;
         write_json_atomic(
             &tmp.join("adapter_config.json"),
             &adapter_config_json(profile),
         )?;
-        write_safetensors_atomic(
-            &tmp.join("optimizer.safetensors"),
-            &optimizer.state_tensors(),
-        )?;
-        write_json_atomic(&tmp.join("trainer_state.json"), state)
+        write_safetensors_atomic(&tmp.join(OPTIMIZER_FILE), &snap.optimizer)?;
+        write_json_atomic(&tmp.join(STATE_FILE), &snap.state)?;
+        write_atomic(&tmp.join(PROFILE_FILE), profile_toml.as_bytes())?;
+        let manifest = [ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE, PROFILE_FILE]
+            .into_iter()
+            .map(|f| Ok((f.to_string(), file_digest(&tmp.join(f))?)))
+            .collect::<Result<BTreeMap<_, _>>>()?;
+        write_json_atomic(&tmp.join(MANIFEST_FILE), &manifest)
     })?;
     Ok(dir)
+}
+
+/// Check that every file the checkpoint's manifest lists is there with its size and checksum.
+pub fn verify(dir: &Path) -> Result<()> {
+    let path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| LorsError::io(&path, e))?;
+    let manifest: BTreeMap<String, ManifestEntry> =
+        serde_json::from_str(&text).map_err(|e| LorsError::parse(&path, e.to_string()))?;
+    for required in [ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE] {
+        if !manifest.contains_key(required) {
+            return Err(LorsError::parse(
+                &path,
+                format!("`{required}` is not listed"),
+            ));
+        }
+    }
+    for (file, expected) in &manifest {
+        let got = file_digest(&dir.join(file))?;
+        if got != *expected {
+            return Err(LorsError::parse(
+                &dir.join(file),
+                format!(
+                    "does not match the manifest ({} bytes, sha256 {}; expected {} bytes, {})",
+                    got.bytes, got.sha256, expected.bytes, expected.sha256
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The profile recorded in a checkpoint (absent in checkpoints older than this field).
+pub fn recorded_profile(dir: &Path) -> Result<Option<Profile>> {
+    let path = dir.join(PROFILE_FILE);
+    if !path.is_file() {
+        return Ok(None);
+    }
+    Profile::load(&path, &[]).map(Some)
 }
 
 /// Load adapter tensors (PEFT names) into `model`; every adapted layer must be present.
@@ -98,9 +184,16 @@ pub fn load_adapter(path: &Path, model: &CausalLm) -> Result<()> {
     for (module, layer) in model.adapted() {
         let get = |part: &str| {
             let name = peft_name(&module, part);
-            tensors
+            let t = tensors
                 .get(&name)
-                .ok_or_else(|| LorsError::parse(path, format!("tensor `{name}` is missing")))
+                .ok_or_else(|| LorsError::parse(path, format!("tensor `{name}` is missing")))?;
+            if !all_finite(t)? {
+                return Err(LorsError::parse(
+                    path,
+                    format!("tensor `{name}` holds NaN or infinite values (a diverged run?)"),
+                ));
+            }
+            Ok(t)
         };
         layer
             .set_adapter(get("lora_A")?, get("lora_B")?)
@@ -109,14 +202,20 @@ pub fn load_adapter(path: &Path, model: &CausalLm) -> Result<()> {
     Ok(())
 }
 
+/// Whether every value of `t` is finite.
+fn all_finite(t: &Tensor) -> Result<bool> {
+    let sum = t.to_dtype(candle_core::DType::F64)?.abs()?.sum_all()?;
+    Ok(sum.to_scalar::<f64>()?.is_finite())
+}
+
 /// Restore model adapter, optimiser and trainer state from a checkpoint directory.
 pub fn restore(dir: &Path, model: &CausalLm, optimizer: &mut AdamW) -> Result<TrainerState> {
-    load_adapter(&dir.join("adapter_model.safetensors"), model)?;
-    let state_path = dir.join("trainer_state.json");
+    load_adapter(&dir.join(ADAPTER_FILE), model)?;
+    let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| LorsError::io(&state_path, e))?;
     let state: TrainerState =
         serde_json::from_str(&text).map_err(|e| LorsError::parse(&state_path, e.to_string()))?;
-    let opt_path = dir.join("optimizer.safetensors");
+    let opt_path = dir.join(OPTIMIZER_FILE);
     let opt = candle_core::safetensors::load(&opt_path, &Device::Cpu)
         .map_err(|e| LorsError::parse(&opt_path, e.to_string()))?;
     optimizer.restore(&opt, state.step)?;

@@ -12,4 +12,6 @@ mod trainer;
 
 pub use profile::Profile;
 pub use run_dir::{Control, ControlRequest, MetricRow, RunDir, RunState, Status};
-pub use trainer::{load_adapted, prepare, train, Event, Prepared, RunOutcome};
+pub use trainer::{
+    load_adapted, prepare, profile_differences, train, Event, Prepared, RunOutcome, Start,
+};

@@ -61,6 +61,9 @@ pub struct DataSection {
     /// Skip bad records (and count them) instead of failing.
     #[serde(default)]
     pub skip_bad_records: bool,
+    /// Allow `seq_len` beyond the model's `max_position_embeddings`.
+    #[serde(default)]
+    pub allow_long_sequences: bool,
 }
 
 fn default_seq_len() -> usize {
@@ -357,11 +360,20 @@ impl Profile {
         if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
             return bad("optim.betas", format!("{:?} must be in [0, 1)", o.betas));
         }
-        if o.eps.is_nan() || o.eps <= 0.0 || o.weight_decay < 0.0 || o.grad_clip < 0.0 {
-            return bad(
-                "optim",
-                "eps must be positive; weight_decay and grad_clip non-negative".into(),
-            );
+        for (key, value, zero_ok) in [
+            ("optim.eps", o.eps, false),
+            ("optim.weight_decay", o.weight_decay, true),
+            ("optim.grad_clip", o.grad_clip, true),
+        ] {
+            let in_range = if zero_ok { value >= 0.0 } else { value > 0.0 };
+            if !(value.is_finite() && in_range) {
+                let range = if zero_ok {
+                    "finite and >= 0"
+                } else {
+                    "finite and > 0"
+                };
+                return bad(key, format!("{value} must be {range}"));
+            }
         }
         let t = &self.train;
         match (t.max_steps, t.epochs) {
@@ -382,6 +394,9 @@ impl Profile {
         }
         if t.grad_accum == 0 {
             return bad("train.grad_accum", "must be at least 1".into());
+        }
+        if let Some(name) = &t.run_name {
+            check_run_name(name)?;
         }
         let on_gpu = crate::device::cuda_ordinal(&t.device)
             .map_err(|e| LorsError::invalid("train.device", e.to_string()))?
@@ -407,9 +422,10 @@ impl Profile {
         };
         // A model or data path that is not there but reads as a hub id stays as written.
         let abs_or_hub = |p: &mut PathBuf, dataset: bool| {
-            let hub = crate::sources::HubRef::from_path(&base.join(&*p))
-                .and(p.to_str().and_then(crate::sources::HubRef::parse))
-                .is_some_and(|r| r.dataset == dataset);
+            let hub = !base.join(&*p).exists()
+                && p.to_str()
+                    .and_then(crate::sources::HubRef::parse)
+                    .is_some_and(|r| r.dataset == dataset);
             if !hub {
                 abs(p);
             }
@@ -427,6 +443,22 @@ impl Profile {
         }
         abs(&mut self.train.output_dir);
     }
+}
+
+/// A run name must be one plain path component, so the run stays inside `output_dir`.
+fn check_run_name(name: &str) -> Result<()> {
+    let mut parts = Path::new(name).components();
+    let single = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    if !single || name.contains(['/', '\\', '\0']) {
+        return Err(LorsError::invalid(
+            "train.run_name",
+            format!("`{name}` must be a plain name (no `/`, `..` or absolute path)"),
+        ));
+    }
+    Ok(())
 }
 
 /// Apply `section.key=value`; the value is read as TOML (so `16`, `true`, `"x"`, `[..]`),

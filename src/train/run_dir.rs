@@ -4,11 +4,12 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LorsError, Result};
-use crate::io::{write_atomic, write_json_atomic};
+use crate::io::{process_alive, write_atomic, write_json_atomic};
 use crate::model::LayerSparsity;
 
 /// Life cycle of a run.
@@ -21,6 +22,18 @@ pub enum RunState {
     Finished,
     Failed,
     Stopped,
+    /// Its process died without a word (killed, out of memory): found by whoever looks next.
+    Crashed,
+}
+
+impl RunState {
+    /// Whether a process should be working on the run.
+    pub fn is_active(self) -> bool {
+        matches!(
+            self,
+            RunState::Initializing | RunState::Running | RunState::Paused
+        )
+    }
 }
 
 /// `status.json`.
@@ -109,6 +122,16 @@ pub struct RunDir {
     pub path: PathBuf,
 }
 
+/// Ownership of a run directory: an advisory lock on `<run>/.lock`, released when dropped or
+/// when the process dies, however it dies.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: std::fs::File,
+}
+
+/// How long [`RunDir::lock`] waits for a lock held briefly by a watcher's liveness check.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
 /// Seconds since the Unix epoch.
 pub fn now_s() -> f64 {
     std::time::SystemTime::now()
@@ -118,15 +141,20 @@ pub fn now_s() -> f64 {
 }
 
 impl RunDir {
-    /// Create a new run directory (an error if it exists).
-    pub fn create(path: &Path) -> Result<Self> {
+    /// Create a new run directory recording `profile` (an error if it exists). It appears
+    /// whole or not at all, so an interrupted start leaves nothing in the way of a retry.
+    pub fn create(path: &Path, profile: &super::Profile) -> Result<Self> {
         if path.exists() {
             return Err(LorsError::io(
                 path,
                 std::io::Error::new(std::io::ErrorKind::AlreadyExists, "run directory exists"),
             ));
         }
-        std::fs::create_dir_all(path.join("checkpoints")).map_err(|e| LorsError::io(path, e))?;
+        let text = profile.to_toml();
+        crate::io::build_dir_atomic(path, |tmp| {
+            std::fs::create_dir(tmp.join("checkpoints")).map_err(|e| LorsError::io(tmp, e))?;
+            write_atomic(&tmp.join("profile.toml"), text.as_bytes())
+        })?;
         Ok(Self {
             path: path.to_path_buf(),
         })
@@ -159,6 +187,87 @@ impl RunDir {
     }
     pub fn control_path(&self) -> PathBuf {
         self.path.join("control.json")
+    }
+    pub fn lock_path(&self) -> PathBuf {
+        self.path.join(".lock")
+    }
+
+    fn open_lock_file(&self) -> Result<std::fs::File> {
+        let p = self.lock_path();
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| LorsError::io(&p, e))
+    }
+
+    /// Take ownership of the run; an error if another process has it.
+    pub fn lock(&self) -> Result<RunLock> {
+        let file = self.open_lock_file()?;
+        let start = Instant::now();
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(RunLock { _file: file }),
+                Err(std::fs::TryLockError::WouldBlock) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    let owner = self
+                        .read_status()
+                        .map(|s| format!(" (pid {})", s.pid))
+                        .unwrap_or_default();
+                    return Err(LorsError::Locked {
+                        path: self.path.clone(),
+                        detail: format!(
+                            "the run is in use by another lors process{owner}; wait for it \
+                             to end, or stop it (`s` in the TUI, or Ctrl-C)"
+                        ),
+                    });
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(LorsError::io(&self.lock_path(), e))
+                }
+            }
+        }
+    }
+
+    /// When the status says a process works on the run but that process is gone (and holds
+    /// no lock), record the run as `crashed` at its last complete step; the new status then.
+    pub fn mark_crashed_if_dead(&self) -> Result<Option<Status>> {
+        let dead = |s: &Status| s.state.is_active() && !process_alive(s.pid);
+        if !self.read_status().is_ok_and(|s| dead(&s)) {
+            return Ok(None);
+        }
+        let file = self.open_lock_file()?;
+        if file.try_lock().is_err() {
+            return Ok(None);
+        }
+        // Read again under the lock: a resume may have begun in between.
+        let mut status = self.read_status()?;
+        if !dead(&status) {
+            return Ok(None);
+        }
+        let last_step = self
+            .read_metrics()?
+            .iter()
+            .filter_map(|r| match r {
+                MetricRow::Train { step, .. } => Some(*step),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        status.step = status.step.max(last_step);
+        status.state = RunState::Crashed;
+        status.eta_s = None;
+        status.updated_at = now_s();
+        status.error = Some(format!(
+            "process {} ended without a word after step {} (killed, or out of memory?); \
+             `lors train --resume` continues from the newest checkpoint",
+            status.pid, status.step
+        ));
+        self.write_status(&status)?;
+        Ok(Some(status))
     }
 
     /// Ask the run to pause, resume, stop or checkpoint; returns the request's id, which
@@ -234,68 +343,93 @@ impl RunDir {
         Ok(rows)
     }
 
-    /// Drop metric rows after `step` (when resuming from a checkpoint at `step`).
-    pub fn truncate_metrics_after(&self, step: usize) -> Result<()> {
-        let rows: Vec<MetricRow> = self
-            .read_metrics()?
-            .into_iter()
-            .filter(|r| match r {
-                MetricRow::Train { step: s, .. }
-                | MetricRow::Eval { step: s, .. }
-                | MetricRow::Sparsity { step: s, .. }
-                | MetricRow::Checkpoint { step: s } => *s <= step,
-                MetricRow::Init { .. } => true,
-            })
-            .collect();
+    /// Keep the metric rows of a resume point: those up to `step` ending with its checkpoint
+    /// row (it is missing when the process died between saving the checkpoint and logging
+    /// it), or none when the run restarts from scratch.
+    pub fn truncate_metrics_to(&self, step: Option<usize>) -> Result<()> {
+        let mut rows: Vec<MetricRow> = match step {
+            None => Vec::new(),
+            Some(step) => self
+                .read_metrics()?
+                .into_iter()
+                .filter(|r| match r {
+                    MetricRow::Checkpoint { step: s } => *s < step,
+                    MetricRow::Train { step: s, .. }
+                    | MetricRow::Eval { step: s, .. }
+                    | MetricRow::Sparsity { step: s, .. } => *s <= step,
+                    MetricRow::Init { .. } => true,
+                })
+                .chain([MetricRow::Checkpoint { step }])
+                .collect(),
+        };
         let mut text = String::new();
-        for r in &rows {
-            text.push_str(&serde_json::to_string(r).expect("rows serialize"));
+        for r in rows.drain(..) {
+            text.push_str(&serde_json::to_string(&r).expect("rows serialize"));
             text.push('\n');
         }
         write_atomic(&self.metrics_path(), text.as_bytes())
     }
 
-    /// The newest checkpoint directory, if any.
-    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
-        let mut dirs: Vec<PathBuf> = std::fs::read_dir(self.checkpoints_path())
-            .ok()?
+    /// Checkpoint directories (`checkpoints/step-N`), newest first.
+    pub fn checkpoints(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints_path()) else {
+            return Vec::new();
+        };
+        let mut dirs: Vec<(usize, PathBuf)> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with("step-"))
-                    && p.join("trainer_state.json").is_file()
+            .filter_map(|p| {
+                let step = p
+                    .file_name()?
+                    .to_str()?
+                    .strip_prefix("step-")?
+                    .parse()
+                    .ok()?;
+                p.is_dir().then_some((step, p))
             })
             .collect();
         dirs.sort();
-        dirs.pop()
+        dirs.into_iter().rev().map(|(_, p)| p).collect()
+    }
+
+    /// The newest checkpoint that verifies (see [`super::checkpoint::verify`]), if any.
+    pub fn latest_checkpoint(&self) -> Option<PathBuf> {
+        self.checkpoints()
+            .into_iter()
+            .find(|dir| super::checkpoint::verify(dir).is_ok())
     }
 }
 
-/// The fields of metric rows that a replay must reproduce exactly (times and memory differ).
-fn comparable(rows: &[MetricRow]) -> Vec<String> {
-    rows.iter()
-        .filter_map(|r| match r {
-            MetricRow::Train {
-                step,
-                loss,
-                lr,
-                grad_norm,
-                ..
-            } => Some(format!(
-                "step {step}: loss {loss} ({:016x}) lr {lr} grad_norm {grad_norm} ({:016x})",
-                loss.to_bits(),
-                grad_norm.to_bits()
-            )),
-            MetricRow::Eval {
-                step, eval_loss, ..
-            } => Some(format!(
-                "step {step}: eval_loss {eval_loss} ({:016x})",
-                eval_loss.to_bits()
-            )),
-            MetricRow::Init { .. } | MetricRow::Sparsity { .. } | MetricRow::Checkpoint { .. } => {
-                None
-            }
+/// Fields of metric rows that differ between two runs of one profile (times, memory).
+const VOLATILE_FIELDS: [&str; 8] = [
+    "tokens_per_s",
+    "elapsed_s",
+    "live_bytes",
+    "peak_bytes",
+    "step_peak_bytes",
+    "rss_bytes",
+    "gpu",
+    "seconds",
+];
+
+/// A metrics row (as JSON) without its [`VOLATILE_FIELDS`]: what a replay or a resumed run
+/// must reproduce exactly. Floats compare bit for bit (they are parsed exactly).
+pub fn reproducible(row: &serde_json::Value) -> serde_json::Value {
+    let mut row = row.clone();
+    if let Some(fields) = row.as_object_mut() {
+        fields.retain(|k, _| !VOLATILE_FIELDS.contains(&k.as_str()));
+    }
+    row
+}
+
+/// The train and eval rows of a run, reproducible part only.
+fn comparable(run: &RunDir) -> Result<Vec<serde_json::Value>> {
+    run.read_metrics()?
+        .iter()
+        .filter(|r| matches!(r, MetricRow::Train { .. } | MetricRow::Eval { .. }))
+        .map(|r| {
+            serde_json::to_value(r)
+                .map(|v| reproducible(&v))
+                .map_err(|e| LorsError::parse(&run.metrics_path(), e.to_string()))
         })
         .collect()
 }
@@ -303,8 +437,8 @@ fn comparable(rows: &[MetricRow]) -> Vec<String> {
 /// Compare two runs' loss, lr, grad-norm and eval-loss curves bit for bit; the number of
 /// rows compared when they are equal.
 pub fn compare_metrics(original: &RunDir, other: &RunDir) -> Result<usize> {
-    let a = comparable(&original.read_metrics()?);
-    let b = comparable(&other.read_metrics()?);
+    let a = comparable(original)?;
+    let b = comparable(other)?;
     if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
         return Err(LorsError::invalid(
             "replay",

@@ -46,6 +46,9 @@ pub enum Event {
     InitDone(GradInitReport),
     Metric(MetricRow),
     Checkpoint(std::path::PathBuf),
+    /// Something the user should know that does not stop the run (a skipped broken
+    /// checkpoint, a previous process that died).
+    Notice(String),
 }
 
 /// How a run ended.
@@ -86,22 +89,21 @@ pub fn load_adapted(profile: &Profile, model_dir: &ModelDir) -> Result<CausalLm>
 /// Load the model (with adapters) and the data of a profile.
 pub fn prepare(profile: &Profile) -> Result<Prepared> {
     let model_dir = ModelDir::open(&profile.model.path)?;
-    let tokenizer = model_dir.tokenizer()?;
     let d = &profile.data;
+    model_dir
+        .config
+        .check_positions("data.seq_len", d.seq_len, d.allow_long_sequences)?;
+    let tokenizer = model_dir.tokenizer()?;
     let opts = d.block_options();
     let (train_blocks, valid, skipped) = match &d.valid {
         Some(valid_path) => {
             let train = load_blocks(&d.train, &tokenizer, &opts)?;
             let valid = load_blocks(valid_path, &tokenizer, &opts)?;
-            (
-                train.blocks,
-                valid.blocks,
-                train.records.skipped + valid.records.skipped,
-            )
+            (train.blocks, valid.blocks, train.skipped + valid.skipped)
         }
         None => {
             let set = read_records(&d.train, d.format, d.skip_bad_records)?;
-            let (train, valid) = split_records(&set.records, d.valid_fraction, profile.train.seed);
+            let (train, valid) = split_records(set.records, d.valid_fraction, profile.train.seed);
             let valid = if valid.is_empty() {
                 Vec::new()
             } else {
@@ -155,6 +157,20 @@ fn trainable(model: &CausalLm) -> Vec<(String, Var)> {
         .collect()
 }
 
+/// How [`train`] begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A new run: initialise the adapters.
+    Fresh,
+    /// Continue from the newest intact checkpoint (from scratch when there is none). A run
+    /// whose `profile.toml` no longer matches the one its checkpoint recorded is refused
+    /// unless `accept_profile_change`.
+    Resume { accept_profile_change: bool },
+}
+
+/// Memory the gradient initialisation may use for its probes at once.
+const GRAD_INIT_BUDGET_BYTES: usize = 1 << 30;
+
 struct Loop<'a> {
     profile: &'a Profile,
     run: &'a RunDir,
@@ -172,6 +188,21 @@ impl Loop<'_> {
             self.status.message = message;
         }
         self.run.write_status(&self.status)
+    }
+
+    /// The status message of a long stage's progress, `label: done/total unit`; the first
+    /// error writing it is kept in `error` (the stage's callback cannot return it).
+    fn stage_progress(
+        &mut self,
+        label: &str,
+        unit: &str,
+        (done, total): (usize, usize),
+        error: &mut Option<LorsError>,
+    ) {
+        let msg = format!("{label}: {done}/{total} {unit}");
+        if let Err(e) = self.set_status(RunState::Initializing, 0, Some(msg)) {
+            error.get_or_insert(e);
+        }
     }
 
     /// Act on new control requests: a pause blocks here (status `paused`) until a resume, a
@@ -230,16 +261,29 @@ impl Loop<'_> {
     }
 }
 
-/// Run (or resume) the training that `run`'s profile describes. `stop` is polled between
-/// steps (Ctrl-C): the run then checkpoints and ends as `stopped`. A NaN or infinite loss
-/// ends it as `failed` with a checkpoint of the last good step.
+/// Run (or resume) the training that `run`'s profile describes, owning the run directory
+/// (see [`RunDir::lock`]) while it does. `stop` is polled between steps (Ctrl-C, SIGTERM,
+/// SIGHUP): the run then checkpoints and ends as `stopped`. A NaN or infinite loss or gradient
+/// norm ends it as `failed`, with a checkpoint of the last finite step's parameters.
 pub fn train(
     profile: &Profile,
     run: &RunDir,
-    resume: bool,
+    start: Start,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunOutcome> {
+    let _lock = run.lock()?;
+    for dir in [&run.path, &run.checkpoints_path()] {
+        crate::io::clean_stale_temps(dir)?;
+    }
+    if let Ok(previous) = run.read_status() {
+        if previous.state.is_active() && previous.pid != std::process::id() {
+            on_event(&Event::Notice(format!(
+                "the previous process (pid {}) died at step {} without a word",
+                previous.pid, previous.step
+            )));
+        }
+    }
     let mut lp = Loop {
         profile,
         run,
@@ -261,7 +305,7 @@ pub fn train(
     };
     lp.status.control_ack = run.read_control()?.map_or(0, |c| c.id);
     lp.run.write_status(&lp.status)?;
-    let result = train_inner(&mut lp, resume, stop, on_event);
+    let result = train_inner(&mut lp, start, stop, on_event);
     if let Err(e) = &result {
         lp.status.error = Some(e.to_string());
         let step = lp.status.step;
@@ -286,111 +330,262 @@ fn record_sparsity(
     Ok(())
 }
 
+/// The profile to train: `lp.profile`, or with a prune step, the same on the model it
+/// prunes into the run directory (once; a resume finds it there).
+fn prune_stage(lp: &mut Loop, on_event: &mut dyn FnMut(&Event)) -> Result<Profile> {
+    let Some(settings) = lp.profile.prune.clone() else {
+        return Ok(lp.profile.clone());
+    };
+    let out = lp.run.path.join("pruned");
+    if !out.join("sparsity.json").is_file() {
+        let label = format!("pruning ({})", settings.method);
+        lp.set_status(RunState::Initializing, 0, Some(label.clone()))?;
+        let model = lp.profile.model.path.clone();
+        let mut status_error = None;
+        let report = crate::prune::prune_to_dir(&model, &settings, &out, &mut |done, total| {
+            on_event(&Event::PruneProgress { done, total });
+            lp.stage_progress(&label, "decoder layers", (done, total), &mut status_error);
+        })?;
+        if let Some(e) = status_error {
+            return Err(e);
+        }
+        on_event(&Event::Pruned(report));
+    }
+    let mut pruned = lp.profile.clone();
+    pruned.model.path = out;
+    Ok(pruned)
+}
+
+/// Restore the newest checkpoint that verifies and loads (older ones are tried when the
+/// newest is broken); `None` when there is none. A profile edited since the checkpoint is
+/// an error unless `accept_change`.
+fn restore_latest(
+    lp: &Loop,
+    p: &Prepared,
+    opt: &mut AdamW,
+    accept_change: bool,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Option<TrainerState>> {
+    for dir in lp.run.checkpoints() {
+        let restored = checkpoint::verify(&dir).and_then(|()| {
+            if let Some(recorded) = checkpoint::recorded_profile(&dir)? {
+                let changed = profile_differences(&recorded, lp.profile);
+                if !changed.is_empty() && !accept_change {
+                    return Err(LorsError::ProfileChanged {
+                        path: lp.run.profile_path(),
+                        keys: changed.join(", "),
+                    });
+                }
+            }
+            checkpoint::restore(&dir, &p.model, opt)
+        });
+        match restored {
+            Ok(state) => return Ok(Some(state)),
+            Err(e @ LorsError::ProfileChanged { .. }) => return Err(e),
+            Err(e) => on_event(&Event::Notice(format!(
+                "skipping checkpoint {}: {e}",
+                dir.display()
+            ))),
+        }
+    }
+    Ok(None)
+}
+
+/// The dotted keys whose values differ between two profiles.
+pub fn profile_differences(a: &Profile, b: &Profile) -> Vec<String> {
+    fn walk(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (toml::Value::Table(x), toml::Value::Table(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match (x.get(k), y.get(k)) {
+                        (Some(u), Some(v)) => walk(&key, u, v, out),
+                        _ => out.push(key),
+                    }
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let value = |p: &Profile| toml::Value::try_from(p).expect("profiles serialize");
+    let mut out = Vec::new();
+    walk("", &value(a), &value(b), &mut out);
+    out
+}
+
+/// Initialise fresh adapters as the profile says (from a file, or from gradients).
+fn init_adapters(
+    lp: &mut Loop,
+    profile: &Profile,
+    p: &Prepared,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<()> {
+    if let Some(path) = &profile.adapter.init_from {
+        return checkpoint::load_adapter(path, &p.model);
+    }
+    if profile.adapter.init != Init::Gradient {
+        return Ok(());
+    }
+    let label = "gradient init".to_string();
+    lp.set_status(RunState::Initializing, 0, Some(label.clone()))?;
+    let t = &profile.train;
+    let n = profile.adapter.init_samples.div_ceil(t.batch_size);
+    let batches = (0..n)
+        .map(|i| p.train.batch(i, DType::F32))
+        .collect::<Result<Vec<_>>>()?;
+    let mut status_error = None;
+    let report = gradient_init(
+        &p.model,
+        &batches,
+        profile.adapter.stable_gamma,
+        GRAD_INIT_BUDGET_BYTES,
+        t.seed,
+        &mut |done, total| {
+            on_event(&Event::InitProgress { done, total });
+            lp.stage_progress(&label, "layers", (done, total), &mut status_error);
+        },
+    )?;
+    if let Some(e) = status_error {
+        return Err(e);
+    }
+    let row = MetricRow::Init {
+        seconds: report.seconds,
+        layers: report.layers,
+        sequences: report.sequences,
+        sweeps: report.sweeps,
+    };
+    lp.run.append_metric(&row)?;
+    on_event(&Event::InitDone(report));
+    Ok(())
+}
+
+/// The loss, gradients and gradient norm of one optimiser step (accumulated over
+/// `grad_accum` micro-batches), before the update.
+struct StepGrads {
+    loss: f64,
+    grads: Vec<Tensor>,
+    grad_norm: f64,
+}
+
+/// Forward and backward over the step's micro-batches, advancing `state.batches_seen`.
+fn compute_grads(
+    p: &Prepared,
+    vars: &[Var],
+    grad_accum: usize,
+    state: &mut TrainerState,
+) -> Result<StepGrads> {
+    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut loss_sum = 0.0;
+    for _ in 0..grad_accum {
+        let batch = p.train.batch(state.batches_seen, DType::F32)?;
+        state.batches_seen += 1;
+        let logits = p.model.forward(&batch.ids)?;
+        let (loss, _) = causal_lm_loss(&logits, &batch.ids, &batch.loss_mask)?;
+        let loss = (loss / grad_accum as f64)?;
+        loss_sum += loss.to_scalar::<f32>()? as f64;
+        let store = loss.backward()?;
+        for (acc, var) in grads.iter_mut().zip(vars) {
+            let g = store.get(var).ok_or_else(|| {
+                LorsError::invalid("train", "an adapter tensor received no gradient")
+            })?;
+            *acc = Some(match acc.take() {
+                Some(a) => (a + g)?,
+                None => g.clone(),
+            });
+        }
+    }
+    let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("accumulated")).collect();
+    // Summed where the gradients live, in f64 and in order: one read from a GPU.
+    let mut sq: Option<Tensor> = None;
+    for g in &grads {
+        let part = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+        sq = Some(match sq {
+            Some(acc) => (acc + part)?,
+            None => part,
+        });
+    }
+    let grad_norm = sq.map_or(Ok(0.0), |s| s.to_scalar::<f64>())?.sqrt();
+    Ok(StepGrads {
+        loss: loss_sum,
+        grads,
+        grad_norm,
+    })
+}
+
+/// The error for a non-finite step, after checkpointing the last finite step's parameters.
+fn diverged(
+    step: usize,
+    g: &StepGrads,
+    last_good: Option<&checkpoint::Snapshot>,
+    save: &mut dyn FnMut(&checkpoint::Snapshot) -> Result<()>,
+) -> LorsError {
+    let what = if g.loss.is_finite() {
+        format!("the gradient norm is {} (loss {})", g.grad_norm, g.loss)
+    } else {
+        format!("the loss is {}", g.loss)
+    };
+    let kept = match last_good {
+        Some(snap) => match save(snap) {
+            Ok(()) => format!(
+                "checkpoint step-{:06} holds the parameters of the last finite step",
+                snap.state.step
+            ),
+            Err(e) => format!("saving the last finite step's parameters failed: {e}"),
+        },
+        None => "no step was finite, so no checkpoint was kept".into(),
+    };
+    LorsError::Diverged { step, what, kept }
+}
+
 fn train_inner(
     lp: &mut Loop,
-    resume: bool,
+    start: Start,
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunOutcome> {
-    let pruned_profile;
-    let profile = match &lp.profile.prune {
-        Some(settings) => {
-            let out = lp.run.path.join("pruned");
-            if !out.join("sparsity.json").is_file() {
-                lp.set_status(
-                    RunState::Initializing,
-                    0,
-                    Some(format!("pruning ({})", settings.method)),
-                )?;
-                let (model, settings) = (lp.profile.model.path.clone(), settings.clone());
-                let mut status_error = None;
-                let report =
-                    crate::prune::prune_to_dir(&model, &settings, &out, &mut |done, total| {
-                        on_event(&Event::PruneProgress { done, total });
-                        let msg = format!(
-                            "pruning ({}): {done}/{total} decoder layers",
-                            settings.method
-                        );
-                        if let Err(e) = lp.set_status(RunState::Initializing, 0, Some(msg)) {
-                            status_error.get_or_insert(e);
-                        }
-                    })?;
-                if let Some(e) = status_error {
-                    return Err(e);
-                }
-                on_event(&Event::Pruned(report));
-            }
-            let mut p = lp.profile.clone();
-            p.model.path = out;
-            pruned_profile = p;
-            &pruned_profile
-        }
-        None => lp.profile,
-    };
+    let profile = &prune_stage(lp, on_event)?;
     let t = &profile.train;
     let p = prepare(profile)?;
     let total = total_steps(profile, &p.train);
     lp.status.total_steps = total;
     let mut opt = AdamW::new(trainable(&p.model), &profile.optim)?;
-    let mut state = TrainerState {
-        step: 0,
-        seed: t.seed,
-        batches_seen: 0,
-        best_eval_loss: None,
-    };
-    let resumed_from = if resume {
-        lp.run.latest_checkpoint()
-    } else {
-        None
-    };
-    if let Some(dir) = &resumed_from {
-        state = checkpoint::restore(dir, &p.model, &mut opt)?;
-        lp.run.truncate_metrics_after(state.step)?;
-        lp.status.best_eval_loss = state.best_eval_loss;
-    } else if let Some(path) = &profile.adapter.init_from {
-        checkpoint::load_adapter(path, &p.model)?;
-    } else if profile.adapter.init == Init::Gradient {
-        lp.set_status(
-            RunState::Initializing,
-            0,
-            Some("gradient initialisation".into()),
-        )?;
-        let n = profile.adapter.init_samples.div_ceil(t.batch_size);
-        let batches = (0..n)
-            .map(|i| p.train.batch(i, DType::F32))
-            .collect::<Result<Vec<_>>>()?;
-        let mut status_error = None;
-        let report = gradient_init(
-            &p.model,
-            &batches,
-            profile.adapter.stable_gamma,
-            1 << 30,
-            t.seed,
-            &mut |done, total| {
-                on_event(&Event::InitProgress { done, total });
-                let msg = format!("gradient init: {done}/{total} layers");
-                if let Err(e) = lp.set_status(RunState::Initializing, 0, Some(msg)) {
-                    status_error.get_or_insert(e);
-                }
-            },
-        )?;
-        if let Some(e) = status_error {
-            return Err(e);
+    let restored = match start {
+        Start::Fresh => None,
+        Start::Resume {
+            accept_profile_change,
+        } => {
+            let restored = restore_latest(lp, &p, &mut opt, accept_profile_change, on_event)?;
+            lp.run
+                .truncate_metrics_to(restored.as_ref().map(|s| s.step))?;
+            restored
         }
-        let row = MetricRow::Init {
-            seconds: report.seconds,
-            layers: report.layers,
-            sequences: report.sequences,
-            sweeps: report.sweeps,
-        };
-        lp.run.append_metric(&row)?;
-        on_event(&Event::InitDone(report));
-    }
+    };
+    let mut state = match &restored {
+        Some(state) => {
+            lp.status.best_eval_loss = state.best_eval_loss;
+            state.clone()
+        }
+        None => {
+            init_adapters(lp, profile, &p, on_event)?;
+            TrainerState {
+                step: 0,
+                seed: t.seed,
+                batches_seen: 0,
+                best_eval_loss: None,
+            }
+        }
+    };
     on_event(&Event::Started {
         step: state.step,
         total,
     });
-    if resumed_from.is_none() {
+    if restored.is_none() {
         record_sparsity(lp.run, &p.model, state.step, on_event)?;
     }
     let tokens_per_step = (t.batch_size * t.grad_accum * profile.data.seq_len) as f64;
@@ -398,19 +593,24 @@ fn train_inner(
     let first_step = state.step;
     let loop_start = Instant::now();
     let mut last_eval = None;
-    let save =
-        |state: &TrainerState, opt: &AdamW, on_event: &mut dyn FnMut(&Event)| -> Result<()> {
-            let dir = checkpoint::save(&lp.run.checkpoints_path(), state, &p.model, opt, profile)?;
-            lp.run
-                .append_metric(&MetricRow::Checkpoint { step: state.step })?;
-            on_event(&Event::Checkpoint(dir));
-            Ok(())
-        };
+    let profile_toml = lp.profile.to_toml();
+    let run = lp.run;
+    let save = |snap: &checkpoint::Snapshot, on_event: &mut dyn FnMut(&Event)| -> Result<()> {
+        let dir = checkpoint::save(&run.checkpoints_path(), snap, profile, &profile_toml)?;
+        run.append_metric(&MetricRow::Checkpoint {
+            step: snap.state.step,
+        })?;
+        on_event(&Event::Checkpoint(dir));
+        Ok(())
+    };
+    // The state before the newest finite step's update: kept if the next step diverges.
+    let mut last_good: Option<checkpoint::Snapshot> = None;
     lp.set_status(RunState::Running, state.step, Some("training".into()))?;
     while state.step < total {
-        lp.follow_control(stop, &mut || save(&state, &opt, &mut *on_event))?;
+        let snapshot = || checkpoint::Snapshot::capture(&state, &p.model, &opt);
+        lp.follow_control(stop, &mut || save(&snapshot()?, &mut *on_event))?;
         if stop.load(Ordering::SeqCst) {
-            save(&state, &opt, on_event)?;
+            save(&snapshot()?, on_event)?;
             lp.set_status(
                 RunState::Stopped,
                 state.step,
@@ -427,61 +627,35 @@ fn train_inner(
         reset_gpu_peak(device)?;
         memory::reset_peak();
         let live_at_start = memory::live_bytes();
-        let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
-        let mut loss_sum = 0.0;
-        for _ in 0..t.grad_accum {
-            let batch = p.train.batch(state.batches_seen, DType::F32)?;
-            state.batches_seen += 1;
-            let logits = p.model.forward(&batch.ids)?;
-            let (loss, _) = causal_lm_loss(&logits, &batch.ids, &batch.loss_mask)?;
-            let loss = (loss / t.grad_accum as f64)?;
-            loss_sum += loss.to_scalar::<f32>()? as f64;
-            let store = loss.backward()?;
-            for (acc, var) in grads.iter_mut().zip(&vars) {
-                let g = store.get(var).ok_or_else(|| {
-                    LorsError::invalid("train", "an adapter tensor received no gradient")
-                })?;
-                *acc = Some(match acc.take() {
-                    Some(a) => (a + g)?,
-                    None => g.clone(),
-                });
-            }
+        let before = state.clone();
+        let g = compute_grads(&p, &vars, t.grad_accum, &mut state)?;
+        if !(g.loss.is_finite() && g.grad_norm.is_finite()) {
+            let mut save_good = |snap: &checkpoint::Snapshot| save(snap, &mut *on_event);
+            return Err(diverged(
+                before.step + 1,
+                &g,
+                last_good.as_ref(),
+                &mut save_good,
+            ));
         }
-        if !loss_sum.is_finite() {
-            save(&state, &opt, on_event)?;
-            return Err(LorsError::Diverged {
-                step: state.step + 1,
-                loss: loss_sum,
-            });
-        }
-        let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("accumulated")).collect();
-        // Summed where the gradients live, in f64 and in order: one read from a GPU.
-        let mut sq: Option<Tensor> = None;
-        for g in &grads {
-            let part = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
-            sq = Some(match sq {
-                Some(acc) => (acc + part)?,
-                None => part,
-            });
-        }
-        let grad_norm = sq.map_or(Ok(0.0), |s| s.to_scalar::<f64>())?.sqrt();
+        last_good = Some(checkpoint::Snapshot::capture(&before, &p.model, &opt)?);
         let clip = profile.optim.grad_clip;
-        let scale = if clip > 0.0 && grad_norm > clip {
-            clip / grad_norm
+        let scale = if clip > 0.0 && g.grad_norm > clip {
+            clip / g.grad_norm
         } else {
             1.0
         };
         let lr = lr_at(&profile.optim, state.step, total);
-        opt.step(&grads, lr, scale)?;
+        opt.step(&g.grads, lr, scale)?;
         state.step += 1;
         // Reading GPU memory waits for the step's kernels, so the time below includes them.
         let gpu = gpu_memory(device)?;
         let step_s = step_start.elapsed().as_secs_f64();
         let row = MetricRow::Train {
             step: state.step,
-            loss: loss_sum,
+            loss: g.loss,
             lr,
-            grad_norm,
+            grad_norm: g.grad_norm,
             tokens_per_s: tokens_per_step / step_s,
             elapsed_s: lp.started.elapsed().as_secs_f64(),
             live_bytes: memory::live_bytes(),
@@ -495,7 +669,7 @@ fn train_inner(
         let done = (state.step - first_step) as f64;
         lp.status.eta_s =
             Some(loop_start.elapsed().as_secs_f64() / done * (total - state.step) as f64);
-        lp.status.last_loss = Some(loss_sum);
+        lp.status.last_loss = Some(g.loss);
         let is_last = state.step == total;
         if (t.eval_every > 0 && state.step.is_multiple_of(t.eval_every)) || is_last {
             if let Some(e) = lp.eval(&p)? {
@@ -514,7 +688,10 @@ fn train_inner(
             record_sparsity(lp.run, &p.model, state.step, on_event)?;
         }
         if (t.save_every > 0 && state.step.is_multiple_of(t.save_every)) || is_last {
-            save(&state, &opt, on_event)?;
+            save(
+                &checkpoint::Snapshot::capture(&state, &p.model, &opt)?,
+                on_event,
+            )?;
         }
         lp.set_status(RunState::Running, state.step, None)?;
     }

@@ -854,10 +854,7 @@ impl App {
         };
         let path = run.path.clone();
         let state = run.status.as_ref().map(|s| s.state);
-        let live = matches!(
-            state,
-            Some(RunState::Running | RunState::Paused | RunState::Initializing)
-        );
+        let live = state.is_some_and(RunState::is_active);
         match key.code {
             KeyCode::Char('p') if live => {
                 let req = if state == Some(RunState::Paused) {

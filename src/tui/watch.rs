@@ -87,7 +87,34 @@ impl RunInfo {
                 changed = true;
             }
         }
-        changed
+        changed | self.notice_crash(&run)
+    }
+
+    /// A run whose status says its process works on it, while that process is gone, is
+    /// recorded as crashed (see [`RunDir::mark_crashed_if_dead`]); true when it was.
+    fn notice_crash(&mut self, run: &RunDir) -> bool {
+        let looks_dead = self
+            .status
+            .as_ref()
+            .is_some_and(|s| s.state.is_active() && !crate::io::process_alive(s.pid));
+        if !looks_dead {
+            return false;
+        }
+        match run.mark_crashed_if_dead() {
+            Ok(Some(s)) => {
+                self.events
+                    .push(format!("crashed: {}", s.error.clone().unwrap_or_default()));
+                self.status_mtime = mtime(&run.status_path());
+                self.status = Some(s);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                self.events
+                    .push(format!("cannot mark the run crashed: {e}"));
+                false
+            }
+        }
     }
 
     fn tail_metrics(&mut self, path: &Path) -> bool {
