@@ -113,5 +113,25 @@ impl LorsError {
     }
 }
 
+/// Run a third-party parser over the file at `path`, turning a panic on malformed input
+/// (the parquet reader has such paths) into an error naming the file.
+pub fn catch_parser_panic<T>(
+    path: &Path,
+    what: &str,
+    parse: impl FnOnce() -> Result<T>,
+) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(parse)).unwrap_or_else(|panic| {
+        let message = panic
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        Err(LorsError::parse(
+            path,
+            format!("the {what} reader failed on this file (is it damaged?): {message}"),
+        ))
+    })
+}
+
 /// Result type of the library.
 pub type Result<T> = std::result::Result<T, LorsError>;

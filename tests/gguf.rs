@@ -302,6 +302,20 @@ fn bad_gguf_files_are_clear_errors_and_a_gguf_path_is_a_model() {
         err.contains("token_embd.weight") && err.contains("2147483648"),
         "{err}"
     );
+    // An alignment of 0 makes candle's reader divide by zero: an error, not a crash.
+    let unaligned = tmp.path().join("unaligned.gguf");
+    let meta = [
+        ("general.architecture", &Value::String("llama".into())),
+        ("general.alignment", &Value::U32(0)),
+    ];
+    gguf_file::write(&mut std::fs::File::create(&unaligned).unwrap(), &meta, &[]).unwrap();
+    let err = convert_gguf(&unaligned, &tmp.path().join("u"), DType::F32)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("unaligned.gguf") && err.contains("GGUF"),
+        "{err}"
+    );
     // A .gguf path used as a model converts once into the user's cache and evaluates like
     // the model it came from.
     let src = shared().join("models/stories260K");

@@ -171,7 +171,7 @@ pub fn for_each_record(
         each,
     };
     if ext == "parquet" {
-        read_parquet(&mut sink)?;
+        crate::error::catch_parser_panic(path, "parquet", || read_parquet(&mut sink))?;
     } else {
         let file = std::fs::File::open(path).map_err(|e| LorsError::io(path, e))?;
         let plain_text = matches!(ext.as_str(), "txt" | "raw" | "text");

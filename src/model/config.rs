@@ -225,7 +225,6 @@ impl ModelConfig {
         for (field, size) in [
             ("hidden_size", raw.hidden_size),
             ("intermediate_size", raw.intermediate_size),
-            ("num_hidden_layers", raw.num_hidden_layers),
             ("vocab_size", raw.vocab_size),
         ] {
             if size == 0 {

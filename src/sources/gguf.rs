@@ -442,7 +442,17 @@ fn check_tensor_extents(
 }
 
 /// Read a GGUF stream (`file` names it in errors): config, tokenizer and weights in `dtype`.
+/// Malformed input is an error, also where candle's reader panics (a `general.alignment` of
+/// 0 divides by zero).
 pub fn read_gguf(
+    reader: &mut (impl std::io::Read + std::io::Seek),
+    file: &Path,
+    dtype: DType,
+) -> Result<GgufModel> {
+    crate::error::catch_parser_panic(file, "GGUF", || read_gguf_unguarded(reader, file, dtype))
+}
+
+fn read_gguf_unguarded(
     reader: &mut (impl std::io::Read + std::io::Seek),
     file: &Path,
     dtype: DType,
