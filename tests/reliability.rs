@@ -88,6 +88,19 @@ fn wait_for_train_rows(run: &Path, n: usize, child: &mut Child) {
     }
 }
 
+/// `lors train --profile p --run-dir run` in the background, output discarded.
+fn spawn_train(p: &Path, run: &Path) -> Child {
+    lors()
+        .args(["train", "--profile"])
+        .arg(p)
+        .arg("--run-dir")
+        .arg(run)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn signal(child: &Child, sig: i32) {
     // SAFETY: sending a signal to our own child process.
     assert_eq!(unsafe { libc::kill(child.id() as i32, sig) }, 0);
@@ -200,15 +213,7 @@ fn signals_checkpoint_and_stop_and_a_second_one_exits_at_once() {
         .enumerate()
     {
         let run = f.root.join(format!("runs/sig{i}"));
-        let mut child = lors()
-            .args(["train", "--profile"])
-            .arg(&p)
-            .arg("--run-dir")
-            .arg(&run)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_train(&p, &run);
         wait_for_train_rows(&run, 2, &mut child);
         signal(&child, sig);
         let status = child.wait().unwrap();
@@ -233,15 +238,7 @@ fn signals_checkpoint_and_stop_and_a_second_one_exits_at_once() {
         &["train.max_steps=100", "train.eval_every=1", valid.as_str()],
     );
     let run = f.root.join("runs/twice");
-    let mut child = lors()
-        .args(["train", "--profile"])
-        .arg(&p)
-        .arg("--run-dir")
-        .arg(&run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&p, &run);
     wait_for_train_rows(&run, 1, &mut child);
     signal(&child, libc::SIGTERM);
     std::thread::sleep(Duration::from_millis(100));
@@ -267,15 +264,7 @@ fn a_killed_run_is_marked_crashed_and_one_process_owns_a_run() {
         ],
     );
     let run = f.root.join("runs/owned");
-    let mut child = lors()
-        .args(["train", "--profile"])
-        .arg(&p)
-        .arg("--run-dir")
-        .arg(&run)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_train(&p, &run);
     wait_for_train_rows(&run, 6, &mut child);
     // A second process may not resume a run that is alive.
     let err = run_err(lors().arg("train").arg("--resume").arg(&run));

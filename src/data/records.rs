@@ -87,7 +87,23 @@ struct Sink<'a> {
     each: &'a mut dyn FnMut(Record) -> Result<()>,
 }
 
-impl Sink<'_> {
+impl<'a> Sink<'a> {
+    fn new(
+        path: &Path,
+        format: DataFormat,
+        skip_bad: bool,
+        each: &'a mut dyn FnMut(Record) -> Result<()>,
+    ) -> Self {
+        Self {
+            path: path.to_path_buf(),
+            format,
+            skip_bad,
+            records: 0,
+            skipped: 0,
+            each,
+        }
+    }
+
     /// A record, or the reason it is bad, from line `line`.
     fn take(&mut self, line: usize, parsed: std::result::Result<Record, String>) -> Result<()> {
         match parsed {
@@ -162,14 +178,7 @@ pub fn for_each_record(
         .and_then(|e| e.to_str())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let mut sink = Sink {
-        path: path.to_path_buf(),
-        format,
-        skip_bad,
-        records: 0,
-        skipped: 0,
-        each,
-    };
+    let mut sink = Sink::new(path, format, skip_bad, each);
     if ext == "parquet" {
         crate::error::catch_parser_panic(path, "parquet", || read_parquet(&mut sink))?;
     } else {
@@ -194,14 +203,7 @@ pub fn parse_records(
         records.push(r);
         Ok(())
     };
-    let mut sink = Sink {
-        path: path.to_path_buf(),
-        format,
-        skip_bad,
-        records: 0,
-        skipped: 0,
-        each: &mut each,
-    };
+    let mut sink = Sink::new(path, format, skip_bad, &mut each);
     parse_stream(reader, plain_text, &mut sink)?;
     let skipped = sink.finish()?;
     Ok(RecordSet {
