@@ -59,7 +59,7 @@ pub fn records_to_blocks(
     let examples = tokenize_records(records, tok, opts.train_on_prompt)?;
     Ok(examples_to_blocks(
         has_instructions(records),
-        &examples,
+        examples,
         tok,
         opts,
     ))
@@ -75,7 +75,7 @@ fn has_instructions(records: &[Record]) -> bool {
 /// instructions).
 fn examples_to_blocks(
     instruction: bool,
-    examples: &[Example],
+    examples: Vec<Example>,
     tok: &TextTokenizer,
     opts: &BlockOptions,
 ) -> Vec<Block> {
@@ -124,7 +124,8 @@ pub fn summarize_file(
         .iter()
         .filter(|r| matches!(r, Record::Instruction { .. }))
         .count();
-    let blocks = examples_to_blocks(has_instructions(&set.records), &examples, tok, opts);
+    let tokens = examples.iter().map(|e| e.ids.len()).sum();
+    let blocks = examples_to_blocks(has_instructions(&set.records), examples, tok, opts);
     check_not_empty(path, &blocks, opts)?;
     Ok(DataSummary {
         format: match instructions {
@@ -134,7 +135,7 @@ pub fn summarize_file(
         },
         records: set.records.len(),
         skipped: set.skipped,
-        tokens: examples.iter().map(|e| e.ids.len()).sum(),
+        tokens,
         sequences: blocks.len(),
     })
 }
@@ -149,7 +150,7 @@ pub fn load_blocks(path: &Path, tok: &TextTokenizer, opts: &BlockOptions) -> Res
         examples.push(tokenize_record(&r, tok, opts.train_on_prompt)?);
         Ok(())
     })?;
-    let blocks = examples_to_blocks(instruction, &examples, tok, opts);
+    let blocks = examples_to_blocks(instruction, examples, tok, opts);
     check_not_empty(path, &blocks, opts)?;
     Ok(LoadedData { blocks, skipped })
 }

@@ -259,12 +259,13 @@ pub fn tokenize_record(r: &Record, tok: &TextTokenizer, train_on_prompt: bool) -
 
 /// Concatenate examples and cut the stream into non-overlapping blocks of `seq_len` tokens
 /// (the remainder is dropped). Each block predicts its tokens 1..seq_len from the ones before.
-pub fn pack_blocks(examples: &[Example], seq_len: usize) -> Vec<Block> {
+/// Each example is freed once packed, so the tokens are held about once, not twice.
+pub fn pack_blocks(examples: Vec<Example>, seq_len: usize) -> Vec<Block> {
     let mut blocks = Vec::new();
     let mut ids = Vec::with_capacity(seq_len);
     let mut loss = Vec::with_capacity(seq_len);
     for e in examples {
-        for (&id, &l) in e.ids.iter().zip(&e.loss) {
+        for (id, l) in e.ids.into_iter().zip(e.loss) {
             ids.push(id);
             loss.push(l);
             if ids.len() == seq_len {
@@ -279,13 +280,11 @@ pub fn pack_blocks(examples: &[Example], seq_len: usize) -> Vec<Block> {
 }
 
 /// One block per example, truncated or padded (with `pad_id`, out of the loss) to `seq_len`.
-pub fn pad_blocks(examples: &[Example], seq_len: usize, pad_id: u32) -> Vec<Block> {
+pub fn pad_blocks(examples: Vec<Example>, seq_len: usize, pad_id: u32) -> Vec<Block> {
     examples
-        .iter()
+        .into_iter()
         .map(|e| {
-            let n = e.ids.len().min(seq_len);
-            let mut ids = e.ids[..n].to_vec();
-            let mut loss = e.loss[..n].to_vec();
+            let (mut ids, mut loss) = (e.ids, e.loss);
             ids.resize(seq_len, pad_id);
             loss.resize(seq_len, false);
             Block { ids, loss }
