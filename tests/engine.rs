@@ -868,3 +868,23 @@ fn data_files_in_other_encodings_get_a_hint() {
         );
     }
 }
+
+#[test]
+fn a_checkpoint_from_before_manifests_still_resumes() {
+    let f = fixture();
+    let p = profile(&f, &[]);
+    let full = f.root.join("runs/full");
+    run(&p, &full, None).unwrap();
+    let old = f.root.join("runs/old");
+    run(&p, &old, Some(3)).unwrap();
+    let ckpt = RunDir::open(&old).unwrap().checkpoints()[0].clone();
+    for f in ["manifest.json", "profile.toml"] {
+        std::fs::remove_file(ckpt.join(f)).unwrap();
+    }
+    lors::train::checkpoint::verify(&ckpt).unwrap();
+    run(&p, &old, None).unwrap();
+    assert_eq!(reproducible_rows(&old), reproducible_rows(&full));
+    std::fs::remove_file(ckpt.join("optimizer.safetensors")).unwrap();
+    let err = lors::train::checkpoint::verify(&ckpt).unwrap_err();
+    assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
+}
