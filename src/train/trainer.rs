@@ -543,6 +543,62 @@ fn diverged(
     LorsError::Diverged { step, what, kept }
 }
 
+/// Where training begins: a restored checkpoint on a resume (metrics cut back to it), else
+/// freshly initialised adapters at step 0 (metrics started anew).
+fn starting_state(
+    lp: &mut Loop,
+    profile: &Profile,
+    p: &Prepared,
+    opt: &mut AdamW,
+    start: Start,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<TrainerState> {
+    if let Start::Resume {
+        accept_profile_change,
+    } = start
+    {
+        let restored = restore_latest(lp, p, opt, accept_profile_change, on_event)?;
+        lp.run
+            .truncate_metrics_to(restored.as_ref().map(|s| s.step))?;
+        if let Some(state) = restored {
+            lp.status.best_eval_loss = state.best_eval_loss;
+            return Ok(state);
+        }
+    }
+    init_adapters(lp, profile, p, on_event)?;
+    record_sparsity(lp.run, &p.model, 0, on_event)?;
+    Ok(TrainerState {
+        step: 0,
+        seed: profile.train.seed,
+        batches_seen: 0,
+        best_eval_loss: None,
+    })
+}
+
+/// Evaluate after a step (recording the loss and the best so far) and record the sparsity.
+fn evaluate_step(
+    lp: &mut Loop,
+    p: &Prepared,
+    state: &mut TrainerState,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<Option<EvalResult>> {
+    let result = lp.eval(p)?;
+    if let Some(e) = &result {
+        let row = MetricRow::Eval {
+            step: state.step,
+            eval_loss: e.loss,
+            eval_ppl: e.perplexity,
+        };
+        lp.run.append_metric(&row)?;
+        on_event(&Event::Metric(row));
+        let best = state.best_eval_loss.map_or(e.loss, |b: f64| b.min(e.loss));
+        state.best_eval_loss = Some(best);
+        lp.status.best_eval_loss = Some(best);
+    }
+    record_sparsity(lp.run, &p.model, state.step, on_event)?;
+    Ok(result)
+}
+
 fn train_inner(
     lp: &mut Loop,
     start: Start,
@@ -555,39 +611,11 @@ fn train_inner(
     let total = total_steps(profile, &p.train);
     lp.status.total_steps = total;
     let mut opt = AdamW::new(trainable(&p.model), &profile.optim)?;
-    let restored = match start {
-        Start::Fresh => None,
-        Start::Resume {
-            accept_profile_change,
-        } => {
-            let restored = restore_latest(lp, &p, &mut opt, accept_profile_change, on_event)?;
-            lp.run
-                .truncate_metrics_to(restored.as_ref().map(|s| s.step))?;
-            restored
-        }
-    };
-    let mut state = match &restored {
-        Some(state) => {
-            lp.status.best_eval_loss = state.best_eval_loss;
-            state.clone()
-        }
-        None => {
-            init_adapters(lp, profile, &p, on_event)?;
-            TrainerState {
-                step: 0,
-                seed: t.seed,
-                batches_seen: 0,
-                best_eval_loss: None,
-            }
-        }
-    };
+    let mut state = starting_state(lp, profile, &p, &mut opt, start, on_event)?;
     on_event(&Event::Started {
         step: state.step,
         total,
     });
-    if restored.is_none() {
-        record_sparsity(lp.run, &p.model, state.step, on_event)?;
-    }
     let tokens_per_step = (t.batch_size * t.grad_accum * profile.data.seq_len) as f64;
     let vars: Vec<Var> = trainable(&p.model).into_iter().map(|(_, v)| v).collect();
     let first_step = state.step;
@@ -672,20 +700,7 @@ fn train_inner(
         lp.status.last_loss = Some(g.loss);
         let is_last = state.step == total;
         if (t.eval_every > 0 && state.step.is_multiple_of(t.eval_every)) || is_last {
-            if let Some(e) = lp.eval(&p)? {
-                let row = MetricRow::Eval {
-                    step: state.step,
-                    eval_loss: e.loss,
-                    eval_ppl: e.perplexity,
-                };
-                lp.run.append_metric(&row)?;
-                on_event(&Event::Metric(row));
-                let best = state.best_eval_loss.map_or(e.loss, |b: f64| b.min(e.loss));
-                state.best_eval_loss = Some(best);
-                lp.status.best_eval_loss = Some(best);
-                last_eval = Some(e);
-            }
-            record_sparsity(lp.run, &p.model, state.step, on_event)?;
+            last_eval = evaluate_step(lp, &p, &mut state, on_event)?.or(last_eval);
         }
         if (t.save_every > 0 && state.step.is_multiple_of(t.save_every)) || is_last {
             save(
