@@ -518,6 +518,15 @@ fn compute_grads(
     })
 }
 
+/// The factor that clips a gradient of norm `norm` to `clip` (0: no clipping).
+fn clip_scale(clip: f64, norm: f64) -> f64 {
+    if clip > 0.0 && norm > clip {
+        clip / norm
+    } else {
+        1.0
+    }
+}
+
 /// The error for a non-finite step, after checkpointing the last finite step's parameters.
 fn diverged(
     step: usize,
@@ -667,24 +676,21 @@ fn train_inner(
             ));
         }
         last_good = Some(checkpoint::Snapshot::capture(&before, &p.model, &opt)?);
-        let clip = profile.optim.grad_clip;
-        let scale = if clip > 0.0 && g.grad_norm > clip {
-            clip / g.grad_norm
-        } else {
-            1.0
-        };
         let lr = lr_at(&profile.optim, state.step, total);
-        opt.step(&g.grads, lr, scale)?;
+        opt.step(
+            &g.grads,
+            lr,
+            clip_scale(profile.optim.grad_clip, g.grad_norm),
+        )?;
         state.step += 1;
         // Reading GPU memory waits for the step's kernels, so the time below includes them.
         let gpu = gpu_memory(device)?;
-        let step_s = step_start.elapsed().as_secs_f64();
         let row = MetricRow::Train {
             step: state.step,
             loss: g.loss,
             lr,
             grad_norm: g.grad_norm,
-            tokens_per_s: tokens_per_step / step_s,
+            tokens_per_s: tokens_per_step / step_start.elapsed().as_secs_f64(),
             elapsed_s: lp.started.elapsed().as_secs_f64(),
             live_bytes: memory::live_bytes(),
             peak_bytes: memory::peak_bytes(),
@@ -698,11 +704,12 @@ fn train_inner(
         lp.status.eta_s =
             Some(loop_start.elapsed().as_secs_f64() / done * (total - state.step) as f64);
         lp.status.last_loss = Some(g.loss);
-        let is_last = state.step == total;
-        if (t.eval_every > 0 && state.step.is_multiple_of(t.eval_every)) || is_last {
+        let step = state.step;
+        let due = |every: usize| (every > 0 && step.is_multiple_of(every)) || step == total;
+        if due(t.eval_every) {
             last_eval = evaluate_step(lp, &p, &mut state, on_event)?.or(last_eval);
         }
-        if (t.save_every > 0 && state.step.is_multiple_of(t.save_every)) || is_last {
+        if due(t.save_every) {
             save(
                 &checkpoint::Snapshot::capture(&state, &p.model, &opt)?,
                 on_event,
