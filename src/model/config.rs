@@ -222,38 +222,7 @@ impl ModelConfig {
                 format!("{head_dim} must be a positive even number"),
             ));
         }
-        for (field, size) in [
-            ("hidden_size", raw.hidden_size),
-            ("intermediate_size", raw.intermediate_size),
-            ("vocab_size", raw.vocab_size),
-        ] {
-            if size == 0 {
-                return Err(LorsError::invalid(field, "must be positive"));
-            }
-        }
-        let products = [
-            raw.num_attention_heads.checked_mul(head_dim),
-            num_kv_heads.checked_mul(head_dim),
-            raw.intermediate_size.checked_mul(raw.hidden_size),
-            raw.vocab_size.checked_mul(raw.hidden_size),
-            raw.num_attention_heads
-                .checked_mul(head_dim)
-                .and_then(|q| q.checked_mul(raw.hidden_size)),
-        ];
-        if products.iter().any(Option::is_none) {
-            return Err(LorsError::invalid(
-                "hidden_size",
-                "the layer sizes are too large to address",
-            ));
-        }
-        for (field, value) in [
-            ("rms_norm_eps", raw.rms_norm_eps),
-            ("rope_theta", raw.rope_theta),
-        ] {
-            if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
-                return Err(LorsError::invalid(field, "must be finite and positive"));
-            }
-        }
+        check_sizes(&raw, num_kv_heads, head_dim)?;
         let rope = raw.rope_parameters.clone().or(raw.rope_scaling.clone());
         let rope_theta = raw
             .rope_theta
@@ -307,4 +276,42 @@ impl ModelConfig {
             stored_dtype: raw.torch_dtype,
         })
     }
+}
+
+/// Sizes must be positive where a layer needs them, their products addressable, and the
+/// norm epsilon and rope base finite and positive.
+fn check_sizes(raw: &RawConfig, num_kv_heads: usize, head_dim: usize) -> Result<()> {
+    for (field, size) in [
+        ("hidden_size", raw.hidden_size),
+        ("intermediate_size", raw.intermediate_size),
+        ("vocab_size", raw.vocab_size),
+    ] {
+        if size == 0 {
+            return Err(LorsError::invalid(field, "must be positive"));
+        }
+    }
+    let products = [
+        raw.num_attention_heads.checked_mul(head_dim),
+        num_kv_heads.checked_mul(head_dim),
+        raw.intermediate_size.checked_mul(raw.hidden_size),
+        raw.vocab_size.checked_mul(raw.hidden_size),
+        raw.num_attention_heads
+            .checked_mul(head_dim)
+            .and_then(|q| q.checked_mul(raw.hidden_size)),
+    ];
+    if products.iter().any(Option::is_none) {
+        return Err(LorsError::invalid(
+            "hidden_size",
+            "the layer sizes are too large to address",
+        ));
+    }
+    for (field, value) in [
+        ("rms_norm_eps", raw.rms_norm_eps),
+        ("rope_theta", raw.rope_theta),
+    ] {
+        if value.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            return Err(LorsError::invalid(field, "must be finite and positive"));
+        }
+    }
+    Ok(())
 }

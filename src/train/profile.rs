@@ -353,28 +353,7 @@ impl Profile {
                 format!("{} must be positive", a.stable_gamma),
             );
         }
-        let o = &self.optim;
-        if !(o.lr.is_finite() && o.lr > 0.0) {
-            return bad("optim.lr", format!("{} must be positive", o.lr));
-        }
-        if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return bad("optim.betas", format!("{:?} must be in [0, 1)", o.betas));
-        }
-        for (key, value, zero_ok) in [
-            ("optim.eps", o.eps, false),
-            ("optim.weight_decay", o.weight_decay, true),
-            ("optim.grad_clip", o.grad_clip, true),
-        ] {
-            let in_range = if zero_ok { value >= 0.0 } else { value > 0.0 };
-            if !(value.is_finite() && in_range) {
-                let range = if zero_ok {
-                    "finite and >= 0"
-                } else {
-                    "finite and > 0"
-                };
-                return bad(key, format!("{value} must be {range}"));
-            }
-        }
+        validate_optim(&self.optim)?;
         let t = &self.train;
         match (t.max_steps, t.epochs) {
             (None, None) => return bad("train.max_steps", "give max_steps or epochs".into()),
@@ -443,6 +422,33 @@ impl Profile {
         }
         abs(&mut self.train.output_dir);
     }
+}
+
+/// Check the optimiser settings: every value finite and in its range.
+fn validate_optim(o: &OptimSection) -> Result<()> {
+    let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        return bad("optim.lr", format!("{} must be positive", o.lr));
+    }
+    if o.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+        return bad("optim.betas", format!("{:?} must be in [0, 1)", o.betas));
+    }
+    for (key, value, zero_ok) in [
+        ("optim.eps", o.eps, false),
+        ("optim.weight_decay", o.weight_decay, true),
+        ("optim.grad_clip", o.grad_clip, true),
+    ] {
+        let in_range = if zero_ok { value >= 0.0 } else { value > 0.0 };
+        if !(value.is_finite() && in_range) {
+            let range = if zero_ok {
+                "finite and >= 0"
+            } else {
+                "finite and > 0"
+            };
+            return bad(key, format!("{value} must be {range}"));
+        }
+    }
+    Ok(())
 }
 
 /// A run name must be one plain path component, so the run stays inside `output_dir`.
