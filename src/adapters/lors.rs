@@ -1,12 +1,9 @@
 //! `lors`: the adapter merged through the mask, `y = x·((W + s·B·A) ⊙ M)ᵀ`, with weight
 //! recompute and the rearranged (`approx`) or exact adapter gradient (see `low_rank_op`).
 
-use candle_core::Tensor;
-
 use super::low_rank::LowRank;
 use super::low_rank_op::{GradMode, LowRankKind, LowRankOp};
 use super::SparseLinear;
-use crate::error::Result;
 
 #[derive(Debug, Clone)]
 pub(crate) struct Lors {
@@ -24,16 +21,15 @@ impl Lors {
         }
     }
 
-    pub fn forward(&self, base: &SparseLinear, x: &Tensor) -> Result<Tensor> {
-        let (a, b) = self.params.in_dtype(x.dtype())?;
-        let op = LowRankOp {
+    /// The op for `base`; `y = x.apply_op3(A, B, op)`.
+    pub fn op(&self, base: &SparseLinear) -> LowRankOp {
+        LowRankOp {
             weight: base.weight().clone(),
             scale: self.scale,
             kind: LowRankKind::Lors {
                 mask: base.op_mask().clone(),
                 grad: self.grad,
             },
-        };
-        Ok(x.apply_op3(&a, &b, op)?)
+        }
     }
 }

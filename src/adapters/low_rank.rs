@@ -40,14 +40,6 @@ impl LowRank {
         (&self.a, &self.b)
     }
 
-    /// `A` and `B` in the compute dtype `dtype` (a no-op when they already are).
-    pub fn in_dtype(&self, dtype: DType) -> Result<(Tensor, Tensor)> {
-        Ok((
-            self.a.as_tensor().to_dtype(dtype)?,
-            self.b.as_tensor().to_dtype(dtype)?,
-        ))
-    }
-
     /// `ΔW = s·B·A` (out x in).
     pub fn delta(&self, scale: f64) -> Result<Tensor> {
         Ok((self.b.matmul(&self.a)? * scale)?)

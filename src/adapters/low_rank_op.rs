@@ -354,6 +354,54 @@ impl LowRankOp {
         let grad_b = (g.t()?.matmul(&x_a)? * self.scale)?; // out x r
         Ok((grad_a, grad_b, g_b))
     }
+
+    /// Gradients `(grad_x if need_x, grad_A, grad_B)` for the output gradient `grad_y` of
+    /// input `x` (..., in), in the compute dtype: the op's backward, also called directly by
+    /// the decoder block's hand-written backward.
+    pub(crate) fn backward(
+        &self,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+        grad_y: &Tensor,
+        need_x: bool,
+    ) -> Result<(Option<Tensor>, Tensor, Tensor)> {
+        let (out, in_f) = self.weight.dims2()?;
+        let tokens = x.elem_count() / in_f;
+        let (a, b) = (a.detach(), b.detach());
+        let x2 = x.detach().reshape((tokens, in_f))?;
+        let g = grad_y.reshape((tokens, out))?;
+        let (grad_x, grad_a, grad_b) = match &self.kind {
+            LowRankKind::Lora => {
+                let (grad_a, grad_b, g_b) = self.rank_r_grads(&x2, &g, &a, &b)?;
+                let grad_x = need_x
+                    .then(|| g.matmul(&self.weight)? + g_b.matmul(&a)?)
+                    .transpose()?;
+                (grad_x, grad_a, grad_b)
+            }
+            LowRankKind::Lors { mask, grad } => {
+                let grad_x = need_x
+                    .then(|| g.matmul(&self.merged_weight(&a, &b, mask)?))
+                    .transpose()?;
+                let (grad_a, grad_b) = match grad {
+                    GradMode::Approx => {
+                        let (ga, gb, _) = self.rank_r_grads(&x2, &g, &a, &b)?;
+                        (ga, gb)
+                    }
+                    GradMode::Exact => {
+                        let dense = g.t()?.matmul(&x2)?; // out x in, this backward only
+                        dense.inplace_op1(&ApplyMask(mask))?;
+                        let grad_a = (b.t()?.matmul(&dense)? * self.scale)?;
+                        let grad_b = (dense.matmul(&a.t()?)? * self.scale)?;
+                        (grad_a, grad_b)
+                    }
+                };
+                (grad_x, grad_a, grad_b)
+            }
+        };
+        let grad_x = grad_x.map(|gx| gx.reshape(x.shape())).transpose()?;
+        Ok((grad_x, grad_a, grad_b))
+    }
 }
 
 impl CustomOp3 for LowRankOp {
@@ -397,41 +445,7 @@ impl CustomOp3 for LowRankOp {
         _res: &Tensor,
         grad_y: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let (out, in_f) = self.weight.dims2()?;
-        let tokens = x.elem_count() / in_f;
-        let need_x = x.track_op();
-        let (a, b) = (a.detach(), b.detach());
-        let x2 = x.detach().reshape((tokens, in_f))?;
-        let g = grad_y.reshape((tokens, out))?;
-        let (grad_x, grad_a, grad_b) = match &self.kind {
-            LowRankKind::Lora => {
-                let (grad_a, grad_b, g_b) = self.rank_r_grads(&x2, &g, &a, &b)?;
-                let grad_x = need_x
-                    .then(|| g.matmul(&self.weight)? + g_b.matmul(&a)?)
-                    .transpose()?;
-                (grad_x, grad_a, grad_b)
-            }
-            LowRankKind::Lors { mask, grad } => {
-                let grad_x = need_x
-                    .then(|| g.matmul(&self.merged_weight(&a, &b, mask)?))
-                    .transpose()?;
-                let (grad_a, grad_b) = match grad {
-                    GradMode::Approx => {
-                        let (ga, gb, _) = self.rank_r_grads(&x2, &g, &a, &b)?;
-                        (ga, gb)
-                    }
-                    GradMode::Exact => {
-                        let dense = g.t()?.matmul(&x2)?; // out x in, this backward only
-                        dense.inplace_op1(&ApplyMask(mask))?;
-                        let grad_a = (b.t()?.matmul(&dense)? * self.scale)?;
-                        let grad_b = (dense.matmul(&a.t()?)? * self.scale)?;
-                        (grad_a, grad_b)
-                    }
-                };
-                (grad_x, grad_a, grad_b)
-            }
-        };
-        let grad_x = grad_x.map(|gx| gx.reshape(x.shape())).transpose()?;
+        let (grad_x, grad_a, grad_b) = self.backward(x, a, b, grad_y, x.track_op())?;
         Ok((grad_x, Some(grad_a), Some(grad_b)))
     }
 }
@@ -479,80 +493,5 @@ impl candle_core::CustomOp1 for FrozenLinearOp {
         let g = grad_y.reshape((grad_y.elem_count() / out, out))?;
         debug_assert_eq!(x.dims().last(), Some(&in_f));
         Ok(Some(g.matmul(&self.weight)?.reshape(x.shape())?))
-    }
-}
-
-/// Sums `grad_yᵀ·x`, the gradient of a linear layer's weight, over the backward passes it
-/// sees (the calibration of the gradient-based initialisation).
-#[derive(Debug, Default)]
-pub struct GradProbe(std::sync::Mutex<Option<Tensor>>);
-
-impl GradProbe {
-    /// The accumulated out x in gradient (f32), leaving the probe empty.
-    pub fn take(&self) -> Option<Tensor> {
-        self.0.lock().expect("probe lock").take()
-    }
-
-    fn add(&self, g: Tensor) -> Result<()> {
-        let mut slot = self.0.lock().expect("probe lock");
-        *slot = Some(match slot.take() {
-            Some(acc) => (acc + g)?,
-            None => g,
-        });
-        Ok(())
-    }
-}
-
-/// `y = x·Wᵀ` whose backward also adds `grad_yᵀ·x` to a [`GradProbe`]. The second argument
-/// is a one-element variable that only makes candle run this node's backward.
-#[derive(Debug, Clone)]
-pub(crate) struct ProbedLinearOp {
-    pub weight: Tensor,
-    pub probe: Arc<GradProbe>,
-}
-
-impl candle_core::CustomOp2 for ProbedLinearOp {
-    fn name(&self) -> &'static str {
-        "probed-linear"
-    }
-
-    fn cpu_fwd(
-        &self,
-        x: &CpuStorage,
-        lx: &Layout,
-        _anchor: &CpuStorage,
-        _la: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        frozen_product(&self.weight, x, lx)
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        x: &candle_core::CudaStorage,
-        lx: &Layout,
-        _anchor: &candle_core::CudaStorage,
-        _la: &Layout,
-    ) -> Result<(candle_core::CudaStorage, Shape)> {
-        frozen_product(&self.weight, x, lx)
-    }
-
-    fn bwd(
-        &self,
-        x: &Tensor,
-        _anchor: &Tensor,
-        _res: &Tensor,
-        grad_y: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let (out, in_f) = self.weight.dims2()?;
-        let tokens = x.elem_count() / in_f;
-        let g = grad_y.reshape((tokens, out))?;
-        let x2 = x.detach().reshape((tokens, in_f))?;
-        self.probe.add(g.t()?.matmul(&x2)?.to_dtype(DType::F32)?)?;
-        let grad_x = x
-            .track_op()
-            .then(|| g.matmul(&self.weight)?.reshape(x.shape()))
-            .transpose()?;
-        Ok((grad_x, None))
     }
 }

@@ -23,7 +23,7 @@ use rand::Rng;
 
 pub use config::{AdapterConfig, Init, Method};
 pub(crate) use init::normal;
-pub use low_rank_op::{GradMode, GradProbe};
+pub use low_rank_op::GradMode;
 pub use merge::MergeReport;
 pub use sparse_linear::SparseLinear;
 
@@ -36,6 +36,13 @@ enum Adapter {
     Lors(lors::Lors),
     Sqft(sqft::Sqft),
     Spp(spp::Spp),
+}
+
+/// Whether a forward records candle's graph for the adapter tensors.
+#[derive(Debug, Clone, Copy)]
+enum Track {
+    Graph,
+    Detached,
 }
 
 /// A frozen sparse linear layer with an adapter.
@@ -133,17 +140,89 @@ impl AdaptedLinear {
         Ok(())
     }
 
-    /// `y = adapted(x)` for `x` of shape (..., in_features).
+    /// `y = adapted(x)` for `x` of shape (..., in_features), recorded in candle's graph (the
+    /// adapter tensors are variables).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Track::Graph)
+    }
+
+    /// [`forward`](Self::forward) without a graph: the adapter tensors enter detached.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, Track::Detached)
+    }
+
+    /// The trainable tensors in the compute dtype `dtype`, detached or not.
+    fn params_in(&self, dtype: DType, track: Track) -> Result<(Tensor, Tensor)> {
+        let [(_, a), (_, b)] = self.trainable();
+        let cast = |v: &Var| -> Result<Tensor> {
+            let t = match track {
+                Track::Graph => v.as_tensor().clone(),
+                Track::Detached => v.as_tensor().detach(),
+            };
+            Ok(t.to_dtype(dtype)?)
+        };
+        Ok((cast(a)?, cast(b)?))
+    }
+
+    fn forward_with(&self, x: &Tensor, track: Track) -> Result<Tensor> {
         self.base.check_input(x)?;
         let x = x.contiguous()?;
+        let (a, b) = self.params_in(x.dtype(), track)?;
         let y = match &self.adapter {
-            Adapter::Lora(m) => m.forward(&self.base, &x)?,
-            Adapter::Lors(m) => m.forward(&self.base, &x)?,
-            Adapter::Sqft(m) => m.forward(&self.base, &x)?,
-            Adapter::Spp(m) => m.forward(&self.base, &x)?,
+            Adapter::Lora(m) => x.apply_op3(&a, &b, m.op(&self.base))?,
+            Adapter::Lors(m) => x.apply_op3(&a, &b, m.op(&self.base))?,
+            Adapter::Sqft(m) => m.forward(&self.base, &x, &a, &b)?,
+            Adapter::Spp(m) => m.forward(&self.base, &x, &a, &b)?,
         };
         self.base.add_bias(y)
+    }
+
+    /// Gradients for the output gradient `grad_y` of input `x` (..., in_features): the input's,
+    /// and the two trainable tensors' (in their own dtype, aligned with
+    /// [`trainable`](Self::trainable)). `lora` and `lors` use their ops' hand-written
+    /// backward; `sqft` and `spp` re-run the layer through candle's autograd.
+    pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<(Tensor, [Tensor; 2])> {
+        let x = x.contiguous()?;
+        let (a, b) = self.params_in(x.dtype(), Track::Detached)?;
+        let op = match &self.adapter {
+            Adapter::Lora(m) => Some(m.op(&self.base)),
+            Adapter::Lors(m) => Some(m.op(&self.base)),
+            Adapter::Sqft(_) | Adapter::Spp(_) => None,
+        };
+        let (grad_x, grad_a, grad_b) = match op {
+            Some(op) => {
+                let (gx, ga, gb) = op.backward(&x, &a, &b, grad_y, true)?;
+                (gx.expect("asked for the input gradient"), ga, gb)
+            }
+            None => self.backward_by_autograd(&x, grad_y)?,
+        };
+        let [(_, va), (_, vb)] = self.trainable();
+        Ok((
+            grad_x,
+            [grad_a.to_dtype(va.dtype())?, grad_b.to_dtype(vb.dtype())?],
+        ))
+    }
+
+    /// The layer's gradients through candle's autograd, from a local re-run of its forward.
+    fn backward_by_autograd(
+        &self,
+        x: &Tensor,
+        grad_y: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let input = Var::from_tensor(&x.detach())?;
+        let y = self.forward(input.as_tensor())?;
+        let grads = (y * grad_y)?.sum_all()?.backward()?;
+        let [(_, va), (_, vb)] = self.trainable();
+        let get = |v: &Tensor| -> Result<Tensor> {
+            grads.get(v).cloned().ok_or_else(|| {
+                LorsError::invalid("backward", "an adapter tensor received no gradient")
+            })
+        };
+        Ok((
+            get(input.as_tensor())?,
+            get(va.as_tensor())?,
+            get(vb.as_tensor())?,
+        ))
     }
 
     /// The weight update `ΔW` before masking, in the adapter's dtype.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::low_rank_op::{op_supports, FrozenLinearOp, GradProbe, OpMask, ProbedLinearOp};
+use super::low_rank_op::{op_supports, FrozenLinearOp, OpMask};
 use crate::error::{LorsError, Result};
 use crate::sparsity::BitMask;
 
@@ -140,22 +140,30 @@ impl SparseLinear {
         };
         self.add_bias(x.contiguous()?.apply_op1(op)?)
     }
-}
 
-impl SparseLinear {
-    /// The frozen layer, with `grad_yᵀ·x` (the gradient its weight would get) added to `probe`
-    /// in backward. `anchor` is any one-element variable; it makes candle visit this node.
-    pub fn forward_probed(
-        &self,
-        x: &Tensor,
-        probe: &Arc<GradProbe>,
-        anchor: &candle_core::Var,
-    ) -> Result<Tensor> {
+    /// [`forward`](Self::forward) without a graph node.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
         self.check_input(x)?;
-        let op = ProbedLinearOp {
+        let op = FrozenLinearOp {
             weight: self.weight.clone(),
-            probe: probe.clone(),
         };
-        self.add_bias(x.contiguous()?.apply_op2(anchor.as_tensor(), op)?)
+        self.add_bias(x.contiguous()?.apply_op1_no_bwd(&op)?)
+    }
+
+    /// The input gradient `grad_y·W` for an output gradient (..., out_features).
+    pub fn backward_input(&self, grad_y: &Tensor) -> Result<Tensor> {
+        let (out_f, in_f) = self.dims();
+        let mut dims = grad_y.dims().to_vec();
+        let g = grad_y.reshape((grad_y.elem_count() / out_f, out_f))?;
+        *dims.last_mut().expect("an output gradient has dims") = in_f;
+        Ok(g.matmul(&self.weight)?.reshape(dims)?)
+    }
+
+    /// The gradient the frozen weight would get, `grad_yᵀ·x` (out x in, f32).
+    pub fn weight_grad(&self, x: &Tensor, grad_y: &Tensor) -> Result<Tensor> {
+        let (out_f, in_f) = self.dims();
+        let g = grad_y.reshape((grad_y.elem_count() / out_f, out_f))?;
+        let x = x.reshape((x.elem_count() / in_f, in_f))?;
+        Ok(g.t()?.matmul(&x)?.to_dtype(DType::F32)?)
     }
 }

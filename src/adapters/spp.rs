@@ -49,11 +49,16 @@ impl Spp {
         Ok(repeated.broadcast_mul(w_col)?.mul(w)?)
     }
 
-    pub fn forward(&self, base: &SparseLinear, x: &Tensor) -> Result<Tensor> {
+    /// `y` for `Wa`, `w_col` in the compute dtype (graph nodes when they are variables).
+    pub fn forward(
+        &self,
+        base: &SparseLinear,
+        x: &Tensor,
+        wa: &Tensor,
+        w_col: &Tensor,
+    ) -> Result<Tensor> {
         let w = base.weight();
-        let wa = self.wa.as_tensor().to_dtype(x.dtype())?;
-        let w_col = self.w_col.as_tensor().to_dtype(x.dtype())?;
-        let merged = (w + self.delta_with(w, &wa, &w_col)?)?;
+        let merged = (w + self.delta_with(w, wa, w_col)?)?;
         linear_through(x, &merged)
     }
 }

@@ -25,9 +25,15 @@ impl Sqft {
         })
     }
 
-    pub fn forward(&self, base: &SparseLinear, x: &Tensor) -> Result<Tensor> {
-        let (a, b) = self.params.in_dtype(x.dtype())?;
-        let delta = ((b.matmul(&a)? * self.scale)? * &self.dense_mask)?;
+    /// `y` for `A`, `B` in the compute dtype (graph nodes when they are variables).
+    pub fn forward(
+        &self,
+        base: &SparseLinear,
+        x: &Tensor,
+        a: &Tensor,
+        b: &Tensor,
+    ) -> Result<Tensor> {
+        let delta = ((b.matmul(a)? * self.scale)? * &self.dense_mask)?;
         let merged = (base.weight() + delta)?;
         linear_through(x, &merged)
     }

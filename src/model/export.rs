@@ -41,7 +41,7 @@ pub fn merged_sparsity(model: &CausalLm) -> Result<Vec<LayerSparsity>> {
     model
         .adapted()
         .into_iter()
-        .map(|(name, a)| Ok(LayerSparsity::new(&name, &a.merge()?.1)))
+        .map(|(module, a)| Ok(LayerSparsity::new(&module.to_string(), &a.merge()?.1)))
         .collect()
 }
 
@@ -78,7 +78,8 @@ pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<Sp
     let mut layers = Vec::new();
     let (mut kept_before, mut kept_after, mut total) = (0f64, 0f64, 0f64);
     let mut method = None;
-    for (path, linear) in model.linears() {
+    for (module, linear) in model.linears() {
+        let path = module.to_string();
         let Some(adapted) = linear.adapted() else {
             continue;
         };

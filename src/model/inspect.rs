@@ -1,8 +1,8 @@
 //! What a model directory holds, without building the model: architecture, parameter count,
 //! storage dtype and the sparsity of every decoder linear layer.
 
-use super::llama::BLOCK_LINEARS;
 use super::{ModelConfig, ModelDir, WeightSource};
+use super::{ModuleId, Proj};
 use crate::error::Result;
 use crate::sparsity::{describe, summarize, BitMask, WeightSparsity};
 
@@ -42,8 +42,8 @@ pub fn inspect_model(dir: &ModelDir) -> Result<ModelSummary> {
     let mut layers = Vec::new();
     let mut dtype = String::from("?");
     for i in 0..dir.config.num_layers {
-        for (group, name) in BLOCK_LINEARS {
-            let path = format!("model.layers.{i}.{group}.{name}");
+        for proj in Proj::ALL {
+            let path = ModuleId { layer: i, proj }.to_string();
             let w = source.tensor(&format!("{path}.weight"))?;
             dtype = format!("{:?}", w.dtype());
             layers.push(describe(&path, &BitMask::from_nonzero(&w)?));

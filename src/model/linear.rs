@@ -23,6 +23,14 @@ impl Linear {
         }
     }
 
+    /// `y = layer(x)` without recording a graph.
+    pub fn infer(&self, x: &Tensor) -> Result<Tensor> {
+        match self {
+            Linear::Frozen(l) => l.infer(x),
+            Linear::Adapted(l) => l.infer(x),
+        }
+    }
+
     /// The frozen base layer.
     pub fn base(&self) -> &SparseLinear {
         match self {

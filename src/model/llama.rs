@@ -1,37 +1,20 @@
-//! The Llama block (also Mistral and Qwen2): RMSNorm, rotary attention with grouped-query
-//! heads, SwiGLU MLP; every linear is a [`Linear`] that can carry an adapter.
+//! Llama-family causal language models (Llama 1/2/3, Mistral, Qwen2): loading, and the
+//! passes over the whole model built from the decoder [`Block`]s and the fused [`Head`].
 //!
-//! All ops are differentiable candle ops (the fused inference kernels of candle-nn have no
-//! backward), computed in the model's compute dtype.
+//! Nothing here records candle's graph except [`CausalLm::forward_autograd`], the reference
+//! the hand-written backward is checked against: inference is graph-free, and a training
+//! step ([`CausalLm::loss_and_grads`]) runs each block's own backward.
 
-use std::collections::BTreeMap;
-
-use super::softmax::softmax_last_dim;
 use candle_core::{DType, Device, Tensor};
-use candle_nn::rotary_emb::rope_slow;
+use candle_nn::kv_cache::KvCache;
 use rand::{Rng, SeedableRng};
 
-use super::{Linear, ModelConfig, WeightSource};
+use super::block::{Block, Recompute, Saved};
+use super::head::{Head, Targets};
+use super::ops::Rope;
+use super::{Gradients, Linear, ModelConfig, ModuleId, Proj, WeightSource};
 use crate::adapters::{AdaptedLinear, AdapterConfig, SparseLinear};
 use crate::error::{LorsError, Result};
-
-/// The linear layers adapted by default (PEFT's names).
-pub const DEFAULT_TARGETS: [&str; 7] = [
-    "q_proj",
-    "k_proj",
-    "v_proj",
-    "o_proj",
-    "gate_proj",
-    "up_proj",
-    "down_proj",
-];
-
-/// Gradient probes by module path, for [`CausalLm::forward_probed`].
-pub struct Probes {
-    pub layers: std::collections::HashMap<String, std::sync::Arc<crate::adapters::GradProbe>>,
-    /// A one-element variable that makes candle run the probes' backward.
-    pub anchor: candle_core::Var,
-}
 
 /// Which layers get an adapter, and its settings.
 #[derive(Debug, Clone)]
@@ -41,17 +24,31 @@ pub struct AdapterSpec {
     pub targets: Vec<String>,
 }
 
-#[derive(Debug, Clone)]
-struct Block {
-    input_norm: Tensor,
-    post_norm: Tensor,
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    o: Linear,
-    gate: Linear,
-    up: Linear,
-    down: Linear,
+impl AdapterSpec {
+    /// The projections named by `targets`, or an error naming the unknown one.
+    fn projections(&self) -> Result<Vec<Proj>> {
+        if self.targets.is_empty() {
+            return Err(LorsError::invalid(
+                "adapter.target_modules",
+                "names no layer to adapt",
+            ));
+        }
+        self.targets
+            .iter()
+            .map(|t| {
+                Proj::from_name(t).ok_or_else(|| {
+                    let all: Vec<&str> = Proj::ALL.iter().map(|p| p.name()).collect();
+                    LorsError::invalid(
+                        "adapter.target_modules",
+                        format!(
+                            "no layer is named `{t}` (this model has {})",
+                            all.join(", ")
+                        ),
+                    )
+                })
+            })
+            .collect()
+    }
 }
 
 /// A causal language model of the Llama family.
@@ -63,21 +60,22 @@ pub struct CausalLm {
     embed: Tensor,
     blocks: Vec<Block>,
     norm: Tensor,
-    /// `None` when the output projection is tied to the embedding.
-    lm_head: Option<Linear>,
-    tied_head: Linear,
+    /// The frozen output projection (vocab x hidden): `lm_head`, or the embedding when tied.
+    head: Tensor,
     inv_freq: Tensor,
 }
 
-pub(crate) const BLOCK_LINEARS: [(&str, &str); 7] = [
-    ("self_attn", "q_proj"),
-    ("self_attn", "k_proj"),
-    ("self_attn", "v_proj"),
-    ("self_attn", "o_proj"),
-    ("mlp", "gate_proj"),
-    ("mlp", "up_proj"),
-    ("mlp", "down_proj"),
-];
+/// What a training step keeps of one block until its backward.
+enum Kept {
+    Input(Tensor),
+    Saved(Saved),
+}
+
+/// The key-value cache of an incremental decode, one entry per decoder layer.
+pub struct DecodeCache {
+    layers: Vec<KvCache>,
+    len: usize,
+}
 
 impl CausalLm {
     /// Build the model from named tensors, computing in `dtype` on `device`, with adapters on
@@ -90,30 +88,10 @@ impl CausalLm {
         adapter: Option<&AdapterSpec>,
         rng: &mut impl Rng,
     ) -> Result<Self> {
-        if let Some(spec) = adapter {
-            if let Some(t) = spec
-                .targets
-                .iter()
-                .find(|t| !BLOCK_LINEARS.iter().any(|(_, n)| n == t))
-            {
-                return Err(LorsError::invalid(
-                    "adapter.target_modules",
-                    format!(
-                        "no layer is named `{t}` (this model has {})",
-                        DEFAULT_TARGETS.join(", ")
-                    ),
-                ));
-            }
-            if spec.targets.is_empty() {
-                return Err(LorsError::invalid(
-                    "adapter.target_modules",
-                    "names no layer to adapt",
-                ));
-            }
-        }
+        let targets = adapter.map(AdapterSpec::projections).transpose()?;
         let c = config;
         check_layer_count(c, src)?;
-        let (h, hd) = (c.hidden_size, c.head_dim);
+        let h = c.hidden_size;
         let load = |name: &str, dims: &[usize]| -> Result<Tensor> {
             let t = src.tensor(name)?;
             if t.dims() != dims {
@@ -126,65 +104,42 @@ impl CausalLm {
             Ok(t.to_device(device)?.to_dtype(dtype)?)
         };
         let mut blocks = Vec::with_capacity(c.num_layers);
-        for i in 0..c.num_layers {
-            let p = format!("model.layers.{i}");
-            let mut linears = BTreeMap::new();
-            for (group, name) in BLOCK_LINEARS {
-                let (out_f, in_f) = match name {
-                    "q_proj" => (c.num_heads * hd, h),
-                    "k_proj" | "v_proj" => (c.num_kv_heads * hd, h),
-                    "o_proj" => (h, c.num_heads * hd),
-                    "gate_proj" | "up_proj" => (c.intermediate_size, h),
-                    _ => (h, c.intermediate_size),
-                };
-                let full = format!("{p}.{group}.{name}");
-                let weight = load(&format!("{full}.weight"), &[out_f, in_f])?;
-                let has_bias = c.qkv_bias && matches!(name, "q_proj" | "k_proj" | "v_proj");
-                let bias = has_bias
-                    .then(|| load(&format!("{full}.bias"), &[out_f]))
+        for layer in 0..c.num_layers {
+            let mut linears = Vec::with_capacity(Proj::ALL.len());
+            for proj in Proj::ALL {
+                let module = ModuleId { layer, proj };
+                let (out_f, in_f) = proj.shape(c);
+                let weight = load(&format!("{module}.weight"), &[out_f, in_f])?;
+                let bias = proj
+                    .has_bias(c)
+                    .then(|| load(&format!("{module}.bias"), &[out_f]))
                     .transpose()?;
                 let base = SparseLinear::new(weight, bias, None)?;
-                let linear = match adapter {
-                    Some(spec) if spec.targets.iter().any(|t| t == name) => Linear::Adapted(
+                linears.push(match (adapter, &targets) {
+                    (Some(spec), Some(t)) if t.contains(&proj) => Linear::Adapted(
                         AdaptedLinear::new(base, &spec.config, rng).map_err(|e| match e {
                             LorsError::Rank { .. } => {
-                                LorsError::invalid("adapter.rank", format!("{full}: {e}"))
+                                LorsError::invalid("adapter.rank", format!("{module}: {e}"))
                             }
                             other => other,
                         })?,
                     ),
                     _ => Linear::Frozen(base),
-                };
-                linears.insert(name, linear);
+                });
             }
-            let mut take = |n: &str| linears.remove(n).expect("all block linears are built");
+            let p = format!("model.layers.{layer}");
             blocks.push(Block {
                 input_norm: load(&format!("{p}.input_layernorm.weight"), &[h])?,
                 post_norm: load(&format!("{p}.post_attention_layernorm.weight"), &[h])?,
-                q: take("q_proj"),
-                k: take("k_proj"),
-                v: take("v_proj"),
-                o: take("o_proj"),
-                gate: take("gate_proj"),
-                up: take("up_proj"),
-                down: take("down_proj"),
+                linears: linears.try_into().expect("one linear per projection"),
             });
         }
         let embed = load("model.embed_tokens.weight", &[c.vocab_size, h])?;
-        let lm_head = if c.tie_word_embeddings && !src.contains("lm_head.weight") {
-            None
+        let head = if c.tie_word_embeddings && !src.contains("lm_head.weight") {
+            embed.clone()
         } else {
-            Some(Linear::Frozen(SparseLinear::new(
-                load("lm_head.weight", &[c.vocab_size, h])?,
-                None,
-                None,
-            )?))
+            load("lm_head.weight", &[c.vocab_size, h])?
         };
-        let tied_head = Linear::Frozen(SparseLinear::new(
-            embed.clone(),
-            None,
-            Some(crate::sparsity::BitMask::from_fn(c.vocab_size, h, |_| true)),
-        )?);
         Ok(Self {
             config: c.clone(),
             dtype,
@@ -192,8 +147,7 @@ impl CausalLm {
             norm: load("model.norm.weight", &[h])?,
             embed,
             blocks,
-            lm_head,
-            tied_head,
+            head,
             inv_freq: inv_freq(c)?.to_device(device)?,
         })
     }
@@ -226,68 +180,44 @@ impl CausalLm {
         &self.device
     }
 
-    /// Every linear layer with its Hugging Face module path (`model.layers.0.self_attn.q_proj`),
-    /// in checkpoint order, followed by `lm_head` when it is not tied.
-    pub fn linears(&self) -> Vec<(String, &Linear)> {
-        let mut out = Vec::new();
-        for (i, b) in self.blocks.iter().enumerate() {
-            let layers = [&b.q, &b.k, &b.v, &b.o, &b.gate, &b.up, &b.down];
-            for ((group, name), l) in BLOCK_LINEARS.iter().zip(layers) {
-                out.push((format!("model.layers.{i}.{group}.{name}"), l));
-            }
-        }
-        if let Some(head) = &self.lm_head {
-            out.push(("lm_head".to_string(), head));
-        }
-        out
-    }
-
-    /// The adapted layers with their module paths.
-    pub fn adapted(&self) -> Vec<(String, &AdaptedLinear)> {
-        self.linears()
-            .into_iter()
-            .filter_map(|(n, l)| l.adapted().map(|a| (n, a)))
+    /// Every decoder linear layer, in checkpoint order.
+    pub fn linears(&self) -> Vec<(ModuleId, &Linear)> {
+        self.blocks
+            .iter()
+            .enumerate()
+            .flat_map(|(layer, b)| {
+                Proj::ALL
+                    .into_iter()
+                    .zip(&b.linears)
+                    .map(move |(proj, l)| (ModuleId { layer, proj }, l))
+            })
             .collect()
     }
 
-    fn rope(&self, seq_len: usize) -> Result<(Tensor, Tensor)> {
-        let positions = Tensor::arange(0u32, seq_len as u32, &self.device)?
-            .to_dtype(DType::F32)?
-            .reshape((seq_len, 1))?;
-        let freqs = positions.broadcast_mul(&self.inv_freq)?;
-        Ok((
-            freqs.cos()?.to_dtype(self.dtype)?,
-            freqs.sin()?.to_dtype(self.dtype)?,
-        ))
+    /// The adapted layers.
+    pub fn adapted(&self) -> Vec<(ModuleId, &AdaptedLinear)> {
+        self.linears()
+            .into_iter()
+            .filter_map(|(m, l)| l.adapted().map(|a| (m, a)))
+            .collect()
     }
 
-    /// Logits (batch, seq, vocab) for token ids (batch, seq).
-    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
-        self.forward_impl(ids, None)
+    /// Number of decoder layers.
+    pub fn num_blocks(&self) -> usize {
+        self.blocks.len()
     }
 
-    /// [`forward`](Self::forward) where the layers named in `probes` run frozen (no adapter)
-    /// and add their weight gradient to their probe in backward.
-    pub fn forward_probed(&self, ids: &Tensor, probes: &Probes) -> Result<Tensor> {
-        self.forward_impl(ids, Some(probes))
+    /// Rotary tables of positions `offset..offset + len`.
+    pub(crate) fn rope(&self, offset: usize, len: usize) -> Result<Rope> {
+        Rope::new(&self.inv_freq, offset, len, self.dtype)
     }
 
-    fn forward_impl(&self, ids: &Tensor, probes: Option<&Probes>) -> Result<Tensor> {
-        let mut x = self.embed_tokens(ids)?;
-        let ctx = self.context(ids.dim(1)?)?;
-        for i in 0..self.blocks.len() {
-            let prefix = format!("model.layers.{i}");
-            let mut run = |name: &str, l: &Linear, x: &Tensor| -> Result<Tensor> {
-                match probes.and_then(|p| p.layers.get(&module_path(&prefix, name))) {
-                    Some(probe) => l
-                        .base()
-                        .forward_probed(x, probe, &probes.expect("some").anchor),
-                    None => l.forward(x),
-                }
-            };
-            x = self.block_forward(i, &x, &ctx, &mut run)?;
+    fn head_op(&self) -> Head<'_> {
+        Head {
+            norm: &self.norm,
+            weight: &self.head,
+            eps: self.config.rms_norm_eps,
         }
-        self.head(&x)
     }
 
     /// Hidden states (batch, seq, hidden) of token ids (batch, seq).
@@ -304,65 +234,165 @@ impl CausalLm {
         ))?)
     }
 
-    /// Rotary tables and causal mask for sequences of `seq_len`.
-    pub fn context(&self, seq_len: usize) -> Result<BlockContext> {
-        let (cos, sin) = self.rope(seq_len)?;
-        Ok(BlockContext {
-            cos,
-            sin,
-            mask: causal_mask(seq_len, self.dtype, &self.device)?,
-        })
+    /// Hidden states after every block (graph-free), the positions starting at `offset`.
+    fn hidden(&self, ids: &Tensor, mut cache: Option<&mut DecodeCache>) -> Result<Tensor> {
+        let offset = cache.as_ref().map_or(0, |c| c.len);
+        let mut x = self.embed_tokens(ids)?;
+        let rope = self.rope(offset, x.dim(1)?)?;
+        for (i, block) in self.blocks.iter().enumerate() {
+            let layer_cache = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = block
+                .forward(
+                    &self.config,
+                    &x,
+                    &rope,
+                    layer_cache,
+                    false,
+                    &mut |_, l, h| l.infer(h),
+                )?
+                .0;
+        }
+        if let Some(c) = cache {
+            c.len += ids.dim(1)?;
+        }
+        Ok(x)
     }
 
-    /// Final norm and output projection: logits of hidden states.
-    pub fn head(&self, x: &Tensor) -> Result<Tensor> {
-        let x = rms_norm(x, &self.norm, self.config.rms_norm_eps)?;
-        self.lm_head.as_ref().unwrap_or(&self.tied_head).forward(&x)
+    /// Logits (batch, seq, vocab) for token ids (batch, seq), without a graph.
+    pub fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        self.head_op().logits(&self.hidden(ids, None)?)
     }
 
-    /// Number of decoder layers.
-    pub fn num_blocks(&self) -> usize {
-        self.blocks.len()
+    /// An empty cache for [`forward_cached`](Self::forward_cached) of up to `max_len`
+    /// positions (at most the model's context).
+    pub fn decode_cache(&self, max_len: usize) -> DecodeCache {
+        let max = max_len.min(self.config.max_position_embeddings).max(1);
+        DecodeCache {
+            layers: (0..self.blocks.len())
+                .map(|_| KvCache::new(2, max))
+                .collect(),
+            len: 0,
+        }
     }
 
-    /// Decoder layer `i` alone, calling `tap(short_name, input)` with the input of each of its
-    /// linear layers (for calibration) before applying the layer normally.
+    /// Logits of the last position of `ids` (1, new tokens), which follow the tokens already
+    /// in `cache` (whose keys and values are reused, and extended by these).
+    pub fn forward_cached(&self, ids: &Tensor, cache: &mut DecodeCache) -> Result<Tensor> {
+        let x = self.hidden(ids, Some(cache))?;
+        let last = x.narrow(1, x.dim(1)? - 1, 1)?;
+        Ok(self.head_op().logits(&last)?.flatten_all()?)
+    }
+
+    /// Summed next-token negative log-likelihood over the targets whose mask is 1, and their
+    /// count (position `j` predicts `ids[j+1]`, weighted by `mask[j+1]`); no logits tensor
+    /// of the whole batch exists.
+    pub fn nll(&self, ids: &Tensor, mask: &Tensor) -> Result<(f64, f64)> {
+        let targets = Targets::new(ids, mask, &self.device)?;
+        let (sum, _) = self
+            .head_op()
+            .loss(&self.hidden(ids, None)?, &targets, None)?;
+        Ok((sum, targets.count))
+    }
+
+    /// A training step's forward and backward on one batch: returns the summed loss and the
+    /// target count as [`nll`](Self::nll) does, and adds to `grads` the gradients of
+    /// `weight · mean loss`. `recompute` says what each block keeps for its backward.
+    pub fn loss_and_grads(
+        &self,
+        ids: &Tensor,
+        mask: &Tensor,
+        weight: f64,
+        recompute: Recompute,
+        grads: &mut Gradients,
+    ) -> Result<(f64, f64)> {
+        let targets = Targets::new(ids, mask, &self.device)?;
+        let rope = self.rope(0, ids.dim(1)?)?;
+        let mut x = self.embed_tokens(ids)?;
+        let mut kept = Vec::with_capacity(self.blocks.len());
+        for (layer, block) in self.blocks.iter().enumerate() {
+            let keep = recompute == Recompute::Selective;
+            let (y, saved) = block.forward(
+                &self.config,
+                &x,
+                &rope,
+                None,
+                keep,
+                &mut self.runner(layer, grads),
+            )?;
+            kept.push(match saved {
+                Some(s) => Kept::Saved(s),
+                None => Kept::Input(x),
+            });
+            x = y;
+        }
+        let (sum, dx) = self
+            .head_op()
+            .loss(&x, &targets, Some(weight / targets.count.max(1.0)))?;
+        let mut dy = dx.expect("asked for the gradient");
+        for (layer, block) in self.blocks.iter().enumerate().rev() {
+            let saved = match kept.pop().expect("one entry per block") {
+                Kept::Saved(s) => s,
+                Kept::Input(x) => block
+                    .forward(
+                        &self.config,
+                        &x,
+                        &rope,
+                        None,
+                        true,
+                        &mut self.runner(layer, grads),
+                    )?
+                    .1
+                    .expect("asked to keep"),
+            };
+            dy = block.backward(&self.config, layer, &saved, &rope, &dy, grads)?;
+        }
+        Ok((sum, targets.count))
+    }
+
+    /// How a training step runs the linear layers of block `layer`: probed layers as their
+    /// frozen base, the others as they are.
+    fn runner(
+        &self,
+        layer: usize,
+        grads: &Gradients,
+    ) -> impl FnMut(Proj, &Linear, &Tensor) -> Result<Tensor> {
+        let probed: Vec<Proj> = Proj::ALL
+            .into_iter()
+            .filter(|&proj| grads.is_probed(ModuleId { layer, proj }))
+            .collect();
+        move |proj, l, x| {
+            if probed.contains(&proj) {
+                l.base().infer(x)
+            } else {
+                l.infer(x)
+            }
+        }
+    }
+
+    /// Decoder layer `i` alone on hidden states `x` (positions from 0), calling
+    /// `tap(projection, input)` with the input of each of its linear layers (for calibration)
+    /// before applying the layer.
     pub fn block_with_taps(
         &self,
         i: usize,
         x: &Tensor,
-        ctx: &BlockContext,
-        tap: &mut dyn FnMut(&str, &Tensor) -> Result<()>,
+        tap: &mut dyn FnMut(Proj, &Tensor) -> Result<()>,
     ) -> Result<Tensor> {
-        self.block_forward(i, x, ctx, &mut |name, l, x| {
-            tap(name, x)?;
-            l.forward(x)
-        })
+        let rope = self.rope(0, x.dim(1)?)?;
+        let (y, _) =
+            self.blocks[i].forward(&self.config, x, &rope, None, false, &mut |p, l, h| {
+                tap(p, h)?;
+                l.infer(h)
+            })?;
+        Ok(y)
     }
 
-    /// Replace the frozen weight of the linear layer at `module` (e.g. after pruning it).
-    pub fn replace_weight(&mut self, module: &str, weight: Tensor) -> Result<()> {
+    /// Replace the frozen weight of a linear layer (e.g. after pruning it).
+    pub fn replace_weight(&mut self, module: ModuleId, weight: Tensor) -> Result<()> {
         let slot = self
             .blocks
-            .iter_mut()
-            .enumerate()
-            .flat_map(|(i, b)| {
-                let layers = [
-                    &mut b.q,
-                    &mut b.k,
-                    &mut b.v,
-                    &mut b.o,
-                    &mut b.gate,
-                    &mut b.up,
-                    &mut b.down,
-                ];
-                BLOCK_LINEARS
-                    .iter()
-                    .zip(layers)
-                    .map(move |((g, n), l)| (format!("model.layers.{i}.{g}.{n}"), l))
-            })
-            .find(|(name, _)| name == module)
-            .map(|(_, l)| l)
+            .get_mut(module.layer)
+            .map(|b| &mut b.linears[module.proj.index()])
             .ok_or_else(|| LorsError::invalid("module", format!("no linear layer `{module}`")))?;
         let bias = slot.base().bias().cloned();
         let weight = weight.to_device(&self.device)?.to_dtype(self.dtype)?;
@@ -370,57 +400,15 @@ impl CausalLm {
         Ok(())
     }
 
-    fn block_forward(
-        &self,
-        i: usize,
-        x: &Tensor,
-        ctx: &BlockContext,
-        run: &mut dyn FnMut(&str, &Linear, &Tensor) -> Result<Tensor>,
-    ) -> Result<Tensor> {
-        let c = &self.config;
-        let block = &self.blocks[i];
-        let (b, t, _) = x.dims3()?;
-        let eps = c.rms_norm_eps;
-        let h = rms_norm(x, &block.input_norm, eps)?;
-        let heads = |y: Tensor, n: usize| -> Result<Tensor> {
-            Ok(y.reshape((b, t, n, c.head_dim))?
-                .transpose(1, 2)?
-                .contiguous()?)
-        };
-        let q = heads(run("q_proj", &block.q, &h)?, c.num_heads)?;
-        let k = heads(run("k_proj", &block.k, &h)?, c.num_kv_heads)?;
-        let v = heads(run("v_proj", &block.v, &h)?, c.num_kv_heads)?;
-        let q = rope_slow(&q, &ctx.cos, &ctx.sin)?;
-        let k = rope_slow(&k, &ctx.cos, &ctx.sin)?;
-        let n_rep = c.num_heads / c.num_kv_heads;
-        let (k, v) = (repeat_kv(k, n_rep)?, repeat_kv(v, n_rep)?);
-        // The 1/sqrt(d) scale on q (b·h·t·d values) rather than on the t x t scores, and the
-        // fused softmax (f32 accumulation for bf16): the graph keeps two t x t tensors per
-        // layer, the scores and the probabilities.
-        let q = (q * (1.0 / (c.head_dim as f64).sqrt()))?;
-        let scores = q.matmul(&k.t()?)?;
-        let probs = softmax_last_dim(&scores.broadcast_add(&ctx.mask)?)?;
-        let attn = probs
-            .matmul(&v)?
-            .transpose(1, 2)?
-            .reshape((b, t, c.num_heads * c.head_dim))?;
-        let x = (x + run("o_proj", &block.o, &attn)?)?;
-        let h = rms_norm(&x, &block.post_norm, eps)?;
-        let gate = run("gate_proj", &block.gate, &h)?;
-        let up = run("up_proj", &block.up, &h)?;
-        let mlp = (gate.silu()? * up)?;
-        Ok((&x + run("down_proj", &block.down, &mlp)?)?)
+    pub(crate) fn blocks(&self) -> &[Block] {
+        &self.blocks
+    }
+
+    pub(crate) fn head_weight(&self) -> (&Tensor, &Tensor) {
+        (&self.norm, &self.head)
     }
 }
 
-/// Per-sequence-length inputs shared by every decoder layer.
-pub struct BlockContext {
-    cos: Tensor,
-    sin: Tensor,
-    mask: Tensor,
-}
-
-/// `model.layers.{i}.{self_attn|mlp}.{name}` for a block prefix and a short name.
 /// Weights of more decoder layers than the config names are an error (they would be dropped
 /// without a word).
 fn check_layer_count(c: &ModelConfig, src: &dyn WeightSource) -> Result<()> {
@@ -445,40 +433,6 @@ fn check_layer_count(c: &ModelConfig, src: &dyn WeightSource) -> Result<()> {
         )),
         None => Ok(()),
     }
-}
-
-fn module_path(prefix: &str, name: &str) -> String {
-    let group = BLOCK_LINEARS
-        .iter()
-        .find(|(_, n)| *n == name)
-        .map_or("mlp", |(g, _)| *g);
-    format!("{prefix}.{group}.{name}")
-}
-
-/// RMSNorm with differentiable ops, accumulated in f32.
-fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    Ok(candle_nn::ops::rms_norm_slow(x, weight, eps as f32)?)
-}
-
-/// (b, kv_heads, t, d) -> (b, kv_heads * n_rep, t, d), each kv head repeated `n_rep` times.
-fn repeat_kv(x: Tensor, n_rep: usize) -> Result<Tensor> {
-    if n_rep == 1 {
-        return Ok(x);
-    }
-    let (b, kv, t, d) = x.dims4()?;
-    Ok(x.unsqueeze(2)?
-        .expand((b, kv, n_rep, t, d))?
-        .reshape((b, kv * n_rep, t, d))?)
-}
-
-/// (t, t) additive mask in `dtype`: 0 on and below the diagonal, -inf above, built where
-/// the model computes (no t x t host work and upload per forward).
-fn causal_mask(t: usize, dtype: DType, device: &Device) -> Result<Tensor> {
-    let idx = Tensor::arange(0u32, t as u32, device)?;
-    let above = idx.unsqueeze(0)?.broadcast_gt(&idx.unsqueeze(1)?)?;
-    let zero = Tensor::zeros((t, t), dtype, device)?;
-    let minus_inf = Tensor::full(f32::NEG_INFINITY, (t, t), device)?.to_dtype(dtype)?;
-    Ok(above.where_cond(&minus_inf, &zero)?)
 }
 
 /// Rotary inverse frequencies (1, head_dim/2), with Llama-3 scaling when configured.

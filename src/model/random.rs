@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-use super::RawConfig;
+use super::{ModuleId, Proj, RawConfig};
 use crate::error::{LorsError, Result};
 use crate::io::{build_dir_atomic, write_atomic, write_json_atomic, write_safetensors_atomic};
 use crate::sparsity::{magnitude_mask, Pattern};
@@ -124,7 +124,7 @@ pub fn random_weights(
         Ok(Tensor::from_vec(v, dims, &Device::Cpu)?)
     };
     let fan_in = |dims: (usize, usize)| 1.0 / (dims.1 as f32).sqrt();
-    let (h, hd, i) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let h = c.hidden_size;
     let ones = |n: usize| Tensor::ones(n, DType::F32, &Device::Cpu);
     let mut t = HashMap::new();
     t.insert(
@@ -142,30 +142,19 @@ pub fn random_weights(
         let p = format!("model.layers.{l}");
         t.insert(format!("{p}.input_layernorm.weight"), ones(h)?);
         t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
-        for (name, dims) in [
-            ("self_attn.q_proj", (c.num_heads * hd, h)),
-            ("self_attn.k_proj", (c.num_kv_heads * hd, h)),
-            ("self_attn.v_proj", (c.num_kv_heads * hd, h)),
-            ("self_attn.o_proj", (h, c.num_heads * hd)),
-            ("mlp.gate_proj", (i, h)),
-            ("mlp.up_proj", (i, h)),
-            ("mlp.down_proj", (h, i)),
-        ] {
+        for proj in Proj::ALL {
+            let module = ModuleId { layer: l, proj };
+            let dims = proj.shape(&c);
             let mut w = randn(dims, fan_in(dims))?;
             if let Some(pattern) = prune {
                 let mask = magnitude_mask(&w, pattern)?;
                 w = (w * mask.to_tensor(DType::F32, &Device::Cpu)?)?;
             }
-            t.insert(format!("{p}.{name}.weight"), w);
-            if c.qkv_bias
-                && ["q_proj", "k_proj", "v_proj"]
-                    .iter()
-                    .any(|n| name.ends_with(n))
-            {
-                let (out_f, _) = dims;
+            t.insert(format!("{module}.weight"), w);
+            if proj.has_bias(&c) {
                 t.insert(
-                    format!("{p}.{name}.bias"),
-                    randn((1, out_f), 0.02)?.squeeze(0)?,
+                    format!("{module}.bias"),
+                    randn((1, dims.0), 0.02)?.squeeze(0)?,
                 );
             }
         }

@@ -1,6 +1,6 @@
 //! Softmax over the last dimension with candle's fused kernel (one pass; bf16 inputs are
 //! accumulated in f32) and a backward that needs only the output:
-//! `grad_x = y ⊙ (g − Σ g ⊙ y)`, computed in f32.
+//! `grad_x = y ⊙ (g − Σ g ⊙ y)`, computed in f32 (f64 for f64).
 //!
 //! candle-nn's fused `softmax_last_dim` has no backward, and its differentiable `softmax` is
 //! five ops whose intermediates the graph keeps until backward: at seq 2048 with 32 heads
@@ -9,7 +9,7 @@
 use std::sync::Mutex;
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
 
 /// The graph node of a softmax whose output was computed beforehand by the fused kernel;
 /// its forward hands that output over (taking it out of the op, so the graph holds it once).
@@ -60,8 +60,9 @@ impl CustomOp1 for SoftmaxNode {
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, g: &Tensor) -> Result<Option<Tensor>> {
-        let y32 = y.to_dtype(DType::F32)?;
-        let g32 = g.to_dtype(DType::F32)?;
+        let acc = super::accumulation(y.dtype());
+        let y32 = y.to_dtype(acc)?;
+        let g32 = g.to_dtype(acc)?;
         let dot = (&g32 * &y32)?.sum_keepdim(D::Minus1)?;
         let grad = (y32 * g32.broadcast_sub(&dot)?)?;
         Ok(Some(grad.to_dtype(x.dtype())?))

@@ -19,7 +19,7 @@ pub use sparsegpt::sparsegpt;
 
 use crate::data::{Batch, Block};
 use crate::error::{LorsError, Result};
-use crate::model::{write_model_dir, CausalLm, ModelDir, WeightSource};
+use crate::model::{write_model_dir, CausalLm, ModelDir, ModuleId, Proj, WeightSource};
 use crate::sparsity::{mask_from_scores, BitMask, Pattern};
 
 /// Pruning algorithm.
@@ -193,8 +193,6 @@ pub fn prune_model(
         .map(|c| Batch::from_blocks(&c.iter().collect::<Vec<_>>(), DType::F32))
         .collect::<Result<_>>()?;
     let tokens: usize = calib.iter().map(|b| b.ids.len()).sum();
-    let seq_len = calib.first().map_or(1, |b| b.ids.len());
-    let ctx = model.context(seq_len)?;
     let mut xs: Vec<Tensor> = if needs_data {
         batches
             .iter()
@@ -207,43 +205,39 @@ pub fn prune_model(
     let mut layers = Vec::new();
     let n_blocks = model.num_blocks();
     for i in 0..n_blocks {
-        let prefix = format!("model.layers.{i}.");
-        let modules: Vec<(String, Tensor)> = model
+        let modules: Vec<(ModuleId, Tensor)> = model
             .linears()
             .into_iter()
-            .filter(|(n, _)| n.starts_with(&prefix))
-            .map(|(n, l)| (n, l.base().weight().clone()))
+            .filter(|(m, _)| m.layer == i)
+            .map(|(m, l)| (m, l.base().weight().clone()))
             .collect();
-        let mut stats: HashMap<String, Stats> = HashMap::new();
+        let mut stats: HashMap<Proj, Stats> = HashMap::new();
         if needs_data {
             for x in &xs {
-                model.block_with_taps(i, x, &ctx, &mut |name, input| {
+                model.block_with_taps(i, x, &mut |proj, input| {
                     let in_f = input.dim(candle_core::D::Minus1)?;
-                    let entry = stats
-                        .entry(name.to_string())
-                        .or_insert_with(|| match method {
-                            PruneMethod::SparseGpt => Stats::Gram(DMatrix::zeros(in_f, in_f)),
-                            _ => Stats::SquaredNorms(vec![0.0; in_f]),
-                        });
+                    let entry = stats.entry(proj).or_insert_with(|| match method {
+                        PruneMethod::SparseGpt => Stats::Gram(DMatrix::zeros(in_f, in_f)),
+                        _ => Stats::SquaredNorms(vec![0.0; in_f]),
+                    });
                     entry.add(input)
                 })?;
             }
         }
         for (module, w) in modules {
-            let short = module.rsplit('.').next().expect("module path").to_string();
-            let (pruned, mask) = prune_weight(&w, stats.get(&short), tokens, pattern, method)
-                .map_err(|e| LorsError::invalid(module.clone(), e.to_string()))?;
+            let (pruned, mask) = prune_weight(&w, stats.get(&module.proj), tokens, pattern, method)
+                .map_err(|e| LorsError::invalid(module.to_string(), e.to_string()))?;
             layers.push(PrunedLayer {
-                name: module.clone(),
+                name: module.to_string(),
                 density: mask.density(),
             });
-            model.replace_weight(&module, pruned.clone())?;
+            model.replace_weight(module, pruned.clone())?;
             out.insert(format!("{module}.weight"), (pruned, mask));
         }
         if needs_data {
             xs = xs
                 .iter()
-                .map(|x| model.block_with_taps(i, x, &ctx, &mut |_, _| Ok(())))
+                .map(|x| model.block_with_taps(i, x, &mut |_, _| Ok(())))
                 .collect::<Result<_>>()?;
         }
         progress(i + 1, n_blocks);

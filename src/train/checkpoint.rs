@@ -26,7 +26,7 @@ pub struct TrainerState {
 }
 
 /// PEFT name of an adapter tensor.
-pub fn peft_name(module: &str, part: &str) -> String {
+pub fn peft_name(module: &impl std::fmt::Display, part: &str) -> String {
     format!("base_model.model.{module}.{part}.weight")
 }
 

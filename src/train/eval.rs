@@ -4,7 +4,6 @@
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
-use super::loss::causal_lm_nll_sum;
 use crate::data::{Batch, Block};
 use crate::error::{LorsError, Result};
 use crate::model::CausalLm;
@@ -47,9 +46,8 @@ pub fn evaluate(
     let (mut sum, mut count) = (0f64, 0f64);
     for chunk in blocks[..n].chunks(batch_size.max(1)) {
         let batch = Batch::from_blocks(&chunk.iter().collect::<Vec<_>>(), DType::F32)?;
-        let logits = model.forward(&batch.ids)?;
-        let (s, c) = causal_lm_nll_sum(&logits, &batch.ids, &batch.loss_mask)?;
-        sum += s.to_scalar::<f32>()? as f64;
+        let (s, c) = model.nll(&batch.ids, &batch.loss_mask)?;
+        sum += s;
         count += c;
     }
     let loss = sum / count.max(1.0);

@@ -6,21 +6,17 @@
 //! forward+backward sweep over the calibration data per group), so they never all sit in
 //! memory at once on a large model.
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor, Var};
+use candle_core::{DType, Device, Tensor};
 use nalgebra::DMatrix;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
-use super::loss::causal_lm_loss;
-use crate::adapters::GradProbe;
 use crate::data::Batch;
 use crate::error::{LorsError, Result};
-use crate::model::{CausalLm, Probes};
+use crate::model::{CausalLm, Gradients, Recompute};
 
 /// What the initialisation did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -36,12 +32,14 @@ pub struct GradInitReport {
 const FULL_SVD_MAX: usize = 1024;
 
 /// Run the initialisation on `batches` (calibration batches), reporting progress as
-/// `(layers done, layers total)`.
+/// `(layers done, layers total)`. The gradients come from the training step's backward
+/// (`recompute` as in training), with the probed layers running frozen.
 pub fn gradient_init(
     model: &CausalLm,
     batches: &[Batch],
     stable_gamma: f64,
     budget_bytes: usize,
+    recompute: Recompute,
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<GradInitReport> {
@@ -65,24 +63,15 @@ pub fn gradient_init(
         groups.last_mut().expect("non-empty").push(i);
         used += bytes;
     }
-    let anchor = Var::zeros(1, DType::F32, model.device())?;
     let mut done = 0;
     for group in &groups {
-        let probes = Probes {
-            layers: group
-                .iter()
-                .map(|&i| (adapted[i].0.clone(), Arc::new(GradProbe::default())))
-                .collect::<HashMap<_, _>>(),
-            anchor: anchor.clone(),
-        };
+        let mut grads = Gradients::probing(group.iter().map(|&i| adapted[i].0));
         for batch in batches {
-            let logits = model.forward_probed(&batch.ids, &probes)?;
-            let (loss, _) = causal_lm_loss(&logits, &batch.ids, &batch.loss_mask)?;
-            drop(loss.backward()?);
+            model.loss_and_grads(&batch.ids, &batch.loss_mask, 1.0, recompute, &mut grads)?;
         }
         for &i in group {
             let (name, layer) = &adapted[i];
-            let g = probes.layers[name].take().ok_or_else(|| {
+            let g = grads.take_probe(*name).ok_or_else(|| {
                 LorsError::invalid("adapter.init", format!("{name} received no gradient"))
             })?;
             let rank = layer.config().rank;

@@ -12,10 +12,12 @@ pub fn causal_lm_loss(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<(T
     Ok(((sum / count.max(1.0))?, count))
 }
 
-/// Summed next-token negative log-likelihood over masked targets, and the target count.
+/// Summed next-token negative log-likelihood over masked targets (accumulated in f32, or
+/// f64 for f64 logits), and the target count.
 pub fn causal_lm_nll_sum(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result<(Tensor, f64)> {
     let (_, t, _) = logits.dims3()?;
-    let logits = logits.narrow(1, 0, t - 1)?.to_dtype(DType::F32)?;
+    let logits = logits.narrow(1, 0, t - 1)?;
+    let logits = logits.to_dtype(crate::model::accumulation(logits.dtype()))?;
     let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
     let mask = mask.narrow(1, 1, t - 1)?.to_dtype(DType::F32)?;
     // Counted where the batch lives (the host), before moving it next to the logits.
@@ -28,6 +30,6 @@ pub fn causal_lm_nll_sum(logits: &Tensor, ids: &Tensor, mask: &Tensor) -> Result
     let picked = logp
         .gather(&targets.unsqueeze(D::Minus1)?, D::Minus1)?
         .squeeze(D::Minus1)?;
-    let sum = (picked * &mask)?.sum_all()?.neg()?;
+    let sum = (picked * mask.to_dtype(logp.dtype())?)?.sum_all()?.neg()?;
     Ok((sum, count))
 }

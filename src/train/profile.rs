@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::adapters::{AdapterConfig, Init, Method};
 use crate::data::{BlockOptions, DataFormat};
 use crate::error::{LorsError, Result};
-use crate::model::DEFAULT_TARGETS;
+use crate::model::{Proj, Recompute};
 
 /// The model to fine-tune.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -133,7 +133,7 @@ fn default_stable_gamma() -> f64 {
     1.0
 }
 fn default_targets() -> Vec<String> {
-    DEFAULT_TARGETS.iter().map(|s| s.to_string()).collect()
+    Proj::ALL.iter().map(|p| p.name().to_string()).collect()
 }
 
 impl Default for AdapterSection {
@@ -240,6 +240,10 @@ pub struct TrainSection {
     /// Export the merged model into the run directory when training ends.
     #[serde(default)]
     pub merge_at_end: bool,
+    /// What each decoder block keeps for its backward: `selective` (the products of matrix
+    /// multiplications; fastest) or `block` (only its input; least memory, one more forward).
+    #[serde(default)]
+    pub recompute: Recompute,
 }
 
 fn default_batch() -> usize {

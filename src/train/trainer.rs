@@ -10,9 +10,8 @@ use rand_chacha::ChaCha8Rng;
 use super::checkpoint::{self, TrainerState};
 use super::eval::{evaluate, EvalResult};
 use super::grad_init::{gradient_init, GradInitReport};
-use super::loss::causal_lm_loss;
 use super::optim::{lr_at, AdamW};
-use super::profile::Profile;
+use super::profile::{Profile, TrainSection};
 use super::run_dir::{now_s, ControlRequest, MetricRow, RunDir, RunState, Status};
 use crate::adapters::Init;
 use crate::data::{
@@ -21,7 +20,7 @@ use crate::data::{
 use crate::device::{gpu_memory, parse_device, reset_gpu_peak};
 use crate::error::{LorsError, Result};
 use crate::memory;
-use crate::model::{merged_sparsity, parse_dtype, AdapterSpec, CausalLm, ModelDir};
+use crate::model::{merged_sparsity, parse_dtype, AdapterSpec, CausalLm, Gradients, ModelDir};
 
 /// Something that happened during a run, for progress displays.
 #[derive(Debug, Clone)]
@@ -445,6 +444,7 @@ fn init_adapters(
         &batches,
         profile.adapter.stable_gamma,
         GRAD_INIT_BUDGET_BYTES,
+        t.recompute,
         t.seed,
         &mut |done, total| {
             on_event(&Event::InitProgress { done, total });
@@ -473,34 +473,37 @@ struct StepGrads {
     grad_norm: f64,
 }
 
-/// Forward and backward over the step's micro-batches, advancing `state.batches_seen`.
+/// Forward and backward over the step's micro-batches (each block running its own backward),
+/// advancing `state.batches_seen`.
 fn compute_grads(
     p: &Prepared,
     vars: &[Var],
-    grad_accum: usize,
+    t: &TrainSection,
     state: &mut TrainerState,
 ) -> Result<StepGrads> {
-    let mut grads: Vec<Option<Tensor>> = vec![None; vars.len()];
+    let mut store = Gradients::new();
     let mut loss_sum = 0.0;
-    for _ in 0..grad_accum {
+    let weight = 1.0 / t.grad_accum as f64;
+    for _ in 0..t.grad_accum {
         let batch = p.train.batch(state.batches_seen, DType::F32)?;
         state.batches_seen += 1;
-        let logits = p.model.forward(&batch.ids)?;
-        let (loss, _) = causal_lm_loss(&logits, &batch.ids, &batch.loss_mask)?;
-        let loss = (loss / grad_accum as f64)?;
-        loss_sum += loss.to_scalar::<f32>()? as f64;
-        let store = loss.backward()?;
-        for (acc, var) in grads.iter_mut().zip(vars) {
-            let g = store.get(var).ok_or_else(|| {
-                LorsError::invalid("train", "an adapter tensor received no gradient")
-            })?;
-            *acc = Some(match acc.take() {
-                Some(a) => (a + g)?,
-                None => g.clone(),
-            });
-        }
+        let (sum, count) = p.model.loss_and_grads(
+            &batch.ids,
+            &batch.loss_mask,
+            weight,
+            t.recompute,
+            &mut store,
+        )?;
+        loss_sum += sum / count.max(1.0) * weight;
     }
-    let grads: Vec<Tensor> = grads.into_iter().map(|g| g.expect("accumulated")).collect();
+    let grads = vars
+        .iter()
+        .map(|var| {
+            store.get(var).cloned().ok_or_else(|| {
+                LorsError::invalid("train", "an adapter tensor received no gradient")
+            })
+        })
+        .collect::<Result<Vec<Tensor>>>()?;
     // Summed where the gradients live, in f64 and in order: one read from a GPU.
     let mut sq: Option<Tensor> = None;
     for g in &grads {
@@ -665,7 +668,7 @@ fn train_inner(
         memory::reset_peak();
         let live_at_start = memory::live_bytes();
         let before = state.clone();
-        let g = compute_grads(&p, &vars, t.grad_accum, &mut state)?;
+        let g = compute_grads(&p, &vars, t, &mut state)?;
         if !(g.loss.is_finite() && g.grad_norm.is_finite()) {
             let mut save_good = |snap: &checkpoint::Snapshot| save(snap, &mut *on_event);
             return Err(diverged(

@@ -1,0 +1,270 @@
+//! Causal grouped-query attention over chunks of queries: no (positions x positions) tensor
+//! ever exists, only (chunk x keys) scores, and the repeated k/v of grouped-query attention
+//! are never materialised (the queries sharing a kv head are stacked instead).
+//!
+//! Each chunk holds whole rows of the score matrix, so its softmax is the fused, numerically
+//! stable one of candle (f32 accumulation for half types), and the backward recomputes it per
+//! chunk from q and k: only the output is kept from the forward.
+
+use candle_core::{DType, Device, Tensor, D};
+
+use super::ops::accumulation;
+use crate::error::Result;
+
+/// Memory one chunk's score matrix may take; the chunk length follows from it.
+pub(crate) const CHUNK_SCORE_BYTES: usize = 32 << 20;
+
+/// Attention inputs for one call.
+pub(crate) struct Attention<'a> {
+    /// Queries (batch, heads, queries, head_dim), already rotated.
+    pub q: &'a Tensor,
+    /// Keys and values (batch, kv_heads, keys, head_dim); `keys ≥ queries`.
+    pub k: &'a Tensor,
+    pub v: &'a Tensor,
+    /// Query `i` sits at position `keys − queries + i` and sees keys up to it.
+    pub scale: f64,
+    /// Queries per chunk.
+    pub chunk: usize,
+}
+
+/// The chunk length whose scores (`batch · heads · chunk · keys` values of `dtype`) fit
+/// [`CHUNK_SCORE_BYTES`] (at least 16 queries, at most all of them).
+pub(crate) fn chunk_for(
+    batch: usize,
+    heads: usize,
+    queries: usize,
+    keys: usize,
+    dtype: DType,
+) -> usize {
+    let per_query = (batch * heads * keys * dtype.size_in_bytes().max(4)).max(1);
+    (CHUNK_SCORE_BYTES / per_query)
+        .clamp(16, queries.max(16))
+        .min(queries.max(1))
+}
+
+/// Additive causal mask (queries `start..start + len` at offset `offset`, keys `0..keys`):
+/// 0 where key ≤ position, −∞ after.
+fn chunk_mask(
+    start: usize,
+    len: usize,
+    offset: usize,
+    keys: usize,
+    dtype: DType,
+    device: &Device,
+) -> Result<Tensor> {
+    let rows = Tensor::arange(
+        (offset + start) as u32,
+        (offset + start + len) as u32,
+        device,
+    )?;
+    let cols = Tensor::arange(0u32, keys as u32, device)?;
+    let after = cols.unsqueeze(0)?.broadcast_gt(&rows.unsqueeze(1)?)?;
+    let zero = Tensor::zeros((len, keys), dtype, device)?;
+    let minus_inf = Tensor::full(f32::NEG_INFINITY, (len, keys), device)?.to_dtype(dtype)?;
+    Ok(after.where_cond(&minus_inf, &zero)?)
+}
+
+impl Attention<'_> {
+    fn dims(&self) -> Result<Dims> {
+        let (b, heads, tq, d) = self.q.dims4()?;
+        let (_, kv, tk, _) = self.k.dims4()?;
+        Ok(Dims {
+            b,
+            kv,
+            rep: heads / kv,
+            tq,
+            tk,
+            d,
+            offset: tk - tq,
+        })
+    }
+
+    /// The chunks: `(start, len, keys seen)`.
+    fn chunks(&self, dims: &Dims) -> impl Iterator<Item = (usize, usize, usize)> {
+        let (tq, offset, chunk) = (dims.tq, dims.offset, self.chunk.max(1));
+        (0..tq).step_by(chunk).map(move |s| {
+            let len = chunk.min(tq - s);
+            (s, len, offset + s + len)
+        })
+    }
+
+    /// Queries `start..start+len` grouped by kv head: (b, kv, rep·len, d).
+    fn grouped(x: &Tensor, dims: &Dims, start: usize, len: usize) -> Result<Tensor> {
+        Ok(x.reshape((dims.b, dims.kv, dims.rep, dims.tq, dims.d))?
+            .narrow(3, start, len)?
+            .contiguous()?
+            .reshape((dims.b, dims.kv, dims.rep * len, dims.d))?)
+    }
+
+    /// Softmax probabilities of one chunk, (b, kv, rep·len, keys), in the compute dtype.
+    fn probabilities(
+        &self,
+        dims: &Dims,
+        q: &Tensor,
+        k: &Tensor,
+        start: usize,
+        len: usize,
+        keys: usize,
+    ) -> Result<Tensor> {
+        let scores =
+            (q.matmul(&k.t()?)? * self.scale)?.reshape((dims.b, dims.kv, dims.rep, len, keys))?;
+        let mask = chunk_mask(
+            start,
+            len,
+            dims.offset,
+            keys,
+            scores.dtype(),
+            scores.device(),
+        )?;
+        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
+        Ok(probs.reshape((dims.b, dims.kv, dims.rep * len, keys))?)
+    }
+
+    /// The output (batch, heads, queries, head_dim).
+    pub fn forward(&self) -> Result<Tensor> {
+        let dims = self.dims()?;
+        let mut outs = Vec::new();
+        for (start, len, keys) in self.chunks(&dims) {
+            let q = Self::grouped(self.q, &dims, start, len)?;
+            let k = self.k.narrow(2, 0, keys)?;
+            let v = self.v.narrow(2, 0, keys)?;
+            let p = self.probabilities(&dims, &q, &k, start, len, keys)?;
+            outs.push(
+                p.matmul(&v.contiguous()?)?
+                    .reshape((dims.b, dims.kv, dims.rep, len, dims.d))?,
+            );
+        }
+        Ok(Tensor::cat(&outs, 3)?.reshape((dims.b, dims.kv * dims.rep, dims.tq, dims.d))?)
+    }
+
+    /// Gradients `(dq, dk, dv)` for the output gradient `d_out` of the output `out`, both
+    /// (batch, heads, queries, head_dim).
+    pub fn backward(&self, out: &Tensor, d_out: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let dims = self.dims()?;
+        let acc = accumulation(self.q.dtype());
+        // D = rowsum(dO ⊙ O), the softmax backward's per-row term.
+        let row_dot = (d_out.to_dtype(acc)? * out.to_dtype(acc)?)?.sum_keepdim(D::Minus1)?;
+        let zeros = Tensor::zeros((dims.b, dims.kv, dims.tk, dims.d), acc, self.k.device())?;
+        let (mut dk, mut dv) = (zeros.clone(), zeros);
+        let mut dqs = Vec::new();
+        for (start, len, keys) in self.chunks(&dims) {
+            let q = Self::grouped(self.q, &dims, start, len)?;
+            let g = Self::grouped(d_out, &dims, start, len)?;
+            let row = Self::grouped(&row_dot, &Dims { d: 1, ..dims }, start, len)?;
+            let k = self.k.narrow(2, 0, keys)?.contiguous()?;
+            let v = self.v.narrow(2, 0, keys)?.contiguous()?;
+            let p = self.probabilities(&dims, &q, &k, start, len, keys)?;
+            let pad = |t: Tensor| -> Result<Tensor> {
+                Ok(t.to_dtype(acc)?.pad_with_zeros(2, 0, dims.tk - keys)?)
+            };
+            dv = (dv + pad(p.t()?.matmul(&g)?)?)?;
+            let dp = g.matmul(&v.t()?)?.to_dtype(acc)?;
+            let ds = (p.to_dtype(acc)? * dp.broadcast_sub(&row)?)?;
+            let ds = (ds * self.scale)?.to_dtype(q.dtype())?;
+            dqs.push(
+                ds.matmul(&k)?
+                    .reshape((dims.b, dims.kv, dims.rep, len, dims.d))?,
+            );
+            dk = (dk + pad(ds.t()?.matmul(&q)?)?)?;
+        }
+        let dq = Tensor::cat(&dqs, 3)?.reshape((dims.b, dims.kv * dims.rep, dims.tq, dims.d))?;
+        let dtype = self.k.dtype();
+        Ok((dq, dk.to_dtype(dtype)?, dv.to_dtype(dtype)?))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    b: usize,
+    kv: usize,
+    rep: usize,
+    tq: usize,
+    tk: usize,
+    d: usize,
+    offset: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn wave(shape: &[usize], k: usize) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| (((i * k) % 23) as f64 - 11.0) * 0.07)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The textbook form through candle's autograd: repeated k/v, the full score matrix.
+    fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {
+        let (b, h, tq, d) = q.dims4().unwrap();
+        let (_, kv, tk, _) = k.dims4().unwrap();
+        let rep = |x: &Tensor| {
+            x.unsqueeze(2)
+                .unwrap()
+                .expand((b, kv, h / kv, tk, d))
+                .unwrap()
+                .reshape((b, h, tk, d))
+                .unwrap()
+        };
+        let scores = (q.matmul(&rep(k).t().unwrap()).unwrap() * scale).unwrap();
+        let mask = chunk_mask(0, tq, tk - tq, tk, DType::F64, &Device::Cpu).unwrap();
+        let p = candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
+        p.matmul(&rep(v)).unwrap()
+    }
+
+    fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
+        let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(a.len(), b.len());
+        let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs() / scale)
+            .fold(0.0, f64::max)
+    }
+
+    /// Chunked forward and backward equal the textbook attention (GQA 4/2, chunks that do not
+    /// divide the length, queries behind a cached prefix), to 1e-12 of the largest value in
+    /// f64: the same sums in another order.
+    #[test]
+    fn chunked_attention_equals_the_full_softmax_forward_and_backward() {
+        for (tq, tk, chunk) in [(7, 7, 3), (7, 7, 7), (5, 9, 2), (1, 6, 4)] {
+            let q = Var::from_tensor(&wave(&[2, 4, tq, 8], 5)).unwrap();
+            let k = Var::from_tensor(&wave(&[2, 2, tk, 8], 7)).unwrap();
+            let v = Var::from_tensor(&wave(&[2, 2, tk, 8], 11)).unwrap();
+            let d_out = wave(&[2, 4, tq, 8], 13);
+            let want = reference(q.as_tensor(), k.as_tensor(), v.as_tensor(), 0.3);
+            let grads = (&want * &d_out)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let att = Attention {
+                q: q.as_tensor(),
+                k: k.as_tensor(),
+                v: v.as_tensor(),
+                scale: 0.3,
+                chunk,
+            };
+            let out = att.forward().unwrap();
+            assert!(max_rel(&out, &want) < 1e-12, "forward {tq}/{tk}/{chunk}");
+            let (dq, dk, dv) = att.backward(&out, &d_out).unwrap();
+            for (got, var, what) in [(dq, &q, "dq"), (dk, &k, "dk"), (dv, &v, "dv")] {
+                let e = max_rel(&got, grads.get(var).unwrap());
+                assert!(e < 1e-12, "{what} {tq}/{tk}/{chunk}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn chunk_length_follows_the_score_budget() {
+        assert_eq!(chunk_for(1, 16, 2048, 2048, DType::F32), 256);
+        assert_eq!(chunk_for(4, 16, 256, 256, DType::F32), 256);
+        assert_eq!(chunk_for(1, 1, 3, 3, DType::F32), 3);
+        assert_eq!(chunk_for(64, 64, 4096, 4096, DType::BF16), 16);
+    }
+}

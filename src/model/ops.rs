@@ -1,0 +1,172 @@
+//! The element-wise parts of a decoder block, forward with candle's fused kernels where it has
+//! them (`rms_norm`, `rope`; inference-only in candle) and backward written out by hand.
+//! Nothing here records a graph.
+
+use candle_core::{DType, Tensor, D};
+
+use crate::error::Result;
+
+/// The dtype sums are accumulated in: f32 for the half types, else the dtype itself.
+pub(crate) fn accumulation(dtype: DType) -> DType {
+    match dtype {
+        DType::F16 | DType::BF16 => DType::F32,
+        d => d,
+    }
+}
+
+/// `RMSNorm(x)·w` with candle's fused kernel (f32 accumulation for half types); f64, which
+/// the kernel lacks (gradient checks), through the op-by-op form.
+pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    Ok(match x.dtype() {
+        DType::F64 => candle_nn::ops::rms_norm_slow(x, weight, eps as f32)?,
+        _ => candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?,
+    })
+}
+
+/// The input gradient of `y = x·r·w`, `r = 1/√(mean(x²) + ε)`, accumulated in f32 or f64:
+/// `dx = r·(g − x̂·mean(g·x̂))` with `g = dy·w` and `x̂ = x·r`.
+pub(crate) fn rms_norm_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    dy: &Tensor,
+) -> Result<Tensor> {
+    let acc = accumulation(x.dtype());
+    let x32 = x.to_dtype(acc)?;
+    let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let x_hat = x32.broadcast_mul(&r)?;
+    let g = dy.to_dtype(acc)?.broadcast_mul(&weight.to_dtype(acc)?)?;
+    let dot = (&g * &x_hat)?.mean_keepdim(D::Minus1)?;
+    let dx = (g - x_hat.broadcast_mul(&dot)?)?.broadcast_mul(&r)?;
+    Ok(dx.to_dtype(x.dtype())?)
+}
+
+/// Rotary tables for a run of positions: `cos`, `sin` (positions, head_dim/2) in the compute
+/// dtype, and `−sin`, which turns the rotation into its inverse (the backward of rope).
+#[derive(Debug, Clone)]
+pub(crate) struct Rope {
+    cos: Tensor,
+    sin: Tensor,
+    neg_sin: Tensor,
+}
+
+impl Rope {
+    /// The tables of positions `offset..offset + len` for inverse frequencies (1, head_dim/2).
+    pub fn new(inv_freq: &Tensor, offset: usize, len: usize, dtype: DType) -> Result<Self> {
+        let device = inv_freq.device();
+        let positions = Tensor::arange(offset as u32, (offset + len) as u32, device)?
+            .to_dtype(DType::F32)?
+            .reshape((len, 1))?;
+        let freqs = positions.broadcast_mul(inv_freq)?;
+        let sin = freqs.sin()?;
+        Ok(Self {
+            cos: freqs.cos()?.to_dtype(dtype)?,
+            neg_sin: sin.neg()?.to_dtype(dtype)?,
+            sin: sin.to_dtype(dtype)?,
+        })
+    }
+
+    /// Rotate `x` (batch, heads, positions, head_dim).
+    pub fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope(
+            &x.contiguous()?,
+            &self.cos,
+            &self.sin,
+        )?)
+    }
+
+    /// The gradient of [`apply`](Self::apply): the inverse rotation of `dy`.
+    pub fn backward(&self, dy: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::rotary_emb::rope(
+            &dy.contiguous()?,
+            &self.cos,
+            &self.neg_sin,
+        )?)
+    }
+
+    /// `(cos, sin)`, for the autograd reference path.
+    pub fn tables(&self) -> (&Tensor, &Tensor) {
+        (&self.cos, &self.sin)
+    }
+}
+
+/// SwiGLU's product `silu(gate)·up`.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((gate.silu()? * up)?)
+}
+
+/// Gradients of `silu(gate)·up`: `(dm·up·silu'(gate), dm·silu(gate))`, where
+/// `silu'(g) = σ(g)·(1 + g·(1 − σ(g)))`.
+pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, dm: &Tensor) -> Result<(Tensor, Tensor)> {
+    let sig = candle_nn::ops::sigmoid(gate)?;
+    let silu = (gate * &sig)?;
+    let dsilu = (&sig * ((gate * (1.0 - &sig)?)? + 1.0)?)?;
+    let d_gate = ((dm * up)? * dsilu)?;
+    let d_up = (dm * silu)?;
+    Ok((d_gate, d_up))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::{Device, Var};
+
+    fn t(values: &[f64], shape: &[usize]) -> Tensor {
+        Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()
+    }
+
+    fn wave(n: usize, k: usize) -> Vec<f64> {
+        (0..n).map(|i| ((i * k % 17) as f64 - 8.0) * 0.13).collect()
+    }
+
+    /// Hand-written backwards equal candle's autograd through the differentiable forms, in
+    /// f64 (agreement to 1e-12: both are exact formulas, only rounding differs).
+    fn assert_close(a: &Tensor, b: &Tensor) {
+        let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn rms_norm_backward_matches_autograd() {
+        let x = Var::from_tensor(&t(&wave(24, 5), &[2, 3, 4])).unwrap();
+        let w = t(&wave(4, 3), &[4]);
+        let dy = t(&wave(24, 7), &[2, 3, 4]);
+        let y = candle_nn::ops::rms_norm_slow(x.as_tensor(), &w, 1e-5).unwrap();
+        let grads = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        let want = grads.get(&x).unwrap();
+        assert_close(
+            &rms_norm_backward(x.as_tensor(), &w, 1e-5, &dy).unwrap(),
+            want,
+        );
+    }
+
+    #[test]
+    fn rope_backward_matches_autograd_and_forward_matches_the_slow_form() {
+        let inv = Tensor::new(&[[1.0f32, 0.1]], &Device::Cpu).unwrap();
+        let rope = Rope::new(&inv, 3, 5, DType::F64).unwrap();
+        let x = Var::from_tensor(&t(&wave(40, 5), &[1, 2, 5, 4])).unwrap();
+        let dy = t(&wave(40, 3), &[1, 2, 5, 4]);
+        let (cos, sin) = rope.tables();
+        let y = candle_nn::rotary_emb::rope_slow(x.as_tensor(), cos, sin).unwrap();
+        assert_close(&rope.apply(x.as_tensor()).unwrap(), &y);
+        let grads = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
+        assert_close(&rope.backward(&dy).unwrap(), grads.get(&x).unwrap());
+    }
+
+    #[test]
+    fn swiglu_backward_matches_autograd() {
+        let g = Var::from_tensor(&t(&wave(12, 5), &[3, 4])).unwrap();
+        let u = Var::from_tensor(&t(&wave(12, 7), &[3, 4])).unwrap();
+        let dm = t(&wave(12, 11), &[3, 4]);
+        let m = swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+        let grads = (m * &dm).unwrap().sum_all().unwrap().backward().unwrap();
+        let (dg, du) = swiglu_backward(g.as_tensor(), u.as_tensor(), &dm).unwrap();
+        assert_close(&dg, grads.get(&g).unwrap());
+        assert_close(&du, grads.get(&u).unwrap());
+    }
+}

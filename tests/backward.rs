@@ -1,0 +1,184 @@
+//! The training step's hand-written backward (each decoder block's own, under both recompute
+//! policies, with the chunked attention and the fused chunked loss) against candle's autograd
+//! through the differentiable reference forward (`forward_autograd`), for every method, on
+//! the real stories260K-wanda-50 and on a random Qwen2-shaped model (GQA, q/k/v bias).
+//!
+//! In f64 the two must agree to 1e-10 of the largest gradient entry (and of the loss): they
+//! add the same terms in different orders (fused RMSNorm, chunked softmax, scores scaled
+//! after the product), so only roundings differ (~1e-15), while a wrong term is O(1). In f32,
+//! the training dtype, the bound is 1e-5.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use lors::adapters::{AdapterConfig, Init, Method};
+use lors::model::random::{random_weights, small_config, write_checkpoint};
+use lors::model::{AdapterSpec, CausalLm, Gradients, ModelDir, Recompute};
+use lors::sparsity::Pattern;
+use lors::train::loss::causal_lm_loss;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+const METHODS: [Method; 5] = [
+    Method::Lors,
+    Method::LorsExact,
+    Method::Lora,
+    Method::Sqft,
+    Method::Spp,
+];
+
+fn adapted_model(dir: &ModelDir, method: Method, dtype: DType) -> CausalLm {
+    let spec = AdapterSpec {
+        config: AdapterConfig {
+            method,
+            rank: 4,
+            alpha: 8.0,
+            rslora: false,
+            init: Init::Standard,
+        },
+        targets: lors::model::Proj::ALL
+            .iter()
+            .map(|p| p.name().to_string())
+            .collect(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    let model = CausalLm::from_source(
+        &dir.config,
+        &dir.weights().unwrap(),
+        dtype,
+        &Device::Cpu,
+        Some(&spec),
+        &mut rng,
+    )
+    .unwrap();
+    // Both adapter tensors nonzero, so every gradient path carries signal.
+    for (_, layer) in model.adapted() {
+        let [(_, a), (_, b)] = layer.trainable();
+        let mut random = |t: &Tensor| {
+            let v: Vec<f64> = (0..t.elem_count())
+                .map(|_| rng.random_range(-0.2..0.2))
+                .collect();
+            Tensor::from_vec(v, t.shape(), &Device::Cpu).unwrap()
+        };
+        let (a2, b2) = (random(a.as_tensor()), random(b.as_tensor()));
+        layer.set_adapter(&a2, &b2).unwrap();
+    }
+    model
+}
+
+fn batch(vocab: usize, t: usize) -> (Tensor, Tensor) {
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let ids: Vec<u32> = (0..2 * t)
+        .map(|_| rng.random_range(0..vocab as u32))
+        .collect();
+    // The second row is padded after 3/4 of its length.
+    let mask: Vec<f32> = (0..2 * t)
+        .map(|i| {
+            if i >= t && i - t >= 3 * t / 4 {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    (
+        Tensor::from_vec(ids, (2, t), &Device::Cpu).unwrap(),
+        Tensor::from_vec(mask, (2, t), &Device::Cpu).unwrap(),
+    )
+}
+
+fn values(t: &Tensor) -> Vec<f64> {
+    let t = t.to_dtype(DType::F64).unwrap();
+    t.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+}
+
+fn max_rel(got: &Tensor, want: &Tensor) -> f64 {
+    let (g, w) = (values(got), values(want));
+    let scale = w.iter().fold(0f64, |m, x| m.max(x.abs()));
+    assert!(scale > 0.0, "a reference gradient is all zeros");
+    g.iter()
+        .zip(&w)
+        .map(|(a, b)| (a - b).abs() / scale)
+        .fold(0.0, f64::max)
+}
+
+/// Every method under both policies: the loss and every adapter gradient within `tol` of
+/// the largest reference entry; returns the largest difference seen.
+fn check_model(dir: &ModelDir, seq: usize, dtype: DType, tol: f64) -> f64 {
+    let (ids, mask) = batch(dir.config.vocab_size, seq);
+    let mut worst = 0f64;
+    for method in METHODS {
+        let model = adapted_model(dir, method, dtype);
+        let logits = model.forward_autograd(&ids).unwrap();
+        let (loss, _) = causal_lm_loss(&logits, &ids, &mask).unwrap();
+        let store = loss.backward().unwrap();
+        let loss = values(&loss)[0];
+        for recompute in Recompute::ALL {
+            let mut grads = Gradients::new();
+            let (sum, count) = model
+                .loss_and_grads(&ids, &mask, 1.0, recompute, &mut grads)
+                .unwrap();
+            let what = format!("{method} / {}", recompute.name());
+            assert!(
+                (sum / count - loss).abs() <= tol * loss.abs(),
+                "{what}: loss {} vs {loss}",
+                sum / count
+            );
+            for (module, layer) in model.adapted() {
+                for (part, var) in layer.trainable() {
+                    let want = store.get(var).expect("reference gradient");
+                    let got = grads.get(var).expect("engine gradient");
+                    let e = max_rel(got, want);
+                    worst = worst.max(e);
+                    assert!(e <= tol, "{what}: {module}.{part} differs by {e:e}");
+                }
+            }
+        }
+    }
+    worst
+}
+
+#[test]
+fn block_backward_equals_autograd_on_stories260k_wanda_50() {
+    let dir = ModelDir::open(Path::new("../shared/models/stories260K-wanda-50")).unwrap();
+    let f64_worst = check_model(&dir, 40, DType::F64, 1e-10);
+    let f32_worst = check_model(&dir, 40, DType::F32, 1e-5);
+    eprintln!("largest difference: f64 {f64_worst:e}, f32 {f32_worst:e}");
+}
+
+#[test]
+fn block_backward_equals_autograd_on_a_qwen2_shaped_gqa_model_with_bias() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut config = small_config(64, 2, 8, 2, 96);
+    config.model_type = Some("qwen2".into());
+    let tensors =
+        random_weights(&config, 5, Some(Pattern::Unstructured { sparsity: 0.5 })).unwrap();
+    write_checkpoint(tmp.path(), &config, &tensors).unwrap();
+    let dir = ModelDir::open(tmp.path()).unwrap();
+    assert!(dir.config.qkv_bias && dir.config.num_kv_heads < dir.config.num_heads);
+    let f64_worst = check_model(&dir, 37, DType::F64, 1e-10);
+    let f32_worst = check_model(&dir, 37, DType::F32, 1e-5);
+    eprintln!("largest difference: f64 {f64_worst:e}, f32 {f32_worst:e}");
+}
+
+/// Greedy decoding with the key-value cache gives the tokens of decoding without it (the
+/// whole sequence run again for every token), and the cached logits equal the full ones.
+#[test]
+fn cached_decoding_equals_recomputing_the_whole_sequence() {
+    let dir = ModelDir::open(Path::new("../shared/models/stories260K")).unwrap();
+    let model = CausalLm::load_frozen(&dir).unwrap();
+    let prompt = [1u32, 403, 407, 261, 378];
+    let new = lors::model::generate_greedy(&model, &prompt, 30).unwrap();
+    let mut ids = prompt.to_vec();
+    for &want in &new {
+        let input = Tensor::new(ids.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = model.forward(&input).unwrap().squeeze(0).unwrap();
+        let last = logits.get(ids.len() - 1).unwrap();
+        let next = last.argmax(0).unwrap().to_scalar::<u32>().unwrap();
+        assert_eq!(next, want, "after {} tokens", ids.len());
+        ids.push(next);
+    }
+}
