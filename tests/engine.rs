@@ -888,3 +888,42 @@ fn a_checkpoint_from_before_manifests_still_resumes() {
     let err = lors::train::checkpoint::verify(&ckpt).unwrap_err();
     assert!(err.to_string().contains("optimizer.safetensors"), "{err}");
 }
+
+/// The two recompute policies run the same operations in the same order (`block` only runs
+/// each block's forward once more), so a run's loss, gradient-norm and eval curves are
+/// identical bit for bit, for LoRS with gradient init and for SQFT (autograd inside).
+#[test]
+fn recompute_policies_give_identical_runs() {
+    let f = fixture();
+    for method in ["lors", "sqft"] {
+        let curves: Vec<Vec<String>> = ["selective", "block"]
+            .iter()
+            .map(|policy| {
+                let p = profile(
+                    &f,
+                    &[
+                        &format!("adapter.method={method}"),
+                        &format!("train.recompute={policy}"),
+                    ],
+                );
+                let dir = f.root.join(format!("run-{method}-{policy}"));
+                run(&p, &dir, None).unwrap();
+                comparable_rows(&dir)
+                    .iter()
+                    .filter_map(|r| match r {
+                        MetricRow::Train {
+                            loss, grad_norm, ..
+                        } => Some(format!("{loss:e} {grad_norm:e}")),
+                        MetricRow::Eval { eval_loss, .. } => Some(format!("{eval_loss:e}")),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        assert!(curves[0].len() >= 8, "{method}: {:?}", curves[0]);
+        assert_eq!(curves[0], curves[1], "{method}");
+    }
+    let err =
+        Profile::parse(&fixture::profile_text(&f), &["train.recompute=all".into()]).unwrap_err();
+    assert!(err.to_string().contains("recompute"), "{err}");
+}

@@ -2,13 +2,13 @@
 //! ever exists, only (chunk x keys) scores, and the repeated k/v of grouped-query attention
 //! are never materialised (the queries sharing a kv head are stacked instead).
 //!
-//! Each chunk holds whole rows of the score matrix, so its softmax is the fused, numerically
-//! stable one of candle (f32 accumulation for half types), and the backward recomputes it per
-//! chunk from q and k: only the output is kept from the forward.
+//! Each chunk holds whole rows of the score matrix, so its softmax is a fused, numerically
+//! stable one (max subtracted; the causal mask applied in the same pass), and the backward
+//! recomputes it per chunk from q and k: only the output is kept from the forward.
 
-use candle_core::{DType, Device, Tensor, D};
+use candle_core::{DType, Tensor, D};
 
-use super::ops::accumulation;
+use super::fused::{causal_softmax, softmax_backward, CausalRows};
 use crate::error::Result;
 
 /// Memory one chunk's score matrix may take; the chunk length follows from it.
@@ -40,28 +40,6 @@ pub(crate) fn chunk_for(
     (CHUNK_SCORE_BYTES / per_query)
         .clamp(16, queries.max(16))
         .min(queries.max(1))
-}
-
-/// Additive causal mask (queries `start..start + len` at offset `offset`, keys `0..keys`):
-/// 0 where key ≤ position, −∞ after.
-fn chunk_mask(
-    start: usize,
-    len: usize,
-    offset: usize,
-    keys: usize,
-    dtype: DType,
-    device: &Device,
-) -> Result<Tensor> {
-    let rows = Tensor::arange(
-        (offset + start) as u32,
-        (offset + start + len) as u32,
-        device,
-    )?;
-    let cols = Tensor::arange(0u32, keys as u32, device)?;
-    let after = cols.unsqueeze(0)?.broadcast_gt(&rows.unsqueeze(1)?)?;
-    let zero = Tensor::zeros((len, keys), dtype, device)?;
-    let minus_inf = Tensor::full(f32::NEG_INFINITY, (len, keys), device)?.to_dtype(dtype)?;
-    Ok(after.where_cond(&minus_inf, &zero)?)
 }
 
 impl Attention<'_> {
@@ -96,7 +74,7 @@ impl Attention<'_> {
             .reshape((dims.b, dims.kv, dims.rep * len, dims.d))?)
     }
 
-    /// Softmax probabilities of one chunk, (b, kv, rep·len, keys), in the compute dtype.
+    /// Softmax probabilities of one chunk's queries `q` over keys `k`: (b, kv, rep·len, keys).
     fn probabilities(
         &self,
         dims: &Dims,
@@ -104,20 +82,16 @@ impl Attention<'_> {
         k: &Tensor,
         start: usize,
         len: usize,
-        keys: usize,
     ) -> Result<Tensor> {
-        let scores =
-            (q.matmul(&k.t()?)? * self.scale)?.reshape((dims.b, dims.kv, dims.rep, len, keys))?;
-        let mask = chunk_mask(
-            start,
+        let rows = CausalRows {
+            scale: self.scale,
             len,
-            dims.offset,
-            keys,
-            scores.dtype(),
-            scores.device(),
-        )?;
-        let probs = candle_nn::ops::softmax_last_dim(&scores.broadcast_add(&mask)?)?;
-        Ok(probs.reshape((dims.b, dims.kv, dims.rep * len, keys))?)
+            first: dims.offset + start,
+        };
+        let scores = q.matmul(&k.t()?)?;
+        let keys = scores.dim(D::Minus1)?;
+        let grouped = scores.reshape((dims.b, dims.kv, dims.rep, len, keys))?;
+        Ok(causal_softmax(&grouped, rows)?.reshape((dims.b, dims.kv, dims.rep * len, keys))?)
     }
 
     /// The output (batch, heads, queries, head_dim).
@@ -127,10 +101,10 @@ impl Attention<'_> {
         for (start, len, keys) in self.chunks(&dims) {
             let q = Self::grouped(self.q, &dims, start, len)?;
             let k = self.k.narrow(2, 0, keys)?;
-            let v = self.v.narrow(2, 0, keys)?;
-            let p = self.probabilities(&dims, &q, &k, start, len, keys)?;
+            let v = self.v.narrow(2, 0, keys)?.contiguous()?;
+            let p = self.probabilities(&dims, &q, &k, start, len)?;
             outs.push(
-                p.matmul(&v.contiguous()?)?
+                p.matmul(&v)?
                     .reshape((dims.b, dims.kv, dims.rep, len, dims.d))?,
             );
         }
@@ -141,11 +115,17 @@ impl Attention<'_> {
     /// (batch, heads, queries, head_dim).
     pub fn backward(&self, out: &Tensor, d_out: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         let dims = self.dims()?;
-        let acc = accumulation(self.q.dtype());
-        // D = rowsum(dO ⊙ O), the softmax backward's per-row term.
-        let row_dot = (d_out.to_dtype(acc)? * out.to_dtype(acc)?)?.sum_keepdim(D::Minus1)?;
-        let zeros = Tensor::zeros((dims.b, dims.kv, dims.tk, dims.d), acc, self.k.device())?;
-        let (mut dk, mut dv) = (zeros.clone(), zeros);
+        // D = rowsum(dO ⊙ O) = Σ dP ⊙ P, the softmax backward's per-row term.
+        let row_dot = (d_out * out)?.sum_keepdim(D::Minus1)?;
+        // Sums over chunks, each covering keys 0..keys (zero-padded to all of them).
+        let add = |acc: Option<Tensor>, part: Tensor, keys: usize| -> Result<Option<Tensor>> {
+            let part = part.pad_with_zeros(2, 0, dims.tk - keys)?;
+            Ok(Some(match acc {
+                Some(a) => (a + part)?,
+                None => part,
+            }))
+        };
+        let (mut dk, mut dv) = (None, None);
         let mut dqs = Vec::new();
         for (start, len, keys) in self.chunks(&dims) {
             let q = Self::grouped(self.q, &dims, start, len)?;
@@ -153,23 +133,19 @@ impl Attention<'_> {
             let row = Self::grouped(&row_dot, &Dims { d: 1, ..dims }, start, len)?;
             let k = self.k.narrow(2, 0, keys)?.contiguous()?;
             let v = self.v.narrow(2, 0, keys)?.contiguous()?;
-            let p = self.probabilities(&dims, &q, &k, start, len, keys)?;
-            let pad = |t: Tensor| -> Result<Tensor> {
-                Ok(t.to_dtype(acc)?.pad_with_zeros(2, 0, dims.tk - keys)?)
-            };
-            dv = (dv + pad(p.t()?.matmul(&g)?)?)?;
-            let dp = g.matmul(&v.t()?)?.to_dtype(acc)?;
-            let ds = (p.to_dtype(acc)? * dp.broadcast_sub(&row)?)?;
-            let ds = (ds * self.scale)?.to_dtype(q.dtype())?;
+            let p = self.probabilities(&dims, &q, &k, start, len)?;
+            dv = add(dv, p.t()?.matmul(&g)?, keys)?;
+            let dp = g.matmul(&v.t()?)?;
+            let ds = softmax_backward(&p, &dp, &row, self.scale)?;
             dqs.push(
                 ds.matmul(&k)?
                     .reshape((dims.b, dims.kv, dims.rep, len, dims.d))?,
             );
-            dk = (dk + pad(ds.t()?.matmul(&q)?)?)?;
+            dk = add(dk, ds.t()?.matmul(&q)?, keys)?;
         }
         let dq = Tensor::cat(&dqs, 3)?.reshape((dims.b, dims.kv * dims.rep, dims.tq, dims.d))?;
-        let dtype = self.k.dtype();
-        Ok((dq, dk.to_dtype(dtype)?, dv.to_dtype(dtype)?))
+        let none = || candle_core::Error::Msg("attention over no queries".into());
+        Ok((dq, dk.ok_or_else(none)?, dv.ok_or_else(none)?))
     }
 }
 
@@ -210,7 +186,15 @@ mod tests {
                 .unwrap()
         };
         let scores = (q.matmul(&rep(k).t().unwrap()).unwrap() * scale).unwrap();
-        let mask = chunk_mask(0, tq, tk - tq, tk, DType::F64, &Device::Cpu).unwrap();
+        let pos = Tensor::arange((tk - tq) as u32, tk as u32, &Device::Cpu).unwrap();
+        let cols = Tensor::arange(0u32, tk as u32, &Device::Cpu).unwrap();
+        let after = cols
+            .unsqueeze(0)
+            .unwrap()
+            .broadcast_gt(&pos.unsqueeze(1).unwrap())
+            .unwrap();
+        let inf = Tensor::full(f64::NEG_INFINITY, (tq, tk), &Device::Cpu).unwrap();
+        let mask = after.where_cond(&inf, &inf.zeros_like().unwrap()).unwrap();
         let p = candle_nn::ops::softmax(&scores.broadcast_add(&mask).unwrap(), D::Minus1).unwrap();
         p.matmul(&rep(v)).unwrap()
     }

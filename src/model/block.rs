@@ -7,7 +7,8 @@ use candle_nn::kv_cache::KvCache;
 use serde::{Deserialize, Serialize};
 
 use super::attention::{chunk_for, Attention};
-use super::ops::{rms_norm, rms_norm_backward, swiglu, swiglu_backward, Rope};
+use super::fused::{rms_norm_backward, swiglu, swiglu_backward};
+use super::ops::{rms_norm, Rope};
 use super::{Gradients, Linear, ModelConfig, ModuleId, Proj};
 use crate::error::Result;
 

@@ -4,7 +4,8 @@
 
 use candle_core::{DType, Device, Tensor, D};
 
-use super::ops::{accumulation, rms_norm, rms_norm_backward};
+use super::fused::rms_norm_backward;
+use super::ops::{accumulation, rms_norm};
 use crate::error::Result;
 
 /// Memory one chunk's f32 logits may take; the tokens per chunk follow from it.

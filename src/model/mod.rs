@@ -5,6 +5,7 @@ mod attention;
 mod block;
 mod config;
 mod export;
+mod fused;
 mod generate;
 mod grads;
 mod head;

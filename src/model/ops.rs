@@ -1,8 +1,8 @@
-//! The element-wise parts of a decoder block, forward with candle's fused kernels where it has
-//! them (`rms_norm`, `rope`; inference-only in candle) and backward written out by hand.
-//! Nothing here records a graph.
+//! RMSNorm and rotary embeddings with candle's fused kernels (inference-only in candle), rope's
+//! backward as the inverse rotation, and the dtype sums accumulate in. Nothing here records a
+//! graph; the element-wise backwards are in `fused`.
 
-use candle_core::{DType, Tensor, D};
+use candle_core::{DType, Tensor};
 
 use crate::error::Result;
 
@@ -21,26 +21,6 @@ pub(crate) fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> 
         DType::F64 => candle_nn::ops::rms_norm_slow(x, weight, eps as f32)?,
         _ => candle_nn::ops::rms_norm(&x.contiguous()?, weight, eps as f32)?,
     })
-}
-
-/// The input gradient of `y = x·r·w`, `r = 1/√(mean(x²) + ε)`, accumulated in f32 or f64:
-/// `dx = r·(g − x̂·mean(g·x̂))` with `g = dy·w` and `x̂ = x·r`.
-pub(crate) fn rms_norm_backward(
-    x: &Tensor,
-    weight: &Tensor,
-    eps: f64,
-    dy: &Tensor,
-) -> Result<Tensor> {
-    let acc = accumulation(x.dtype());
-    let x32 = x.to_dtype(acc)?;
-    let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-        .sqrt()?
-        .recip()?;
-    let x_hat = x32.broadcast_mul(&r)?;
-    let g = dy.to_dtype(acc)?.broadcast_mul(&weight.to_dtype(acc)?)?;
-    let dot = (&g * &x_hat)?.mean_keepdim(D::Minus1)?;
-    let dx = (g - x_hat.broadcast_mul(&dot)?)?.broadcast_mul(&r)?;
-    Ok(dx.to_dtype(x.dtype())?)
 }
 
 /// Rotary tables for a run of positions: `cos`, `sin` (positions, head_dim/2) in the compute
@@ -92,25 +72,10 @@ impl Rope {
     }
 }
 
-/// SwiGLU's product `silu(gate)·up`.
-pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
-    Ok((gate.silu()? * up)?)
-}
-
-/// Gradients of `silu(gate)·up`: `(dm·up·silu'(gate), dm·silu(gate))`, where
-/// `silu'(g) = σ(g)·(1 + g·(1 − σ(g)))`.
-pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, dm: &Tensor) -> Result<(Tensor, Tensor)> {
-    let sig = candle_nn::ops::sigmoid(gate)?;
-    let silu = (gate * &sig)?;
-    let dsilu = (&sig * ((gate * (1.0 - &sig)?)? + 1.0)?)?;
-    let d_gate = ((dm * up)? * dsilu)?;
-    let d_up = (dm * silu)?;
-    Ok((d_gate, d_up))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::fused::{rms_norm_backward, swiglu, swiglu_backward};
     use candle_core::{Device, Var};
 
     fn t(values: &[f64], shape: &[usize]) -> Tensor {
@@ -159,11 +124,12 @@ mod tests {
     }
 
     #[test]
-    fn swiglu_backward_matches_autograd() {
+    fn swiglu_and_its_backward_match_autograd() {
         let g = Var::from_tensor(&t(&wave(12, 5), &[3, 4])).unwrap();
         let u = Var::from_tensor(&t(&wave(12, 7), &[3, 4])).unwrap();
         let dm = t(&wave(12, 11), &[3, 4]);
-        let m = swiglu(g.as_tensor(), u.as_tensor()).unwrap();
+        let m = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
+        assert_close(&swiglu(g.as_tensor(), u.as_tensor()).unwrap(), &m);
         let grads = (m * &dm).unwrap().sum_all().unwrap().backward().unwrap();
         let (dg, du) = swiglu_backward(g.as_tensor(), u.as_tensor(), &dm).unwrap();
         assert_close(&dg, grads.get(&g).unwrap());

@@ -611,6 +611,116 @@ fn evaluate_step(
     Ok(result)
 }
 
+/// What a run trains: the prepared model and data, the optimiser, and where it stands.
+struct Session<'a> {
+    profile: &'a Profile,
+    p: Prepared,
+    opt: AdamW,
+    vars: Vec<Var>,
+    state: TrainerState,
+    total: usize,
+    /// The state before the newest finite step's update: kept if the next step diverges.
+    last_good: Option<checkpoint::Snapshot>,
+}
+
+impl<'a> Session<'a> {
+    /// Load the profile's model and data and restore or initialise the adapters.
+    fn open(
+        lp: &mut Loop,
+        profile: &'a Profile,
+        start: Start,
+        on_event: &mut dyn FnMut(&Event),
+    ) -> Result<Self> {
+        let p = prepare(profile)?;
+        let total = total_steps(profile, &p.train);
+        lp.status.total_steps = total;
+        let named = trainable(&p.model);
+        let vars = named.iter().map(|(_, v)| v.clone()).collect();
+        let mut opt = AdamW::new(named, &profile.optim)?;
+        let state = starting_state(lp, profile, &p, &mut opt, start, on_event)?;
+        on_event(&Event::Started {
+            step: state.step,
+            total,
+        });
+        Ok(Self {
+            profile,
+            p,
+            opt,
+            vars,
+            state,
+            total,
+            last_good: None,
+        })
+    }
+
+    fn snapshot(&self) -> Result<checkpoint::Snapshot> {
+        checkpoint::Snapshot::capture(&self.state, &self.p.model, &self.opt)
+    }
+
+    /// One optimiser step, returning its metrics row (`elapsed_s` counted from `started`).
+    /// A non-finite loss or gradient norm is an error, after `save` kept the last finite
+    /// step's parameters.
+    fn step(
+        &mut self,
+        started: Instant,
+        save: &mut dyn FnMut(&checkpoint::Snapshot) -> Result<()>,
+    ) -> Result<MetricRow> {
+        let t = &self.profile.train;
+        let step_start = Instant::now();
+        let device = self.p.model.device().clone();
+        reset_gpu_peak(&device)?;
+        memory::reset_peak();
+        let live_at_start = memory::live_bytes();
+        let before = self.state.clone();
+        let g = compute_grads(&self.p, &self.vars, t, &mut self.state)?;
+        if !(g.loss.is_finite() && g.grad_norm.is_finite()) {
+            return Err(diverged(before.step + 1, &g, self.last_good.as_ref(), save));
+        }
+        self.last_good = Some(checkpoint::Snapshot::capture(
+            &before,
+            &self.p.model,
+            &self.opt,
+        )?);
+        let optim = &self.profile.optim;
+        let lr = lr_at(optim, self.state.step, self.total);
+        self.opt
+            .step(&g.grads, lr, clip_scale(optim.grad_clip, g.grad_norm))?;
+        self.state.step += 1;
+        // Reading GPU memory waits for the step's kernels, so the time below includes them.
+        let gpu = gpu_memory(&device)?;
+        let tokens = (t.batch_size * t.grad_accum * self.profile.data.seq_len) as f64;
+        Ok(MetricRow::Train {
+            step: self.state.step,
+            loss: g.loss,
+            lr,
+            grad_norm: g.grad_norm,
+            tokens_per_s: tokens / step_start.elapsed().as_secs_f64(),
+            elapsed_s: started.elapsed().as_secs_f64(),
+            live_bytes: memory::live_bytes(),
+            peak_bytes: memory::peak_bytes(),
+            step_peak_bytes: memory::peak_bytes().saturating_sub(live_at_start),
+            rss_bytes: memory::rss_bytes(),
+            gpu,
+        })
+    }
+}
+
+/// End the run as `state` at `step` with `message`.
+fn end_run(
+    lp: &mut Loop,
+    state: RunState,
+    step: usize,
+    message: &str,
+    last_eval: Option<EvalResult>,
+) -> Result<RunOutcome> {
+    lp.set_status(state, step, Some(message.into()))?;
+    Ok(RunOutcome {
+        state,
+        step,
+        last_eval,
+    })
+}
+
 fn train_inner(
     lp: &mut Loop,
     start: Start,
@@ -619,19 +729,8 @@ fn train_inner(
 ) -> Result<RunOutcome> {
     let profile = &prune_stage(lp, on_event)?;
     let t = &profile.train;
-    let p = prepare(profile)?;
-    let total = total_steps(profile, &p.train);
-    lp.status.total_steps = total;
-    let mut opt = AdamW::new(trainable(&p.model), &profile.optim)?;
-    let mut state = starting_state(lp, profile, &p, &mut opt, start, on_event)?;
-    on_event(&Event::Started {
-        step: state.step,
-        total,
-    });
-    let tokens_per_step = (t.batch_size * t.grad_accum * profile.data.seq_len) as f64;
-    let vars: Vec<Var> = trainable(&p.model).into_iter().map(|(_, v)| v).collect();
-    let first_step = state.step;
-    let loop_start = Instant::now();
+    let mut s = Session::open(lp, profile, start, on_event)?;
+    let (first_step, loop_start) = (s.state.step, Instant::now());
     let mut last_eval = None;
     let profile_toml = lp.profile.to_toml();
     let run = lp.run;
@@ -643,95 +742,36 @@ fn train_inner(
         on_event(&Event::Checkpoint(dir));
         Ok(())
     };
-    // The state before the newest finite step's update: kept if the next step diverges.
-    let mut last_good: Option<checkpoint::Snapshot> = None;
-    lp.set_status(RunState::Running, state.step, Some("training".into()))?;
-    while state.step < total {
-        let snapshot = || checkpoint::Snapshot::capture(&state, &p.model, &opt);
-        lp.follow_control(stop, &mut || save(&snapshot()?, &mut *on_event))?;
+    lp.set_status(RunState::Running, s.state.step, Some("training".into()))?;
+    while s.state.step < s.total {
+        lp.follow_control(stop, &mut || save(&s.snapshot()?, &mut *on_event))?;
         if stop.load(Ordering::SeqCst) {
-            save(&snapshot()?, on_event)?;
-            lp.set_status(
-                RunState::Stopped,
-                state.step,
-                Some("stopped by request".into()),
-            )?;
-            return Ok(RunOutcome {
-                state: RunState::Stopped,
-                step: state.step,
-                last_eval,
-            });
+            save(&s.snapshot()?, on_event)?;
+            let step = s.state.step;
+            return end_run(lp, RunState::Stopped, step, "stopped by request", last_eval);
         }
-        let step_start = Instant::now();
-        let device = p.model.device();
-        reset_gpu_peak(device)?;
-        memory::reset_peak();
-        let live_at_start = memory::live_bytes();
-        let before = state.clone();
-        let g = compute_grads(&p, &vars, t, &mut state)?;
-        if !(g.loss.is_finite() && g.grad_norm.is_finite()) {
-            let mut save_good = |snap: &checkpoint::Snapshot| save(snap, &mut *on_event);
-            return Err(diverged(
-                before.step + 1,
-                &g,
-                last_good.as_ref(),
-                &mut save_good,
-            ));
-        }
-        last_good = Some(checkpoint::Snapshot::capture(&before, &p.model, &opt)?);
-        let lr = lr_at(&profile.optim, state.step, total);
-        opt.step(
-            &g.grads,
-            lr,
-            clip_scale(profile.optim.grad_clip, g.grad_norm),
-        )?;
-        state.step += 1;
-        // Reading GPU memory waits for the step's kernels, so the time below includes them.
-        let gpu = gpu_memory(device)?;
-        let row = MetricRow::Train {
-            step: state.step,
-            loss: g.loss,
-            lr,
-            grad_norm: g.grad_norm,
-            tokens_per_s: tokens_per_step / step_start.elapsed().as_secs_f64(),
-            elapsed_s: lp.started.elapsed().as_secs_f64(),
-            live_bytes: memory::live_bytes(),
-            peak_bytes: memory::peak_bytes(),
-            step_peak_bytes: memory::peak_bytes().saturating_sub(live_at_start),
-            rss_bytes: memory::rss_bytes(),
-            gpu,
-        };
+        let row = s.step(lp.started, &mut |snap| save(snap, &mut *on_event))?;
         lp.run.append_metric(&row)?;
+        if let MetricRow::Train { loss, .. } = row {
+            lp.status.last_loss = Some(loss);
+        }
         on_event(&Event::Metric(row));
-        let done = (state.step - first_step) as f64;
-        lp.status.eta_s =
-            Some(loop_start.elapsed().as_secs_f64() / done * (total - state.step) as f64);
-        lp.status.last_loss = Some(g.loss);
-        let step = state.step;
-        let due = |every: usize| (every > 0 && step.is_multiple_of(every)) || step == total;
+        let step = s.state.step;
+        let done = (step - first_step) as f64;
+        lp.status.eta_s = Some(loop_start.elapsed().as_secs_f64() / done * (s.total - step) as f64);
+        let due = |every: usize| (every > 0 && step.is_multiple_of(every)) || step == s.total;
         if due(t.eval_every) {
-            last_eval = evaluate_step(lp, &p, &mut state, on_event)?.or(last_eval);
+            last_eval = evaluate_step(lp, &s.p, &mut s.state, on_event)?.or(last_eval);
         }
         if due(t.save_every) {
-            save(
-                &checkpoint::Snapshot::capture(&state, &p.model, &opt)?,
-                on_event,
-            )?;
+            save(&s.snapshot()?, on_event)?;
         }
-        lp.set_status(RunState::Running, state.step, None)?;
+        lp.set_status(RunState::Running, step, None)?;
     }
     if t.merge_at_end {
-        lp.set_status(
-            RunState::Running,
-            state.step,
-            Some("exporting merged model".into()),
-        )?;
-        crate::model::export_merged(&p.model, &p.model_dir, &lp.run.path.join("merged"))?;
+        let msg = Some("exporting merged model".into());
+        lp.set_status(RunState::Running, s.state.step, msg)?;
+        crate::model::export_merged(&s.p.model, &s.p.model_dir, &lp.run.path.join("merged"))?;
     }
-    lp.set_status(RunState::Finished, state.step, Some("finished".into()))?;
-    Ok(RunOutcome {
-        state: RunState::Finished,
-        step: state.step,
-        last_eval,
-    })
+    end_run(lp, RunState::Finished, s.state.step, "finished", last_eval)
 }

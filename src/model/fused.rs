@@ -1,0 +1,454 @@
+//! Fused CPU kernels for the element-wise work of a block's forward and backward: one pass
+//! over the data, in parallel over rows, where candle's op-by-op form makes a fresh tensor per
+//! step on one thread (measured: a third of a training step on the 1024-wide bench model).
+//!
+//! Each op has a twin written with candle's tensor ops (`*_ops`), which other devices and
+//! dtypes use and which the tests hold the kernels to.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
+use num_traits::Float;
+use rayon::prelude::*;
+
+use crate::error::Result;
+
+fn msg(s: impl std::fmt::Display) -> candle_core::Error {
+    candle_core::Error::Msg(s.to_string())
+}
+
+/// The contiguous slice of a storage's layout.
+fn slice<'a, T>(s: &'a [T], l: &Layout) -> candle_core::Result<&'a [T]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| msg("fused kernel: input must be contiguous"))?;
+    Ok(&s[a..b])
+}
+
+/// Whether the fused kernels take tensors of this kind (f32 or f64 on the CPU).
+fn fused(t: &Tensor) -> bool {
+    t.device().is_cpu() && matches!(t.dtype(), DType::F32 | DType::F64)
+}
+
+/// Apply `f` to the f32 or f64 slices of the storages, or fail for other dtypes.
+macro_rules! float_dispatch {
+    ($name:literal, ($($s:ident),+), |$($v:ident),+| $body:expr) => {
+        match ($($s,)+) {
+            ($(CpuStorage::F32($v),)+) => Ok(CpuStorage::F32($body)),
+            ($(CpuStorage::F64($v),)+) => Ok(CpuStorage::F64($body)),
+            _ => Err(msg(concat!($name, ": f32 or f64 inputs of one dtype"))),
+        }
+    };
+}
+
+#[inline]
+fn sigmoid<T: Float>(g: T) -> T {
+    T::one() / (T::one() + (-g).exp())
+}
+
+// ---------------------------------------------------------------- SwiGLU
+
+struct Swiglu;
+
+impl CustomOp2 for Swiglu {
+    fn name(&self) -> &'static str {
+        "fused-swiglu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        lg: &Layout,
+        u: &CpuStorage,
+        lu: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Float + Send + Sync>(g: &[T], u: &[T]) -> Vec<T> {
+            g.par_iter()
+                .zip(u.par_iter())
+                .map(|(&g, &u)| g * sigmoid(g) * u)
+                .collect()
+        }
+        let out = float_dispatch!("swiglu", (g, u), |g, u| run(slice(g, lg)?, slice(u, lu)?))?;
+        Ok((out, lg.shape().clone()))
+    }
+}
+
+/// SwiGLU's product `silu(gate)·up`.
+pub(crate) fn swiglu(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    if fused(gate) {
+        return Ok(gate
+            .contiguous()?
+            .apply_op2_no_bwd(&up.contiguous()?, &Swiglu)?);
+    }
+    swiglu_ops(gate, up)
+}
+
+fn swiglu_ops(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
+    Ok((gate.silu()? * up)?)
+}
+
+/// Both gradients of SwiGLU in one pass, stacked: `[d_gate, d_up]` (2, …).
+struct SwigluBackward;
+
+impl CustomOp3 for SwigluBackward {
+    fn name(&self) -> &'static str {
+        "fused-swiglu-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        g: &CpuStorage,
+        lg: &Layout,
+        u: &CpuStorage,
+        lu: &Layout,
+        dm: &CpuStorage,
+        ld: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        /// `d_gate = dm·up·silu'(gate)` with `silu'(g) = σ(g)·(1 + g·(1 − σ(g)))`, and
+        /// `d_up = dm·silu(gate)`, one sigmoid per element.
+        fn run<T: Float + Send + Sync>(g: &[T], u: &[T], dm: &[T]) -> Vec<T> {
+            const CHUNK: usize = 4096;
+            let n = g.len();
+            let mut out = vec![T::zero(); 2 * n];
+            let (d_gate, d_up) = out.split_at_mut(n);
+            d_gate
+                .par_chunks_mut(CHUNK)
+                .zip(d_up.par_chunks_mut(CHUNK))
+                .zip(
+                    g.par_chunks(CHUNK)
+                        .zip(u.par_chunks(CHUNK).zip(dm.par_chunks(CHUNK))),
+                )
+                .for_each(|((dg, du), (g, (u, dm)))| {
+                    for i in 0..g.len() {
+                        let s = sigmoid(g[i]);
+                        dg[i] = dm[i] * u[i] * (s * (T::one() + g[i] * (T::one() - s)));
+                        du[i] = dm[i] * g[i] * s;
+                    }
+                });
+            out
+        }
+        let out = float_dispatch!("swiglu backward", (g, u, dm), |g, u, dm| run(
+            slice(g, lg)?,
+            slice(u, lu)?,
+            slice(dm, ld)?
+        ))?;
+        let mut dims = vec![2];
+        dims.extend_from_slice(lg.dims());
+        Ok((out, Shape::from(dims)))
+    }
+}
+
+/// Gradients of `silu(gate)·up` for the output gradient `dm`: `(d_gate, d_up)`.
+pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, dm: &Tensor) -> Result<(Tensor, Tensor)> {
+    if !fused(gate) {
+        return swiglu_backward_ops(gate, up, dm);
+    }
+    let (g, u, d) = (gate.contiguous()?, up.contiguous()?, dm.contiguous()?);
+    let both = g.apply_op3_no_bwd(&u, &d, &SwigluBackward)?;
+    Ok((both.get(0)?, both.get(1)?))
+}
+
+fn swiglu_backward_ops(gate: &Tensor, up: &Tensor, dm: &Tensor) -> Result<(Tensor, Tensor)> {
+    let sig = candle_nn::ops::sigmoid(gate)?;
+    let silu = (gate * &sig)?;
+    let dsilu = (&sig * ((gate * (1.0 - &sig)?)? + 1.0)?)?;
+    Ok((((dm * up)? * dsilu)?, (dm * silu)?))
+}
+
+// ---------------------------------------------------------------- RMSNorm backward
+
+struct RmsNormBackward {
+    eps: f64,
+}
+
+impl CustomOp3 for RmsNormBackward {
+    fn name(&self) -> &'static str {
+        "fused-rms-norm-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        x: &CpuStorage,
+        lx: &Layout,
+        w: &CpuStorage,
+        lw: &Layout,
+        dy: &CpuStorage,
+        ld: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Float + Send + Sync>(x: &[T], w: &[T], dy: &[T], eps: f64) -> Vec<T> {
+            let n = w.len();
+            let inv_n = T::from(1.0 / n as f64).expect("a float");
+            let eps = T::from(eps).expect("a float");
+            let mut out = vec![T::zero(); x.len()];
+            out.par_chunks_mut(n)
+                .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
+                .for_each(|(dx, (x, dy))| {
+                    let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) * inv_n;
+                    let r = T::one() / (ms + eps).sqrt();
+                    let dot = x
+                        .iter()
+                        .zip(dy.iter().zip(w))
+                        .fold(T::zero(), |a, (&x, (&d, &w))| a + d * w * x)
+                        * r
+                        * inv_n;
+                    for (o, (&x, (&d, &w))) in dx.iter_mut().zip(x.iter().zip(dy.iter().zip(w))) {
+                        *o = r * (d * w - x * r * dot);
+                    }
+                });
+            out
+        }
+        let eps = self.eps;
+        let out = float_dispatch!("rms-norm backward", (x, w, dy), |x, w, dy| run(
+            slice(x, lx)?,
+            slice(w, lw)?,
+            slice(dy, ld)?,
+            eps
+        ))?;
+        Ok((out, lx.shape().clone()))
+    }
+}
+
+/// The input gradient of `y = x·r·w`, `r = 1/√(mean(x²) + ε)`:
+/// `dx = r·(g − x̂·mean(g·x̂))` with `g = dy·w` and `x̂ = x·r` (sums in f32 for half types).
+pub(crate) fn rms_norm_backward(
+    x: &Tensor,
+    weight: &Tensor,
+    eps: f64,
+    dy: &Tensor,
+) -> Result<Tensor> {
+    if fused(x) && weight.dtype() == x.dtype() && dy.dtype() == x.dtype() {
+        let op = RmsNormBackward { eps };
+        return Ok(x
+            .contiguous()?
+            .apply_op3_no_bwd(weight, &dy.contiguous()?, &op)?);
+    }
+    rms_norm_backward_ops(x, weight, eps, dy)
+}
+
+fn rms_norm_backward_ops(x: &Tensor, weight: &Tensor, eps: f64, dy: &Tensor) -> Result<Tensor> {
+    let acc = super::accumulation(x.dtype());
+    let x32 = x.to_dtype(acc)?;
+    let r = (x32.sqr()?.mean_keepdim(D::Minus1)? + eps)?
+        .sqrt()?
+        .recip()?;
+    let x_hat = x32.broadcast_mul(&r)?;
+    let g = dy.to_dtype(acc)?.broadcast_mul(&weight.to_dtype(acc)?)?;
+    let dot = (&g * &x_hat)?.mean_keepdim(D::Minus1)?;
+    let dx = (g - x_hat.broadcast_mul(&dot)?)?.broadcast_mul(&r)?;
+    Ok(dx.to_dtype(x.dtype())?)
+}
+
+// ---------------------------------------------------------------- causal softmax
+
+/// Rows of attention scores and the key each may see last.
+#[derive(Clone, Copy)]
+pub(crate) struct CausalRows {
+    /// The score scale (1/√head_dim).
+    pub scale: f64,
+    /// Rows come in groups of `len` queries; row `i` of a group sits at position
+    /// `first + i` and sees keys `0..=first + i`.
+    pub len: usize,
+    pub first: usize,
+}
+
+impl CausalRows {
+    #[inline]
+    fn visible(&self, row: usize) -> usize {
+        self.first + row % self.len + 1
+    }
+}
+
+struct CausalSoftmax(CausalRows);
+
+impl CustomOp1 for CausalSoftmax {
+    fn name(&self) -> &'static str {
+        "fused-causal-softmax"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Float + Send + Sync>(s: &[T], keys: usize, rows: CausalRows) -> Vec<T> {
+            let scale = T::from(rows.scale).expect("a float");
+            let mut out = vec![T::zero(); s.len()];
+            out.par_chunks_mut(keys)
+                .zip(s.par_chunks(keys))
+                .enumerate()
+                .for_each(|(row, (p, s))| {
+                    let n = rows.visible(row).min(keys);
+                    let max = s[..n].iter().fold(T::neg_infinity(), |m, &v| m.max(v)) * scale;
+                    let mut sum = T::zero();
+                    for (p, &s) in p[..n].iter_mut().zip(&s[..n]) {
+                        *p = (s * scale - max).exp();
+                        sum = sum + *p;
+                    }
+                    let inv = T::one() / sum;
+                    p[..n].iter_mut().for_each(|p| *p = *p * inv);
+                });
+            out
+        }
+        let keys = *l
+            .dims()
+            .last()
+            .ok_or_else(|| msg("causal softmax: scalar"))?;
+        let rows = self.0;
+        let out = float_dispatch!("causal softmax", (s), |s| run(slice(s, l)?, keys, rows))?;
+        Ok((out, l.shape().clone()))
+    }
+}
+
+/// `softmax(scale·s)` over the last dimension of scores (…, rows, keys), each row seeing
+/// only the keys [`CausalRows`] allows (the others get probability 0).
+pub(crate) fn causal_softmax(scores: &Tensor, rows: CausalRows) -> Result<Tensor> {
+    if fused(scores) {
+        return Ok(scores
+            .contiguous()?
+            .apply_op1_no_bwd(&CausalSoftmax(rows))?);
+    }
+    causal_softmax_ops(scores, rows)
+}
+
+fn causal_softmax_ops(scores: &Tensor, rows: CausalRows) -> Result<Tensor> {
+    let dims = scores.dims().to_vec();
+    let keys = dims[dims.len() - 1];
+    let groups = scores.elem_count() / (keys * rows.len);
+    let s = (scores.reshape((groups, rows.len, keys))? * rows.scale)?;
+    let pos = Tensor::arange(
+        rows.first as u32,
+        (rows.first + rows.len) as u32,
+        s.device(),
+    )?;
+    let cols = Tensor::arange(0u32, keys as u32, s.device())?;
+    let after = cols.unsqueeze(0)?.broadcast_gt(&pos.unsqueeze(1)?)?;
+    let zero = Tensor::zeros((rows.len, keys), s.dtype(), s.device())?;
+    let minus_inf =
+        Tensor::full(f32::NEG_INFINITY, (rows.len, keys), s.device())?.to_dtype(s.dtype())?;
+    let mask = after.where_cond(&minus_inf, &zero)?;
+    let p = candle_nn::ops::softmax_last_dim(&s.broadcast_add(&mask)?)?;
+    Ok(p.reshape(dims)?)
+}
+
+struct SoftmaxBackward {
+    scale: f64,
+}
+
+impl CustomOp3 for SoftmaxBackward {
+    fn name(&self) -> &'static str {
+        "fused-softmax-backward"
+    }
+
+    fn cpu_fwd(
+        &self,
+        p: &CpuStorage,
+        lp: &Layout,
+        dp: &CpuStorage,
+        ld: &Layout,
+        row: &CpuStorage,
+        lr: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        fn run<T: Float + Send + Sync>(
+            p: &[T],
+            dp: &[T],
+            row: &[T],
+            keys: usize,
+            scale: f64,
+        ) -> Vec<T> {
+            let scale = T::from(scale).expect("a float");
+            let mut out = vec![T::zero(); p.len()];
+            out.par_chunks_mut(keys)
+                .zip(p.par_chunks(keys).zip(dp.par_chunks(keys)))
+                .zip(row.par_iter())
+                .for_each(|((ds, (p, dp)), &r)| {
+                    for (ds, (&p, &dp)) in ds.iter_mut().zip(p.iter().zip(dp)) {
+                        *ds = p * (dp - r) * scale;
+                    }
+                });
+            out
+        }
+        let keys = *lp
+            .dims()
+            .last()
+            .ok_or_else(|| msg("softmax backward: scalar"))?;
+        let scale = self.scale;
+        let out = float_dispatch!("softmax backward", (p, dp, row), |p, dp, row| run(
+            slice(p, lp)?,
+            slice(dp, ld)?,
+            slice(row, lr)?,
+            keys,
+            scale
+        ))?;
+        Ok((out, lp.shape().clone()))
+    }
+}
+
+/// The score gradient of `p = softmax(scale·s)`: `scale·p·(dp − row)` where `row` (…, rows, 1)
+/// is `Σ dp·p` per row (computed by the caller as `Σ dO·O`).
+pub(crate) fn softmax_backward(
+    p: &Tensor,
+    dp: &Tensor,
+    row: &Tensor,
+    scale: f64,
+) -> Result<Tensor> {
+    if fused(p) && dp.dtype() == p.dtype() && row.dtype() == p.dtype() {
+        let op = SoftmaxBackward { scale };
+        return Ok(p
+            .contiguous()?
+            .apply_op3_no_bwd(&dp.contiguous()?, &row.contiguous()?, &op)?);
+    }
+    let acc = super::accumulation(p.dtype());
+    let ds = (p.to_dtype(acc)? * dp.to_dtype(acc)?.broadcast_sub(&row.to_dtype(acc)?)?)?;
+    Ok((ds * scale)?.to_dtype(p.dtype())?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn wave(shape: &[usize], k: usize) -> Tensor {
+        let n: usize = shape.iter().product();
+        let v: Vec<f64> = (0..n)
+            .map(|i| (((i * k) % 31) as f64 - 15.0) * 0.11)
+            .collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// Kernel and tensor-op twin agree to 1e-12 relative in f64 (same formula, other order).
+    fn assert_close(a: &Tensor, b: &Tensor) {
+        let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "{x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn kernels_equal_their_tensor_op_twins() {
+        let (g, u, d) = (
+            wave(&[3, 5, 7], 5),
+            wave(&[3, 5, 7], 7),
+            wave(&[3, 5, 7], 11),
+        );
+        assert_close(&swiglu(&g, &u).unwrap(), &swiglu_ops(&g, &u).unwrap());
+        let (dg, du) = swiglu_backward(&g, &u, &d).unwrap();
+        let (dg2, du2) = swiglu_backward_ops(&g, &u, &d).unwrap();
+        assert_close(&dg, &dg2);
+        assert_close(&du, &du2);
+        let w = wave(&[7], 3);
+        assert_close(
+            &rms_norm_backward(&g, &w, 1e-5, &d).unwrap(),
+            &rms_norm_backward_ops(&g, &w, 1e-5, &d).unwrap(),
+        );
+        for (len, first, keys) in [(4, 0, 4), (3, 5, 9), (2, 1, 9)] {
+            let rows = CausalRows {
+                scale: 0.7,
+                len,
+                first,
+            };
+            let s = wave(&[2, 2, len, keys], 13);
+            let p = causal_softmax(&s, rows).unwrap();
+            assert_close(&p, &causal_softmax_ops(&s, rows).unwrap());
+            let dp = wave(&[2, 2, len, keys], 17);
+            let row = wave(&[2, 2, len, 1], 19);
+            let want = ((&p * dp.broadcast_sub(&row).unwrap()).unwrap() * 0.7).unwrap();
+            assert_close(&softmax_backward(&p, &dp, &row, 0.7).unwrap(), &want);
+        }
+    }
+}
