@@ -19,7 +19,11 @@
 #      fails unless every pruned weight is still exactly zero;
 #   4. `lors bench train` on a random ~1B Llama pruned 2:4 (hidden 2048, 16 layers, seq 2048,
 #      bf16): tokens/s, peak GPU memory and the linear layers' TFLOP/s next to the card's
-#      bf16 matmul peak (about 790 TFLOP/s measured on an H200 with PyTorch).
+#      bf16 matmul peak (about 790 TFLOP/s measured on an H200 with PyTorch);
+#   5. scale: LoRS on a random Llama-3-8B-shaped model pruned 2:4 (profiles/gpu-bench-8b.toml:
+#      32 layers, hidden 4096, GQA 32/8, MLP 14336, vocab 128256, bf16), one 4096-token
+#      sequence per step, blocks recomputed in backward: whether it fits, GPU peak, tokens/s.
+#      Not yet run on a GPU; writing the 16 GB random checkpoint takes a few minutes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 pack=target/gpu-check
@@ -49,7 +53,7 @@ library_path() {
 }
 
 run() {
-  local stages=" ${*:-1 2 3 4} "
+  local stages=" ${*:-1 2 3 4 5} "
   want() { [[ $stages == *" $1 "* ]]; }
   local out=${OUT:-$pack/out} work=$pack/work
   mkdir -p "$out" "$work"
@@ -133,6 +137,22 @@ for r in json.load(open(sys.argv[1])):
       print(f"{r['method']:<11} {r['tokens_per_s']:9.0f} tok/s  x lora {r['tokens_vs_lora']:.2f}  "
             f"linear {r['linear_tflops']:6.1f} TFLOP/s ({100*r['linear_tflops']/790:.0f}% of 790)  "
             f"GPU peak {gpu/2**30:6.2f} GiB  heap peak {r['peak_bytes']/2**30:5.2f} GiB")
+EOF
+  fi
+  if want 5; then
+    step "5. scale: random Llama-3-8B shape, 2:4, bf16, 1 x 4096 tokens, recompute = block"
+    local big=runs/gpu-bench-8b
+    time timeout 600 "$bin" random-model --out "$big" --hidden 4096 --layers 32 --heads 32 \
+      --kv-heads 8 --intermediate 14336 --vocab 128256 --prune 2:4 --max-positions 4096 \
+      --dtype bf16 --force
+    timeout 400 "$bin" bench train --profile profiles/gpu-bench-8b.toml --methods lors \
+      --steps 2 --warmup 1 --json > "$out/train-8b.json"
+    python3 - "$out/train-8b.json" <<'EOF'
+import json, sys
+for r in json.load(open(sys.argv[1])):
+      gpu = r.get("gpu_peak_bytes") or 0
+      print(f"{r['method']:<11} {r['tokens_per_s']:9.0f} tok/s  linear {r['linear_tflops']:6.1f} TFLOP/s "
+            f"({100*r['linear_tflops']/790:.0f}% of 790)  GPU peak {gpu/2**30:6.2f} GiB")
 EOF
   fi
   step "done"

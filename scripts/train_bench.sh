@@ -25,7 +25,8 @@ for shape in "${shapes[@]}"; do
       --set model.path="$model" --set data.train=../shared/data/tinystories-synth-train.jsonl \
       --set train.batch_size="$batch" --set data.seq_len="$seq" --set train.recompute="$policy" \
       --set train.output_dir="$out" --json \
-      | sed "s/^/{\"shape\": \"$shape\", \"policy\": \"$policy\", \"lors\": /; s/\$/}/" \
+      | $python -c "import json, sys; r = json.load(sys.stdin)[0]; \
+          r.update(tool='lors', shape='$shape', policy='$policy'); print(json.dumps(r))" \
       | tee -a "$out/results.jsonl"
   done
   for ckpt in "" --checkpointing; do

@@ -60,6 +60,13 @@ pub struct RandomModelArgs {
     /// `max_position_embeddings` written to config.json.
     #[arg(long, default_value_t = 1024)]
     pub max_positions: usize,
+    /// Vocabulary size (default: the byte tokenizer's 259; larger ones give Llama-3-sized
+    /// embeddings and heads, with the byte tokenizer still writing ids below 259).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+    /// Storage dtype of the weights: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -115,7 +122,20 @@ pub fn random_model(args: RandomModelArgs) -> Result<()> {
         args.intermediate,
     );
     config.max_position_embeddings = Some(args.max_positions);
-    let weights = random_weights(&config, args.seed, prune)?;
+    if let Some(vocab) = args.vocab {
+        anyhow::ensure!(
+            vocab >= config.vocab_size,
+            "--vocab {vocab} is smaller than the byte tokenizer's {}",
+            config.vocab_size
+        );
+        config.vocab_size = vocab;
+    }
+    let dtype = lors::model::parse_dtype(&args.dtype)?;
+    config.torch_dtype = Some(lors::model::storage_dtype_name(dtype, "random-model")?.into());
+    let weights = random_weights(&config, args.seed, prune)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))
+        .collect::<lors::Result<_>>()?;
     let out = lors::io::check_output_dir(&args.out, args.force, &[])?;
     write_checkpoint(&out, &config, &weights)?;
     println!("wrote {}", args.out.display());

@@ -172,7 +172,21 @@ pub fn index_shards(index: &Path) -> Result<Vec<String>> {
     Ok(files)
 }
 
-/// Parse a dtype name as used in configs and profiles.
+/// The `torch_dtype` name of a checkpoint storage dtype (f32, f16 or bf16); `what` names the
+/// operation in the error for others.
+pub fn storage_dtype_name(dtype: DType, what: &str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("float32"),
+        DType::F16 => Ok("float16"),
+        DType::BF16 => Ok("bfloat16"),
+        other => Err(LorsError::UnsupportedDType {
+            dtype: other,
+            what: format!("{what} (f32, f16 or bf16)"),
+        }),
+    }
+}
+
+/// Parse a dtype name as used in configs and profiles (`f32`, `float32`, ...).
 pub fn parse_dtype(s: &str) -> Result<DType> {
     match s {
         "f32" | "float32" => Ok(DType::F32),

@@ -501,17 +501,7 @@ fn read_gguf_unguarded(
         }
         tensors.insert(hf, w.to_dtype(dtype)?);
     }
-    let dtype_name = match dtype {
-        DType::F32 => "float32",
-        DType::F16 => "float16",
-        DType::BF16 => "bfloat16",
-        other => {
-            return Err(LorsError::UnsupportedDType {
-                dtype: other,
-                what: "GGUF conversion (f32, f16 or bf16)".into(),
-            })
-        }
-    };
+    let dtype_name = crate::model::storage_dtype_name(dtype, "GGUF conversion")?;
     let mut config = json!({
         "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
         "model_type": arch,

@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""transformers' side of `lors eval` on a plain-text file: the same windows, timed.
+
+Usage: python scripts/torch_eval_bench.py MODEL_DIR FILE.raw [--seq-len 512 --windows 64
+       --batch 8 --threads 2]. Needs torch and transformers; not part of the test suite.
+
+Tokenises the whole file as lors does a plain-text file (BOS + text + EOS, one document),
+cuts it into non-overlapping windows of --seq-len tokens, scores the first --windows of them
+in batches of --batch (lors eval's batch), SDPA attention, f32, no gradients. Prints one JSON
+line: perplexity, predicted tokens, seconds of the scoring loop, tokens/s.
+"""
+import argparse
+import json
+import math
+import time
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("model")
+    p.add_argument("data")
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--windows", type=int, default=64)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    torch.set_num_threads(a.threads)
+    model = AutoModelForCausalLM.from_pretrained(
+        a.model, dtype=torch.float32, attn_implementation="sdpa").eval()
+    tok = AutoTokenizer.from_pretrained(a.model)
+    text = open(a.data, encoding="utf-8").read()
+    ids = [model.config.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
+    ids.append(model.config.eos_token_id)
+    n = a.seq_len
+    windows = [ids[i * n:(i + 1) * n] for i in range(min(a.windows, len(ids) // n))]
+    nll, count = 0.0, 0
+    start = time.perf_counter()
+    with torch.no_grad():
+        for b in range(0, len(windows), a.batch):
+            batch = torch.tensor(windows[b:b + a.batch])
+            logits = model(batch).logits[:, :-1].float()
+            nll += torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1),
+                reduction="sum").item()
+            count += batch[:, 1:].numel()
+    seconds = time.perf_counter() - start
+    print(json.dumps({
+        "tool": "transformers",
+        "windows": len(windows),
+        "seq_len": n,
+        "perplexity": round(math.exp(nll / count), 4),
+        "tokens": count,
+        "seconds": round(seconds, 2),
+        "tokens_per_s": round(count / seconds, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()
