@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """transformers' side of `lors eval` on a plain-text file: the same windows, timed.
 
-Usage: python scripts/torch_eval_bench.py MODEL_DIR FILE.raw [--seq-len 512 --windows 64
+Usage: python scripts/torch_eval_bench.py MODEL_DIR FILE [--seq-len 512 --windows 64
        --batch 8 --threads 2]. Needs torch and transformers; not part of the test suite.
 
-Tokenises the whole file as lors does a plain-text file (BOS + text + EOS, one document),
-cuts it into non-overlapping windows of --seq-len tokens, scores the first --windows of them
+Tokenises the file as lors does: a plain-text file as one document, a JSONL file as one
+document per record's `text`, each as BOS + text + EOS, concatenated; cuts it into non-overlapping windows of --seq-len tokens, scores the first --windows of them
 in batches of --batch (lors eval's batch), SDPA attention, f32, no gradients. Prints one JSON
 line: perplexity, predicted tokens, seconds of the scoring loop, tokens/s.
 """
@@ -31,9 +31,15 @@ def main():
     model = AutoModelForCausalLM.from_pretrained(
         a.model, dtype=torch.float32, attn_implementation="sdpa").eval()
     tok = AutoTokenizer.from_pretrained(a.model)
-    text = open(a.data, encoding="utf-8").read()
-    ids = [model.config.bos_token_id] + tok(text, add_special_tokens=False)["input_ids"]
-    ids.append(model.config.eos_token_id)
+    with open(a.data, encoding="utf-8") as f:
+        if a.data.endswith(".jsonl"):
+            docs = [json.loads(line)["text"] for line in f if line.strip()]
+        else:
+            docs = [f.read()]
+    bos, eos = model.config.bos_token_id, model.config.eos_token_id
+    ids = []
+    for doc in docs:
+        ids += [bos] + tok(doc, add_special_tokens=False)["input_ids"] + [eos]
     n = a.seq_len
     windows = [ids[i * n:(i + 1) * n] for i in range(min(a.windows, len(ids) // n))]
     nll, count = 0.0, 0

@@ -58,19 +58,18 @@ pub struct MergeArgs {
 pub fn eval(args: EvalArgs) -> Result<()> {
     let dir = ModelDir::open(&args.model)?;
     let model = CausalLm::load_frozen(&dir)?;
-    let started = std::time::Instant::now();
     let r = perplexity_of_file(&model, &dir, &args.data, args.seq_len, args.max_windows)?;
-    let seconds = started.elapsed().as_secs_f64();
     println!(
-        "{}: perplexity {:.4} (loss {:.4}) over {} windows of {} tokens ({} predictions) \
-         in {seconds:.2} s ({:.0} tokens/s, tokenising included)",
+        "{}: perplexity {:.4} (loss {:.4}) over {} windows of {} tokens ({} predictions), \
+         scored in {:.2} s ({:.0} tokens/s)",
         args.data.display(),
         r.perplexity,
         r.loss,
         r.windows,
         args.seq_len,
         r.tokens,
-        r.tokens as f64 / seconds
+        r.seconds,
+        r.tokens as f64 / r.seconds
     );
     Ok(())
 }

@@ -15,6 +15,9 @@ pub struct EvalResult {
     pub perplexity: f64,
     pub tokens: usize,
     pub windows: usize,
+    /// Seconds spent scoring the windows (tokenising not included).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Perplexity of `model` (from `dir`) on a data file, over its first `max_windows` windows of
@@ -43,6 +46,7 @@ pub fn evaluate(
     if n == 0 {
         return Err(LorsError::invalid("eval", "no evaluation windows"));
     }
+    let started = std::time::Instant::now();
     let (mut sum, mut count) = (0f64, 0f64);
     for chunk in blocks[..n].chunks(batch_size.max(1)) {
         let batch = Batch::from_blocks(&chunk.iter().collect::<Vec<_>>(), DType::F32)?;
@@ -56,5 +60,6 @@ pub fn evaluate(
         perplexity: loss.exp(),
         tokens: count as usize,
         windows: n,
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
