@@ -5,7 +5,8 @@ Usage: python scripts/torch_eval_bench.py MODEL_DIR FILE [--seq-len 512 --window
        --batch 8 --threads 2]. Needs torch and transformers; not part of the test suite.
 
 Tokenises the file as lors does: a plain-text file as one document, a JSONL file as one
-document per record's `text`, each as BOS + text + EOS, concatenated; cuts it into non-overlapping windows of --seq-len tokens, scores the first --windows of them
+document per record's `text`, each with the tokenizer's own special tokens (BOS for Llama's,
+none for byte-level BPE ones) and the config's EOS, concatenated; cuts it into non-overlapping windows of --seq-len tokens, scores the first --windows of them
 in batches of --batch (lors eval's batch), SDPA attention, f32, no gradients. Prints one JSON
 line: perplexity, predicted tokens, seconds of the scoring loop, tokens/s.
 """
@@ -36,10 +37,11 @@ def main():
             docs = [json.loads(line)["text"] for line in f if line.strip()]
         else:
             docs = [f.read()]
-    bos, eos = model.config.bos_token_id, model.config.eos_token_id
+    eos = model.config.eos_token_id
+    eos = eos[0] if isinstance(eos, list) else eos
     ids = []
     for doc in docs:
-        ids += [bos] + tok(doc, add_special_tokens=False)["input_ids"] + [eos]
+        ids += tok(doc)["input_ids"] + [eos]
     n = a.seq_len
     windows = [ids[i * n:(i + 1) * n] for i in range(min(a.windows, len(ids) // n))]
     nll, count = 0.0, 0
