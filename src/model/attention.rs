@@ -163,15 +163,8 @@ struct Dims {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::testing::wave;
     use candle_core::{Device, Var};
-
-    fn wave(shape: &[usize], k: usize) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|i| (((i * k) % 23) as f64 - 11.0) * 0.07)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
 
     /// The textbook form through candle's autograd: repeated k/v, the full score matrix.
     fn reference(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Tensor {

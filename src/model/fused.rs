@@ -458,25 +458,7 @@ pub(crate) fn softmax_backward(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
-
-    fn wave(shape: &[usize], k: usize) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f64> = (0..n)
-            .map(|i| (((i * k) % 31) as f64 - 15.0) * 0.11)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
-    }
-
-    /// Kernel and tensor-op twin agree to 1e-12 relative in f64 (same formula, other order).
-    fn assert_close(a: &Tensor, b: &Tensor) {
-        let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        assert_eq!(a.len(), b.len());
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "{x} vs {y}");
-        }
-    }
+    use crate::model::testing::{assert_close, wave};
 
     /// The f32 exponential against f64's over the softmax's range, in steps of 1e-3.
     #[test]

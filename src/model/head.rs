@@ -139,15 +139,12 @@ impl Head<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Var;
+    use crate::model::testing::wave;
 
-    fn wave(shape: &[usize], k: usize) -> Tensor {
-        let n: usize = shape.iter().product();
-        let v: Vec<f32> = (0..n)
-            .map(|i| (((i * k) % 29) as f32 - 14.0) * 0.09)
-            .collect();
-        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    fn f32_wave(shape: &[usize], k: usize) -> Tensor {
+        wave(shape, k).to_dtype(DType::F32).unwrap()
     }
+    use candle_core::Var;
 
     fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
         let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
@@ -165,7 +162,10 @@ mod tests {
     #[test]
     fn chunked_loss_equals_the_whole_one_and_autograd() {
         let dev = Device::Cpu;
-        let (norm, weight) = (wave(&[6], 5).affine(0.1, 1.0).unwrap(), wave(&[11, 6], 7));
+        let (norm, weight) = (
+            f32_wave(&[6], 5).affine(0.1, 1.0).unwrap(),
+            f32_wave(&[11, 6], 7),
+        );
         let head = Head {
             norm: &norm,
             weight: &weight,
@@ -179,7 +179,7 @@ mod tests {
         let mask = Tensor::new(&[[1f32; 9], [1., 1., 1., 1., 1., 1., 0., 0., 0.]], &dev).unwrap();
         let t = Targets::new(&ids, &mask, &dev).unwrap();
         assert_eq!(t.count, 8.0 + 5.0);
-        let x = Var::from_tensor(&wave(&[2, 9, 6], 3)).unwrap();
+        let x = Var::from_tensor(&f32_wave(&[2, 9, 6], 3)).unwrap();
         let (whole, d_whole) = head.loss_in_chunks(&x, &t, Some(0.5), 18).unwrap();
         let d_whole = d_whole.unwrap();
         for chunk in [1, 4, 7] {

@@ -17,6 +17,8 @@ mod proj;
 pub mod random;
 mod reference;
 mod softmax;
+#[cfg(test)]
+mod testing;
 mod weights;
 
 pub use block::Recompute;

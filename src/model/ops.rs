@@ -76,31 +76,14 @@ impl Rope {
 mod tests {
     use super::*;
     use crate::model::fused::{rms_norm_backward, swiglu, swiglu_backward};
+    use crate::model::testing::{assert_close, wave};
     use candle_core::{Device, Var};
-
-    fn t(values: &[f64], shape: &[usize]) -> Tensor {
-        Tensor::from_vec(values.to_vec(), shape, &Device::Cpu).unwrap()
-    }
-
-    fn wave(n: usize, k: usize) -> Vec<f64> {
-        (0..n).map(|i| ((i * k % 17) as f64 - 8.0) * 0.13).collect()
-    }
-
-    /// Hand-written backwards equal candle's autograd through the differentiable forms, in
-    /// f64 (agreement to 1e-12: both are exact formulas, only rounding differs).
-    fn assert_close(a: &Tensor, b: &Tensor) {
-        let a = a.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f64>().unwrap();
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() <= 1e-12 * (1.0 + y.abs()), "{x} vs {y}");
-        }
-    }
 
     #[test]
     fn rms_norm_backward_matches_autograd() {
-        let x = Var::from_tensor(&t(&wave(24, 5), &[2, 3, 4])).unwrap();
-        let w = t(&wave(4, 3), &[4]);
-        let dy = t(&wave(24, 7), &[2, 3, 4]);
+        let x = Var::from_tensor(&wave(&[2, 3, 4], 5)).unwrap();
+        let w = wave(&[4], 3);
+        let dy = wave(&[2, 3, 4], 7);
         let y = candle_nn::ops::rms_norm_slow(x.as_tensor(), &w, 1e-5).unwrap();
         let grads = (y * &dy).unwrap().sum_all().unwrap().backward().unwrap();
         let want = grads.get(&x).unwrap();
@@ -114,8 +97,8 @@ mod tests {
     fn rope_backward_matches_autograd_and_forward_matches_the_slow_form() {
         let inv = Tensor::new(&[[1.0f32, 0.1]], &Device::Cpu).unwrap();
         let rope = Rope::new(&inv, 3, 5, DType::F64).unwrap();
-        let x = Var::from_tensor(&t(&wave(40, 5), &[1, 2, 5, 4])).unwrap();
-        let dy = t(&wave(40, 3), &[1, 2, 5, 4]);
+        let x = Var::from_tensor(&wave(&[1, 2, 5, 4], 5)).unwrap();
+        let dy = wave(&[1, 2, 5, 4], 3);
         let (cos, sin) = rope.tables();
         let y = candle_nn::rotary_emb::rope_slow(x.as_tensor(), cos, sin).unwrap();
         assert_close(&rope.apply(x.as_tensor()).unwrap(), &y);
@@ -125,9 +108,9 @@ mod tests {
 
     #[test]
     fn swiglu_and_its_backward_match_autograd() {
-        let g = Var::from_tensor(&t(&wave(12, 5), &[3, 4])).unwrap();
-        let u = Var::from_tensor(&t(&wave(12, 7), &[3, 4])).unwrap();
-        let dm = t(&wave(12, 11), &[3, 4]);
+        let g = Var::from_tensor(&wave(&[3, 4], 5)).unwrap();
+        let u = Var::from_tensor(&wave(&[3, 4], 7)).unwrap();
+        let dm = wave(&[3, 4], 11);
         let m = (g.as_tensor().silu().unwrap() * u.as_tensor()).unwrap();
         assert_close(&swiglu(g.as_tensor(), u.as_tensor()).unwrap(), &m);
         let grads = (m * &dm).unwrap().sum_all().unwrap().backward().unwrap();
