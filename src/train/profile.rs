@@ -312,14 +312,6 @@ impl Profile {
         let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
         let dtype = crate::model::parse_dtype(&self.model.dtype)
             .map_err(|e| LorsError::invalid("model.dtype", e.to_string()))?;
-        if dtype == candle_core::DType::BF16 && self.train.device == "cpu" {
-            return bad(
-                "model.dtype",
-                "bf16 compute needs CUDA (candle has no bf16 matmul on the CPU); bf16 \
-                 checkpoints load fine with dtype = \"f32\""
-                    .into(),
-            );
-        }
         if self.data.seq_len < 2 {
             return bad(
                 "data.seq_len",
@@ -335,64 +327,9 @@ impl Profile {
         if let Some(p) = &self.prune {
             p.validate()?;
         }
-        let a = &self.adapter;
-        if a.rank == 0 {
-            return bad("adapter.rank", "must be at least 1".into());
-        }
-        if !(a.alpha.is_finite() && a.alpha > 0.0) {
-            return bad("adapter.alpha", format!("{} must be positive", a.alpha));
-        }
-        if a.init == Init::Gradient && a.init_samples == 0 {
-            return bad("adapter.init_samples", "must be at least 1".into());
-        }
-        if a.init == Init::Gradient && a.method == Method::Spp {
-            return bad(
-                "adapter.init",
-                "gradient init is not defined for spp".into(),
-            );
-        }
-        if !(a.stable_gamma.is_finite() && a.stable_gamma > 0.0) {
-            return bad(
-                "adapter.stable_gamma",
-                format!("{} must be positive", a.stable_gamma),
-            );
-        }
+        validate_adapter(&self.adapter)?;
         validate_optim(&self.optim)?;
-        let t = &self.train;
-        match (t.max_steps, t.epochs) {
-            (None, None) => return bad("train.max_steps", "give max_steps or epochs".into()),
-            (Some(_), Some(_)) => {
-                return bad(
-                    "train.max_steps",
-                    "give max_steps or epochs, not both".into(),
-                )
-            }
-            (Some(0), _) | (_, Some(0)) => {
-                return bad("train.max_steps", "must be at least 1".into())
-            }
-            _ => {}
-        }
-        if t.batch_size == 0 {
-            return bad("train.batch_size", "must be at least 1".into());
-        }
-        if t.grad_accum == 0 {
-            return bad("train.grad_accum", "must be at least 1".into());
-        }
-        if let Some(name) = &t.run_name {
-            check_run_name(name)?;
-        }
-        let on_gpu = crate::device::cuda_ordinal(&t.device)
-            .map_err(|e| LorsError::invalid("train.device", e.to_string()))?
-            .is_some();
-        if on_gpu && !matches!(dtype, candle_core::DType::F32 | candle_core::DType::BF16) {
-            return bad(
-                "model.dtype",
-                format!(
-                    "`{}` on {}: the CUDA kernels compute in bf16 or f32",
-                    self.model.dtype, t.device
-                ),
-            );
-        }
+        validate_train(&self.train, dtype, &self.model.dtype)?;
         Ok(())
     }
 
@@ -426,6 +363,80 @@ impl Profile {
         }
         abs(&mut self.train.output_dir);
     }
+}
+
+/// The adapter settings' ranges, and the method/init pairs that exist.
+fn validate_adapter(a: &AdapterSection) -> Result<()> {
+    let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
+    if a.rank == 0 {
+        return bad("adapter.rank", "must be at least 1".into());
+    }
+    if !(a.alpha.is_finite() && a.alpha > 0.0) {
+        return bad("adapter.alpha", format!("{} must be positive", a.alpha));
+    }
+    if a.init == Init::Gradient && a.init_samples == 0 {
+        return bad("adapter.init_samples", "must be at least 1".into());
+    }
+    if a.init == Init::Gradient && a.method == Method::Spp {
+        return bad(
+            "adapter.init",
+            "gradient init is not defined for spp".into(),
+        );
+    }
+    if !(a.stable_gamma.is_finite() && a.stable_gamma > 0.0) {
+        return bad(
+            "adapter.stable_gamma",
+            format!("{} must be positive", a.stable_gamma),
+        );
+    }
+    Ok(())
+}
+
+/// Steps, batches, the run name, and a compute dtype the device can use (`dtype`, spelled
+/// `dtype_name` in the profile).
+fn validate_train(t: &TrainSection, dtype: candle_core::DType, dtype_name: &str) -> Result<()> {
+    let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
+    if dtype == candle_core::DType::BF16 && t.device == "cpu" {
+        return bad(
+            "model.dtype",
+            "bf16 compute needs CUDA (candle has no bf16 matmul on the CPU); bf16 \
+             checkpoints load fine with dtype = \"f32\""
+                .into(),
+        );
+    }
+    match (t.max_steps, t.epochs) {
+        (None, None) => return bad("train.max_steps", "give max_steps or epochs".into()),
+        (Some(_), Some(_)) => {
+            return bad(
+                "train.max_steps",
+                "give max_steps or epochs, not both".into(),
+            )
+        }
+        (Some(0), _) | (_, Some(0)) => return bad("train.max_steps", "must be at least 1".into()),
+        _ => {}
+    }
+    if t.batch_size == 0 {
+        return bad("train.batch_size", "must be at least 1".into());
+    }
+    if t.grad_accum == 0 {
+        return bad("train.grad_accum", "must be at least 1".into());
+    }
+    if let Some(name) = &t.run_name {
+        check_run_name(name)?;
+    }
+    let on_gpu = crate::device::cuda_ordinal(&t.device)
+        .map_err(|e| LorsError::invalid("train.device", e.to_string()))?
+        .is_some();
+    if on_gpu && !matches!(dtype, candle_core::DType::F32 | candle_core::DType::BF16) {
+        return bad(
+            "model.dtype",
+            format!(
+                "`{}` on {}: the CUDA kernels compute in bf16 or f32",
+                dtype_name, t.device
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// Check the optimiser settings: every value finite and in its range.
