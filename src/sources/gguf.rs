@@ -470,13 +470,46 @@ fn read_gguf_unguarded(
             format!("architecture `{arch}` is not supported (llama, qwen2)"),
         ));
     }
-    let key = |k: &str| format!("{arch}.{k}");
-    let hidden = meta.uint(&key("embedding_length"))?;
-    let heads = meta.uint(&key("attention.head_count"))?;
-    let kv_heads = meta.uint(&key("attention.head_count_kv")).unwrap_or(heads);
+    let hidden = meta.uint(&format!("{arch}.embedding_length"))?;
+    let heads = meta.uint(&format!("{arch}.attention.head_count"))?;
+    let kv_heads = meta
+        .uint(&format!("{arch}.attention.head_count_kv"))
+        .unwrap_or(heads);
     let (tokenizer, tokenizer_config, kind) = tokenizer_files(&meta)?;
     let vocab_size = meta.strings("tokenizer.ggml.tokens")?.len();
     let tied = !content.tensor_infos.contains_key("output.weight");
+    let (tensors, tensor_types) =
+        dequantized_tensors(&content, reader, file, &arch, (heads, kv_heads), dtype)?;
+    let dtype_name = crate::model::storage_dtype_name(dtype, "GGUF conversion")?;
+    let mut config = hf_config(&meta, &arch, (hidden, heads, kv_heads), vocab_size, tied)?;
+    config["torch_dtype"] = json!(dtype_name);
+    let report = GgufReport {
+        architecture: arch,
+        tensor_types,
+        tokenizer: kind,
+        vocab_size,
+        dtype: dtype_name.into(),
+    };
+    Ok(GgufModel {
+        config,
+        tokenizer,
+        tokenizer_config,
+        tensors,
+        report,
+    })
+}
+
+/// Every tensor under its Hugging Face name, dequantised to `dtype` (Llama's q/k rotary
+/// permutation undone, for `(heads, kv_heads)`), and how many tensors of each GGUF type
+/// there were.
+fn dequantized_tensors(
+    content: &Content,
+    reader: &mut (impl std::io::Read + std::io::Seek),
+    file: &Path,
+    arch: &str,
+    (heads, kv_heads): (usize, usize),
+    dtype: DType,
+) -> Result<(HashMap<String, Tensor>, BTreeMap<String, usize>)> {
     let mut tensor_types = BTreeMap::new();
     let mut tensors = HashMap::new();
     let mut names: Vec<&String> = content.tensor_infos.keys().collect();
@@ -501,7 +534,19 @@ fn read_gguf_unguarded(
         }
         tensors.insert(hf, w.to_dtype(dtype)?);
     }
-    let dtype_name = crate::model::storage_dtype_name(dtype, "GGUF conversion")?;
+    Ok((tensors, tensor_types))
+}
+
+/// `config.json` of the model the metadata describes (without `torch_dtype`), for the sizes
+/// `(hidden, heads, kv_heads)` already read from it.
+fn hf_config(
+    meta: &Meta,
+    arch: &str,
+    (hidden, heads, kv_heads): (usize, usize, usize),
+    vocab_size: usize,
+    tied: bool,
+) -> Result<serde_json::Value> {
+    let key = |k: &str| format!("{arch}.{k}");
     let mut config = json!({
         "architectures": [if arch == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" }],
         "model_type": arch,
@@ -516,7 +561,6 @@ fn read_gguf_unguarded(
         "vocab_size": vocab_size,
         "hidden_act": "silu",
         "tie_word_embeddings": tied,
-        "torch_dtype": dtype_name,
     });
     if let Ok(head_dim) = meta.uint(&key("attention.key_length")) {
         config["head_dim"] = json!(head_dim);
@@ -529,20 +573,7 @@ fn read_gguf_unguarded(
             config[k] = json!(i);
         }
     }
-    let report = GgufReport {
-        architecture: arch,
-        tensor_types,
-        tokenizer: kind,
-        vocab_size,
-        dtype: dtype_name.into(),
-    };
-    Ok(GgufModel {
-        config,
-        tokenizer,
-        tokenizer_config,
-        tensors,
-        report,
-    })
+    Ok(config)
 }
 
 /// The header and metadata of a GGUF stream.
