@@ -269,79 +269,15 @@ fn tokenizer_files(meta: &Meta) -> Result<(serde_json::Value, serde_json::Value,
         }),
         _ => serde_json::Value::Null,
     };
+    let shared = SharedParts {
+        added,
+        vocab,
+        post,
+        unk: name(unk),
+    };
     let tokenizer = match kind.as_str() {
-        "llama" => {
-            let scores = meta.numbers("tokenizer.ggml.scores")?;
-            if scores.len() != tokens.len() {
-                return Err(LorsError::parse(
-                    meta.path,
-                    format!("{} token scores for {} tokens", scores.len(), tokens.len()),
-                ));
-            }
-            // Byte tokens (`<0x41>`) and special ones are not merged.
-            let skip: Vec<bool> = tokens
-                .iter()
-                .zip(&special)
-                .map(|(t, s)| *s || (t.starts_with("<0x") && t.ends_with('>')))
-                .collect();
-            let merges = spm_merges(&tokens, &scores, &skip);
-            let prefix = meta.bool_or("tokenizer.ggml.add_space_prefix", true);
-            let mut normalizers = Vec::new();
-            if prefix {
-                normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
-            }
-            normalizers.push(
-                json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}),
-            );
-            let mut decoders = vec![
-                json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
-                json!({"type": "ByteFallback"}),
-                json!({"type": "Fuse"}),
-            ];
-            if prefix {
-                decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
-            }
-            json!({
-                "version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added,
-                "normalizer": {"type": "Sequence", "normalizers": normalizers},
-                "pre_tokenizer": null,
-                "post_processor": post,
-                "decoder": {"type": "Sequence", "decoders": decoders},
-                "model": {"type": "BPE", "dropout": null, "unk_token": name(unk),
-                          "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                          "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                          "vocab": vocab, "merges": merges}
-            })
-        }
-        "gpt2" => {
-            let merges: Vec<(String, String)> = meta
-                .strings("tokenizer.ggml.merges")?
-                .into_iter()
-                .map(|m| match m.split_once(' ') {
-                    Some((a, b)) => Ok((a.to_string(), b.to_string())),
-                    None => Err(LorsError::parse(
-                        meta.path,
-                        format!("GGUF merge `{m}` is not two tokens"),
-                    )),
-                })
-                .collect::<Result<_>>()?;
-            let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
-            json!({
-                "version": "1.0", "truncation": null, "padding": null,
-                "added_tokens": added,
-                "normalizer": null,
-                "pre_tokenizer": gpt2_pre_tokenizer(pre),
-                "post_processor": if post.is_null() {
-                    json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
-                } else { post },
-                "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
-                "model": {"type": "BPE", "dropout": null, "unk_token": null,
-                          "continuing_subword_prefix": null, "end_of_word_suffix": null,
-                          "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                          "vocab": vocab, "merges": merges}
-            })
-        }
+        "llama" => spm_tokenizer(meta, &tokens, &special, shared)?,
+        "gpt2" => gpt2_tokenizer(meta, shared)?,
         other => {
             return Err(LorsError::parse(
                 meta.path,
@@ -364,6 +300,95 @@ fn tokenizer_files(meta: &Meta) -> Result<(serde_json::Value, serde_json::Value,
         config["chat_template"] = json!(template);
     }
     Ok((tokenizer, config, kind))
+}
+
+/// What `tokenizer.json` holds alike for both GGUF tokenizer kinds.
+struct SharedParts {
+    added: Vec<serde_json::Value>,
+    vocab: serde_json::Map<String, serde_json::Value>,
+    /// The BOS template, or null.
+    post: serde_json::Value,
+    unk: Option<String>,
+}
+
+/// `tokenizer.json` of a SentencePiece (`llama` kind) GGUF tokenizer: BPE with byte fallback,
+/// merges recovered from the piece scores.
+fn spm_tokenizer(
+    meta: &Meta,
+    tokens: &[String],
+    special: &[bool],
+    p: SharedParts,
+) -> Result<serde_json::Value> {
+    let scores = meta.numbers("tokenizer.ggml.scores")?;
+    if scores.len() != tokens.len() {
+        return Err(LorsError::parse(
+            meta.path,
+            format!("{} token scores for {} tokens", scores.len(), tokens.len()),
+        ));
+    }
+    // Byte tokens (`<0x41>`) and special ones are not merged.
+    let skip: Vec<bool> = tokens
+        .iter()
+        .zip(special)
+        .map(|(t, s)| *s || (t.starts_with("<0x") && t.ends_with('>')))
+        .collect();
+    let merges = spm_merges(tokens, &scores, &skip);
+    let prefix = meta.bool_or("tokenizer.ggml.add_space_prefix", true);
+    let mut normalizers = Vec::new();
+    if prefix {
+        normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
+    }
+    normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
+    let mut decoders = vec![
+        json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
+        json!({"type": "ByteFallback"}),
+        json!({"type": "Fuse"}),
+    ];
+    if prefix {
+        decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
+    }
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": p.added,
+        "normalizer": {"type": "Sequence", "normalizers": normalizers},
+        "pre_tokenizer": null,
+        "post_processor": p.post,
+        "decoder": {"type": "Sequence", "decoders": decoders},
+        "model": {"type": "BPE", "dropout": null, "unk_token": p.unk,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
+                  "vocab": p.vocab, "merges": merges}
+    }))
+}
+
+/// `tokenizer.json` of a byte-level BPE (`gpt2` kind) GGUF tokenizer.
+fn gpt2_tokenizer(meta: &Meta, p: SharedParts) -> Result<serde_json::Value> {
+    let merges: Vec<(String, String)> = meta
+        .strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| match m.split_once(' ') {
+            Some((a, b)) => Ok((a.to_string(), b.to_string())),
+            None => Err(LorsError::parse(
+                meta.path,
+                format!("GGUF merge `{m}` is not two tokens"),
+            )),
+        })
+        .collect::<Result<_>>()?;
+    let pre = meta.string("tokenizer.ggml.pre").unwrap_or("default");
+    Ok(json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": p.added,
+        "normalizer": null,
+        "pre_tokenizer": gpt2_pre_tokenizer(pre),
+        "post_processor": if p.post.is_null() {
+            json!({"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": false, "use_regex": true})
+        } else { p.post },
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null,
+                  "continuing_subword_prefix": null, "end_of_word_suffix": null,
+                  "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+                  "vocab": p.vocab, "merges": merges}
+    }))
 }
 
 /// A GGUF file read into what a Hugging Face directory holds.
