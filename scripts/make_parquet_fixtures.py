@@ -22,3 +22,11 @@ texts = [f"Story {i}: once upon a time there was a number called {i * 7}." for i
 texts[5] = None
 pq.write_table(pa.table({"text": texts, "id": list(range(30))}), f"{OUT}/text_sample.parquet",
                compression="snappy")
+
+# A task file as the hub serves ARC: `choices` a struct of two string lists (from the bundled
+# JSON Lines file, so the two readers can be compared row for row).
+import json  # noqa: E402
+
+with open("assets/tasks/arc_easy.jsonl") as f:
+    arc = [json.loads(line) for line in f]
+pq.write_table(pa.Table.from_pylist(arc), f"{OUT}/arc_easy_sample.parquet", compression="snappy")

@@ -9,6 +9,10 @@ document per record's `text`, each with the tokenizer's own special tokens (BOS 
 none for byte-level BPE ones) and the config's EOS, concatenated; cuts it into non-overlapping windows of --seq-len tokens, scores the first --windows of them
 in batches of --batch (lors eval's batch), SDPA attention, f32, no gradients. Prints one JSON
 line: perplexity, predicted tokens, seconds of the scoring loop, tokens/s.
+
+With --wikitext the file is WikiText-2 raw, read as SparseGPT and Wanda read it (`lors eval
+--wikitext`): the hub split's rows (each line with its newline, blank lines empty) joined
+with "\n\n", tokenised once.
 """
 import argparse
 import json
@@ -27,6 +31,7 @@ def main():
     p.add_argument("--windows", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--wikitext", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     model = AutoModelForCausalLM.from_pretrained(
@@ -40,8 +45,12 @@ def main():
     eos = model.config.eos_token_id
     eos = eos[0] if isinstance(eos, list) else eos
     ids = []
-    for doc in docs:
-        ids += tok(doc)["input_ids"] + [eos]
+    if a.wikitext:
+        rows = [line if line.strip() else "" for line in docs[0].splitlines(keepends=True)]
+        ids = tok("\n\n".join(rows))["input_ids"]
+    else:
+        for doc in docs:
+            ids += tok(doc)["input_ids"] + [eos]
     n = a.seq_len
     windows = [ids[i * n:(i + 1) * n] for i in range(min(a.windows, len(ids) // n))]
     nll, count = 0.0, 0

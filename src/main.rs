@@ -27,8 +27,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Re-run a run from its recorded profile and check that its metrics match.
     Replay(cli::train::ReplayArgs),
-    /// Perplexity of a model on a data file.
-    Eval(cli::model::EvalArgs),
+    /// Perplexity (a data file, WikiText-2) and zero-shot task accuracy of a model or a run.
+    Eval(cli::eval::EvalArgs),
     /// Greedy text generation.
     Generate(cli::model::GenerateArgs),
     /// Prune a model (magnitude, Wanda, SparseGPT; unstructured or N:M).
@@ -182,7 +182,7 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => cli::train::train(args),
         Some(Command::Replay(args)) => cli::train::replay(args),
-        Some(Command::Eval(args)) => cli::model::eval(args),
+        Some(Command::Eval(args)) => cli::eval::eval(args),
         Some(Command::Generate(args)) => cli::model::generate(args),
         Some(Command::Merge(args)) => cli::model::merge(args),
         Some(Command::Fetch(args)) => cli::source::fetch(args),

@@ -690,3 +690,90 @@ fn the_watcher_reads_only_complete_metric_lines() {
     assert!(w.refresh());
     assert_eq!(w.runs[0].eval_loss.last(), Some(&(4.0, 2.5)));
 }
+
+/// Task rows in a run's metrics feed the Runs view's `acc` column and its ordering; `v` asks
+/// to evaluate a finished run with tasks, and explains itself otherwise.
+#[test]
+fn runs_are_ordered_by_accuracy_and_evaluated_on_request() {
+    use lors::eval::{Metric, Task, TaskScore, TaskSuite};
+    use lors::train::EvalStage;
+    let tmp = tempfile::tempdir().unwrap();
+    let score = |task, acc| TaskScore {
+        task,
+        items: 10,
+        acc: Metric {
+            value: acc,
+            stderr: Some(0.1),
+        },
+        acc_norm: None,
+        seconds: 1.0,
+    };
+    let runs: Vec<PathBuf> = [(0.25, 0.5), (0.5, 0.75), (0.25, 0.25)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(a, b))| {
+            let path = fake_run(
+                tmp.path(),
+                &format!("run-{i}"),
+                RunState::Finished,
+                0.5,
+                None,
+            );
+            let run = RunDir::open(&path).unwrap();
+            for (task, acc) in [(Task::Rte, a), (Task::Boolq, b)] {
+                for stage in [EvalStage::Before, EvalStage::After] {
+                    let acc = if stage == EvalStage::Before { 0.1 } else { acc };
+                    run.append_metric(&MetricRow::Task {
+                        step: 3,
+                        stage,
+                        score: score(task, acc),
+                    })
+                    .unwrap();
+                }
+            }
+            path
+        })
+        .collect();
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    assert_eq!(w.runs[1].mean_accuracy_after(), Some(0.625));
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    app.view = View::Runs;
+    let order = |app: &App| app.runs.iter().map(|r| r.path.clone()).collect::<Vec<_>>();
+    assert_eq!(order(&app), runs);
+    press(&mut app, KeyCode::Char('o'));
+    press(&mut app, KeyCode::Char('o'));
+    assert_eq!(app.run_order.name(), "mean accuracy");
+    assert_eq!(
+        order(&app),
+        vec![runs[1].clone(), runs[0].clone(), runs[2].clone()]
+    );
+    let screen = render(&app, 80, 24, true);
+    assert!(
+        screen.contains("acc") && screen.contains(".625"),
+        "{screen}"
+    );
+    // The demo profile has no [eval]: `v` explains; with tasks it starts a job.
+    app.selected_run = 0;
+    assert!(press(&mut app, KeyCode::Char('v')).is_empty());
+    assert!(app.notice.as_deref().unwrap_or("").contains("[eval]"));
+    let suite = TaskSuite {
+        tasks: vec![Task::Rte],
+        data_dir: Some(repo().join("assets/tasks")),
+        ..TaskSuite::default()
+    };
+    app.base.eval = Some(suite.clone());
+    assert_eq!(
+        press(&mut app, KeyCode::Char('v')),
+        vec![Effect::Evaluate(runs[1].clone(), Box::new(suite))]
+    );
+    // The Run view's Accuracy panel: before -> after per task.
+    app.focused = Some(runs[1].clone());
+    app.view = View::Run;
+    let screen = render(&app, 80, 24, true);
+    assert!(
+        screen.contains("Accuracy") && screen.contains("rte           .100 -> .500"),
+        "{screen}"
+    );
+}

@@ -262,3 +262,89 @@ fn a_run_outlives_its_tui_and_the_next_tui_reattaches() {
     second.wait_for("stopped step", 60);
     assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
 }
+
+/// A run whose profile has `[eval]` shows each task's accuracy before and after training in
+/// the Run view's Accuracy panel (80x24); from the Runs view, `v` scores the finished run again
+/// as a detached job whose report agrees with the run's own after-training rows.
+#[test]
+fn accuracy_before_and_after_and_a_background_evaluation() {
+    use lors::eval::{read_progress, JobState, Task, TaskSuite};
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let path = demo_profile(tmp.path(), 4);
+    let mut p = Profile::load(&path, &[]).unwrap();
+    p.eval = Some(TaskSuite {
+        tasks: vec![Task::Hellaswag, Task::ArcEasy],
+        data_dir: Some(repo().join("assets/tasks")),
+        limit: Some(5),
+        ..TaskSuite::default()
+    });
+    std::fs::write(&path, p.to_toml()).unwrap();
+    let args = [
+        "tui",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--profile",
+        path.to_str().unwrap(),
+    ];
+    let tui = Tmux::start("accuracy", &repo(), &args);
+    tui.wait_for("ready to launch", 30);
+    tui.send("l");
+    let screen = tui.wait_for("finished step 4/4", 180);
+    let screen = if screen.contains("arc_easy") {
+        screen
+    } else {
+        tui.wait_for("arc_easy", 10)
+    };
+    assert!(
+        screen.contains("Accuracy (before -> after)")
+            && screen.contains("mean")
+            && screen.contains("hellaswag")
+            && screen.contains(" -> ."),
+        "{screen}"
+    );
+    keep_screen("run-accuracy", &screen);
+    let run = only_run(&runs);
+    tui.send("3");
+    tui.send("v");
+    tui.wait_for("evaluating 2 tasks", 10);
+    let eval_dir = run.path.join("eval");
+    let start = Instant::now();
+    let job = loop {
+        let progress = std::fs::read_dir(&eval_dir)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .find(|p| p.to_string_lossy().ends_with(".progress.json"));
+        if let Some(job) = progress.and_then(|p| read_progress(&p).ok()) {
+            if job.state != JobState::Running {
+                break job;
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the evaluation did not end"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(job.state, JobState::Finished, "{job:?}");
+    let screen = tui.wait_for("finished", 10);
+    keep_screen("runs-accuracy", &screen);
+    let report: lors::eval::EvalReport =
+        serde_json::from_str(&std::fs::read_to_string(&job.report).unwrap()).unwrap();
+    let after: Vec<(Task, f64)> = run
+        .read_metrics()
+        .unwrap()
+        .into_iter()
+        .filter_map(|r| match r {
+            lors::train::MetricRow::Task {
+                stage: lors::train::EvalStage::After,
+                score,
+                ..
+            } => Some((score.task, score.acc.value)),
+            _ => None,
+        })
+        .collect();
+    let job_scores: Vec<(Task, f64)> = report.tasks.iter().map(|t| (t.task, t.acc.value)).collect();
+    assert_eq!(job_scores, after);
+}

@@ -1,6 +1,7 @@
 //! Subcommands of the `lors` binary.
 
 pub mod bench;
+pub mod eval;
 pub mod model;
 pub mod prune;
 pub mod source;

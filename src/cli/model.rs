@@ -1,31 +1,13 @@
-//! `lors eval`, `lors generate` and `lors merge`.
+//! `lors generate` and `lors merge`.
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use clap::Args;
 
 use lors::io::check_output_dir;
 use lors::model::{export_merged, generate_greedy, CausalLm, ModelDir};
-use lors::train::{checkpoint, eval::perplexity_of_file, load_adapted, Profile, RunDir};
-
-#[derive(Args)]
-pub struct EvalArgs {
-    /// Model directory.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// Data file (JSONL/JSON records or plain text).
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Window length in tokens.
-    #[arg(long, default_value_t = 256)]
-    pub seq_len: usize,
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Evaluate only the first N windows.
-    #[arg(long)]
-    pub max_windows: Option<usize>,
-}
+use lors::train::{load_trained, RunDir};
 
 #[derive(Args)]
 pub struct GenerateArgs {
@@ -55,25 +37,6 @@ pub struct MergeArgs {
     pub force: bool,
 }
 
-pub fn eval(args: EvalArgs) -> Result<()> {
-    let dir = ModelDir::open(&args.model)?;
-    let model = CausalLm::load_frozen(&dir)?;
-    let r = perplexity_of_file(&model, &dir, &args.data, args.seq_len, args.max_windows)?;
-    println!(
-        "{}: perplexity {:.4} (loss {:.4}) over {} windows of {} tokens ({} predictions), \
-         scored in {:.2} s ({:.0} tokens/s)",
-        args.data.display(),
-        r.perplexity,
-        r.loss,
-        r.windows,
-        args.seq_len,
-        r.tokens,
-        r.seconds,
-        r.tokens as f64 / r.seconds
-    );
-    Ok(())
-}
-
 pub fn generate(args: GenerateArgs) -> Result<()> {
     let dir = ModelDir::open(&args.model)?;
     let model = CausalLm::load_frozen(&dir)?;
@@ -92,22 +55,8 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 
 pub fn merge(args: MergeArgs) -> Result<()> {
     let run = RunDir::open(&args.run)?;
-    let profile = Profile::load(&run.profile_path(), &[])?;
-    let ckpt = match args.checkpoint {
-        Some(c) => c,
-        None => run
-            .latest_checkpoint()
-            .with_context(|| format!("{} has no checkpoint yet", args.run.display()))?,
-    };
-    // A run that began with a prune step trained the pruned model in the run directory.
-    let base = if profile.prune.is_some() {
-        run.path.join("pruned")
-    } else {
-        profile.model.path.clone()
-    };
-    let model_dir = ModelDir::open(&base)?;
-    let model = load_adapted(&profile, &model_dir)?;
-    checkpoint::load_adapter(&ckpt.join("adapter_model.safetensors"), &model)?;
+    let trained = load_trained(&run, args.checkpoint.as_deref())?;
+    let (model, model_dir, ckpt) = (&trained.model, &trained.base, &trained.checkpoint);
     let out = match &args.out {
         Some(out) => check_output_dir(
             out,
@@ -119,7 +68,7 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         )?,
         None => run.path.join("merged"),
     };
-    let report = export_merged(&model, &model_dir, &out)?;
+    let report = export_merged(model, model_dir, &out)?;
     println!(
         "merged {} ({}) into {}: density {:.4} -> {:.4} over {} adapted layers, zero pattern {}",
         ckpt.display(),

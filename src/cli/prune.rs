@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::Args;
 
+use lors::eval::perplexity_of_file;
 use lors::io::check_output_dir;
 use lors::model::{inspect_model, CausalLm, ModelDir};
 use lors::prune::{prune_to_dir, PruneSettings};
-use lors::train::eval::perplexity_of_file;
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -69,7 +69,7 @@ pub fn prune(args: PruneArgs) -> Result<()> {
         if let Some(path) = &args.eval {
             let seq_len = 256.min(model_dir.config.max_position_embeddings);
             let model = CausalLm::load_frozen(model_dir)?;
-            let r = perplexity_of_file(&model, model_dir, path, seq_len, None)?;
+            let r = perplexity_of_file(&model, &model_dir.tokenizer()?, path, seq_len, 8, None)?;
             println!(
                 "{label}: perplexity {:.4} on {}",
                 r.perplexity,

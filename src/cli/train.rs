@@ -127,6 +127,21 @@ fn run_with_progress(profile: &Profile, run: &RunDir, start: Start) -> Result<Ru
         }) => say(format!(
             "step {step}: eval loss {eval_loss:.4}, perplexity {eval_ppl:.3}"
         )),
+        Event::TaskProgress {
+            stage,
+            task,
+            done,
+            total,
+        } => bar.set_message(format!("{stage} training: {task} {done}/{total} items")),
+        Event::Metric(MetricRow::Task { stage, score, .. }) => say(format!(
+            "{stage} training: {} acc {:.4}{} over {} items",
+            score.task,
+            score.acc.value,
+            score
+                .acc_norm
+                .map_or(String::new(), |n| format!(", acc_norm {:.4}", n.value)),
+            score.items
+        )),
         Event::Metric(
             MetricRow::Init { .. } | MetricRow::Sparsity { .. } | MetricRow::Checkpoint { .. },
         ) => {}

@@ -7,7 +7,9 @@ mod records;
 mod tokenize;
 
 pub use batch::{Batch, Batcher};
-pub use records::{for_each_record, parse_records, read_records, DataFormat, Record, RecordSet};
+pub use records::{
+    for_each_json_row, for_each_record, parse_records, read_records, DataFormat, Record, RecordSet,
+};
 pub use tokenize::{
     pack_blocks, pad_blocks, tokenize_record, tokenize_records, Block, Example, TextTokenizer,
 };

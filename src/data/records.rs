@@ -163,6 +163,33 @@ pub fn read_records(path: &Path, format: DataFormat, skip_bad: bool) -> Result<R
     })
 }
 
+/// Where each row of a file goes: its line (a parquet file's row, from 1) and its JSON value,
+/// or why the row is not JSON.
+pub type EachRow<'a> =
+    &'a mut dyn FnMut(usize, std::result::Result<serde_json::Value, String>) -> Result<()>;
+
+/// The lower-case extension of `path`.
+fn extension(path: &Path) -> String {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
+/// Hand every row of a JSON Lines, JSON array or parquet file (a hub reference is fetched
+/// first) to `each` as a JSON value, as it is read; returns the resolved path. Parquet rows
+/// keep their nested lists and structs.
+pub fn for_each_json_row(path: &Path, each: EachRow) -> Result<PathBuf> {
+    let path = crate::sources::resolve_data_path(path)?;
+    if extension(&path) == "parquet" {
+        crate::error::catch_parser_panic(&path, "parquet", || read_parquet(&path, each))?;
+    } else {
+        let file = std::fs::File::open(&path).map_err(|e| LorsError::io(&path, e))?;
+        parse_json_stream(std::io::BufReader::new(file), &path, each)?;
+    }
+    Ok(path)
+}
+
 /// Hand every record of `path` to `each` as it is read (JSON Lines files line by line, so
 /// memory stays bounded by the longest line); the resolved path and the count of bad records
 /// skipped.
@@ -172,21 +199,15 @@ pub fn for_each_record(
     skip_bad: bool,
     each: &mut dyn FnMut(Record) -> Result<()>,
 ) -> Result<(PathBuf, usize)> {
-    let path = &crate::sources::resolve_data_path(path)?;
-    let ext = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let mut sink = Sink::new(path, format, skip_bad, each);
-    if ext == "parquet" {
-        crate::error::catch_parser_panic(path, "parquet", || read_parquet(&mut sink))?;
+    let resolved = crate::sources::resolve_data_path(path)?;
+    let mut sink = Sink::new(&resolved, format, skip_bad, each);
+    if matches!(extension(&resolved).as_str(), "txt" | "raw" | "text") {
+        let file = std::fs::File::open(&resolved).map_err(|e| LorsError::io(&resolved, e))?;
+        parse_stream(std::io::BufReader::new(file), true, &mut sink)?;
     } else {
-        let file = std::fs::File::open(path).map_err(|e| LorsError::io(path, e))?;
-        let plain_text = matches!(ext.as_str(), "txt" | "raw" | "text");
-        parse_stream(std::io::BufReader::new(file), plain_text, &mut sink)?;
+        for_each_json_row(&resolved, &mut |line, value| sink.take_json(line, value))?;
     }
-    Ok((path.to_path_buf(), sink.finish()?))
+    Ok((resolved, sink.finish()?))
 }
 
 /// Records of a JSON Lines, JSON array or (with `plain_text`) plain-text stream; `path` names
@@ -215,8 +236,8 @@ pub fn parse_records(
 
 fn parse_stream(mut reader: impl BufRead, plain_text: bool, sink: &mut Sink) -> Result<()> {
     let path = sink.path.clone();
-    check_encoding(&mut reader, &path)?;
     if plain_text {
+        check_encoding(&mut reader, &path)?;
         if sink.format == DataFormat::Alpaca {
             return Err(LorsError::parse(
                 &path,
@@ -229,18 +250,26 @@ fn parse_stream(mut reader: impl BufRead, plain_text: bool, sink: &mut Sink) -> 
         }
         return Ok(());
     }
-    if first_non_space(&mut reader, &path)? == Some(b'[') {
-        let text = read_utf8(&mut reader, &path)?;
-        parse_json_array(&text, sink)
+    parse_json_stream(reader, &path, &mut |line, value| {
+        sink.take_json(line, value)
+    })
+}
+
+/// The rows of a JSON array or JSON Lines stream (after the encoding check).
+fn parse_json_stream(mut reader: impl BufRead, path: &Path, each: EachRow) -> Result<()> {
+    check_encoding(&mut reader, path)?;
+    if first_non_space(&mut reader, path)? == Some(b'[') {
+        let text = read_utf8(&mut reader, path)?;
+        parse_json_array(&text, path, each)
     } else {
-        parse_json_lines(reader, sink)
+        parse_json_lines(reader, path, each)
     }
 }
 
 /// A JSON array of records; each element's line is reported.
-fn parse_json_array(text: &str, sink: &mut Sink) -> Result<()> {
+fn parse_json_array(text: &str, path: &Path, each: EachRow) -> Result<()> {
     let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|e| LorsError::Record {
-        path: sink.path.clone(),
+        path: path.to_path_buf(),
         line: e.line(),
         detail: format!("invalid JSON: {e}"),
     })?;
@@ -250,8 +279,10 @@ fn parse_json_array(text: &str, sink: &mut Sink) -> Result<()> {
         let offset = raw.get().as_ptr() as usize - text.as_ptr() as usize;
         line += bytecount_newlines(&text.as_bytes()[counted_to..offset]);
         counted_to = offset;
-        let value = serde_json::from_str(raw.get()).map_err(|e| e.to_string());
-        sink.take_json(line, value)?;
+        each(
+            line,
+            serde_json::from_str(raw.get()).map_err(|e| e.to_string()),
+        )?;
     }
     Ok(())
 }
@@ -261,13 +292,13 @@ fn bytecount_newlines(bytes: &[u8]) -> usize {
 }
 
 /// JSON Lines, one line in memory at a time.
-fn parse_json_lines(mut reader: impl BufRead, sink: &mut Sink) -> Result<()> {
+fn parse_json_lines(mut reader: impl BufRead, path: &Path, each: EachRow) -> Result<()> {
     let mut buf = Vec::new();
     for line_no in 1.. {
         buf.clear();
         let n = reader
             .read_until(b'\n', &mut buf)
-            .map_err(|e| LorsError::io(&sink.path, e))?;
+            .map_err(|e| LorsError::io(path, e))?;
         if n == 0 {
             return Ok(());
         }
@@ -279,7 +310,7 @@ fn parse_json_lines(mut reader: impl BufRead, sink: &mut Sink) -> Result<()> {
             Ok(line) if line.trim().is_empty() => continue,
             Ok(line) => serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}")),
         };
-        sink.take_json(line_no, value)?;
+        each(line_no, value)?;
     }
     Ok(())
 }
@@ -339,12 +370,11 @@ fn read_utf8(reader: &mut impl BufRead, path: &Path) -> Result<String> {
     })
 }
 
-/// Records of a parquet file (as the hub's dataset viewer writes them): each row's string
-/// columns are read like the fields of a JSON record; errors name the row (as `line`, from 1).
-fn read_parquet(sink: &mut Sink) -> Result<()> {
+/// Rows of a parquet file (as the hub's dataset viewer writes them) as JSON objects; errors
+/// name the row (as `line`, from 1).
+fn read_parquet(path: &Path, each: EachRow) -> Result<()> {
     use parquet::file::reader::SerializedFileReader;
-    use parquet::record::Field;
-    let path = sink.path.clone();
+    let path = path.to_path_buf();
     let file = std::fs::File::open(&path).map_err(|e| LorsError::io(&path, e))?;
     let reader = SerializedFileReader::new(file)
         .map_err(|e| LorsError::parse(&path, format!("not a readable parquet file: {e}")))?;
@@ -356,20 +386,15 @@ fn read_parquet(sink: &mut Sink) -> Result<()> {
             line: i + 1,
             detail: format!("row {}: {e}", i + 1),
         })?;
-        let fields: serde_json::Map<String, serde_json::Value> = row
-            .get_column_iter()
-            .map(|(name, field)| {
-                let value = match field {
-                    Field::Str(s) => serde_json::Value::String(s.clone()),
-                    Field::Null => serde_json::Value::Null,
-                    other => serde_json::Value::String(other.to_string()),
-                };
-                (name.clone(), value)
-            })
-            .collect();
-        let parsed = record_from_json(&serde_json::Value::Object(fields), sink.format)
-            .map_err(|detail| format!("row {}: {detail}", i + 1));
-        sink.take(i + 1, parsed)?;
+        // A bad record's error names the row, not just the "line".
+        each(i + 1, Ok(row.to_json_value())).map_err(|e| match e {
+            LorsError::Record { path, line, detail } => LorsError::Record {
+                path,
+                line,
+                detail: format!("row {line}: {detail}"),
+            },
+            other => other,
+        })?;
     }
     Ok(())
 }

@@ -3,7 +3,6 @@
 //! kept ([`Recompute::Selective`]) or recomputed from the block's input ([`Recompute::Block`]).
 
 use candle_core::Tensor;
-use candle_nn::kv_cache::KvCache;
 use serde::{Deserialize, Serialize};
 
 use super::attention::{chunk_for, Attention};
@@ -36,6 +35,37 @@ impl Recompute {
             Recompute::Block => "block",
         }
     }
+}
+
+/// The keys and values of one layer's earlier positions. A cache of batch 1 can be extended
+/// by a batch of several rows (continuations of one shared prefix): it is broadcast to them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct LayerCache {
+    kv: Option<(Tensor, Tensor)>,
+}
+
+impl LayerCache {
+    /// The cached keys and values followed by `k` and `v` (batch, kv_heads, positions,
+    /// head_dim), which the cache keeps from now on.
+    fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
+        let joined = match &self.kv {
+            None => (k.clone(), v.clone()),
+            Some((past_k, past_v)) => (extend(past_k, k)?, extend(past_v, v)?),
+        };
+        self.kv = Some(joined.clone());
+        Ok(joined)
+    }
+}
+
+/// `past` (batch 1 or `new`'s batch) followed by `new` along the positions.
+fn extend(past: &Tensor, new: &Tensor) -> Result<Tensor> {
+    let (b, h, _, d) = new.dims4()?;
+    let past = if past.dim(0)? == b {
+        past.clone()
+    } else {
+        past.broadcast_as((b, h, past.dim(2)?, d))?.contiguous()?
+    };
+    Ok(Tensor::cat(&[&past, new], 2)?)
 }
 
 /// One decoder layer's weights.
@@ -110,7 +140,7 @@ impl Block {
         c: &ModelConfig,
         x: &Tensor,
         rope: &Rope,
-        cache: Option<&mut KvCache>,
+        cache: Option<&mut LayerCache>,
         keep: bool,
         run: RunLinear,
     ) -> Result<(Tensor, Option<Saved>)> {

@@ -10,7 +10,7 @@ use crate::error::Result;
 pub fn generate_greedy(model: &CausalLm, prompt: &[u32], max_new: usize) -> Result<Vec<u32>> {
     let eos = &model.config().eos_token_ids;
     let limit = model.config().max_position_embeddings;
-    let mut cache = model.decode_cache(prompt.len() + max_new);
+    let mut cache = model.decode_cache();
     let mut new = Vec::new();
     let mut input = prompt.to_vec();
     while new.len() < max_new && prompt.len() + new.len() < limit {

@@ -6,10 +6,9 @@
 //! step ([`CausalLm::loss_and_grads`]) runs each block's own backward.
 
 use candle_core::{DType, Device, Tensor};
-use candle_nn::kv_cache::KvCache;
 use rand::{Rng, SeedableRng};
 
-use super::block::{Block, Recompute, Saved};
+use super::block::{Block, LayerCache, Recompute, Saved};
 use super::head::{Head, Targets};
 use super::ops::Rope;
 use super::{Gradients, Linear, ModelConfig, ModuleId, Proj, WeightSource};
@@ -71,9 +70,11 @@ enum Kept {
     Saved(Saved),
 }
 
-/// The key-value cache of an incremental decode, one entry per decoder layer.
+/// The key-value cache of an incremental decode, one entry per decoder layer. Cloning it is
+/// cheap (the tensors are shared), so several continuations can extend one prefix.
+#[derive(Debug, Clone)]
 pub struct DecodeCache {
-    layers: Vec<KvCache>,
+    layers: Vec<LayerCache>,
     len: usize,
 }
 
@@ -263,14 +264,10 @@ impl CausalLm {
         self.head_op().logits(&self.hidden(ids, None)?)
     }
 
-    /// An empty cache for [`forward_cached`](Self::forward_cached) of up to `max_len`
-    /// positions (at most the model's context).
-    pub fn decode_cache(&self, max_len: usize) -> DecodeCache {
-        let max = max_len.min(self.config.max_position_embeddings).max(1);
+    /// An empty cache for [`forward_cached`](Self::forward_cached).
+    pub fn decode_cache(&self) -> DecodeCache {
         DecodeCache {
-            layers: (0..self.blocks.len())
-                .map(|_| KvCache::new(2, max))
-                .collect(),
+            layers: vec![LayerCache::default(); self.blocks.len()],
             len: 0,
         }
     }
@@ -281,6 +278,13 @@ impl CausalLm {
         let x = self.hidden(ids, Some(cache))?;
         let last = x.narrow(1, x.dim(1)? - 1, 1)?;
         Ok(self.head_op().logits(&last)?.flatten_all()?)
+    }
+
+    /// Logits (batch, new tokens, vocab) of every position of `ids`, which follow the tokens
+    /// in `cache`; a cache of one row is shared by every row of `ids`.
+    pub fn forward_after(&self, ids: &Tensor, cache: &mut DecodeCache) -> Result<Tensor> {
+        let x = self.hidden(ids, Some(cache))?;
+        self.head_op().logits(&x)
     }
 
     /// Summed next-token negative log-likelihood over the targets whose mask is 1, and their

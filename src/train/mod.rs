@@ -2,7 +2,6 @@
 //! and the run directory that other processes watch.
 
 pub mod checkpoint;
-pub mod eval;
 pub mod grad_init;
 pub mod loss;
 pub mod optim;
@@ -11,7 +10,8 @@ pub mod run_dir;
 mod trainer;
 
 pub use profile::Profile;
-pub use run_dir::{Control, ControlRequest, MetricRow, RunDir, RunState, Status};
+pub use run_dir::{Control, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
 pub use trainer::{
-    load_adapted, prepare, profile_differences, train, Event, Prepared, RunOutcome, Start,
+    load_adapted, load_trained, prepare, profile_differences, train, Event, Prepared, RunOutcome,
+    Start, TrainedModel,
 };

@@ -273,6 +273,9 @@ pub struct Profile {
     #[serde(default)]
     pub optim: OptimSection,
     pub train: TrainSection,
+    /// Zero-shot tasks scored before training and after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval: Option<crate::eval::TaskSuite>,
 }
 
 impl Profile {
@@ -330,6 +333,9 @@ impl Profile {
         validate_adapter(&self.adapter)?;
         validate_optim(&self.optim)?;
         validate_train(&self.train, dtype, &self.model.dtype)?;
+        if let Some(e) = &self.eval {
+            e.validate()?;
+        }
         Ok(())
     }
 
@@ -362,6 +368,9 @@ impl Profile {
             abs_or_hub(v, true);
         }
         abs(&mut self.train.output_dir);
+        if let Some(e) = self.eval.as_mut() {
+            e.resolve_paths(base);
+        }
     }
 }
 

@@ -114,6 +114,30 @@ pub enum MetricRow {
         step: usize,
         layers: Vec<LayerSparsity>,
     },
+    /// A zero-shot task of the profile's `[eval]`, scored before training (the model as it
+    /// was, pruned) or after it (the merged model).
+    Task {
+        step: usize,
+        stage: EvalStage,
+        score: crate::eval::TaskScore,
+    },
+}
+
+/// When a run scores its `[eval]` tasks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalStage {
+    Before,
+    After,
+}
+
+impl std::fmt::Display for EvalStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            EvalStage::Before => "before",
+            EvalStage::After => "after",
+        })
+    }
 }
 
 /// A run directory.
@@ -319,6 +343,14 @@ impl RunDir {
             .map_err(|e| LorsError::io(&p, e))
     }
 
+    /// Whether the metrics hold task scores of `stage`.
+    pub fn has_task_rows(&self, stage: EvalStage) -> Result<bool> {
+        Ok(self
+            .read_metrics()?
+            .iter()
+            .any(|r| matches!(r, MetricRow::Task { stage: s, .. } if *s == stage)))
+    }
+
     /// Every complete metrics row (a partial last line, being written, is ignored).
     pub fn read_metrics(&self) -> Result<Vec<MetricRow>> {
         let p = self.metrics_path();
@@ -356,7 +388,8 @@ impl RunDir {
                     MetricRow::Checkpoint { step: s } => *s < step,
                     MetricRow::Train { step: s, .. }
                     | MetricRow::Eval { step: s, .. }
-                    | MetricRow::Sparsity { step: s, .. } => *s <= step,
+                    | MetricRow::Sparsity { step: s, .. }
+                    | MetricRow::Task { step: s, .. } => *s <= step,
                     MetricRow::Init { .. } => true,
                 })
                 .chain([MetricRow::Checkpoint { step }])

@@ -1,5 +1,6 @@
 //! The training loop.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
@@ -8,17 +9,17 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{self, TrainerState};
-use super::eval::{evaluate, EvalResult};
 use super::grad_init::{gradient_init, GradInitReport};
 use super::optim::{lr_at, AdamW};
 use super::profile::{Profile, TrainSection};
-use super::run_dir::{now_s, ControlRequest, MetricRow, RunDir, RunState, Status};
+use super::run_dir::{now_s, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
 use crate::adapters::Init;
 use crate::data::{
     load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, TextTokenizer,
 };
 use crate::device::{gpu_memory, parse_device, reset_gpu_peak};
 use crate::error::{LorsError, Result};
+use crate::eval::{evaluate, EvalResult};
 use crate::memory;
 use crate::model::{merged_sparsity, parse_dtype, AdapterSpec, CausalLm, Gradients, ModelDir};
 
@@ -43,6 +44,13 @@ pub enum Event {
         total: usize,
     },
     InitDone(GradInitReport),
+    /// `[eval]` task progress (items done of the task's total).
+    TaskProgress {
+        stage: EvalStage,
+        task: crate::eval::Task,
+        done: usize,
+        total: usize,
+    },
     Metric(MetricRow),
     Checkpoint(std::path::PathBuf),
     /// Something the user should know that does not stop the run (a skipped broken
@@ -74,13 +82,23 @@ pub fn load_adapted(profile: &Profile, model_dir: &ModelDir) -> Result<CausalLm>
         config: profile.adapter.adapter_config(),
         targets: profile.adapter.target_modules.clone(),
     };
+    load_with(profile, model_dir, Some(&spec))
+}
+
+/// The model in `model_dir` as the profile computes (dtype, device), with adapters when
+/// `spec` is given.
+fn load_with(
+    profile: &Profile,
+    model_dir: &ModelDir,
+    spec: Option<&AdapterSpec>,
+) -> Result<CausalLm> {
     let mut rng = ChaCha8Rng::seed_from_u64(profile.train.seed);
     CausalLm::from_source(
         &model_dir.config,
         &model_dir.weights()?,
         parse_dtype(&profile.model.dtype)?,
         &parse_device(&profile.train.device)?,
-        Some(&spec),
+        spec,
         &mut rng,
     )
 }
@@ -199,7 +217,8 @@ impl Loop<'_> {
         error: &mut Option<LorsError>,
     ) {
         let msg = format!("{label}: {done}/{total} {unit}");
-        if let Err(e) = self.set_status(RunState::Initializing, 0, Some(msg)) {
+        let (state, step) = (self.status.state, self.status.step);
+        if let Err(e) = self.set_status(state, step, Some(msg)) {
             error.get_or_insert(e);
         }
     }
@@ -730,6 +749,20 @@ fn train_inner(
     let profile = &prune_stage(lp, on_event)?;
     let t = &profile.train;
     let mut s = Session::open(lp, profile, start, on_event)?;
+    // After `open`, which cut the metrics back to the checkpoint it resumes from.
+    if profile.eval.is_some() && !lp.run.has_task_rows(EvalStage::Before)? {
+        let model = load_with(profile, &s.p.model_dir, None)?;
+        let step = s.state.step;
+        evaluate_tasks(
+            lp,
+            profile,
+            &model,
+            &s.p.tokenizer,
+            EvalStage::Before,
+            step,
+            on_event,
+        )?;
+    }
     let (first_step, loop_start) = (s.state.step, Instant::now());
     let mut last_eval = None;
     let profile_toml = lp.profile.to_toml();
@@ -773,5 +806,102 @@ fn train_inner(
         lp.set_status(RunState::Running, s.state.step, msg)?;
         crate::model::export_merged(&s.p.model, &s.p.model_dir, &lp.run.path.join("merged"))?;
     }
+    if profile.eval.is_some() {
+        // The merged model when there is one (what the user ships), else the same function
+        // unmerged: the trained model with its adapters.
+        let merged = match t.merge_at_end {
+            true => Some(load_with(
+                profile,
+                &ModelDir::open(&lp.run.path.join("merged"))?,
+                None,
+            )?),
+            false => None,
+        };
+        let model = merged.as_ref().unwrap_or(&s.p.model);
+        let step = s.state.step;
+        evaluate_tasks(
+            lp,
+            profile,
+            model,
+            &s.p.tokenizer,
+            EvalStage::After,
+            step,
+            on_event,
+        )?;
+    }
     end_run(lp, RunState::Finished, s.state.step, "finished", last_eval)
+}
+
+/// Score the profile's `[eval]` tasks on `model` and append a row per task as `stage` at
+/// `step`; the status message follows the items.
+fn evaluate_tasks(
+    lp: &mut Loop,
+    profile: &Profile,
+    model: &CausalLm,
+    tok: &TextTokenizer,
+    stage: EvalStage,
+    step: usize,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<()> {
+    let Some(suite) = &profile.eval else {
+        return Ok(());
+    };
+    let mut status_error = None;
+    let outcomes = suite.run(model, tok, &mut |task, done, total| {
+        on_event(&Event::TaskProgress {
+            stage,
+            task,
+            done,
+            total,
+        });
+        let label = format!("{stage} eval, {task}");
+        lp.stage_progress(&label, "items", (done, total), &mut status_error);
+    })?;
+    if let Some(e) = status_error {
+        return Err(e);
+    }
+    for o in outcomes {
+        let row = MetricRow::Task {
+            step,
+            stage,
+            score: o.score,
+        };
+        lp.run.append_metric(&row)?;
+        on_event(&Event::Metric(row));
+    }
+    Ok(())
+}
+
+/// A run's trained model: the base it trained (the run's `pruned/` model when it began with a
+/// prune step) with the adapter of one of its checkpoints applied, unmerged.
+pub struct TrainedModel {
+    pub model: CausalLm,
+    pub base: ModelDir,
+    pub profile: Profile,
+    pub checkpoint: PathBuf,
+}
+
+/// Load `run`'s model with the adapter of `checkpoint` (default: the newest).
+pub fn load_trained(run: &RunDir, checkpoint: Option<&Path>) -> Result<TrainedModel> {
+    let profile = Profile::load(&run.profile_path(), &[])?;
+    let checkpoint = match checkpoint {
+        Some(c) => c.to_path_buf(),
+        None => run
+            .latest_checkpoint()
+            .ok_or_else(|| LorsError::parse(&run.path, "the run has no checkpoint yet"))?,
+    };
+    let base = if profile.prune.is_some() {
+        run.path.join("pruned")
+    } else {
+        profile.model.path.clone()
+    };
+    let base = ModelDir::open(&base)?;
+    let model = load_adapted(&profile, &base)?;
+    super::checkpoint::load_adapter(&checkpoint.join("adapter_model.safetensors"), &model)?;
+    Ok(TrainedModel {
+        model,
+        base,
+        profile,
+        checkpoint,
+    })
 }

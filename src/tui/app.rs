@@ -49,6 +49,8 @@ pub enum Effect {
     Replay(PathBuf),
     /// Export a run's merged model.
     Merge(PathBuf),
+    /// Score zero-shot tasks on a finished run, in the background.
+    Evaluate(PathBuf, Box<crate::eval::TaskSuite>),
     /// Describe the model at this path (for validation and the Detected panel).
     InspectModel(PathBuf),
     /// Count the records and tokens of the data file behind a Setup field.
@@ -427,6 +429,51 @@ pub struct Picker {
     pub selected: usize,
 }
 
+/// How the Runs view orders its runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RunOrder {
+    /// By directory name (launch time for launched runs).
+    #[default]
+    Name,
+    /// Best validation loss first.
+    ValidLoss,
+    /// Highest mean task accuracy after training first.
+    Accuracy,
+}
+
+impl RunOrder {
+    pub fn name(self) -> &'static str {
+        match self {
+            RunOrder::Name => "name",
+            RunOrder::ValidLoss => "validation loss",
+            RunOrder::Accuracy => "mean accuracy",
+        }
+    }
+
+    fn next(self) -> Self {
+        match self {
+            RunOrder::Name => RunOrder::ValidLoss,
+            RunOrder::ValidLoss => RunOrder::Accuracy,
+            RunOrder::Accuracy => RunOrder::Name,
+        }
+    }
+
+    /// Sort `runs` (runs without the value last, by name).
+    fn sort(self, runs: &mut [RunInfo]) {
+        let key = |r: &RunInfo| match self {
+            RunOrder::Name => None,
+            RunOrder::ValidLoss => r.best_eval(),
+            RunOrder::Accuracy => r.mean_accuracy_after().map(|a| -a),
+        };
+        runs.sort_by(|a, b| match (key(a), key(b)) {
+            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => a.path.cmp(&b.path),
+        });
+    }
+}
+
 /// A question waiting for y/n.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Confirm {
@@ -450,6 +497,7 @@ pub struct App {
     pub selected_run: usize,
     /// Runs whose loss curves the Runs view overlays.
     pub marked: BTreeSet<PathBuf>,
+    pub run_order: RunOrder,
     /// The run the Run view shows.
     pub focused: Option<PathBuf>,
     pub profiles: Vec<ProfileEntry>,
@@ -486,6 +534,7 @@ impl App {
             runs: Vec::new(),
             selected_run: 0,
             marked: BTreeSet::new(),
+            run_order: RunOrder::default(),
             focused: None,
             profiles: Vec::new(),
             selected_profile: 0,
@@ -516,8 +565,13 @@ impl App {
 
     /// New run data from the watcher; a run launched from here is focused once it appears.
     pub fn set_runs(&mut self, runs: Vec<RunInfo>) {
+        let selected = self.runs.get(self.selected_run).map(|r| r.path.clone());
         self.runs = runs;
-        self.selected_run = self.selected_run.min(self.runs.len().saturating_sub(1));
+        self.run_order.sort(&mut self.runs);
+        self.selected_run = selected
+            .and_then(|p| self.runs.iter().position(|r| r.path == p))
+            .unwrap_or(self.selected_run)
+            .min(self.runs.len().saturating_sub(1));
         self.marked
             .retain(|m| self.runs.iter().any(|r| &r.path == m));
         if self.focused.is_none() {
@@ -908,7 +962,44 @@ impl App {
                 self.notice = Some("this run has no readable profile".into());
             }
             KeyCode::Char('d') => self.confirm = Some(Confirm::Delete(path)),
+            KeyCode::Char('v') => return self.evaluate_run(),
+            KeyCode::Char('o') => {
+                self.run_order = self.run_order.next();
+                let runs = std::mem::take(&mut self.runs);
+                self.set_runs(runs);
+                self.notice = Some(format!("runs ordered by {}", self.run_order.name()));
+            }
             _ => {}
+        }
+        Vec::new()
+    }
+
+    /// Score the selected run's `[eval]` tasks (or those of the workbench's profile) in the
+    /// background, once it has ended.
+    fn evaluate_run(&mut self) -> Vec<Effect> {
+        let run = &self.runs[self.selected_run];
+        let ended = run
+            .status
+            .as_ref()
+            .is_some_and(|s| matches!(s.state, RunState::Finished | RunState::Stopped));
+        let running = run.eval_job.as_ref().is_some_and(|j| {
+            j.state == crate::eval::JobState::Running && crate::io::process_alive(j.pid)
+        });
+        let suite = run
+            .profile
+            .as_ref()
+            .and_then(|p| p.eval.clone())
+            .or_else(|| self.base.eval.clone());
+        match suite {
+            _ if !ended => self.notice = Some("evaluate needs a finished or stopped run".into()),
+            _ if running => self.notice = Some("an evaluation of this run is running".into()),
+            None => {
+                self.notice = Some(
+                    "no tasks: add an [eval] section to the run's or the workbench's profile"
+                        .into(),
+                )
+            }
+            Some(suite) => return vec![Effect::Evaluate(run.path.clone(), Box::new(suite))],
         }
         Vec::new()
     }

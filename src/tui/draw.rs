@@ -137,7 +137,7 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     let keys = match app.view {
         View::Setup => "Enter edit  Lt/Rt choose  l launch  w save  P prune",
         View::Run => "p pause  c checkpoint  s stop  m merge  g log  z zoom",
-        View::Runs => "Space mark  Enter open  r replay  e edit  d delete",
+        View::Runs => "Space mark  Enter open  v evaluate  o order  r replay  e edit  d delete",
         View::Profiles => "Enter load into Setup  w save Setup as profile",
     };
     let line = match &app.notice {
@@ -397,10 +397,86 @@ fn draw_run(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Layout::horizontal([Constraint::Min(30), Constraint::Length(side_w)]).areas(middle);
     draw_loss(f, chart_area, app, run, theme);
     draw_stats(f, side, run, theme);
-    let [log, sparsity] =
-        Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
-    draw_events(f, log, run, theme);
-    draw_sparsity(f, sparsity, run, theme);
+    let evaluates = run.profile.as_ref().is_some_and(|p| p.eval.is_some())
+        || run.eval_job.is_some()
+        || !run.tasks.is_empty();
+    if evaluates {
+        let [log, sparsity, accuracy] = Layout::horizontal([
+            Constraint::Min(20),
+            Constraint::Percentage(30),
+            Constraint::Length(30),
+        ])
+        .areas(bottom);
+        draw_events(f, log, run, theme);
+        draw_sparsity(f, sparsity, run, theme);
+        draw_accuracy(f, accuracy, run, theme);
+    } else {
+        let [log, sparsity] =
+            Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
+        draw_events(f, log, run, theme);
+        draw_sparsity(f, sparsity, run, theme);
+    }
+}
+
+/// An accuracy as `.660`, or `-`.
+fn accuracy_text(a: Option<f64>) -> String {
+    a.map_or("  -".into(), |a| {
+        format!("{a:.3}").trim_start_matches('0').to_string()
+    })
+}
+
+/// The workbench evaluation of the run, while it runs: `eval hellaswag 40/100`.
+fn eval_job_text(run: &RunInfo) -> Option<String> {
+    let job = run.eval_job.as_ref()?;
+    let alive = job.state == crate::eval::JobState::Running && crate::io::process_alive(job.pid);
+    alive.then(|| {
+        let task = job.task.map_or("starting".into(), |t| t.to_string());
+        format!(
+            "eval {}/{} {task} {}/{}",
+            job.tasks_done + 1,
+            job.tasks_total,
+            job.done,
+            job.total
+        )
+    })
+}
+
+/// Each task's `acc` before training (the pruned model) and after (the merged one).
+fn draw_accuracy(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let table = run.task_accuracy();
+    let mean = |pick: fn(&crate::tui::watch::TaskAccuracy) -> Option<f64>| {
+        let xs: Vec<f64> = table.iter().filter_map(pick).collect();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    let mut lines = match (eval_job_text(run), &run.eval_job) {
+        (Some(text), Some(job)) => {
+            let ratio = job.done as f64 / job.total.max(1) as f64;
+            let width = (area.width as usize).saturating_sub(4).min(26);
+            vec![
+                Line::styled(text, theme.fg(Color::Yellow)),
+                Line::from(ascii_bar(ratio, width)),
+            ]
+        }
+        _ if table.is_empty() => vec![Line::from("scored before and after training")],
+        _ => vec![Line::from(format!(
+            "{:<13} {} -> {}",
+            "mean",
+            accuracy_text(mean(|t| t.before)),
+            accuracy_text(mean(|t| t.after))
+        ))],
+    };
+    lines.extend(table.iter().map(|t| {
+        Line::from(format!(
+            "{:<13} {} -> {}",
+            t.task.name(),
+            accuracy_text(t.before),
+            accuracy_text(t.after)
+        ))
+    }));
+    f.render_widget(
+        Paragraph::new(lines).block(theme.block("Accuracy (before -> after)")),
+        area,
+    );
 }
 
 /// Points from `start` on, with y in log scale when asked.
@@ -653,17 +729,23 @@ fn draw_runs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
                 .status
                 .as_ref()
                 .map_or("-".into(), |s| format!("{:.0}s", s.elapsed_s));
+            let state = match r.eval_job.as_ref().filter(|_| eval_job_text(r).is_some()) {
+                Some(j) if j.total > 0 => format!("eval {}%", 100 * j.done / j.total),
+                Some(_) => "eval".into(),
+                None => state_text(r),
+            };
             let mark = overlay
                 .iter()
                 .position(|o| o.path == r.path)
                 .map_or(' ', |i| SYMBOLS[i % SYMBOLS.len()]);
             Row::new(vec![
                 format!("{mark} {}", r.name),
-                state_text(r),
+                state,
                 method,
                 rank.to_string(),
                 init,
                 best,
+                accuracy_text(r.mean_accuracy_after()),
                 dur,
             ])
         })
@@ -677,17 +759,18 @@ fn draw_runs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Constraint::Length(3),
             Constraint::Length(8),
             Constraint::Length(12),
+            Constraint::Length(4),
             Constraint::Length(5),
         ],
     )
     .header(
         Row::new(vec![
-            "  run", "state", "method", "r", "init", "val/ppl", "time",
+            "  run", "state", "method", "r", "init", "val/ppl", "acc", "time",
         ])
         .style(theme.fg(Color::Cyan)),
     )
     .row_highlight_style(theme.selected())
-    .block(theme.block("Runs"));
+    .block(theme.block(&format!("Runs (by {}; o to change)", app.run_order.name())));
     let mut state = TableState::default().with_selected(Some(app.selected_run));
     f.render_stateful_widget(table, table_area, &mut state);
     if overlay.is_empty() {
@@ -757,10 +840,11 @@ Setup: Up/Down field, Enter edit text or pick a model/data
 Run:   p pause/resume, c checkpoint now, s stop (asks),
        m merge/export when finished, g log scale, z last 50
 Runs:  Up/Down select, Space mark for the loss overlay,
-       Enter open in Run, r replay, e open profile in Setup,
-       d delete (asks)
+       Enter open in Run, v evaluate its [eval] tasks (in the
+       background), o order by name/val loss/accuracy,
+       r replay, e open profile in Setup, d delete (asks)
 Profiles: Enter load into Setup, w save Setup as a profile";
-    let r = centered(area, 66, 15);
+    let r = centered(area, 66, 16);
     f.render_widget(Clear, r);
     f.render_widget(Paragraph::new(text).block(theme.block("help")), r);
 }

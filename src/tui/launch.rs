@@ -1,4 +1,4 @@
-//! Starting `lors` subcommands (train, replay, merge) as detached processes in their own
+//! Starting `lors` subcommands (train, replay, merge, eval) as detached processes in their own
 //! session, so they survive the TUI quitting and the SSH connection dropping; the TUI then
 //! only watches their directories.
 
@@ -95,4 +95,39 @@ pub fn merge(run: &Path) -> Result<PathBuf> {
     let log = run.join("merge.log");
     spawn_detached(&["merge".into(), "--run".into(), run.into()], &log)?;
     Ok(log)
+}
+
+/// Score `suite` on a finished run in the background: its merged export when there is one,
+/// else its newest checkpoint's adapter on the base model. Everything goes to
+/// `<run>/eval/eval-<stamp>.{toml,json,progress.json,log}`; returns the progress file.
+pub fn evaluate(run: &Path, suite: &crate::eval::TaskSuite) -> Result<PathBuf> {
+    let dir = run.join("eval");
+    std::fs::create_dir_all(&dir).map_err(|e| LorsError::io(&dir, e))?;
+    let name = format!("eval-{}", stamp());
+    let suite_path = dir.join(format!("{name}.toml"));
+    let text =
+        toml::to_string_pretty(suite).map_err(|e| LorsError::parse(&suite_path, e.to_string()))?;
+    crate::io::write_atomic(&suite_path, text.as_bytes())?;
+    let merged = run.join("merged");
+    let model = if merged.join("config.json").is_file() {
+        merged
+    } else {
+        run.to_path_buf()
+    };
+    let progress = dir.join(format!("{name}.progress.json"));
+    spawn_detached(
+        &[
+            "eval".into(),
+            "--model".into(),
+            model.into(),
+            "--suite".into(),
+            suite_path.into(),
+            "--out".into(),
+            dir.join(format!("{name}.json")).into(),
+            "--progress".into(),
+            progress.clone().into(),
+        ],
+        &dir.join(format!("{name}.log")),
+    )?;
+    Ok(progress)
 }

@@ -98,6 +98,16 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
             }
             Err(e) => app.notice = Some(format!("replay failed: {e}")),
         },
+        Effect::Evaluate(run, suite) => {
+            app.notice = Some(match launch::evaluate(&run, &suite) {
+                Ok(progress) => format!(
+                    "evaluating {} tasks (progress: {})",
+                    suite.tasks.len(),
+                    progress.display()
+                ),
+                Err(e) => format!("evaluation failed to start: {e}"),
+            })
+        }
         Effect::Merge(run) => {
             app.notice = Some(match launch::merge(&run) {
                 Ok(log) => format!(

@@ -6,8 +6,9 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use crate::eval::{EvalProgress, EvalReport, Task, TaskScore};
 use crate::model::LayerSparsity;
-use crate::train::{MetricRow, Profile, RunDir, Status};
+use crate::train::{EvalStage, MetricRow, Profile, RunDir, Status};
 
 /// What the TUI knows of one run.
 #[derive(Debug, Clone, Default)]
@@ -26,16 +27,116 @@ pub struct RunInfo {
     pub memory: Vec<u64>,
     /// The latest per-layer densities (base and would-be merged), with their step.
     pub sparsity: Option<(usize, Vec<LayerSparsity>)>,
+    /// Zero-shot task scores of the profile's `[eval]`, before and after training.
+    pub tasks: Vec<(EvalStage, TaskScore)>,
+    /// The newest evaluation job started from the workbench (`<run>/eval/`), and the report
+    /// of the newest one that finished.
+    pub eval_job: Option<EvalProgress>,
+    pub eval_report: Option<EvalReport>,
+    eval_job_mtime: Option<SystemTime>,
     /// Lines for the event log (init, evals, status messages and errors).
     pub events: Vec<String>,
     offset: u64,
     status_mtime: Option<SystemTime>,
 }
 
+/// One task's accuracy before and after training.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TaskAccuracy {
+    pub task: Task,
+    pub before: Option<f64>,
+    pub after: Option<f64>,
+}
+
 impl RunInfo {
     /// Best evaluation loss so far.
     pub fn best_eval(&self) -> Option<f64> {
         self.eval_loss.iter().map(|e| e.1).reduce(f64::min)
+    }
+
+    /// Each scored task's `acc` before and after training, in the order first scored; a
+    /// workbench evaluation of the finished run counts as "after" for tasks the run itself
+    /// did not score after training.
+    pub fn task_accuracy(&self) -> Vec<TaskAccuracy> {
+        let mut out: Vec<TaskAccuracy> = Vec::new();
+        let job = self.eval_report.iter().flat_map(|r| &r.tasks);
+        let rows = self.tasks.iter().map(|(stage, score)| (*stage, score));
+        let has_after = |task: Task| {
+            self.tasks
+                .iter()
+                .any(|(s, t)| *s == EvalStage::After && t.task == task)
+        };
+        let job = job
+            .filter(|t| !has_after(t.task))
+            .map(|t| (EvalStage::After, t));
+        for (stage, score) in rows.chain(job) {
+            let i = match out.iter().position(|t| t.task == score.task) {
+                Some(i) => i,
+                None => {
+                    out.push(TaskAccuracy {
+                        task: score.task,
+                        before: None,
+                        after: None,
+                    });
+                    out.len() - 1
+                }
+            };
+            let slot = match stage {
+                EvalStage::Before => &mut out[i].before,
+                EvalStage::After => &mut out[i].after,
+            };
+            *slot = Some(score.acc.value);
+        }
+        out
+    }
+
+    /// The mean `acc` after training over the tasks scored then.
+    pub fn mean_accuracy_after(&self) -> Option<f64> {
+        let after: Vec<f64> = self
+            .task_accuracy()
+            .iter()
+            .filter_map(|t| t.after)
+            .collect();
+        (!after.is_empty()).then(|| after.iter().sum::<f64>() / after.len() as f64)
+    }
+
+    /// Read the newest workbench evaluation's progress (and its report once finished) when
+    /// its file changed; true when it did.
+    fn refresh_eval_job(&mut self) -> bool {
+        let Ok(entries) = std::fs::read_dir(self.path.join("eval")) else {
+            return false;
+        };
+        let newest = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.to_string_lossy().ends_with(".progress.json"))
+            .max();
+        let Some(path) = newest else {
+            return false;
+        };
+        let m = mtime(&path);
+        if m == self.eval_job_mtime {
+            return false;
+        }
+        self.eval_job_mtime = m;
+        let Ok(job) = crate::eval::read_progress(&path) else {
+            return false;
+        };
+        if job.state == crate::eval::JobState::Finished {
+            let report = std::fs::read_to_string(&job.report)
+                .ok()
+                .and_then(|t| serde_json::from_str::<EvalReport>(&t).ok());
+            if let Some(r) = report {
+                self.events.push(format!(
+                    "evaluation finished: mean acc {}",
+                    r.mean_acc.map_or("-".into(), |m| format!("{m:.4}"))
+                ));
+                self.eval_report = Some(r);
+            }
+        } else if let Some(e) = &job.error {
+            self.events.push(format!("error: evaluation failed: {e}"));
+        }
+        self.eval_job = Some(job);
+        true
     }
 }
 
@@ -87,6 +188,7 @@ impl RunInfo {
                 changed = true;
             }
         }
+        changed |= self.refresh_eval_job();
         changed | self.notice_crash(&run)
     }
 
@@ -128,6 +230,7 @@ impl RunInfo {
             self.train_loss.clear();
             self.eval_loss.clear();
             self.memory.clear();
+            self.tasks.clear();
         }
         if len == self.offset || f.seek(SeekFrom::Start(self.offset)).is_err() {
             return false;
@@ -181,6 +284,13 @@ impl RunInfo {
             }
             MetricRow::Sparsity { step, layers } => {
                 self.sparsity = Some((*step, layers.clone()));
+            }
+            MetricRow::Task { stage, score, .. } => {
+                self.events.push(format!(
+                    "{stage} training: {} acc {:.4} ({} items)",
+                    score.task, score.acc.value, score.items
+                ));
+                self.tasks.push((*stage, score.clone()));
             }
         }
     }
