@@ -912,3 +912,46 @@ run_name = "from-hub"
     );
     assert_eq!(hub.seen().len(), before);
 }
+
+/// `lors eval --task-data TASK=hf://datasets/...` fetches a task's parquet file (nested
+/// columns, as the hub serves ARC) and scores it.
+#[test]
+fn task_files_come_from_the_hub() {
+    let hub = hub();
+    hub.add_repo(
+        "datasets/test/arc",
+        vec![(
+            "ARC-Easy/test-00000-of-00001.parquet".into(),
+            std::fs::read(fixture("arc_easy_sample.parquet")).unwrap(),
+        )],
+    );
+    let home = tempfile::tempdir().unwrap();
+    let model = shared().join("models/stories260K");
+    let out = lors(
+        &[
+            "eval",
+            "--model",
+            model.to_str().unwrap(),
+            "--task-data",
+            "arc_easy=hf://datasets/test/arc/ARC-Easy/test-00000-of-00001.parquet",
+            "--tasks",
+            "arc_easy",
+            "--limit",
+            "3",
+        ],
+        &[
+            ("HF_HOME", home.path().to_str().unwrap()),
+            ("HF_ENDPOINT", hub.url.as_str()),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("arc_easy") && stdout.contains("      3  "),
+        "{stdout}"
+    );
+}

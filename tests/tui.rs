@@ -754,6 +754,12 @@ fn runs_are_ordered_by_accuracy_and_evaluated_on_request() {
         screen.contains("acc") && screen.contains(".625"),
         "{screen}"
     );
+    // Wide enough, a column per task (after training).
+    let screen = render(&app, 120, 40, true);
+    assert!(
+        screen.contains("boolq") && screen.contains(" .750"),
+        "{screen}"
+    );
     // The demo profile has no [eval]: `v` explains; with tasks it starts a job.
     app.selected_run = 0;
     assert!(press(&mut app, KeyCode::Char('v')).is_empty());

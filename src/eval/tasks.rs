@@ -49,6 +49,19 @@ impl Task {
         }
     }
 
+    /// A name of at most five characters, for table columns.
+    pub fn short_name(self) -> &'static str {
+        match self {
+            Task::Boolq => "boolq",
+            Task::Rte => "rte",
+            Task::Hellaswag => "hswag",
+            Task::Winogrande => "wino",
+            Task::ArcEasy => "arc-e",
+            Task::ArcChallenge => "arc-c",
+            Task::Openbookqa => "obqa",
+        }
+    }
+
     pub fn from_name(name: &str) -> Option<Task> {
         Task::ALL.into_iter().find(|t| t.name() == name)
     }
