@@ -203,6 +203,18 @@ impl CausalLm {
             .collect()
     }
 
+    /// The same model without its adapters (the frozen base layers), sharing every weight
+    /// and mask with this one: no weight memory is copied.
+    pub fn without_adapters(&self) -> CausalLm {
+        let mut base = self.clone();
+        for block in &mut base.blocks {
+            for l in &mut block.linears {
+                *l = Linear::Frozen(l.base().clone());
+            }
+        }
+        base
+    }
+
     /// Number of decoder layers.
     pub fn num_blocks(&self) -> usize {
         self.blocks.len()

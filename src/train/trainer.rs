@@ -751,7 +751,7 @@ fn train_inner(
     let mut s = Session::open(lp, profile, start, on_event)?;
     // After `open`, which cut the metrics back to the checkpoint it resumes from.
     if profile.eval.is_some() && !lp.run.has_task_rows(EvalStage::Before)? {
-        let model = load_with(profile, &s.p.model_dir, None)?;
+        let model = s.p.model.without_adapters();
         let step = s.state.step;
         evaluate_tasks(
             lp,
