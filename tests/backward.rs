@@ -27,7 +27,7 @@ const METHODS: [Method; 5] = [
     Method::Spp,
 ];
 
-fn adapted_model(dir: &ModelDir, method: Method, dtype: DType) -> CausalLm {
+fn adapted_model(dir: &ModelDir, method: Method, dtype: DType, frozen_blocks: usize) -> CausalLm {
     let spec = AdapterSpec {
         config: AdapterConfig {
             method,
@@ -40,6 +40,7 @@ fn adapted_model(dir: &ModelDir, method: Method, dtype: DType) -> CausalLm {
             .iter()
             .map(|p| p.name().to_string())
             .collect(),
+        frozen_blocks,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let model = CausalLm::from_source(
@@ -105,10 +106,22 @@ fn max_rel(got: &Tensor, want: &Tensor) -> f64 {
 /// Every method under both policies: the loss and every adapter gradient within `tol` of
 /// the largest reference entry; returns the largest difference seen.
 fn check_model(dir: &ModelDir, seq: usize, dtype: DType, tol: f64) -> f64 {
+    check_methods(dir, seq, dtype, tol, &METHODS, 0)
+}
+
+/// [`check_model`] for `methods`, with the first `frozen_blocks` blocks left without adapters.
+fn check_methods(
+    dir: &ModelDir,
+    seq: usize,
+    dtype: DType,
+    tol: f64,
+    methods: &[Method],
+    frozen_blocks: usize,
+) -> f64 {
     let (ids, mask) = batch(dir.config.vocab_size, seq);
     let mut worst = 0f64;
-    for method in METHODS {
-        let model = adapted_model(dir, method, dtype);
+    for &method in methods {
+        let model = adapted_model(dir, method, dtype, frozen_blocks);
         let logits = model.forward_autograd(&ids).unwrap();
         let (loss, _) = causal_lm_loss(&logits, &ids, &mask).unwrap();
         let store = loss.backward().unwrap();
@@ -159,6 +172,46 @@ fn block_backward_equals_autograd_on_a_qwen2_shaped_gqa_model_with_bias() {
     let f64_worst = check_model(&dir, 37, DType::F64, 1e-10);
     let f32_worst = check_model(&dir, 37, DType::F32, 1e-5);
     eprintln!("largest difference: f64 {f64_worst:e}, f32 {f32_worst:e}");
+}
+
+/// With the first blocks frozen (`adapter.frozen_blocks`), those blocks carry no adapter and
+/// the step runs no backward through them, yet every gradient still equals autograd's.
+#[test]
+fn frozen_leading_blocks_have_no_adapters_and_exact_gradients() {
+    let dir = ModelDir::open(Path::new("../shared/models/stories260K-wanda-50")).unwrap();
+    let model = adapted_model(&dir, Method::Lors, DType::F64, 3);
+    let layers: std::collections::BTreeSet<usize> =
+        model.adapted().iter().map(|(m, _)| m.layer).collect();
+    assert_eq!(layers.into_iter().collect::<Vec<_>>(), vec![3, 4]);
+    let worst = check_methods(
+        &dir,
+        24,
+        DType::F64,
+        1e-10,
+        &[Method::Lors, Method::Sqft],
+        3,
+    );
+    eprintln!("largest difference: {worst:e}");
+    let spec = AdapterSpec {
+        config: AdapterConfig::default(),
+        targets: vec!["q_proj".into()],
+        frozen_blocks: 5,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(0);
+    let err = CausalLm::from_source(
+        &dir.config,
+        &dir.weights().unwrap(),
+        DType::F32,
+        &Device::Cpu,
+        Some(&spec),
+        &mut rng,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("adapter.frozen_blocks") && err.contains("5 decoder blocks"),
+        "{err}"
+    );
 }
 
 /// Greedy decoding with the key-value cache gives the tokens of decoding without it (the

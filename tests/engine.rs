@@ -144,8 +144,19 @@ fn comparable_rows(dir: &Path) -> Vec<MetricRow> {
 
 #[test]
 fn resume_continues_exactly_like_an_uninterrupted_run() {
+    resume_matches_an_uninterrupted_run(&[]);
+}
+
+/// The same with the first block frozen (no adapter, no backward through it).
+#[test]
+fn resume_is_exact_with_frozen_leading_blocks() {
+    resume_matches_an_uninterrupted_run(&["adapter.frozen_blocks=1"]);
+}
+
+/// A run stopped at step 3 and resumed gives the metrics of an uninterrupted one bit for bit.
+fn resume_matches_an_uninterrupted_run(extra: &[&str]) {
     let f = fixture();
-    let p = profile(&f, &[]);
+    let p = profile(&f, extra);
     let full = f.root.join("runs/full");
     let outcome = run(&p, &full, None).unwrap();
     assert_eq!((outcome.state, outcome.step), (RunState::Finished, 6));

@@ -129,6 +129,15 @@ pub fn run(
     Ok(results)
 }
 
+/// A ratio to `lora` with two decimals, or `-` when `lora` was not measured.
+fn ratio_text(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.2}")
+    } else {
+        "-".into()
+    }
+}
+
 /// Results as a text table (with a GPU peak column when the runs were on a GPU).
 pub fn render_table(results: &[TrainBenchResult]) -> String {
     let gpu = results.iter().any(|r| r.gpu_peak_bytes.is_some());
@@ -153,23 +162,23 @@ pub fn render_table(results: &[TrainBenchResult]) -> String {
         .and_then(|r| r.gpu_peak_bytes);
     for r in results {
         s.push_str(&format!(
-            "{:<11} {:>10.1} {:>8.2} {:>13.1} {:>12} {:>8.2} {:>14} {:>8.2}",
+            "{:<11} {:>10.1} {:>8} {:>13.1} {:>12} {:>8} {:>14} {:>8}",
             r.method,
             r.tokens_per_s,
-            r.tokens_vs_lora,
+            ratio_text(r.tokens_vs_lora),
             r.linear_tflops,
             memory::human_bytes(r.peak_bytes as f64),
-            r.peak_vs_lora,
+            ratio_text(r.peak_vs_lora),
             memory::human_bytes(r.step_peak_bytes as f64),
-            r.step_peak_vs_lora,
+            ratio_text(r.step_peak_vs_lora),
         ));
         if gpu {
             let peak = r.gpu_peak_bytes.unwrap_or(0);
             let ratio = lora_gpu.map_or(f64::NAN, |l| peak as f64 / l.max(1) as f64);
             s.push_str(&format!(
-                " {:>12} {:>8.2}",
+                " {:>12} {:>8}",
                 memory::human_bytes(peak as f64),
-                ratio
+                ratio_text(ratio)
             ));
         }
         s.push('\n');

@@ -21,6 +21,9 @@ pub struct AdapterSpec {
     pub config: AdapterConfig,
     /// Short module names (`q_proj`, ...) to adapt.
     pub targets: Vec<String>,
+    /// The first this many decoder blocks get no adapter (and a training step no backward
+    /// through them).
+    pub frozen_blocks: usize,
 }
 
 impl AdapterSpec {
@@ -92,6 +95,16 @@ impl CausalLm {
         let targets = adapter.map(AdapterSpec::projections).transpose()?;
         let c = config;
         check_layer_count(c, src)?;
+        let frozen_blocks = adapter.map_or(0, |a| a.frozen_blocks);
+        if adapter.is_some() && frozen_blocks >= c.num_layers {
+            return Err(LorsError::invalid(
+                "adapter.frozen_blocks",
+                format!(
+                    "{frozen_blocks} leaves none of the model's {} decoder blocks to adapt",
+                    c.num_layers
+                ),
+            ));
+        }
         let h = c.hidden_size;
         let load = |name: &str, dims: &[usize]| -> Result<Tensor> {
             let t = src.tensor(name)?;
@@ -117,14 +130,16 @@ impl CausalLm {
                     .transpose()?;
                 let base = SparseLinear::new(weight, bias, None)?;
                 linears.push(match (adapter, &targets) {
-                    (Some(spec), Some(t)) if t.contains(&proj) => Linear::Adapted(
-                        AdaptedLinear::new(base, &spec.config, rng).map_err(|e| match e {
-                            LorsError::Rank { .. } => {
-                                LorsError::invalid("adapter.rank", format!("{module}: {e}"))
-                            }
-                            other => other,
-                        })?,
-                    ),
+                    (Some(spec), Some(t)) if t.contains(&proj) && layer >= frozen_blocks => {
+                        Linear::Adapted(AdaptedLinear::new(base, &spec.config, rng).map_err(
+                            |e| match e {
+                                LorsError::Rank { .. } => {
+                                    LorsError::invalid("adapter.rank", format!("{module}: {e}"))
+                                }
+                                other => other,
+                            },
+                        )?)
+                    }
                     _ => Linear::Frozen(base),
                 });
             }
@@ -324,8 +339,18 @@ impl CausalLm {
         let targets = Targets::new(ids, mask, &self.device)?;
         let rope = self.rope(0, ids.dim(1)?)?;
         let mut x = self.embed_tokens(ids)?;
+        // Blocks before the first one with something to train need no backward: their
+        // forward keeps nothing.
+        let first = (0..self.blocks.len())
+            .find(|&i| self.block_trains(i, grads))
+            .unwrap_or(self.blocks.len());
         let mut kept = Vec::with_capacity(self.blocks.len());
         for (layer, block) in self.blocks.iter().enumerate() {
+            if layer < first {
+                let run = &mut self.runner(layer, grads);
+                x = block.forward(&self.config, &x, &rope, None, false, run)?.0;
+                continue;
+            }
             let keep = recompute == Recompute::Selective;
             let (y, saved) = block.forward(
                 &self.config,
@@ -345,7 +370,7 @@ impl CausalLm {
             .head_op()
             .loss(&x, &targets, Some(weight / targets.count.max(1.0)))?;
         let mut dy = dx.expect("asked for the gradient");
-        for (layer, block) in self.blocks.iter().enumerate().rev() {
+        for (layer, block) in self.blocks.iter().enumerate().skip(first).rev() {
             let saved = match kept.pop().expect("one entry per block") {
                 Kept::Saved(s) => s,
                 Kept::Input(x) => block
@@ -363,6 +388,14 @@ impl CausalLm {
             dy = block.backward(&self.config, layer, &saved, &rope, &dy, grads)?;
         }
         Ok((sum, targets.count))
+    }
+
+    /// Whether block `layer` has an adapter or a probed layer, i.e. gradients to compute.
+    fn block_trains(&self, layer: usize, grads: &Gradients) -> bool {
+        Proj::ALL.into_iter().any(|proj| {
+            self.blocks[layer].linears[proj.index()].adapted().is_some()
+                || grads.is_probed(ModuleId { layer, proj })
+        })
     }
 
     /// How a training step runs the linear layers of block `layer`: probed layers as their

@@ -112,6 +112,14 @@ pub struct AdapterSection {
     /// Start from this adapter (PEFT safetensors) instead of an initialiser.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
+    /// Freeze the first k decoder blocks: no adapters there and no backward through them
+    /// (the cheap idea of SHERL, arXiv 2407.07523).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frozen_blocks: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 fn default_method() -> Method {

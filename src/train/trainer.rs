@@ -81,6 +81,7 @@ pub fn load_adapted(profile: &Profile, model_dir: &ModelDir) -> Result<CausalLm>
     let spec = AdapterSpec {
         config: profile.adapter.adapter_config(),
         targets: profile.adapter.target_modules.clone(),
+        frozen_blocks: profile.adapter.frozen_blocks,
     };
     load_with(profile, model_dir, Some(&spec))
 }

@@ -258,6 +258,12 @@ impl Setup {
                 Kind::List,
             ),
             field(
+                "adapter.frozen_blocks",
+                "frozen blocks",
+                p.adapter.frozen_blocks.to_string(),
+                Kind::Number,
+            ),
+            field(
                 "optim.lr",
                 "AdamW lr",
                 format!("{:e}", p.optim.lr),
