@@ -153,6 +153,12 @@ fn resume_is_exact_with_frozen_leading_blocks() {
     resume_matches_an_uninterrupted_run(&["adapter.frozen_blocks=1"]);
 }
 
+/// The same with RM-LoRA's regulariser and rank masks (drawn from seed, layer and step).
+#[test]
+fn resume_is_exact_with_rank_regularisation() {
+    resume_matches_an_uninterrupted_run(&["adapter.orth_reg=0.05", "adapter.rank_keep=2"]);
+}
+
 /// A run stopped at step 3 and resumed gives the metrics of an uninterrupted one bit for bit.
 fn resume_matches_an_uninterrupted_run(extra: &[&str]) {
     let f = fixture();

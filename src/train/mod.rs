@@ -6,6 +6,7 @@ pub mod grad_init;
 pub mod loss;
 pub mod optim;
 pub mod profile;
+pub mod rank_reg;
 pub mod run_dir;
 mod trainer;
 

@@ -116,6 +116,17 @@ pub struct AdapterSection {
     /// (the cheap idea of SHERL, arXiv 2407.07523).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub frozen_blocks: usize,
+    /// RM-LoRA's orthogonality regulariser `λ(‖AAᵀ − I‖ + ‖BᵀB − I‖)`; 0: off.
+    #[serde(default, skip_serializing_if = "is_zero_f64")]
+    pub orth_reg: f64,
+    /// RM-LoRA's random rank masks: per step only this many of the r components get a
+    /// gradient; 0: all.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rank_keep: usize,
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -151,6 +162,15 @@ impl Default for AdapterSection {
 }
 
 impl AdapterSection {
+    /// RM-LoRA's options for a run seeded by `seed`.
+    pub fn rank_regularizer(&self, seed: u64) -> super::rank_reg::RankRegularizer {
+        super::rank_reg::RankRegularizer {
+            lambda: self.orth_reg,
+            keep: self.rank_keep,
+            seed,
+        }
+    }
+
     /// The per-layer adapter settings.
     pub fn adapter_config(&self) -> AdapterConfig {
         AdapterConfig {
@@ -404,6 +424,20 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
         return bad(
             "adapter.stable_gamma",
             format!("{} must be positive", a.stable_gamma),
+        );
+    }
+    if !(a.orth_reg.is_finite() && a.orth_reg >= 0.0) {
+        return bad("adapter.orth_reg", format!("{} must be ≥ 0", a.orth_reg));
+    }
+    if a.method == Method::Spp && (a.orth_reg > 0.0 || a.rank_keep > 0) {
+        let key = if a.orth_reg > 0.0 {
+            "adapter.orth_reg"
+        } else {
+            "adapter.rank_keep"
+        };
+        return bad(
+            key,
+            "works on a low-rank pair A, B, which spp does not have".into(),
         );
     }
     Ok(())

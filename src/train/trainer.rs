@@ -12,6 +12,7 @@ use super::checkpoint::{self, TrainerState};
 use super::grad_init::{gradient_init, GradInitReport};
 use super::optim::{lr_at, AdamW};
 use super::profile::{Profile, TrainSection};
+use super::rank_reg::RankRegularizer;
 use super::run_dir::{now_s, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
 use crate::adapters::Init;
 use crate::data::{
@@ -163,7 +164,8 @@ fn total_steps(profile: &Profile, train: &Batcher) -> usize {
     })
 }
 
-/// Named trainable variables of the model, in module order.
+/// The trainable tensors with their PEFT names: `[A, B]` per adapted layer, in layer order
+/// (the rank regulariser reads them in these pairs).
 fn trainable(model: &CausalLm) -> Vec<(String, Var)> {
     model
         .adapted()
@@ -499,6 +501,7 @@ fn compute_grads(
     p: &Prepared,
     vars: &[Var],
     t: &TrainSection,
+    regularizer: &RankRegularizer,
     state: &mut TrainerState,
 ) -> Result<StepGrads> {
     let mut store = Gradients::new();
@@ -516,7 +519,7 @@ fn compute_grads(
         )?;
         loss_sum += sum / count.max(1.0) * weight;
     }
-    let grads = vars
+    let mut grads = vars
         .iter()
         .map(|var| {
             store.get(var).cloned().ok_or_else(|| {
@@ -524,6 +527,9 @@ fn compute_grads(
             })
         })
         .collect::<Result<Vec<Tensor>>>()?;
+    if regularizer.is_active() {
+        regularizer.apply(vars, &mut grads, state.step)?;
+    }
     // Summed where the gradients live, in f64 and in order: one read from a GPU.
     let mut sq: Option<Tensor> = None;
     for g in &grads {
@@ -692,7 +698,8 @@ impl<'a> Session<'a> {
         memory::reset_peak();
         let live_at_start = memory::live_bytes();
         let before = self.state.clone();
-        let g = compute_grads(&self.p, &self.vars, t, &mut self.state)?;
+        let regularizer = self.profile.adapter.rank_regularizer(t.seed);
+        let g = compute_grads(&self.p, &self.vars, t, &regularizer, &mut self.state)?;
         if !(g.loss.is_finite() && g.grad_norm.is_finite()) {
             return Err(diverged(before.step + 1, &g, self.last_good.as_ref(), save));
         }

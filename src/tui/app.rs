@@ -264,6 +264,18 @@ impl Setup {
                 Kind::Number,
             ),
             field(
+                "adapter.orth_reg",
+                "orth. reg",
+                format!("{:?}", p.adapter.orth_reg),
+                Kind::Number,
+            ),
+            field(
+                "adapter.rank_keep",
+                "rank keep",
+                p.adapter.rank_keep.to_string(),
+                Kind::Number,
+            ),
+            field(
                 "optim.lr",
                 "AdamW lr",
                 format!("{:e}", p.optim.lr),
