@@ -944,3 +944,50 @@ fn recompute_policies_give_identical_runs() {
         Profile::parse(&fixture::profile_text(&f), &["train.recompute=all".into()]).unwrap_err();
     assert!(err.to_string().contains("recompute"), "{err}");
 }
+
+/// The method-zoo options (frozen leading blocks, RM-LoRA's regulariser and rank masks, all
+/// at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
+/// an unstructured and on a 2:4 model; the frozen block's weights are the base's exactly.
+#[test]
+fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
+    let f = fixture();
+    let patterns = [HALF, lors::sparsity::Pattern::NofM { n: 2, m: 4 }];
+    for (i, pattern) in patterns.into_iter().enumerate() {
+        let model = f.root.join(format!("model-{i}"));
+        let config = small_config(32, 2, 4, 2, 64);
+        let tensors = random_weights(&config, 11, Some(pattern)).unwrap();
+        write_checkpoint(&model, &config, &tensors).unwrap();
+        let p = profile(
+            &f,
+            &[
+                &format!("model.path=\"{}\"", model.display()),
+                "adapter.method=\"lors-exact\"",
+                "adapter.frozen_blocks=1",
+                "adapter.orth_reg=0.05",
+                "adapter.rank_keep=2",
+                "train.merge_at_end=true",
+            ],
+        );
+        let dir = f.root.join(format!("runs/zoo-{i}"));
+        run(&p, &dir, None).unwrap();
+        let base =
+            candle_core::safetensors::load(model.join("model.safetensors"), &Device::Cpu).unwrap();
+        let merged =
+            candle_core::safetensors::load(dir.join("merged/model.safetensors"), &Device::Cpu)
+                .unwrap();
+        for (name, w) in &base {
+            let m = &merged[name];
+            assert_eq!(
+                zero_pattern(m),
+                zero_pattern(w),
+                "{pattern:?}: zeros of {name}"
+            );
+            let diff = common::max_abs_diff(m, w);
+            if name.starts_with("model.layers.1.") && name.contains("_proj") {
+                assert!(diff > 0.0, "{name} was trained");
+            } else {
+                assert_eq!(diff, 0.0, "{name} is the base's, bit for bit");
+            }
+        }
+    }
+}
