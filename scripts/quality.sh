@@ -5,7 +5,7 @@
 # Arguments pick runs by name (default: all of lors lors-standard sqft spp lora lors-exact).
 # Options of the method zoo, on top of lors-exact: lors-exact-frozen2 (adapter.frozen_blocks=2),
 # lors-exact-orth (RM-LoRA regulariser, orth_reg=0.01), lors-exact-keep4 (RM-LoRA rank masks,
-# 4 of 8 components per step).
+# 4 of 8 components per step), lors-exact-orthogonal (PEFT's orthogonal init).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
@@ -35,6 +35,8 @@ for name in "${names[@]}"; do
       run "$name" --set adapter.method=lors-exact --set adapter.frozen_blocks=2 ;;
     lors-exact-orth) run "$name" --set adapter.method=lors-exact --set adapter.orth_reg=0.01 ;;
     lors-exact-keep4) run "$name" --set adapter.method=lors-exact --set adapter.rank_keep=4 ;;
+    lors-exact-orthogonal)
+      run "$name" --set adapter.method=lors-exact --set adapter.init=orthogonal ;;
     *) echo "unknown run $name" >&2; exit 2 ;;
   esac
   echo "== $name"; grep -E "perplexity|density" "$out/$name.log" | tail -3

@@ -488,3 +488,55 @@ fn bad_input_is_a_typed_error() {
     assert!("5:4".parse::<Pattern>().is_err());
     assert!("lors-fast".parse::<Method>().is_err());
 }
+
+/// Orthogonal init (PEFT's): both factors nonzero, yet the untrained merge is the base to
+/// rounding (B·A vanishes in exact arithmetic, ~1e-9 in f32) on unstructured and 2:4 weights.
+/// The masked methods keep every zero; plain lora's dense merge already fills the pruned
+/// positions with that rounding noise, before any training (why PEFT's init is not mask-safe).
+#[test]
+fn orthogonal_init_starts_as_the_base_and_keeps_every_zero() {
+    for kind in [MaskKind::Unstructured50, MaskKind::TwoFour] {
+        for method in [Method::Lors, Method::LorsExact, Method::Sqft, Method::Lora] {
+            let mut rng = ChaCha8Rng::seed_from_u64(12);
+            let (w, _) = sparse_weight(&mut rng, 64, 96, kind);
+            let w = w.to_dtype(DType::F32).unwrap();
+            let config = AdapterConfig {
+                method,
+                rank: 8,
+                init: Init::Orthogonal,
+                ..AdapterConfig::default()
+            };
+            let layer = AdaptedLinear::new(
+                SparseLinear::new(w.clone(), None, None).unwrap(),
+                &config,
+                &mut rng,
+            )
+            .unwrap();
+            let [(_, a), (_, b)] = layer.trainable();
+            for t in [a, b] {
+                let max = t
+                    .abs()
+                    .unwrap()
+                    .max_all()
+                    .unwrap()
+                    .to_dtype(DType::F64)
+                    .unwrap();
+                assert!(
+                    max.to_scalar::<f64>().unwrap() > 0.01,
+                    "{method}: a zero factor"
+                );
+            }
+            let (merged, report) = layer.merge().unwrap();
+            if method.is_masked() {
+                assert_eq!(zero_bits(&merged), zero_bits(&w), "{method} {kind:?}");
+            } else {
+                assert!(!report.pattern_preserved && report.density_after > 0.9);
+            }
+            let diff = common::max_abs_diff(&merged, &w);
+            assert!(
+                diff < 1e-6,
+                "{method} {kind:?}: untrained merge moved by {diff}"
+            );
+        }
+    }
+}

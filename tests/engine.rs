@@ -153,6 +153,12 @@ fn resume_is_exact_with_frozen_leading_blocks() {
     resume_matches_an_uninterrupted_run(&["adapter.frozen_blocks=1"]);
 }
 
+/// The same from PEFT's orthogonal init.
+#[test]
+fn resume_is_exact_from_an_orthogonal_init() {
+    resume_matches_an_uninterrupted_run(&["adapter.init=\"orthogonal\""]);
+}
+
 /// The same with RM-LoRA's regulariser and rank masks (drawn from seed, layer and step).
 #[test]
 fn resume_is_exact_with_rank_regularisation() {

@@ -72,7 +72,8 @@ impl FromStr for Method {
     }
 }
 
-/// How the adapter starts (`B`, or SPP's column scale, always starts at zero).
+/// How the adapter starts (`B`, or SPP's column scale, starts at zero except with
+/// `orthogonal`, where `B·A = 0` with both nonzero).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Init {
@@ -85,6 +86,10 @@ pub enum Init {
     /// vectors of the calibration gradient (`train::gradient_init`); a layer built alone starts
     /// as `standard`.
     Gradient,
+    /// PEFT's `init_lora_weights="orthogonal"`: `A` and `B` from the odd and even rows of one
+    /// random orthogonal r×r matrix (times Gaussian factors, over 10), so `B·A = 0` (to
+    /// rounding) while both are nonzero. Needs an even rank.
+    Orthogonal,
 }
 
 impl Init {
@@ -94,6 +99,7 @@ impl Init {
             Init::Standard => "standard",
             Init::Gaussian => "gaussian",
             Init::Gradient => "gradient",
+            Init::Orthogonal => "orthogonal",
         }
     }
 }

@@ -414,10 +414,16 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
     if a.init == Init::Gradient && a.init_samples == 0 {
         return bad("adapter.init_samples", "must be at least 1".into());
     }
-    if a.init == Init::Gradient && a.method == Method::Spp {
+    if matches!(a.init, Init::Gradient | Init::Orthogonal) && a.method == Method::Spp {
         return bad(
             "adapter.init",
-            "gradient init is not defined for spp".into(),
+            format!("{} init is not defined for spp", a.init.name()),
+        );
+    }
+    if a.init == Init::Orthogonal && !a.rank.is_multiple_of(2) {
+        return bad(
+            "adapter.rank",
+            format!("{} is odd; orthogonal init needs an even rank", a.rank),
         );
     }
     if !(a.stable_gamma.is_finite() && a.stable_gamma > 0.0) {

@@ -124,7 +124,7 @@ impl Field {
 }
 
 const METHODS: &[&str] = &["lors", "lors-exact", "sqft", "spp", "lora"];
-const INITS: &[&str] = &["gradient", "standard", "gaussian"];
+const INITS: &[&str] = &["gradient", "standard", "gaussian", "orthogonal"];
 const SCHEDULES: &[&str] = &["cosine", "linear", "constant"];
 const PRUNE_METHODS: &[&str] = &["none", "magnitude", "wanda", "sparsegpt"];
 
