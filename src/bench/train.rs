@@ -61,18 +61,7 @@ pub fn run(
     for (round, &m) in order.iter().enumerate() {
         let method = methods[m];
         on_method(method);
-        let mut p = base.clone();
-        p.adapter.method = method;
-        if method == Method::Spp && p.adapter.init == Init::Gradient {
-            p.adapter.init = Init::Standard;
-        }
-        p.train.max_steps = Some(warmup + steps);
-        p.train.epochs = None;
-        p.train.eval_every = 0;
-        p.train.save_every = 0;
-        p.train.merge_at_end = false;
-        p.data.valid = None;
-        p.data.valid_fraction = 0.0;
+        let p = bench_profile(base, method, warmup + steps);
         let round = round / methods.len();
         let run = RunDir::create(&out.join(format!("{}-{round}", method.name())), &p)?;
         let rows = &mut rows_of[m];
@@ -103,8 +92,37 @@ pub fn run(
             },
         )?;
     }
+    Ok(summarize(methods, &rows_of, linear_parameters))
+}
+
+/// `base` for one method's measured run: `steps` steps, nothing but training (no validation,
+/// checkpoints, merge or tasks); spp starts from the standard init (no gradient init there).
+fn bench_profile(base: &Profile, method: Method, steps: usize) -> Profile {
+    let mut p = base.clone();
+    p.adapter.method = method;
+    if method == Method::Spp && p.adapter.init == Init::Gradient {
+        p.adapter.init = Init::Standard;
+    }
+    p.train.max_steps = Some(steps);
+    p.train.epochs = None;
+    p.train.eval_every = 0;
+    p.train.save_every = 0;
+    p.train.merge_at_end = false;
+    p.data.valid = None;
+    p.data.valid_fraction = 0.0;
+    p.eval = None;
+    p
+}
+
+/// Each method's median tokens/s and peak memory over its measured steps, as ratios to
+/// `lora` when it was measured.
+fn summarize(
+    methods: &[Method],
+    rows_of: &[Vec<StepRow>],
+    linear_parameters: usize,
+) -> Vec<TrainBenchResult> {
     let mut results = Vec::new();
-    for (method, rows) in methods.iter().zip(&rows_of) {
+    for (method, rows) in methods.iter().zip(rows_of) {
         let tps: Vec<f64> = rows.iter().map(|r| r.tokens_per_s).collect();
         let tokens_per_s = median(&tps);
         results.push(TrainBenchResult {
@@ -126,7 +144,7 @@ pub fn run(
             r.step_peak_vs_lora = r.step_peak_bytes as f64 / lora.step_peak_bytes.max(1) as f64;
         }
     }
-    Ok(results)
+    results
 }
 
 /// A ratio to `lora` with two decimals, or `-` when `lora` was not measured.

@@ -81,73 +81,7 @@ fn run_with_progress(profile: &Profile, run: &RunDir, start: Start) -> Result<Ru
         )
         .expect("valid template"),
     );
-    // A hidden bar (output not a terminal) swallows println: print plainly then.
-    let say = |line: String| {
-        if bar.is_hidden() {
-            println!("{line}");
-        } else {
-            bar.println(line);
-        }
-    };
-    let mut on_event = |e: &Event| match e {
-        Event::Started { step, total } => {
-            bar.set_length(*total as u64);
-            bar.set_position(*step as u64);
-        }
-        Event::InitProgress { done, total } => {
-            bar.set_message(format!("gradient init {done}/{total} layers"))
-        }
-        Event::PruneProgress { done, total } => {
-            bar.set_message(format!("pruning {done}/{total} decoder layers"))
-        }
-        Event::Pruned(r) => say(format!(
-            "pruned with {} ({}): density {:.4} in {:.2} s",
-            r.method, r.pattern, r.density, r.seconds
-        )),
-        Event::InitDone(r) => say(format!(
-            "gradient init: {} layers from {} sequences in {:.2} s ({} sweep(s))",
-            r.layers, r.sequences, r.seconds, r.sweeps
-        )),
-        Event::Metric(MetricRow::Train {
-            step,
-            loss,
-            lr,
-            tokens_per_s,
-            ..
-        }) => {
-            bar.set_position(*step as u64);
-            bar.set_message(format!(
-                "loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s"
-            ));
-        }
-        Event::Metric(MetricRow::Eval {
-            step,
-            eval_loss,
-            eval_ppl,
-        }) => say(format!(
-            "step {step}: eval loss {eval_loss:.4}, perplexity {eval_ppl:.3}"
-        )),
-        Event::TaskProgress {
-            stage,
-            task,
-            done,
-            total,
-        } => bar.set_message(format!("{stage} training: {task} {done}/{total} items")),
-        Event::Metric(MetricRow::Task { stage, score, .. }) => say(format!(
-            "{stage} training: {} acc {:.4}{} over {} items",
-            score.task,
-            score.acc.value,
-            score
-                .acc_norm
-                .map_or(String::new(), |n| format!(", acc_norm {:.4}", n.value)),
-            score.items
-        )),
-        Event::Metric(
-            MetricRow::Init { .. } | MetricRow::Sparsity { .. } | MetricRow::Checkpoint { .. },
-        ) => {}
-        Event::Checkpoint(dir) => say(format!("checkpoint {}", dir.display())),
-        Event::Notice(text) => say(format!("note: {text}")),
-    };
+    let mut on_event = |e: &Event| show_event(&bar, e);
     let outcome = train::train(profile, run, start, &stop, &mut on_event);
     bar.finish_and_clear();
     let outcome = outcome.with_context(|| format!("run {} failed", run.path.display()))?;
@@ -222,4 +156,87 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let rows = train::run_dir::compare_metrics(&original, &run)?;
     println!("metrics match bit for bit ({rows} rows of loss, lr, grad_norm and eval loss)");
     Ok(())
+}
+
+/// Print a line above the bar; a hidden bar (output not a terminal) swallows `println`, so
+/// then plainly.
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
+/// What the progress bar shows of a run's event: progress in its message, results as lines.
+fn show_event(bar: &ProgressBar, e: &Event) {
+    match e {
+        Event::Started { step, total } => {
+            bar.set_length(*total as u64);
+            bar.set_position(*step as u64);
+        }
+        Event::InitProgress { done, total } => {
+            bar.set_message(format!("gradient init {done}/{total} layers"))
+        }
+        Event::PruneProgress { done, total } => {
+            bar.set_message(format!("pruning {done}/{total} decoder layers"))
+        }
+        Event::Pruned(r) => say(
+            bar,
+            format!(
+                "pruned with {} ({}): density {:.4} in {:.2} s",
+                r.method, r.pattern, r.density, r.seconds
+            ),
+        ),
+        Event::InitDone(r) => say(
+            bar,
+            format!(
+                "gradient init: {} layers from {} sequences in {:.2} s ({} sweep(s))",
+                r.layers, r.sequences, r.seconds, r.sweeps
+            ),
+        ),
+        Event::Metric(MetricRow::Train {
+            step,
+            loss,
+            lr,
+            tokens_per_s,
+            ..
+        }) => {
+            bar.set_position(*step as u64);
+            bar.set_message(format!(
+                "loss {loss:.4}  lr {lr:.2e}  {tokens_per_s:.0} tok/s"
+            ));
+        }
+        Event::Metric(MetricRow::Eval {
+            step,
+            eval_loss,
+            eval_ppl,
+        }) => say(
+            bar,
+            format!("step {step}: eval loss {eval_loss:.4}, perplexity {eval_ppl:.3}"),
+        ),
+        Event::TaskProgress {
+            stage,
+            task,
+            done,
+            total,
+        } => bar.set_message(format!("{stage} training: {task} {done}/{total} items")),
+        Event::Metric(MetricRow::Task { stage, score, .. }) => say(
+            bar,
+            format!(
+                "{stage} training: {} acc {:.4}{} over {} items",
+                score.task,
+                score.acc.value,
+                score
+                    .acc_norm
+                    .map_or(String::new(), |n| format!(", acc_norm {:.4}", n.value)),
+                score.items
+            ),
+        ),
+        Event::Metric(
+            MetricRow::Init { .. } | MetricRow::Sparsity { .. } | MetricRow::Checkpoint { .. },
+        ) => {}
+        Event::Checkpoint(dir) => say(bar, format!("checkpoint {}", dir.display())),
+        Event::Notice(text) => say(bar, format!("note: {text}")),
+    }
 }

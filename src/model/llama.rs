@@ -27,6 +27,20 @@ pub struct AdapterSpec {
 }
 
 impl AdapterSpec {
+    /// `frozen_blocks`, or an error when it leaves none of `layers` blocks to adapt.
+    fn frozen_blocks_of(&self, layers: usize) -> Result<usize> {
+        if self.frozen_blocks >= layers {
+            return Err(LorsError::invalid(
+                "adapter.frozen_blocks",
+                format!(
+                    "{} leaves none of the model's {layers} decoder blocks to adapt",
+                    self.frozen_blocks
+                ),
+            ));
+        }
+        Ok(self.frozen_blocks)
+    }
+
     /// The projections named by `targets`, or an error naming the unknown one.
     fn projections(&self) -> Result<Vec<Proj>> {
         if self.targets.is_empty() {
@@ -95,16 +109,7 @@ impl CausalLm {
         let targets = adapter.map(AdapterSpec::projections).transpose()?;
         let c = config;
         check_layer_count(c, src)?;
-        let frozen_blocks = adapter.map_or(0, |a| a.frozen_blocks);
-        if adapter.is_some() && frozen_blocks >= c.num_layers {
-            return Err(LorsError::invalid(
-                "adapter.frozen_blocks",
-                format!(
-                    "{frozen_blocks} leaves none of the model's {} decoder blocks to adapt",
-                    c.num_layers
-                ),
-            ));
-        }
+        let frozen_blocks = adapter.map_or(Ok(0), |a| a.frozen_blocks_of(c.num_layers))?;
         let h = c.hidden_size;
         let load = |name: &str, dims: &[usize]| -> Result<Tensor> {
             let t = src.tensor(name)?;

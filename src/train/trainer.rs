@@ -761,15 +761,8 @@ fn train_inner(
     if profile.eval.is_some() && !lp.run.has_task_rows(EvalStage::Before)? {
         let model = s.p.model.without_adapters();
         let step = s.state.step;
-        evaluate_tasks(
-            lp,
-            profile,
-            &model,
-            &s.p.tokenizer,
-            EvalStage::Before,
-            step,
-            on_event,
-        )?;
+        let tok = &s.p.tokenizer;
+        evaluate_tasks(lp, profile, &model, tok, EvalStage::Before, step, on_event)?;
     }
     let (first_step, loop_start) = (s.state.step, Instant::now());
     let mut last_eval = None;
@@ -809,35 +802,34 @@ fn train_inner(
         }
         lp.set_status(RunState::Running, step, None)?;
     }
-    if t.merge_at_end {
+    finish(lp, profile, &s, on_event)?;
+    end_run(lp, RunState::Finished, s.state.step, "finished", last_eval)
+}
+
+/// The end of a finished run: the merged export (when asked), then the `[eval]` tasks on the
+/// merged model (what the user ships), or without an export on the trained adapters.
+fn finish(
+    lp: &mut Loop,
+    profile: &Profile,
+    s: &Session,
+    on_event: &mut dyn FnMut(&Event),
+) -> Result<()> {
+    let merged = lp.run.path.join("merged");
+    if profile.train.merge_at_end {
         let msg = Some("exporting merged model".into());
         lp.set_status(RunState::Running, s.state.step, msg)?;
-        crate::model::export_merged(&s.p.model, &s.p.model_dir, &lp.run.path.join("merged"))?;
+        crate::model::export_merged(&s.p.model, &s.p.model_dir, &merged)?;
     }
-    if profile.eval.is_some() {
-        // The merged model when there is one (what the user ships), else the same function
-        // unmerged: the trained model with its adapters.
-        let merged = match t.merge_at_end {
-            true => Some(load_with(
-                profile,
-                &ModelDir::open(&lp.run.path.join("merged"))?,
-                None,
-            )?),
-            false => None,
-        };
-        let model = merged.as_ref().unwrap_or(&s.p.model);
-        let step = s.state.step;
-        evaluate_tasks(
-            lp,
-            profile,
-            model,
-            &s.p.tokenizer,
-            EvalStage::After,
-            step,
-            on_event,
-        )?;
+    if profile.eval.is_none() {
+        return Ok(());
     }
-    end_run(lp, RunState::Finished, s.state.step, "finished", last_eval)
+    let export = match profile.train.merge_at_end {
+        true => Some(load_with(profile, &ModelDir::open(&merged)?, None)?),
+        false => None,
+    };
+    let model = export.as_ref().unwrap_or(&s.p.model);
+    let (step, tok) = (s.state.step, &s.p.tokenizer);
+    evaluate_tasks(lp, profile, model, tok, EvalStage::After, step, on_event)
 }
 
 /// Score the profile's `[eval]` tasks on `model` and append a row per task as `stage` at

@@ -161,170 +161,187 @@ pub struct Setup {
     pub download: Option<Download>,
 }
 
+/// The model, prune step and data fields.
+fn source_fields(p: &Profile) -> Vec<Field> {
+    let path = |p: &Path| p.display().to_string();
+    let prune = p.prune.as_ref();
+    vec![
+        field(
+            "model.path",
+            "model",
+            path(&p.model.path),
+            Kind::Path(PickFrom::Models),
+        ),
+        field(
+            "prune.method",
+            "prune first",
+            prune.map_or("none".into(), |s| s.method.to_string()),
+            Kind::Choice(PRUNE_METHODS),
+        ),
+        field(
+            "prune.pattern",
+            "prune pattern",
+            prune.map_or("unstructured".into(), |s| s.pattern.clone()),
+            Kind::Text,
+        ),
+        field(
+            "prune.sparsity",
+            "prune sparsity",
+            prune.map_or("0.5".into(), |s| s.sparsity.to_string()),
+            Kind::Number,
+        ),
+        field(
+            "data.train",
+            "train data",
+            path(&p.data.train),
+            Kind::Path(PickFrom::Datasets),
+        ),
+        field(
+            "data.valid",
+            "valid data",
+            p.data.valid.as_deref().map(path).unwrap_or_default(),
+            Kind::Path(PickFrom::Datasets),
+        ),
+        field(
+            "data.seq_len",
+            "seq_len",
+            p.data.seq_len.to_string(),
+            Kind::Number,
+        ),
+    ]
+}
+
+/// The adapter fields.
+fn adapter_fields(p: &Profile) -> Vec<Field> {
+    vec![
+        field(
+            "adapter.method",
+            "method",
+            p.adapter.method.name().into(),
+            Kind::Choice(METHODS),
+        ),
+        field(
+            "adapter.rank",
+            "rank",
+            p.adapter.rank.to_string(),
+            Kind::Number,
+        ),
+        field(
+            "adapter.alpha",
+            "alpha",
+            format!("{:?}", p.adapter.alpha),
+            Kind::Number,
+        ),
+        field(
+            "adapter.rslora",
+            "rslora",
+            p.adapter.rslora.to_string(),
+            Kind::Bool,
+        ),
+        field(
+            "adapter.init",
+            "init",
+            p.adapter.init.name().into(),
+            Kind::Choice(INITS),
+        ),
+        field(
+            "adapter.init_samples",
+            "init samples",
+            p.adapter.init_samples.to_string(),
+            Kind::Number,
+        ),
+        field(
+            "adapter.stable_gamma",
+            "stable_gamma",
+            format!("{:?}", p.adapter.stable_gamma),
+            Kind::Number,
+        ),
+        field(
+            "adapter.target_modules",
+            "targets",
+            p.adapter.target_modules.join(","),
+            Kind::List,
+        ),
+        field(
+            "adapter.frozen_blocks",
+            "frozen blocks",
+            p.adapter.frozen_blocks.to_string(),
+            Kind::Number,
+        ),
+        field(
+            "adapter.orth_reg",
+            "orth. reg",
+            format!("{:?}", p.adapter.orth_reg),
+            Kind::Number,
+        ),
+        field(
+            "adapter.rank_keep",
+            "rank keep",
+            p.adapter.rank_keep.to_string(),
+            Kind::Number,
+        ),
+    ]
+}
+
+/// The optimiser and training fields.
+fn training_fields(p: &Profile) -> Vec<Field> {
+    vec![
+        field(
+            "optim.lr",
+            "AdamW lr",
+            format!("{:e}", p.optim.lr),
+            Kind::Number,
+        ),
+        field(
+            "optim.weight_decay",
+            "weight decay",
+            format!("{:?}", p.optim.weight_decay),
+            Kind::Number,
+        ),
+        field(
+            "optim.schedule",
+            "schedule",
+            plain(&p.optim.schedule),
+            Kind::Choice(SCHEDULES),
+        ),
+        field(
+            "optim.warmup_steps",
+            "warmup steps",
+            p.optim.warmup_steps.to_string(),
+            Kind::Number,
+        ),
+        field(
+            "train.max_steps",
+            "steps",
+            p.train.max_steps.unwrap_or(100).to_string(),
+            Kind::Number,
+        ),
+        field(
+            "train.batch_size",
+            "batch",
+            p.train.batch_size.to_string(),
+            Kind::Number,
+        ),
+        field(
+            "train.grad_accum",
+            "accumulation",
+            p.train.grad_accum.to_string(),
+            Kind::Number,
+        ),
+        field("train.seed", "seed", p.train.seed.to_string(), Kind::Number),
+        field(
+            "train.device",
+            "device",
+            p.train.device.clone(),
+            Kind::Choice(crate::device::available_devices()),
+        ),
+    ]
+}
+
 impl Setup {
     /// The form filled from a profile.
     pub fn from_profile(p: &Profile) -> Self {
-        let path = |p: &Path| p.display().to_string();
-        let prune = p.prune.as_ref();
-        let fields = vec![
-            field(
-                "model.path",
-                "model",
-                path(&p.model.path),
-                Kind::Path(PickFrom::Models),
-            ),
-            field(
-                "prune.method",
-                "prune first",
-                prune.map_or("none".into(), |s| s.method.to_string()),
-                Kind::Choice(PRUNE_METHODS),
-            ),
-            field(
-                "prune.pattern",
-                "prune pattern",
-                prune.map_or("unstructured".into(), |s| s.pattern.clone()),
-                Kind::Text,
-            ),
-            field(
-                "prune.sparsity",
-                "prune sparsity",
-                prune.map_or("0.5".into(), |s| s.sparsity.to_string()),
-                Kind::Number,
-            ),
-            field(
-                "data.train",
-                "train data",
-                path(&p.data.train),
-                Kind::Path(PickFrom::Datasets),
-            ),
-            field(
-                "data.valid",
-                "valid data",
-                p.data.valid.as_deref().map(path).unwrap_or_default(),
-                Kind::Path(PickFrom::Datasets),
-            ),
-            field(
-                "data.seq_len",
-                "seq_len",
-                p.data.seq_len.to_string(),
-                Kind::Number,
-            ),
-            field(
-                "adapter.method",
-                "method",
-                p.adapter.method.name().into(),
-                Kind::Choice(METHODS),
-            ),
-            field(
-                "adapter.rank",
-                "rank",
-                p.adapter.rank.to_string(),
-                Kind::Number,
-            ),
-            field(
-                "adapter.alpha",
-                "alpha",
-                format!("{:?}", p.adapter.alpha),
-                Kind::Number,
-            ),
-            field(
-                "adapter.rslora",
-                "rslora",
-                p.adapter.rslora.to_string(),
-                Kind::Bool,
-            ),
-            field(
-                "adapter.init",
-                "init",
-                p.adapter.init.name().into(),
-                Kind::Choice(INITS),
-            ),
-            field(
-                "adapter.init_samples",
-                "init samples",
-                p.adapter.init_samples.to_string(),
-                Kind::Number,
-            ),
-            field(
-                "adapter.stable_gamma",
-                "stable_gamma",
-                format!("{:?}", p.adapter.stable_gamma),
-                Kind::Number,
-            ),
-            field(
-                "adapter.target_modules",
-                "targets",
-                p.adapter.target_modules.join(","),
-                Kind::List,
-            ),
-            field(
-                "adapter.frozen_blocks",
-                "frozen blocks",
-                p.adapter.frozen_blocks.to_string(),
-                Kind::Number,
-            ),
-            field(
-                "adapter.orth_reg",
-                "orth. reg",
-                format!("{:?}", p.adapter.orth_reg),
-                Kind::Number,
-            ),
-            field(
-                "adapter.rank_keep",
-                "rank keep",
-                p.adapter.rank_keep.to_string(),
-                Kind::Number,
-            ),
-            field(
-                "optim.lr",
-                "AdamW lr",
-                format!("{:e}", p.optim.lr),
-                Kind::Number,
-            ),
-            field(
-                "optim.weight_decay",
-                "weight decay",
-                format!("{:?}", p.optim.weight_decay),
-                Kind::Number,
-            ),
-            field(
-                "optim.schedule",
-                "schedule",
-                plain(&p.optim.schedule),
-                Kind::Choice(SCHEDULES),
-            ),
-            field(
-                "optim.warmup_steps",
-                "warmup steps",
-                p.optim.warmup_steps.to_string(),
-                Kind::Number,
-            ),
-            field(
-                "train.max_steps",
-                "steps",
-                p.train.max_steps.unwrap_or(100).to_string(),
-                Kind::Number,
-            ),
-            field(
-                "train.batch_size",
-                "batch",
-                p.train.batch_size.to_string(),
-                Kind::Number,
-            ),
-            field(
-                "train.grad_accum",
-                "accumulation",
-                p.train.grad_accum.to_string(),
-                Kind::Number,
-            ),
-            field("train.seed", "seed", p.train.seed.to_string(), Kind::Number),
-            field(
-                "train.device",
-                "device",
-                p.train.device.clone(),
-                Kind::Choice(crate::device::available_devices()),
-            ),
-        ];
+        let fields = [source_fields(p), adapter_fields(p), training_fields(p)].concat();
         Self {
             fields,
             selected: 0,
