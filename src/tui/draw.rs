@@ -228,9 +228,9 @@ fn draw_setup(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     );
 }
 
-/// What the Detected panel says about the model, the prune step and the data.
-fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
-    let s = &app.setup;
+/// The Detected panel's lines about the model: architecture and size, and its sparsity (or
+/// a warning when it is dense), or why it cannot be read, or its download's progress.
+fn model_lines(s: &super::app::Setup, theme: Theme) -> Vec<Line<'static>> {
     let mut lines = Vec::new();
     match &s.model {
         Some(Ok(m)) => {
@@ -275,6 +275,13 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
             None => "model: inspecting...".into(),
         })),
     }
+    lines
+}
+
+/// What the Detected panel says about the model, the prune step and the data.
+fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
+    let s = &app.setup;
+    let mut lines = model_lines(s, theme);
     if let Some(p) = s.field("prune.method").filter(|f| f.value != "none") {
         let pattern = s.field("prune.pattern").map_or("", |f| f.value.as_str());
         let sparsity = s.field("prune.sparsity").map_or("", |f| f.value.as_str());
