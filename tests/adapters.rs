@@ -298,6 +298,19 @@ fn bias_is_added_and_frozen() {
 }
 
 /// Zero positions of a weight, one bit per weight (compared with `==`).
+/// A 64x96 weight pruned as `kind`, in `dtype`, and a layer with `config`'s adapter on it.
+fn adapted_sparse_layer(
+    rng: &mut ChaCha8Rng,
+    kind: MaskKind,
+    dtype: DType,
+    config: &AdapterConfig,
+) -> (Tensor, AdaptedLinear) {
+    let (w, _) = sparse_weight(rng, 64, 96, kind);
+    let w = w.to_dtype(dtype).unwrap();
+    let base = SparseLinear::new(w.clone(), None, None).unwrap();
+    (w, AdaptedLinear::new(base, config, rng).unwrap())
+}
+
 fn zero_bits(t: &Tensor) -> BitMask {
     BitMask::from_nonzero(t).unwrap()
 }
@@ -308,19 +321,12 @@ fn merge_keeps_zero_pattern_bit_for_bit() {
         for kind in [MaskKind::Unstructured50, MaskKind::TwoFour] {
             for method in Method::ALL.into_iter().filter(|m| m.is_masked()) {
                 let mut rng = ChaCha8Rng::seed_from_u64(11);
-                let (w, _) = sparse_weight(&mut rng, 64, 96, kind);
-                let w = w.to_dtype(dtype).unwrap();
                 let config = AdapterConfig {
                     method,
                     rank: 4,
                     ..AdapterConfig::default()
                 };
-                let layer = AdaptedLinear::new(
-                    SparseLinear::new(w.clone(), None, None).unwrap(),
-                    &config,
-                    &mut rng,
-                )
-                .unwrap();
+                let (w, layer) = adapted_sparse_layer(&mut rng, kind, dtype, &config);
                 let [(_, a), (_, b)] = layer.trainable();
                 let (ad, bd) = (a.dims().to_vec(), b.dims().to_vec());
                 layer
@@ -498,20 +504,13 @@ fn orthogonal_init_starts_as_the_base_and_keeps_every_zero() {
     for kind in [MaskKind::Unstructured50, MaskKind::TwoFour] {
         for method in [Method::Lors, Method::LorsExact, Method::Sqft, Method::Lora] {
             let mut rng = ChaCha8Rng::seed_from_u64(12);
-            let (w, _) = sparse_weight(&mut rng, 64, 96, kind);
-            let w = w.to_dtype(DType::F32).unwrap();
             let config = AdapterConfig {
                 method,
                 rank: 8,
                 init: Init::Orthogonal,
                 ..AdapterConfig::default()
             };
-            let layer = AdaptedLinear::new(
-                SparseLinear::new(w.clone(), None, None).unwrap(),
-                &config,
-                &mut rng,
-            )
-            .unwrap();
+            let (w, layer) = adapted_sparse_layer(&mut rng, kind, DType::F32, &config);
             let [(_, a), (_, b)] = layer.trainable();
             for t in [a, b] {
                 let max = t
