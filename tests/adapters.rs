@@ -61,6 +61,11 @@ struct Case {
 }
 
 fn case(method: Method, kind: MaskKind, seed: u64) -> Case {
+    case_with(method, kind, seed, false)
+}
+
+/// [`case`], with SoRA's gate when `sora` (set to `[0, 1.7]`: one component switched off).
+fn case_with(method: Method, kind: MaskKind, seed: u64, sora: bool) -> Case {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let (out_f, in_f) = match kind {
         MaskKind::TwoFour => (7, 8),
@@ -74,6 +79,7 @@ fn case(method: Method, kind: MaskKind, seed: u64) -> Case {
         alpha: 3.0,
         rslora: true,
         init: Init::Standard,
+        sora,
     };
     let layer = AdaptedLinear::new(
         SparseLinear::new(w.clone(), None, Some(mask)).unwrap(),
@@ -87,6 +93,10 @@ fn case(method: Method, kind: MaskKind, seed: u64) -> Case {
     layer
         .set_adapter(&randn(&mut rng, &a_dims), &randn(&mut rng, &b_dims))
         .unwrap();
+    if sora {
+        let g = Tensor::new(&[0.0f64, 1.7], &Device::Cpu).unwrap();
+        layer.set_gate(&g).unwrap();
+    }
     let x = randn(&mut rng, &[2, 3, in_f]);
     let upstream = randn(&mut rng, &[2, 3, out_f]);
     Case {
@@ -225,6 +235,97 @@ fn gradients_match_finite_differences_for_every_method_and_mask() {
             assert_close(&label("A"), &ga, &finite_diff(&c, fa, 1));
             assert_close(&label("B"), &gb, &finite_diff(&c, fb, 2));
         }
+    }
+}
+
+/// Central differences of `f` with respect to each entry of `at`.
+fn finite_diff_of(at: &Tensor, f: impl Fn(&Tensor) -> f64) -> Vec<f64> {
+    let base = at.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+    (0..base.len())
+        .map(|i| {
+            let moved = |delta: f64| {
+                let mut v = base.clone();
+                v[i] += delta;
+                f(&Tensor::from_vec(v, at.dims(), &Device::Cpu).unwrap())
+            };
+            (moved(H) - moved(-H)) / (2.0 * H)
+        })
+        .collect()
+}
+
+/// SoRA's gate: `B` enters every product as `B·diag(g)`. For each low-rank method, the
+/// layer's hand-written backward (the engine's path) gives the gradients of x, A, B and the
+/// gate equal to central differences of the method's reference with `B·diag(g)` (f64, the
+/// same tolerance as above: the loss is linear in g taken alone); the graph's forward gives
+/// the same gate gradient, and the merge folds the gate in.
+#[test]
+fn sora_gate_gradients_match_finite_differences() {
+    for method in [Method::Lors, Method::LorsExact, Method::Sqft, Method::Lora] {
+        let c = case_with(method, MaskKind::Unstructured50, 300, true);
+        let [(_, a), (_, b)] = c.layer.trainable();
+        let (a, b) = (a.as_tensor().clone(), b.as_tensor().clone());
+        let g = c.layer.gate().expect("a gated layer").as_tensor().clone();
+        let (fx, fab): (RefFn, RefFn) = match method {
+            Method::Lora => (lora_ref, lora_ref),
+            Method::Lors => (masked_ref, lora_ref),
+            _ => (masked_ref, masked_ref),
+        };
+        let gated = |f: RefFn, x: &Tensor, a: &Tensor, b: &Tensor, g: &Tensor| {
+            loss(
+                &c,
+                &f(
+                    &c,
+                    x,
+                    a,
+                    &b.broadcast_mul(&g.unsqueeze(0).unwrap()).unwrap(),
+                ),
+            )
+        };
+        let grads = c.layer.backward(&c.x, &c.upstream).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        let label = |p: &str| format!("{method} sora grad_{p}");
+        let want_x = finite_diff_of(&c.x, |x| gated(fx, x, &a, &b, &g));
+        assert_close(&label("x"), &flat(&grads.x), &want_x);
+        let want_a = finite_diff_of(&a, |a| gated(fab, &c.x, a, &b, &g));
+        assert_close(&label("A"), &flat(&grads.pair[0]), &want_a);
+        let want_b = finite_diff_of(&b, |b| gated(fab, &c.x, &a, b, &g));
+        assert_close(&label("B"), &flat(&grads.pair[1]), &want_b);
+        let want_g = finite_diff_of(&g, |g| gated(fab, &c.x, &a, &b, g));
+        let got_g = flat(grads.gate.as_ref().expect("a gate gradient"));
+        assert_close(&label("gate"), &got_g, &want_g);
+        assert!(want_g[0] != 0.0, "a zero gate still has a gradient");
+        if method != Method::Lors {
+            // The graph's gradient is the exact one (lors' rearranged one is only in backward).
+            let y = c.layer.forward(&c.x).unwrap();
+            let graph = (&y * &c.upstream)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            let gate_var = c.layer.gate().unwrap().as_tensor();
+            assert_close(
+                &label("gate, graph"),
+                &flat(graph.get(gate_var).unwrap()),
+                &want_g,
+            );
+        }
+        let merged = c.layer.merge().unwrap().0;
+        let b_eff = b.broadcast_mul(&g.unsqueeze(0).unwrap()).unwrap();
+        let want = masked_or_dense(&c, method, &b_eff.matmul(&a).unwrap());
+        assert!(
+            common::max_abs_diff(&merged, &want) < 1e-12,
+            "{method}: merge folds g"
+        );
+    }
+}
+
+/// `W + s·ΔW`, masked for the masked methods.
+fn masked_or_dense(c: &Case, method: Method, delta: &Tensor) -> Tensor {
+    let sum = (&c.w + (delta * c.scale).unwrap()).unwrap();
+    match method.is_masked() {
+        true => (sum * &c.mask).unwrap(),
+        false => sum,
     }
 }
 
@@ -391,6 +492,7 @@ fn merge_keeps_a_kept_weight_nonzero_on_exact_cancellation() {
         alpha: 1.0,
         rslora: false,
         init: Init::Standard,
+        sora: false,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let layer = AdaptedLinear::new(

@@ -27,7 +27,16 @@ const METHODS: [Method; 5] = [
     Method::Spp,
 ];
 
-fn adapted_model(dir: &ModelDir, method: Method, dtype: DType, frozen_blocks: usize) -> CausalLm {
+/// What varies between the checked models besides the method.
+#[derive(Clone, Copy, Default)]
+struct Variant {
+    /// Leading blocks without adapters.
+    frozen_blocks: usize,
+    /// SoRA's gates (set to random values, so their gradients carry signal).
+    sora: bool,
+}
+
+fn adapted_model(dir: &ModelDir, method: Method, dtype: DType, variant: Variant) -> CausalLm {
     let spec = AdapterSpec {
         config: AdapterConfig {
             method,
@@ -35,12 +44,13 @@ fn adapted_model(dir: &ModelDir, method: Method, dtype: DType, frozen_blocks: us
             alpha: 8.0,
             rslora: false,
             init: Init::Standard,
+            sora: variant.sora,
         },
         targets: lors::model::Proj::ALL
             .iter()
             .map(|p| p.name().to_string())
             .collect(),
-        frozen_blocks,
+        frozen_blocks: variant.frozen_blocks,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     let model = CausalLm::from_source(
@@ -63,6 +73,10 @@ fn adapted_model(dir: &ModelDir, method: Method, dtype: DType, frozen_blocks: us
         };
         let (a2, b2) = (random(a.as_tensor()), random(b.as_tensor()));
         layer.set_adapter(&a2, &b2).unwrap();
+        if let Some(g) = layer.gate() {
+            let g2 = (random(g.as_tensor()) + 1.0).unwrap();
+            layer.set_gate(&g2).unwrap();
+        }
     }
     model
 }
@@ -106,22 +120,22 @@ fn max_rel(got: &Tensor, want: &Tensor) -> f64 {
 /// Every method under both policies: the loss and every adapter gradient within `tol` of
 /// the largest reference entry; returns the largest difference seen.
 fn check_model(dir: &ModelDir, seq: usize, dtype: DType, tol: f64) -> f64 {
-    check_methods(dir, seq, dtype, tol, &METHODS, 0)
+    check_methods(dir, seq, dtype, tol, &METHODS, Variant::default())
 }
 
-/// [`check_model`] for `methods`, with the first `frozen_blocks` blocks left without adapters.
+/// [`check_model`] for `methods`, on models of `variant`.
 fn check_methods(
     dir: &ModelDir,
     seq: usize,
     dtype: DType,
     tol: f64,
     methods: &[Method],
-    frozen_blocks: usize,
+    variant: Variant,
 ) -> f64 {
     let (ids, mask) = batch(dir.config.vocab_size, seq);
     let mut worst = 0f64;
     for &method in methods {
-        let model = adapted_model(dir, method, dtype, frozen_blocks);
+        let model = adapted_model(dir, method, dtype, variant);
         let logits = model.forward_autograd(&ids).unwrap();
         let (loss, _) = causal_lm_loss(&logits, &ids, &mask).unwrap();
         let store = loss.backward().unwrap();
@@ -138,7 +152,8 @@ fn check_methods(
                 sum / count
             );
             for (module, layer) in model.adapted() {
-                for (part, var) in layer.trainable() {
+                let gate = layer.gate().map(|g| ("lora_gate", g));
+                for (part, var) in layer.trainable().into_iter().chain(gate) {
                     let want = store.get(var).expect("reference gradient");
                     let got = grads.get(var).expect("engine gradient");
                     let e = max_rel(got, want);
@@ -174,12 +189,33 @@ fn block_backward_equals_autograd_on_a_qwen2_shaped_gqa_model_with_bias() {
     eprintln!("largest difference: f64 {f64_worst:e}, f32 {f32_worst:e}");
 }
 
+/// With SoRA's gates (random, so `B·diag(g)` differs from `B`), the gates' gradients from the
+/// blocks' own backward equal autograd's through the whole model, for every low-rank method,
+/// in f64 (1e-10) and f32 (1e-5), as above.
+#[test]
+fn sora_gate_gradients_equal_autograd_through_the_model() {
+    let dir = ModelDir::open(Path::new("../shared/models/stories260K-wanda-50")).unwrap();
+    let methods = [Method::Lors, Method::LorsExact, Method::Lora, Method::Sqft];
+    let sora = Variant {
+        sora: true,
+        ..Variant::default()
+    };
+    for (dtype, tol) in [(DType::F64, 1e-10), (DType::F32, 1e-5)] {
+        let worst = check_methods(&dir, 24, dtype, tol, &methods, sora);
+        eprintln!("largest difference ({dtype:?}): {worst:e}");
+    }
+}
+
 /// With the first blocks frozen (`adapter.frozen_blocks`), those blocks carry no adapter and
 /// the step runs no backward through them, yet every gradient still equals autograd's.
 #[test]
 fn frozen_leading_blocks_have_no_adapters_and_exact_gradients() {
     let dir = ModelDir::open(Path::new("../shared/models/stories260K-wanda-50")).unwrap();
-    let model = adapted_model(&dir, Method::Lors, DType::F64, 3);
+    let frozen = Variant {
+        frozen_blocks: 3,
+        ..Variant::default()
+    };
+    let model = adapted_model(&dir, Method::Lors, DType::F64, frozen);
     let layers: std::collections::BTreeSet<usize> =
         model.adapted().iter().map(|(m, _)| m.layer).collect();
     assert_eq!(layers.into_iter().collect::<Vec<_>>(), vec![3, 4]);
@@ -189,7 +225,7 @@ fn frozen_leading_blocks_have_no_adapters_and_exact_gradients() {
         DType::F64,
         1e-10,
         &[Method::Lors, Method::Sqft],
-        3,
+        frozen,
     );
     eprintln!("largest difference: {worst:e}");
     let spec = AdapterSpec {

@@ -165,6 +165,100 @@ fn resume_is_exact_with_rank_regularisation() {
     resume_matches_an_uninterrupted_run(&["adapter.orth_reg=0.05", "adapter.rank_keep=2"]);
 }
 
+/// The same under LoRA-RITE (its moments and bases restored from the checkpoint).
+#[test]
+fn resume_is_exact_under_lora_rite() {
+    resume_matches_an_uninterrupted_run(&["optim.name=\"lora-rite\""]);
+}
+
+/// The same with SoRA's gates (their values and Adam moments restored) and a threshold large
+/// enough to zero some of them within the run.
+#[test]
+fn resume_is_exact_with_sora_gates() {
+    resume_matches_an_uninterrupted_run(&["adapter.sora=true", "adapter.sora_threshold=0.1"]);
+}
+
+/// SoRA with ξ = 0.17 (6 steps at lr 0.01 take gates from 1 to ~0.03 without the threshold
+/// beyond 1/6, so the ones the gradient pushed up least end at zero): the live
+/// ranks shrink in the sparsity rows, and `adapter/` is a PEFT adapter whose update, by PEFT's
+/// rule (`lora_alpha/√r` with `rank_pattern`), is the gated one the run trained. Spp and
+/// lora-rite on spp are refused, naming the key.
+#[test]
+fn sora_lowers_ranks_and_exports_a_folded_peft_adapter() {
+    let f = fixture();
+    let p = profile(&f, &["adapter.sora=true", "adapter.sora_threshold=0.17"]);
+    let dir = f.root.join("runs/sora");
+    run(&p, &dir, None).unwrap();
+    let live: Vec<usize> = comparable_rows(&dir)
+        .iter()
+        .rev()
+        .find_map(|r| match r {
+            MetricRow::Sparsity { layers, .. } => Some(layers),
+            _ => None,
+        })
+        .unwrap()
+        .iter()
+        .map(|l| l.live_rank.expect("gated layers report their rank"))
+        .collect();
+    let rank = p.adapter.rank;
+    assert!(
+        live.iter().any(|r| *r < rank),
+        "some gate reached zero: {live:?}"
+    );
+    assert!(
+        live.iter().any(|r| *r > 0),
+        "not every gate is zero: {live:?}"
+    );
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("adapter/adapter_config.json")).unwrap(),
+    )
+    .unwrap();
+    let folded =
+        candle_core::safetensors::load(dir.join("adapter/adapter_model.safetensors"), &Device::Cpu)
+            .unwrap();
+    let trained = candle_core::safetensors::load(
+        dir.join("checkpoints/step-000006/adapter_model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let alpha = config["lora_alpha"].as_f64().unwrap();
+    assert_eq!(config["use_rslora"], true);
+    let mut lowered = 0;
+    for name in trained.keys().filter(|n| n.ends_with("lora_gate.weight")) {
+        let prefix = name.trim_end_matches("lora_gate.weight");
+        let module = prefix
+            .trim_start_matches("base_model.model.")
+            .trim_end_matches('.');
+        let get =
+            |t: &HashMap<String, Tensor>, part: &str| t[&format!("{prefix}{part}.weight")].clone();
+        let gate = trained[name].unsqueeze(0).unwrap();
+        let b_gated = get(&trained, "lora_B").broadcast_mul(&gate).unwrap();
+        let want = (b_gated.matmul(&get(&trained, "lora_A")).unwrap()
+            * (alpha / (rank as f64).sqrt()))
+        .unwrap();
+        let r = config["rank_pattern"]
+            .get(module)
+            .map_or(rank, |v| v.as_u64().unwrap() as usize);
+        let (a, b) = (get(&folded, "lora_A"), get(&folded, "lora_B"));
+        assert_eq!(a.dim(0).unwrap(), r, "{module}");
+        lowered += usize::from(r < rank);
+        let got = (b.matmul(&a).unwrap() * (alpha / (r as f64).sqrt())).unwrap();
+        let diff = common::max_abs_diff(&got, &want);
+        assert!(diff < 1e-6, "{module}: folded update off by {diff}");
+    }
+    assert!(lowered > 0, "rank_pattern lists the lowered layers");
+    for (set, key) in [
+        ("adapter.sora=true", "adapter.sora"),
+        ("optim.name=\"lora-rite\"", "optim.name"),
+    ] {
+        let sets = ["adapter.method=\"spp\"", "adapter.init=\"standard\"", set].map(String::from);
+        let err = Profile::parse(&fixture::profile_text(&f), &sets)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(key) && err.contains("spp"), "{set}: {err}");
+    }
+}
+
 /// A run stopped at step 3 and resumed gives the metrics of an uninterrupted one bit for bit.
 fn resume_matches_an_uninterrupted_run(extra: &[&str]) {
     let f = fixture();
@@ -703,6 +797,8 @@ fn profile_values_must_be_finite_in_range_and_run_names_plain() {
         ("optim.betas=[0.9, nan]", "optim.betas"),
         ("adapter.alpha=nan", "adapter.alpha"),
         ("adapter.stable_gamma=inf", "adapter.stable_gamma"),
+        ("adapter.sora_threshold=-1.0", "adapter.sora_threshold"),
+        ("optim.name=\"sgd\"", "optim.name"),
         ("data.valid_fraction=nan", "data.valid_fraction"),
         ("train.run_name=\"../../x\"", "train.run_name"),
         ("train.run_name=\"/tmp/x\"", "train.run_name"),
@@ -951,8 +1047,8 @@ fn recompute_policies_give_identical_runs() {
     assert!(err.to_string().contains("recompute"), "{err}");
 }
 
-/// The method-zoo options (frozen leading blocks, RM-LoRA's regulariser and rank masks, all
-/// at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
+/// The method-zoo options (frozen leading blocks, RM-LoRA's regulariser and rank masks,
+/// SoRA's gates, LoRA-RITE; all at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
 /// an unstructured and on a 2:4 model; the frozen block's weights are the base's exactly.
 #[test]
 fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
@@ -971,6 +1067,8 @@ fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
                 "adapter.frozen_blocks=1",
                 "adapter.orth_reg=0.05",
                 "adapter.rank_keep=2",
+                "adapter.sora=true",
+                "optim.name=\"lora-rite\"",
                 "train.merge_at_end=true",
             ],
         );

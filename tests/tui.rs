@@ -421,6 +421,7 @@ fn fake_run(
             density_after: if i == 1 { merged_density } else { 0.5 },
             pattern_preserved: i == 0 || merged_density == 0.5,
             nudged: 0,
+            live_rank: Some(8 - 2 * i),
         })
         .collect();
     run.append_metric(&MetricRow::Sparsity { step: 3, layers })
@@ -614,7 +615,8 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
                 "step 3: checkpoint saved",
                 "running: training",
                 "zero pattern kept on all 2 layers",
-                "0.q_proj",
+                "SoRA: 14 rank components live, per layer 6..8",
+                "0.q_proj     0.500 -> 0.500 r8",
                 "p pause",
             ],
         );

@@ -114,6 +114,10 @@ pub struct AdapterConfig {
     /// Scale `alpha/sqrt(r)` instead of `alpha/r` (the LoRS paper's choice).
     pub rslora: bool,
     pub init: Init,
+    /// SoRA's gate (arXiv 2311.11696): `ΔW = s·B·diag(g)·A` with a trainable gate `g`
+    /// (starting at 1) that the training's proximal step can zero, lowering the rank.
+    #[serde(default)]
+    pub sora: bool,
 }
 
 impl Default for AdapterConfig {
@@ -124,6 +128,7 @@ impl Default for AdapterConfig {
             alpha: 16.0,
             rslora: true,
             init: Init::Standard,
+            sora: false,
         }
     }
 }
@@ -131,7 +136,12 @@ impl Default for AdapterConfig {
 impl AdapterConfig {
     /// The adapter scale `s`.
     pub fn scale(&self) -> f64 {
-        let r = self.rank as f64;
+        self.scale_at(self.rank)
+    }
+
+    /// The scale PEFT gives the same `alpha` at rank `rank` (a layer whose rank SoRA lowered).
+    pub fn scale_at(&self, rank: usize) -> f64 {
+        let r = rank as f64;
         if self.rslora {
             self.alpha / r.sqrt()
         } else {

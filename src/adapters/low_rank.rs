@@ -52,11 +52,6 @@ impl LowRank {
     pub fn vars(&self) -> (&Var, &Var) {
         (&self.a, &self.b)
     }
-
-    /// `ΔW = s·B·A` (out x in).
-    pub fn delta(&self, scale: f64) -> Result<Tensor> {
-        Ok((self.b.matmul(&self.a)? * scale)?)
-    }
 }
 
 /// PEFT's orthogonal start, in f64 on the host: `Q` from the QR factorisation of an r×r

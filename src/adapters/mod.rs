@@ -51,6 +51,18 @@ pub struct AdaptedLinear {
     base: SparseLinear,
     config: AdapterConfig,
     adapter: Adapter,
+    /// SoRA's gate `g` (r, the adapter's dtype), when `config.sora`: `B` enters every product as `B·diag(g)`.
+    gate: Option<Var>,
+}
+
+/// The gradients of one adapted layer's backward.
+pub struct LayerGrads {
+    /// The input's.
+    pub x: Tensor,
+    /// `A`'s and `B`'s, aligned with [`AdaptedLinear::trainable`], in their own dtype.
+    pub pair: [Tensor; 2],
+    /// The SoRA gate's, when the layer has one.
+    pub gate: Option<Tensor>,
 }
 
 impl AdaptedLinear {
@@ -92,10 +104,21 @@ impl AdaptedLinear {
             )?),
             Method::Spp => Adapter::Spp(spp::Spp::new(&base, config, dtype, &device, rng)?),
         };
+        let gate = match (config.sora, config.method) {
+            (false, _) => None,
+            (true, Method::Spp) => {
+                return Err(LorsError::invalid(
+                    "adapter.sora",
+                    "gates a low-rank pair A, B, which spp does not have",
+                ))
+            }
+            (true, _) => Some(Var::ones(config.rank, dtype, &device)?),
+        };
         Ok(Self {
             base,
             config: config.clone(),
             adapter,
+            gate,
         })
     }
 
@@ -120,24 +143,33 @@ impl AdaptedLinear {
         [("lora_A", a), ("lora_B", b)]
     }
 
+    /// SoRA's gate, when the layer has one.
+    pub fn gate(&self) -> Option<&Var> {
+        self.gate.as_ref()
+    }
+
+    /// Components whose gate is nonzero (the rank SoRA leaves), or the rank without a gate.
+    pub fn live_rank(&self) -> Result<usize> {
+        match &self.gate {
+            Some(g) => Ok(gate_values(g)?.iter().filter(|v| **v != 0.0).count()),
+            None => Ok(self.config.rank),
+        }
+    }
+
     /// Replace the adapter tensors (same shapes), e.g. from a checkpoint or an initialiser.
     pub fn set_adapter(&self, a: &Tensor, b: &Tensor) -> Result<()> {
         for ((name, var), value) in self.trainable().into_iter().zip([a, b]) {
-            if var.shape() != value.shape() {
-                return Err(LorsError::shape(
-                    format!("adapter tensor {name}"),
-                    format!("{:?}", var.dims()),
-                    format!("{:?}", value.dims()),
-                ));
-            }
-            var.set(
-                &value
-                    .to_device(var.device())?
-                    .to_dtype(var.dtype())?
-                    .copy()?,
-            )?;
+            set_var(name, var, value)?;
         }
         Ok(())
+    }
+
+    /// Replace SoRA's gate (an error when the layer has none).
+    pub fn set_gate(&self, g: &Tensor) -> Result<()> {
+        match &self.gate {
+            Some(var) => set_var("lora_gate", var, g),
+            None => Err(LorsError::invalid("adapter.sora", "this layer has no gate")),
+        }
     }
 
     /// `y = adapted(x)` for `x` of shape (..., in_features), recorded in candle's graph (the
@@ -151,17 +183,25 @@ impl AdaptedLinear {
         self.forward_with(x, Track::Detached)
     }
 
-    /// The trainable tensors in the compute dtype `dtype`, detached or not.
+    /// `A` and the effective `B` (gated by SoRA's `g` when there is one) in the compute dtype
+    /// `dtype`, detached or not.
     fn params_in(&self, dtype: DType, track: Track) -> Result<(Tensor, Tensor)> {
+        let (a, b) = self.raw_params_in(dtype, track)?;
+        Ok((a, self.gated(b, track)?))
+    }
+
+    /// `B·diag(g)` with SoRA's gate, else `b` itself.
+    fn gated(&self, b: Tensor, track: Track) -> Result<Tensor> {
+        match &self.gate {
+            Some(g) => Ok(b.broadcast_mul(&cast(g, b.dtype(), track)?.unsqueeze(0)?)?),
+            None => Ok(b),
+        }
+    }
+
+    /// `A` and `B` as stored, in the compute dtype `dtype`.
+    fn raw_params_in(&self, dtype: DType, track: Track) -> Result<(Tensor, Tensor)> {
         let [(_, a), (_, b)] = self.trainable();
-        let cast = |v: &Var| -> Result<Tensor> {
-            let t = match track {
-                Track::Graph => v.as_tensor().clone(),
-                Track::Detached => v.as_tensor().detach(),
-            };
-            Ok(t.to_dtype(dtype)?)
-        };
-        Ok((cast(a)?, cast(b)?))
+        Ok((cast(a, dtype, track)?, cast(b, dtype, track)?))
     }
 
     fn forward_with(&self, x: &Tensor, track: Track) -> Result<Tensor> {
@@ -181,34 +221,35 @@ impl AdaptedLinear {
     /// and the two trainable tensors' (in their own dtype, aligned with
     /// [`trainable`](Self::trainable)). `lora` and `lors` use their ops' hand-written
     /// backward; `sqft` and `spp` re-run the layer through candle's autograd.
-    pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<(Tensor, [Tensor; 2])> {
+    pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<LayerGrads> {
         let x = x.contiguous()?;
-        let (a, b) = self.params_in(x.dtype(), Track::Detached)?;
         let op = match &self.adapter {
-            Adapter::Lora(m) => Some(m.op(&self.base)),
-            Adapter::Lors(m) => Some(m.op(&self.base)),
-            Adapter::Sqft(_) | Adapter::Spp(_) => None,
+            Adapter::Lora(m) => m.op(&self.base),
+            Adapter::Lors(m) => m.op(&self.base),
+            Adapter::Sqft(_) | Adapter::Spp(_) => return self.backward_by_autograd(&x, grad_y),
         };
-        let (grad_x, grad_a, grad_b) = match op {
-            Some(op) => {
-                let (gx, ga, gb) = op.backward(&x, &a, &b, grad_y, true)?;
-                (gx.expect("asked for the input gradient"), ga, gb)
+        let (a, b) = self.raw_params_in(x.dtype(), Track::Detached)?;
+        let b_eff = self.gated(b.clone(), Track::Detached)?;
+        let (gx, grad_a, grad_b_eff) = op.backward(&x, &a, &b_eff, grad_y, true)?;
+        // With a gate, `B_eff = B·diag(g)`: `∇B = ∇B_eff·diag(g)`, `∇g = Σ_rows ∇B_eff ⊙ B`.
+        let (grad_b, gate) = match &self.gate {
+            Some(g) => {
+                let g = g.as_tensor().to_dtype(b.dtype())?.unsqueeze(0)?;
+                let grad_g = (&grad_b_eff * &b)?.sum(0)?;
+                (grad_b_eff.broadcast_mul(&g)?, Some(grad_g))
             }
-            None => self.backward_by_autograd(&x, grad_y)?,
+            None => (grad_b_eff, None),
         };
         let [(_, va), (_, vb)] = self.trainable();
-        Ok((
-            grad_x,
-            [grad_a.to_dtype(va.dtype())?, grad_b.to_dtype(vb.dtype())?],
-        ))
+        Ok(LayerGrads {
+            x: gx.expect("asked for the input gradient"),
+            pair: [grad_a.to_dtype(va.dtype())?, grad_b.to_dtype(vb.dtype())?],
+            gate: gate.map(|g| g.to_dtype(va.dtype())).transpose()?,
+        })
     }
 
     /// The layer's gradients through candle's autograd, from a local re-run of its forward.
-    fn backward_by_autograd(
-        &self,
-        x: &Tensor,
-        grad_y: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+    fn backward_by_autograd(&self, x: &Tensor, grad_y: &Tensor) -> Result<LayerGrads> {
         let input = Var::from_tensor(&x.detach())?;
         let y = self.forward(input.as_tensor())?;
         let grads = (y * grad_y)?.sum_all()?.backward()?;
@@ -218,21 +259,48 @@ impl AdaptedLinear {
                 LorsError::invalid("backward", "an adapter tensor received no gradient")
             })
         };
-        Ok((
-            get(input.as_tensor())?,
-            get(va.as_tensor())?,
-            get(vb.as_tensor())?,
-        ))
+        Ok(LayerGrads {
+            x: get(input.as_tensor())?,
+            pair: [get(va.as_tensor())?, get(vb.as_tensor())?],
+            gate: self.gate.as_ref().map(|g| get(g.as_tensor())).transpose()?,
+        })
     }
 
     /// The weight update `ΔW` before masking, in the adapter's dtype.
     pub fn delta_weight(&self) -> Result<Tensor> {
-        match &self.adapter {
-            Adapter::Lora(m) => m.params.delta(m.scale),
-            Adapter::Lors(m) => m.params.delta(m.scale),
-            Adapter::Sqft(m) => m.params.delta(m.scale),
-            Adapter::Spp(m) => m.delta(&self.base),
+        let dtype = self.trainable()[0].1.dtype();
+        let scale = match &self.adapter {
+            Adapter::Lora(m) => m.scale,
+            Adapter::Lors(m) => m.scale,
+            Adapter::Sqft(m) => m.scale,
+            Adapter::Spp(m) => return m.delta(&self.base),
+        };
+        let (a, b) = self.params_in(dtype, Track::Detached)?;
+        Ok((b.matmul(&a)? * scale)?)
+    }
+
+    /// The adapter as PEFT stores it with SoRA's gate folded in: the components whose gate is
+    /// nonzero (at least one), `B` times their gates and rescaled to the scale of the lower
+    /// rank, so `s'·B'·A' = s·B·diag(g)·A` exactly as trained. Without a gate, `A` and `B`.
+    pub fn folded_pair(&self) -> Result<(Tensor, Tensor)> {
+        let [(_, a), (_, b)] = self.trainable();
+        let Some(g) = &self.gate else {
+            return Ok((a.as_tensor().clone(), b.as_tensor().clone()));
+        };
+        let gates = gate_values(g)?;
+        let mut kept: Vec<u32> = (0..gates.len() as u32)
+            .filter(|&j| gates[j as usize] != 0.0)
+            .collect();
+        if kept.is_empty() {
+            kept.push(0); // PEFT needs a rank of at least 1; its B column is zero.
         }
+        let (a, b_eff) = self.params_in(a.dtype(), Track::Detached)?;
+        let index = Tensor::new(kept.as_slice(), a.device())?;
+        let rescale = self.config.scale() / self.config.scale_at(kept.len());
+        Ok((
+            a.index_select(&index, 0)?,
+            (b_eff.index_select(&index, 1)? * rescale)?,
+        ))
     }
 
     /// The merged weight in the base dtype and what the merge did to sparsity.
@@ -250,4 +318,36 @@ impl AdaptedLinear {
         let delta = self.delta_weight()?;
         merge::merge(&self.base, &delta, self.config.method.is_masked(), dtype)
     }
+}
+
+/// `v` as a tensor of the compute dtype `dtype`, detached or not.
+fn cast(v: &Var, dtype: DType, track: Track) -> Result<Tensor> {
+    let t = match track {
+        Track::Graph => v.as_tensor().clone(),
+        Track::Detached => v.as_tensor().detach(),
+    };
+    Ok(t.to_dtype(dtype)?)
+}
+
+/// Set `var` to `value` (same shape; cast and moved), naming the tensor on a mismatch.
+fn set_var(name: &str, var: &Var, value: &Tensor) -> Result<()> {
+    if var.shape() != value.shape() {
+        return Err(LorsError::shape(
+            format!("adapter tensor {name}"),
+            format!("{:?}", var.dims()),
+            format!("{:?}", value.dims()),
+        ));
+    }
+    var.set(
+        &value
+            .to_device(var.device())?
+            .to_dtype(var.dtype())?
+            .copy()?,
+    )?;
+    Ok(())
+}
+
+/// A gate's values on the host.
+fn gate_values(g: &Var) -> Result<Vec<f64>> {
+    Ok(g.as_tensor().to_dtype(DType::F64)?.to_vec1::<f64>()?)
 }

@@ -20,6 +20,9 @@ pub struct LayerSparsity {
     pub density_after: f64,
     pub pattern_preserved: bool,
     pub nudged: usize,
+    /// The rank SoRA's gates leave (absent without SoRA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_rank: Option<usize>,
 }
 
 impl LayerSparsity {
@@ -31,6 +34,7 @@ impl LayerSparsity {
             density_after: r.density_after,
             pattern_preserved: r.pattern_preserved,
             nudged: r.nudged,
+            live_rank: None,
         }
     }
 }
@@ -41,7 +45,11 @@ pub fn merged_sparsity(model: &CausalLm) -> Result<Vec<LayerSparsity>> {
     model
         .adapted()
         .into_iter()
-        .map(|(module, a)| Ok(LayerSparsity::new(&module.to_string(), &a.merge()?.1)))
+        .map(|(module, a)| {
+            let mut layer = LayerSparsity::new(&module.to_string(), &a.merge()?.1);
+            layer.live_rank = a.gate().map(|_| a.live_rank()).transpose()?;
+            Ok(layer)
+        })
         .collect()
 }
 

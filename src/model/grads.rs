@@ -70,13 +70,14 @@ impl Gradients {
         match linear {
             Linear::Frozen(l) => l.backward_input(grad_y),
             Linear::Adapted(l) => {
-                let (grad_x, grads) = l.backward(x, grad_y)?;
-                for ((_, var), g) in l.trainable().into_iter().zip(grads) {
+                let grads = l.backward(x, grad_y)?;
+                let pair = l.trainable().into_iter().map(|(_, v)| v).zip(grads.pair);
+                for (var, g) in pair.chain(l.gate().zip(grads.gate)) {
                     let mut slot = self.adapters.remove(&var.id());
                     Self::add(&mut slot, g)?;
                     self.adapters.insert(var.id(), slot.expect("just added"));
                 }
-                Ok(grad_x)
+                Ok(grads.x)
             }
         }
     }

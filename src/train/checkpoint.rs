@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use super::optim::AdamW;
+use super::optim::Optimizer;
 use super::profile::Profile;
 use crate::error::{LorsError, Result};
 use crate::io::{build_dir_atomic, write_atomic, write_json_atomic, write_safetensors_atomic};
@@ -34,11 +34,18 @@ pub fn peft_name(module: &impl std::fmt::Display, part: &str) -> String {
 pub fn adapter_tensors(model: &CausalLm) -> HashMap<String, Tensor> {
     let mut out = HashMap::new();
     for (module, layer) in model.adapted() {
-        for (part, var) in layer.trainable() {
+        for (part, var) in layer.trainable().into_iter().chain(gate_of(layer)) {
             out.insert(peft_name(&module, part), var.as_tensor().clone());
         }
     }
     out
+}
+
+/// The part name of SoRA's gate in checkpoints (`…lora_gate.weight`).
+pub const GATE_PART: &str = "lora_gate";
+
+fn gate_of(layer: &crate::adapters::AdaptedLinear) -> Option<(&'static str, &candle_core::Var)> {
+    layer.gate().map(|g| (GATE_PART, g))
 }
 
 /// PEFT-style `adapter_config.json`, with the LoRS-specific fields under `lors`.
@@ -64,6 +71,29 @@ pub fn adapter_config_json(profile: &Profile) -> serde_json::Value {
     })
 }
 
+/// Write `model`'s adapter as PEFT loads it into `dir`: SoRA's gates folded into `B`, the
+/// components they zeroed dropped, and each lowered layer's rank in `rank_pattern` (its `B`
+/// rescaled to PEFT's scale at that rank, so the update is the trained one).
+pub fn export_folded_adapter(model: &CausalLm, profile: &Profile, dir: &Path) -> Result<()> {
+    let mut tensors = HashMap::new();
+    let mut rank_pattern = serde_json::Map::new();
+    for (module, layer) in model.adapted() {
+        let (a, b) = layer.folded_pair()?;
+        let rank = a.dim(0)?;
+        if rank != profile.adapter.rank {
+            rank_pattern.insert(module.to_string(), rank.into());
+        }
+        tensors.insert(peft_name(&module, "lora_A"), a);
+        tensors.insert(peft_name(&module, "lora_B"), b);
+    }
+    let mut config = adapter_config_json(profile);
+    config["rank_pattern"] = rank_pattern.into();
+    build_dir_atomic(dir, |tmp| {
+        write_safetensors_atomic(&tmp.join(ADAPTER_FILE), &tensors)?;
+        write_json_atomic(&tmp.join("adapter_config.json"), &config)
+    })
+}
+
 /// Everything a checkpoint holds, taken at one step: the adapter is copied, so later updates
 /// of the model do not change it (the optimiser's moments are replaced, never updated in place).
 pub struct Snapshot {
@@ -74,7 +104,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// The state of `model` and `optimizer` now, as of `state`.
-    pub fn capture(state: &TrainerState, model: &CausalLm, optimizer: &AdamW) -> Result<Self> {
+    pub fn capture(state: &TrainerState, model: &CausalLm, optimizer: &Optimizer) -> Result<Self> {
         let adapter = adapter_tensors(model)
             .into_iter()
             .map(|(name, t)| Ok((name, t.copy()?)))
@@ -209,8 +239,11 @@ pub fn load_adapter(path: &Path, model: &CausalLm) -> Result<()> {
             }
             Ok(t)
         };
+        let (a, b) = (get("lora_A")?, get("lora_B")?);
+        let gate = layer.gate().map(|_| get(GATE_PART)).transpose()?;
         layer
-            .set_adapter(get("lora_A")?, get("lora_B")?)
+            .set_adapter(a, b)
+            .and_then(|()| gate.map_or(Ok(()), |g| layer.set_gate(g)))
             .map_err(|e| LorsError::parse(path, format!("{module}: {e}")))?;
     }
     Ok(())
@@ -223,7 +256,7 @@ fn all_finite(t: &Tensor) -> Result<bool> {
 }
 
 /// Restore model adapter, optimiser and trainer state from a checkpoint directory.
-pub fn restore(dir: &Path, model: &CausalLm, optimizer: &mut AdamW) -> Result<TrainerState> {
+pub fn restore(dir: &Path, model: &CausalLm, optimizer: &mut Optimizer) -> Result<TrainerState> {
     load_adapter(&dir.join(ADAPTER_FILE), model)?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| LorsError::io(&state_path, e))?;

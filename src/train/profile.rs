@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::optim::OptimizerName;
 use crate::adapters::{AdapterConfig, Init, Method};
 use crate::data::{BlockOptions, DataFormat};
 use crate::error::{LorsError, Result};
@@ -123,6 +124,28 @@ pub struct AdapterSection {
     /// gradient; 0: all.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rank_keep: usize,
+    /// SoRA (arXiv 2311.11696): a trainable gate per rank component, `s·B·diag(g)·A`, that
+    /// a proximal L1 step can zero (the live rank shrinks per layer).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub sora: bool,
+    /// SoRA's soft-threshold ξ, applied to the gates after each step.
+    #[serde(
+        default = "default_sora_threshold",
+        skip_serializing_if = "is_default_sora_threshold"
+    )]
+    pub sora_threshold: f64,
+}
+
+fn default_sora_threshold() -> f64 {
+    1e-3
+}
+
+fn is_default_sora_threshold(x: &f64) -> bool {
+    *x == default_sora_threshold()
+}
+
+fn is_default<T: Default + PartialEq>(x: &T) -> bool {
+    *x == T::default()
 }
 
 fn is_zero_f64(x: &f64) -> bool {
@@ -179,6 +202,7 @@ impl AdapterSection {
             alpha: self.alpha,
             rslora: self.rslora,
             init: self.init,
+            sora: self.sora,
         }
     }
 }
@@ -193,10 +217,13 @@ pub enum Schedule {
     Cosine,
 }
 
-/// AdamW and the schedule.
+/// The optimiser and the schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OptimSection {
+    /// `adamw`, or `lora-rite` (transformation-invariant, per A/B pair; not for spp).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub name: OptimizerName,
     #[serde(default = "default_lr")]
     pub lr: f64,
     #[serde(default = "default_betas")]
@@ -333,6 +360,26 @@ impl Profile {
         Ok(profile)
     }
 
+    /// The method with the zoo options that change it, e.g. `lors-exact+sora+rite`: what
+    /// the Runs view and reports show to tell runs apart.
+    pub fn method_label(&self) -> String {
+        let a = &self.adapter;
+        let mut label = a.method.to_string();
+        let tags = [
+            (a.init == Init::Orthogonal).then(|| "orthinit".to_string()),
+            (a.frozen_blocks > 0).then(|| format!("f{}", a.frozen_blocks)),
+            (a.orth_reg > 0.0).then(|| "orth".to_string()),
+            (a.rank_keep > 0).then(|| format!("k{}", a.rank_keep)),
+            a.sora.then(|| "sora".to_string()),
+            (self.optim.name == OptimizerName::LoraRite).then(|| "rite".to_string()),
+        ];
+        for tag in tags.into_iter().flatten() {
+            label.push('+');
+            label.push_str(&tag);
+        }
+        label
+    }
+
     /// The profile as TOML.
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("profiles serialize")
@@ -360,6 +407,9 @@ impl Profile {
         }
         validate_adapter(&self.adapter)?;
         validate_optim(&self.optim)?;
+        if self.optim.name == OptimizerName::LoraRite && self.adapter.method == Method::Spp {
+            return bad("optim.name", format!("lora-rite {NEEDS_A_PAIR}"));
+        }
         validate_train(&self.train, dtype, &self.model.dtype)?;
         if let Some(e) = &self.eval {
             e.validate()?;
@@ -435,19 +485,25 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
     if !(a.orth_reg.is_finite() && a.orth_reg >= 0.0) {
         return bad("adapter.orth_reg", format!("{} must be ≥ 0", a.orth_reg));
     }
-    if a.method == Method::Spp && (a.orth_reg > 0.0 || a.rank_keep > 0) {
-        let key = if a.orth_reg > 0.0 {
-            "adapter.orth_reg"
-        } else {
-            "adapter.rank_keep"
-        };
-        return bad(
-            key,
-            "works on a low-rank pair A, B, which spp does not have".into(),
-        );
+    if !(a.sora_threshold.is_finite() && a.sora_threshold >= 0.0) {
+        let value = a.sora_threshold;
+        return bad("adapter.sora_threshold", format!("{value} must be ≥ 0"));
+    }
+    if a.method == Method::Spp {
+        let pair_options = [
+            ("adapter.orth_reg", a.orth_reg > 0.0),
+            ("adapter.rank_keep", a.rank_keep > 0),
+            ("adapter.sora", a.sora),
+        ];
+        if let Some((key, _)) = pair_options.into_iter().find(|(_, on)| *on) {
+            return bad(key, NEEDS_A_PAIR.into());
+        }
     }
     Ok(())
 }
+
+/// Why an option on the low-rank pair does not apply to `spp`.
+const NEEDS_A_PAIR: &str = "works on a low-rank pair A, B, which spp does not have";
 
 /// Steps, batches, the run name, and a compute dtype the device can use (`dtype`, spelled
 /// `dtype_name` in the profile).

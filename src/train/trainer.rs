@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::checkpoint::{self, TrainerState};
 use super::grad_init::{gradient_init, GradInitReport};
-use super::optim::{lr_at, AdamW};
+use super::optim::{lr_at, Optimizer};
 use super::profile::{Profile, TrainSection};
 use super::rank_reg::RankRegularizer;
 use super::run_dir::{now_s, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
@@ -173,6 +173,18 @@ fn trainable(model: &CausalLm) -> Vec<(String, Var)> {
         .flat_map(|(m, l)| {
             l.trainable()
                 .map(|(part, v)| (checkpoint::peft_name(&m, part), v.clone()))
+        })
+        .collect()
+}
+
+/// SoRA's gates with their checkpoint names, one per adapted layer (none without SoRA).
+fn gates(model: &CausalLm) -> Vec<(String, Var)> {
+    model
+        .adapted()
+        .into_iter()
+        .filter_map(|(m, l)| {
+            l.gate()
+                .map(|g| (checkpoint::peft_name(&m, checkpoint::GATE_PART), g.clone()))
         })
         .collect()
 }
@@ -383,7 +395,7 @@ fn prune_stage(lp: &mut Loop, on_event: &mut dyn FnMut(&Event)) -> Result<Profil
 fn restore_latest(
     lp: &Loop,
     p: &Prepared,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     accept_change: bool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<Option<TrainerState>> {
@@ -496,10 +508,11 @@ struct StepGrads {
 }
 
 /// Forward and backward over the step's micro-batches (each block running its own backward),
-/// advancing `state.batches_seen`.
+/// advancing `state.batches_seen`. `vars` holds the pairs' tensors (the first `pairs`), then
+/// SoRA's gates.
 fn compute_grads(
     p: &Prepared,
-    vars: &[Var],
+    (vars, pairs): (&[Var], usize),
     t: &TrainSection,
     regularizer: &RankRegularizer,
     state: &mut TrainerState,
@@ -528,7 +541,7 @@ fn compute_grads(
         })
         .collect::<Result<Vec<Tensor>>>()?;
     if regularizer.is_active() {
-        regularizer.apply(vars, &mut grads, state.step)?;
+        regularizer.apply(&vars[..pairs], &mut grads[..pairs], state.step)?;
     }
     // Summed where the gradients live, in f64 and in order: one read from a GPU.
     let mut sq: Option<Tensor> = None;
@@ -587,7 +600,7 @@ fn starting_state(
     lp: &mut Loop,
     profile: &Profile,
     p: &Prepared,
-    opt: &mut AdamW,
+    opt: &mut Optimizer,
     start: Start,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<TrainerState> {
@@ -641,8 +654,11 @@ fn evaluate_step(
 struct Session<'a> {
     profile: &'a Profile,
     p: Prepared,
-    opt: AdamW,
+    opt: Optimizer,
+    /// The adapters' `[A, B]` pairs, then SoRA's gates.
     vars: Vec<Var>,
+    /// How many of `vars` are the pairs' tensors.
+    pairs: usize,
     state: TrainerState,
     total: usize,
     /// The state before the newest finite step's update: kept if the next step diverges.
@@ -660,9 +676,12 @@ impl<'a> Session<'a> {
         let p = prepare(profile)?;
         let total = total_steps(profile, &p.train);
         lp.status.total_steps = total;
-        let named = trainable(&p.model);
-        let vars = named.iter().map(|(_, v)| v.clone()).collect();
-        let mut opt = AdamW::new(named, &profile.optim)?;
+        let (named, gates) = (trainable(&p.model), gates(&p.model));
+        let pairs = named.len();
+        // The pairs first, then the gates: the order of the optimiser's gradients.
+        let vars = named.iter().chain(&gates).map(|(_, v)| v.clone()).collect();
+        let threshold = profile.adapter.sora_threshold;
+        let mut opt = Optimizer::new(named, gates, &profile.optim, threshold)?;
         let state = starting_state(lp, profile, &p, &mut opt, start, on_event)?;
         on_event(&Event::Started {
             step: state.step,
@@ -673,6 +692,7 @@ impl<'a> Session<'a> {
             p,
             opt,
             vars,
+            pairs,
             state,
             total,
             last_good: None,
@@ -699,7 +719,8 @@ impl<'a> Session<'a> {
         let live_at_start = memory::live_bytes();
         let before = self.state.clone();
         let regularizer = self.profile.adapter.rank_regularizer(t.seed);
-        let g = compute_grads(&self.p, &self.vars, t, &regularizer, &mut self.state)?;
+        let vars = (self.vars.as_slice(), self.pairs);
+        let g = compute_grads(&self.p, vars, t, &regularizer, &mut self.state)?;
         if !(g.loss.is_finite() && g.grad_norm.is_finite()) {
             return Err(diverged(before.step + 1, &g, self.last_good.as_ref(), save));
         }
@@ -806,14 +827,19 @@ fn train_inner(
     end_run(lp, RunState::Finished, s.state.step, "finished", last_eval)
 }
 
-/// The end of a finished run: the merged export (when asked), then the `[eval]` tasks on the
-/// merged model (what the user ships), or without an export on the trained adapters.
+/// The end of a finished run: SoRA's folded adapter (`adapter/`), the merged export (when
+/// asked), then the `[eval]` tasks on the merged model (what the user ships), or without an
+/// export on the trained adapters.
 fn finish(
     lp: &mut Loop,
     profile: &Profile,
     s: &Session,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<()> {
+    if profile.adapter.sora {
+        let dir = lp.run.path.join("adapter");
+        checkpoint::export_folded_adapter(&s.p.model, profile, &dir)?;
+    }
     let merged = lp.run.path.join("merged");
     if profile.train.merge_at_end {
         let msg = Some("exporting merged model".into());

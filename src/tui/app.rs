@@ -126,6 +126,7 @@ impl Field {
 const METHODS: &[&str] = &["lors", "lors-exact", "sqft", "spp", "lora"];
 const INITS: &[&str] = &["gradient", "standard", "gaussian", "orthogonal"];
 const SCHEDULES: &[&str] = &["cosine", "linear", "constant"];
+const OPTIMIZERS: &[&str] = &["adamw", "lora-rite"];
 const PRUNE_METHODS: &[&str] = &["none", "magnitude", "wanda", "sparsegpt"];
 
 fn field(key: &'static str, label: &'static str, value: String, kind: Kind) -> Field {
@@ -280,6 +281,18 @@ fn adapter_fields(p: &Profile) -> Vec<Field> {
             p.adapter.rank_keep.to_string(),
             Kind::Number,
         ),
+        field(
+            "adapter.sora",
+            "SoRA gates",
+            p.adapter.sora.to_string(),
+            Kind::Bool,
+        ),
+        field(
+            "adapter.sora_threshold",
+            "SoRA ξ",
+            format!("{:?}", p.adapter.sora_threshold),
+            Kind::Number,
+        ),
     ]
 }
 
@@ -287,11 +300,12 @@ fn adapter_fields(p: &Profile) -> Vec<Field> {
 fn training_fields(p: &Profile) -> Vec<Field> {
     vec![
         field(
-            "optim.lr",
-            "AdamW lr",
-            format!("{:e}", p.optim.lr),
-            Kind::Number,
+            "optim.name",
+            "optimizer",
+            p.optim.name.name().into(),
+            Kind::Choice(OPTIMIZERS),
         ),
+        field("optim.lr", "lr", format!("{:e}", p.optim.lr), Kind::Number),
         field(
             "optim.weight_decay",
             "weight decay",

@@ -585,7 +585,7 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     if let Some(p) = &run.profile {
         lines.push(format!(
             "{} r{} {}",
-            p.adapter.method,
+            p.method_label(),
             p.adapter.rank,
             p.adapter.init.name()
         ));
@@ -680,14 +680,23 @@ fn draw_sparsity(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
             )
         },
     ];
+    let ranks: Vec<usize> = layers.iter().filter_map(|l| l.live_rank).collect();
+    if let Some(min) = ranks.iter().min() {
+        let live = ranks.iter().sum::<usize>();
+        lines.push(Line::from(format!(
+            "SoRA: {live} rank components live, per layer {min}..{}",
+            ranks.iter().max().expect("not empty")
+        )));
+    }
     // The layers that drift most first.
     let mut by_drift: Vec<_> = layers.iter().collect();
     by_drift.sort_by(|a, b| {
         (b.density_after - b.density_before).total_cmp(&(a.density_after - a.density_before))
     });
     for l in by_drift {
+        let rank = l.live_rank.map(|r| format!(" r{r}")).unwrap_or_default();
         lines.push(Line::from(format!(
-            "{:<12} {:.3} -> {:.3}",
+            "{:<12} {:.3} -> {:.3}{rank}",
             short_layer(&l.name),
             l.density_before,
             l.density_after
@@ -712,7 +721,7 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
                 .any(|r| r.task_accuracy().iter().any(|a| a.task == *t))
         })
         .collect();
-    tasks.truncate((width.saturating_sub(82) / TASK_COLUMN) as usize);
+    tasks.truncate((width.saturating_sub(84) / TASK_COLUMN) as usize);
     let rows: Vec<Row> = app
         .runs
         .iter()
@@ -725,9 +734,9 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
         })
         .collect();
     let mut widths = vec![
-        Constraint::Min(16),
+        Constraint::Min(14),
         Constraint::Length(8),
-        Constraint::Length(10),
+        Constraint::Length(14),
         Constraint::Length(3),
         Constraint::Length(8),
         Constraint::Length(12),
@@ -752,7 +761,7 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
 fn run_row(r: &RunInfo, mark: char, tasks: &[crate::eval::Task]) -> Row<'static> {
     let (method, rank, init) = r.profile.as_ref().map_or(("?".into(), 0, "?".into()), |p| {
         (
-            p.adapter.method.to_string(),
+            p.method_label(),
             p.adapter.rank,
             p.adapter.init.name().to_string(),
         )

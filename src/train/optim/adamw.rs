@@ -1,12 +1,11 @@
-//! AdamW with state that can be saved and restored exactly (candle-nn's keeps it private),
-//! and the learning-rate schedule.
+//! AdamW with state that can be saved and restored exactly (candle-nn's keeps it private).
 
 use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
 
-use super::profile::{OptimSection, Schedule};
 use crate::error::{LorsError, Result};
+use crate::train::profile::OptimSection;
 
 /// Decoupled-weight-decay Adam over named variables.
 pub struct AdamW {
@@ -105,45 +104,10 @@ impl AdamW {
     }
 }
 
-/// Learning rate at optimiser step `step` (0-based) of `total`: linear warm-up from
-/// `lr/warmup` to `lr`, then constant, linear to 0, or cosine to 0.
-pub fn lr_at(config: &OptimSection, step: usize, total: usize) -> f64 {
-    let lr = config.lr;
-    let warm = config.warmup_steps;
-    if step < warm {
-        return lr * (step + 1) as f64 / warm as f64;
-    }
-    let span = total.saturating_sub(warm).max(1) as f64;
-    let progress = ((step - warm) as f64 / span).min(1.0);
-    match config.schedule {
-        Schedule::Constant => lr,
-        Schedule::Linear => lr * (1.0 - progress),
-        Schedule::Cosine => lr * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    #[test]
-    fn schedules_warm_up_then_decay() {
-        let mut c = OptimSection {
-            lr: 1.0,
-            warmup_steps: 4,
-            ..Default::default()
-        };
-        assert_eq!(lr_at(&c, 0, 104), 0.25);
-        assert_eq!(lr_at(&c, 3, 104), 1.0);
-        assert_eq!(lr_at(&c, 4, 104), 1.0);
-        assert!((lr_at(&c, 54, 104) - 0.5).abs() < 1e-12);
-        c.schedule = Schedule::Linear;
-        assert!((lr_at(&c, 54, 104) - 0.5).abs() < 1e-12);
-        assert!((lr_at(&c, 103, 104) - 0.01).abs() < 1e-12);
-        c.schedule = Schedule::Constant;
-        assert_eq!(lr_at(&c, 100, 104), 1.0);
-    }
 
     #[test]
     fn adamw_matches_the_closed_form_first_step() {
