@@ -165,6 +165,12 @@ fn resume_is_exact_with_rank_regularisation() {
     resume_matches_an_uninterrupted_run(&["adapter.orth_reg=0.05", "adapter.rank_keep=2"]);
 }
 
+/// The same from OLoRA's QR start (recomputed from the weights on resume).
+#[test]
+fn resume_is_exact_from_an_olora_init() {
+    resume_matches_an_uninterrupted_run(&["adapter.init=\"olora\""]);
+}
+
 /// The same under LoRA-RITE (its moments and bases restored from the checkpoint).
 #[test]
 fn resume_is_exact_under_lora_rite() {
@@ -1047,8 +1053,8 @@ fn recompute_policies_give_identical_runs() {
     assert!(err.to_string().contains("recompute"), "{err}");
 }
 
-/// The method-zoo options (frozen leading blocks, RM-LoRA's regulariser and rank masks,
-/// SoRA's gates, LoRA-RITE; all at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
+/// The method-zoo options (OLoRA's start, frozen leading blocks, RM-LoRA's regulariser and
+/// rank masks, SoRA's gates, LoRA-RITE; all at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
 /// an unstructured and on a 2:4 model; the frozen block's weights are the base's exactly.
 #[test]
 fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
@@ -1064,6 +1070,7 @@ fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
             &[
                 &format!("model.path=\"{}\"", model.display()),
                 "adapter.method=\"lors-exact\"",
+                "adapter.init=\"olora\"",
                 "adapter.frozen_blocks=1",
                 "adapter.orth_reg=0.05",
                 "adapter.rank_keep=2",

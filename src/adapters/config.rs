@@ -90,6 +90,12 @@ pub enum Init {
     /// random orthogonal r×r matrix (times Gaussian factors, over 10), so `B·A = 0` (to
     /// rounding) while both are nonzero. Needs an even rank.
     Orthogonal,
+    /// OLoRA (arXiv 2406.01775; PEFT's `init_lora_weights="olora"`): `B₀ = Q[:, :r]` and
+    /// `A₀ = R[:r, :]` of the QR factorisation of `W`, with the start subtracted so the layer
+    /// begins as the base: `ΔW = s·(B·A − B₀·A₀)`, exactly zero before training, masked like
+    /// any update (the mask-safe form of PEFT's residual `W − s·B₀·A₀`, which it does not
+    /// mask).
+    Olora,
 }
 
 impl Init {
@@ -100,6 +106,7 @@ impl Init {
             Init::Gaussian => "gaussian",
             Init::Gradient => "gradient",
             Init::Orthogonal => "orthogonal",
+            Init::Olora => "olora",
         }
     }
 }

@@ -16,7 +16,8 @@ pub(crate) struct LowRank {
 
 impl LowRank {
     /// `A` from `config.init` and `B = 0` (or the orthogonal pair with `B·A = 0`), so the
-    /// adapter starts as the identity.
+    /// adapter starts as the identity; with OLoRA, the QR start, whose product the adapted
+    /// layer subtracts.
     pub fn init(
         base: &SparseLinear,
         config: &AdapterConfig,
@@ -35,6 +36,7 @@ impl LowRank {
                 normal((r, in_f), 1.0 / r as f64, dtype, device, rng)?,
                 Tensor::zeros((out_f, r), dtype, device)?,
             ),
+            Init::Olora => olora_pair(base, r, dtype)?,
             Init::Orthogonal => {
                 let (a, b) = orthogonal_pair(r, in_f, out_f, rng)?;
                 (
@@ -52,6 +54,24 @@ impl LowRank {
     pub fn vars(&self) -> (&Var, &Var) {
         (&self.a, &self.b)
     }
+}
+
+/// OLoRA's start (`A₀`, `B₀`) in `dtype`: `B₀ = Q[:, :r]` and `A₀ = R[:r, :]` of the QR
+/// factorisation `W = Q·R`. Only the first r columns of `W` decide `Q[:, :r]`, so this
+/// factors `W[:, :r]` (out×r, on the host in f64; Householder, so a column that pruning
+/// zeroed still gets an orthonormal `Q` column) and takes `A₀ = Q[:, :r]ᵀ·W`, which is
+/// `R[:r, :]` without factoring the whole out×in weight.
+pub(crate) fn olora_pair(base: &SparseLinear, r: usize, dtype: DType) -> Result<(Tensor, Tensor)> {
+    use nalgebra::DMatrix;
+    let w = base.weight().to_dtype(DType::F64)?;
+    let (out_f, _) = w.dims2()?;
+    let first = w.narrow(1, 0, r)?.to_device(&Device::Cpu)?;
+    let first = DMatrix::from_row_slice(out_f, r, &first.flatten_all()?.to_vec1::<f64>()?);
+    let q = first.qr().q();
+    // nalgebra stores columns first; the tensor wants rows.
+    let q = Tensor::from_vec(q.transpose().as_slice().to_vec(), (out_f, r), w.device())?;
+    let a = q.t()?.matmul(&w)?;
+    Ok((a.to_dtype(dtype)?, q.to_dtype(dtype)?))
 }
 
 /// PEFT's orthogonal start, in f64 on the host: `Q` from the QR factorisation of an r×r

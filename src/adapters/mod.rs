@@ -53,6 +53,9 @@ pub struct AdaptedLinear {
     adapter: Adapter,
     /// SoRA's gate `g` (r, the adapter's dtype), when `config.sora`: `B` enters every product as `B·diag(g)`.
     gate: Option<Var>,
+    /// OLoRA's start `(A₀, B₀)`, frozen: the update is `s·(B·A − B₀·A₀)`, computed by the ops
+    /// as the rank-2r product `[B, −B₀]·[A; A₀]`.
+    start: Option<(Tensor, Tensor)>,
 }
 
 /// The gradients of one adapted layer's backward.
@@ -114,12 +117,20 @@ impl AdaptedLinear {
             }
             (true, _) => Some(Var::ones(config.rank, dtype, &device)?),
         };
-        Ok(Self {
+        let mut layer = Self {
             base,
             config: config.clone(),
             adapter,
             gate,
-        })
+            start: None,
+        };
+        if config.init == Init::Olora {
+            let [(_, a), (_, b)] = layer.trainable();
+            // Detached: a copy of a variable is still a graph node leading back to it.
+            let frozen = |v: &Var| v.as_tensor().detach().copy();
+            layer.start = Some((frozen(a)?, frozen(b)?));
+        }
+        Ok(layer)
     }
 
     /// The frozen base layer.
@@ -187,7 +198,18 @@ impl AdaptedLinear {
     /// `dtype`, detached or not.
     fn params_in(&self, dtype: DType, track: Track) -> Result<(Tensor, Tensor)> {
         let (a, b) = self.raw_params_in(dtype, track)?;
-        Ok((a, self.gated(b, track)?))
+        self.with_start(a, self.gated(b, track)?)
+    }
+
+    /// With OLoRA's start, `[A; A₀]` and `[B, −B₀]`, whose product is `B·A − B₀·A₀`.
+    fn with_start(&self, a: Tensor, b: Tensor) -> Result<(Tensor, Tensor)> {
+        match &self.start {
+            Some((a0, b0)) => Ok((
+                Tensor::cat(&[&a, &a0.to_dtype(a.dtype())?], 0)?,
+                Tensor::cat(&[&b, &b0.to_dtype(b.dtype())?.neg()?], 1)?,
+            )),
+            None => Ok((a, b)),
+        }
     }
 
     /// `B·diag(g)` with SoRA's gate, else `b` itself.
@@ -230,7 +252,11 @@ impl AdaptedLinear {
         };
         let (a, b) = self.raw_params_in(x.dtype(), Track::Detached)?;
         let b_eff = self.gated(b.clone(), Track::Detached)?;
-        let (gx, grad_a, grad_b_eff) = op.backward(&x, &a, &b_eff, grad_y, true)?;
+        let (a_op, b_op) = self.with_start(a, b_eff)?;
+        let (gx, grad_a, grad_b_eff) = op.backward(&x, &a_op, &b_op, grad_y, true)?;
+        // OLoRA's frozen start takes the last r rows of `A`'s and columns of `B`'s gradient.
+        let r = self.config.rank;
+        let (grad_a, grad_b_eff) = (grad_a.narrow(0, 0, r)?, grad_b_eff.narrow(1, 0, r)?);
         // With a gate, `B_eff = B·diag(g)`: `∇B = ∇B_eff·diag(g)`, `∇g = Σ_rows ∇B_eff ⊙ B`.
         let (grad_b, gate) = match &self.gate {
             Some(g) => {
@@ -275,32 +301,44 @@ impl AdaptedLinear {
             Adapter::Sqft(m) => m.scale,
             Adapter::Spp(m) => return m.delta(&self.base),
         };
-        let (a, b) = self.params_in(dtype, Track::Detached)?;
-        Ok((b.matmul(&a)? * scale)?)
+        let (a, b) = self.raw_params_in(dtype, Track::Detached)?;
+        let product = self.gated(b, Track::Detached)?.matmul(&a)?;
+        // `B·A − B₀·A₀` as two products, so an untrained layer's update is exactly zero.
+        let product = match &self.start {
+            Some((a0, b0)) => (product - b0.matmul(a0)?.to_dtype(dtype)?)?,
+            None => product,
+        };
+        Ok((product * scale)?)
     }
 
-    /// The adapter as PEFT stores it with SoRA's gate folded in: the components whose gate is
-    /// nonzero (at least one), `B` times their gates and rescaled to the scale of the lower
-    /// rank, so `s'·B'·A' = s·B·diag(g)·A` exactly as trained. Without a gate, `A` and `B`.
+    /// The adapter as a plain PEFT LoRA with the same update: SoRA's gates folded into `B`
+    /// and the components they zeroed dropped (at least one is kept), OLoRA's start appended
+    /// as `[B, −B₀]·[A; A₀]`, and `B` rescaled to PEFT's scale at the resulting rank, so
+    /// `s'·B'·A'` is the trained update. Without either, `A` and `B` as they are.
     pub fn folded_pair(&self) -> Result<(Tensor, Tensor)> {
         let [(_, a), (_, b)] = self.trainable();
-        let Some(g) = &self.gate else {
+        if self.gate.is_none() && self.start.is_none() {
             return Ok((a.as_tensor().clone(), b.as_tensor().clone()));
-        };
-        let gates = gate_values(g)?;
-        let mut kept: Vec<u32> = (0..gates.len() as u32)
-            .filter(|&j| gates[j as usize] != 0.0)
-            .collect();
-        if kept.is_empty() {
-            kept.push(0); // PEFT needs a rank of at least 1; its B column is zero.
         }
-        let (a, b_eff) = self.params_in(a.dtype(), Track::Detached)?;
-        let index = Tensor::new(kept.as_slice(), a.device())?;
-        let rescale = self.config.scale() / self.config.scale_at(kept.len());
-        Ok((
-            a.index_select(&index, 0)?,
-            (b_eff.index_select(&index, 1)? * rescale)?,
-        ))
+        let (a, b) = self.raw_params_in(a.dtype(), Track::Detached)?;
+        let b = self.gated(b, Track::Detached)?;
+        let (a, b) = match &self.gate {
+            Some(g) => {
+                let gates = gate_values(g)?;
+                let mut kept: Vec<u32> = (0..gates.len() as u32)
+                    .filter(|&j| gates[j as usize] != 0.0)
+                    .collect();
+                if kept.is_empty() {
+                    kept.push(0); // PEFT needs a rank of at least 1; its B column is zero.
+                }
+                let index = Tensor::new(kept.as_slice(), a.device())?;
+                (a.index_select(&index, 0)?, b.index_select(&index, 1)?)
+            }
+            None => (a, b),
+        };
+        let (a, b) = self.with_start(a, b)?;
+        let rescale = self.config.scale() / self.config.scale_at(a.dim(0)?);
+        Ok((a, (b * rescale)?))
     }
 
     /// The merged weight in the base dtype and what the merge did to sparsity.

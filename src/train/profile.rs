@@ -367,6 +367,7 @@ impl Profile {
         let mut label = a.method.to_string();
         let tags = [
             (a.init == Init::Orthogonal).then(|| "orthinit".to_string()),
+            (a.init == Init::Olora).then(|| "olora".to_string()),
             (a.frozen_blocks > 0).then(|| format!("f{}", a.frozen_blocks)),
             (a.orth_reg > 0.0).then(|| "orth".to_string()),
             (a.rank_keep > 0).then(|| format!("k{}", a.rank_keep)),
@@ -464,10 +465,17 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
     if a.init == Init::Gradient && a.init_samples == 0 {
         return bad("adapter.init_samples", "must be at least 1".into());
     }
-    if matches!(a.init, Init::Gradient | Init::Orthogonal) && a.method == Method::Spp {
+    if matches!(a.init, Init::Gradient | Init::Orthogonal | Init::Olora) && a.method == Method::Spp
+    {
         return bad(
             "adapter.init",
             format!("{} init is not defined for spp", a.init.name()),
+        );
+    }
+    if a.init == Init::Olora && a.init_from.is_some() {
+        return bad(
+            "adapter.init_from",
+            "starts from a file, while init = \"olora\" subtracts its own QR start".into(),
         );
     }
     if a.init == Init::Orthogonal && !a.rank.is_multiple_of(2) {

@@ -124,7 +124,7 @@ impl Field {
 }
 
 const METHODS: &[&str] = &["lors", "lors-exact", "sqft", "spp", "lora"];
-const INITS: &[&str] = &["gradient", "standard", "gaussian", "orthogonal"];
+const INITS: &[&str] = &["gradient", "standard", "gaussian", "orthogonal", "olora"];
 const SCHEDULES: &[&str] = &["cosine", "linear", "constant"];
 const OPTIMIZERS: &[&str] = &["adamw", "lora-rite"];
 const PRUNE_METHODS: &[&str] = &["none", "magnitude", "wanda", "sparsegpt"];
