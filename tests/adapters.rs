@@ -733,3 +733,67 @@ fn olora_starts_as_the_base_bit_for_bit_and_trains_the_residual_form() {
         }
     }
 }
+
+/// Flat-LoRA: with a step's noise set, a layer computes (forward and backward, bit for bit) what
+/// the same layer computes on the explicitly perturbed base `W + ε ⊙ M` (ε drawn from the
+/// merged weight `(W + s·B·A) ⊙ M` as the step does), which differs from the plain layer's
+/// output and input gradient; the
+/// merge never includes ε; clearing the noise restores the plain layer exactly.
+#[test]
+fn flat_lora_trains_against_the_masked_perturbed_weight() {
+    use lors::adapters::FlatNoise;
+    for method in [Method::Lors, Method::LorsExact, Method::Sqft, Method::Lora] {
+        let c = case(method, MaskKind::Unstructured50, 500);
+        let noise = FlatNoise {
+            seed: 1,
+            layer: 4,
+            step: 9,
+            strength: 0.3,
+        };
+        let plain_y = c.layer.forward(&c.x).unwrap();
+        let plain = c.layer.backward(&c.x, &c.upstream).unwrap();
+        let merged = c.layer.merge().unwrap().0;
+        c.layer.set_flat_noise(Some(noise));
+        let y = c.layer.forward(&c.x).unwrap();
+        let noisy = c.layer.backward(&c.x, &c.upstream).unwrap();
+        assert_eq!(
+            c.layer.merge().unwrap().0.to_vec2::<f64>().unwrap(),
+            merged.to_vec2::<f64>().unwrap()
+        );
+        // The same layer on an explicitly perturbed base.
+        let bits = c.layer.base().mask().as_ref().clone();
+        let eps = noise.perturbation(&merged_plain(&c), &bits).unwrap();
+        let perturbed = SparseLinear::new((&c.w + &eps).unwrap(), None, Some(bits)).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        let twin = AdaptedLinear::new(perturbed, c.layer.config(), &mut rng).unwrap();
+        let [(_, a), (_, b)] = c.layer.trainable();
+        twin.set_adapter(a.as_tensor(), b.as_tensor()).unwrap();
+        let want_y = twin.forward(&c.x).unwrap();
+        let want = twin.backward(&c.x, &c.upstream).unwrap();
+        let v = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f64>().unwrap();
+        assert_eq!(v(&y), v(&want_y), "{method}: forward");
+        for (got, want) in [
+            (&noisy.x, &want.x),
+            (&noisy.pair[0], &want.pair[0]),
+            (&noisy.pair[1], &want.pair[1]),
+        ] {
+            assert_eq!(v(got), v(want), "{method}: backward");
+        }
+        assert!(
+            common::max_abs_diff(&y, &plain_y) > 1e-3,
+            "{method}: the noise matters"
+        );
+        // Alone, a layer's adapter gradients do not depend on its weight (the loss is linear
+        // in it); the input's does, and reaches the adapters of the layers before it.
+        assert!(common::max_abs_diff(&noisy.x, &plain.x) > 1e-3);
+        c.layer.set_flat_noise(None);
+        assert_eq!(v(&c.layer.forward(&c.x).unwrap()), v(&plain_y));
+    }
+}
+
+/// `(W + s·B·A) ⊙ M` of a case, written out.
+fn merged_plain(c: &Case) -> Tensor {
+    let [(_, a), (_, b)] = c.layer.trainable();
+    let delta = b.as_tensor().matmul(a.as_tensor()).unwrap();
+    ((&c.w + (delta * c.scale).unwrap()).unwrap() * &c.mask).unwrap()
+}

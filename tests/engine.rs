@@ -171,6 +171,12 @@ fn resume_is_exact_from_an_olora_init() {
     resume_matches_an_uninterrupted_run(&["adapter.init=\"olora\""]);
 }
 
+/// The same with Flat-LoRA's perturbations (drawn again from seed, layer and step).
+#[test]
+fn resume_is_exact_with_flat_lora() {
+    resume_matches_an_uninterrupted_run(&["adapter.flat=true", "adapter.flat_rho=0.2"]);
+}
+
 /// The same under LoRA-RITE (its moments and bases restored from the checkpoint).
 #[test]
 fn resume_is_exact_under_lora_rite() {
@@ -1054,7 +1060,7 @@ fn recompute_policies_give_identical_runs() {
 }
 
 /// The method-zoo options (OLoRA's start, frozen leading blocks, RM-LoRA's regulariser and
-/// rank masks, SoRA's gates, LoRA-RITE; all at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
+/// rank masks, SoRA's gates, Flat-LoRA, LoRA-RITE; all at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
 /// an unstructured and on a 2:4 model; the frozen block's weights are the base's exactly.
 #[test]
 fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
@@ -1075,6 +1081,7 @@ fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
                 "adapter.orth_reg=0.05",
                 "adapter.rank_keep=2",
                 "adapter.sora=true",
+                "adapter.flat=true",
                 "optim.name=\"lora-rite\"",
                 "train.merge_at_end=true",
             ],

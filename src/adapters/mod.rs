@@ -8,6 +8,7 @@
 mod config;
 #[cfg(feature = "cuda")]
 mod cuda_mask;
+mod flat;
 mod init;
 mod lora;
 mod lors;
@@ -18,10 +19,14 @@ mod sparse_linear;
 mod spp;
 mod sqft;
 
+use std::borrow::Cow;
+use std::sync::{Arc, Mutex};
+
 use candle_core::{DType, Tensor, Var};
 use rand::Rng;
 
 pub use config::{AdapterConfig, Init, Method};
+pub use flat::{ramp as flat_ramp, FlatNoise};
 pub(crate) use init::normal;
 pub use low_rank_op::GradMode;
 pub use merge::MergeReport;
@@ -56,6 +61,8 @@ pub struct AdaptedLinear {
     /// OLoRA's start `(A₀, B₀)`, frozen: the update is `s·(B·A − B₀·A₀)`, computed by the ops
     /// as the rank-2r product `[B, −B₀]·[A; A₀]`.
     start: Option<(Tensor, Tensor)>,
+    /// Flat-LoRA's perturbation of the current training step, when set (shared by clones).
+    noise: Arc<Mutex<Option<FlatNoise>>>,
 }
 
 /// The gradients of one adapted layer's backward.
@@ -123,6 +130,7 @@ impl AdaptedLinear {
             adapter,
             gate,
             start: None,
+            noise: Arc::default(),
         };
         if config.init == Init::Olora {
             let [(_, a), (_, b)] = layer.trainable();
@@ -152,6 +160,26 @@ impl AdaptedLinear {
             Adapter::Spp(m) => (&m.wa, &m.w_col),
         };
         [("lora_A", a), ("lora_B", b)]
+    }
+
+    /// Train against Flat-LoRA's perturbed weight `noise` (None: the plain weight), until set
+    /// again.
+    pub fn set_flat_noise(&self, noise: Option<FlatNoise>) {
+        *self.noise.lock().expect("no panic while holding it") = noise;
+    }
+
+    /// The base the current step computes with: `W + ε ⊙ M` while Flat-LoRA's noise is set
+    /// (drawn again on every call, never kept), else the frozen base itself.
+    fn step_base(&self) -> Result<Cow<'_, SparseLinear>> {
+        let noise = *self.noise.lock().expect("no panic while holding it");
+        let Some(noise) = noise else {
+            return Ok(Cow::Borrowed(&self.base));
+        };
+        let w = self.base.weight();
+        let keep = self.base.mask().to_tensor(w.dtype(), w.device())?;
+        let merged = ((w + self.delta_weight()?.to_dtype(w.dtype())?)? * keep)?;
+        let eps = noise.perturbation(&merged, self.base.mask())?;
+        Ok(Cow::Owned(self.base.with_weight((w + eps)?)))
     }
 
     /// SoRA's gate, when the layer has one.
@@ -230,11 +258,12 @@ impl AdaptedLinear {
         self.base.check_input(x)?;
         let x = x.contiguous()?;
         let (a, b) = self.params_in(x.dtype(), track)?;
+        let base = self.step_base()?;
         let y = match &self.adapter {
-            Adapter::Lora(m) => x.apply_op3(&a, &b, m.op(&self.base))?,
-            Adapter::Lors(m) => x.apply_op3(&a, &b, m.op(&self.base))?,
-            Adapter::Sqft(m) => m.forward(&self.base, &x, &a, &b)?,
-            Adapter::Spp(m) => m.forward(&self.base, &x, &a, &b)?,
+            Adapter::Lora(m) => x.apply_op3(&a, &b, m.op(&base))?,
+            Adapter::Lors(m) => x.apply_op3(&a, &b, m.op(&base))?,
+            Adapter::Sqft(m) => m.forward(&base, &x, &a, &b)?,
+            Adapter::Spp(m) => m.forward(&base, &x, &a, &b)?,
         };
         self.base.add_bias(y)
     }
@@ -245,9 +274,10 @@ impl AdaptedLinear {
     /// backward; `sqft` and `spp` re-run the layer through candle's autograd.
     pub fn backward(&self, x: &Tensor, grad_y: &Tensor) -> Result<LayerGrads> {
         let x = x.contiguous()?;
+        let base = self.step_base()?;
         let op = match &self.adapter {
-            Adapter::Lora(m) => m.op(&self.base),
-            Adapter::Lors(m) => m.op(&self.base),
+            Adapter::Lora(m) => m.op(&base),
+            Adapter::Lors(m) => m.op(&base),
             Adapter::Sqft(_) | Adapter::Spp(_) => return self.backward_by_autograd(&x, grad_y),
         };
         let (a, b) = self.raw_params_in(x.dtype(), Track::Detached)?;

@@ -52,6 +52,16 @@ impl SparseLinear {
         })
     }
 
+    /// The same layer (mask and bias shared) with another weight of the same shape, e.g. a
+    /// perturbed one.
+    pub(crate) fn with_weight(&self, weight: Tensor) -> Self {
+        Self {
+            weight,
+            bias: self.bias.clone(),
+            mask: self.mask.clone(),
+        }
+    }
+
     /// The frozen weight.
     pub fn weight(&self) -> &Tensor {
         &self.weight

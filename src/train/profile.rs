@@ -128,12 +128,30 @@ pub struct AdapterSection {
     /// a proximal L1 step can zero (the live rank shrinks per layer).
     #[serde(default, skip_serializing_if = "is_default")]
     pub sora: bool,
+    /// Flat-LoRA (arXiv 2409.14396): train each step against a masked random perturbation
+    /// of the merged weight, `σ_i = γ_t·ρ·‖W'_i‖/√in` with a cosine ramp `γ_t`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub flat: bool,
+    /// Flat-LoRA's ρ.
+    #[serde(
+        default = "default_flat_rho",
+        skip_serializing_if = "is_default_flat_rho"
+    )]
+    pub flat_rho: f64,
     /// SoRA's soft-threshold ξ, applied to the gates after each step.
     #[serde(
         default = "default_sora_threshold",
         skip_serializing_if = "is_default_sora_threshold"
     )]
     pub sora_threshold: f64,
+}
+
+fn default_flat_rho() -> f64 {
+    0.05
+}
+
+fn is_default_flat_rho(x: &f64) -> bool {
+    *x == default_flat_rho()
 }
 
 fn default_sora_threshold() -> f64 {
@@ -372,6 +390,7 @@ impl Profile {
             (a.orth_reg > 0.0).then(|| "orth".to_string()),
             (a.rank_keep > 0).then(|| format!("k{}", a.rank_keep)),
             a.sora.then(|| "sora".to_string()),
+            a.flat.then(|| "flat".to_string()),
             (self.optim.name == OptimizerName::LoraRite).then(|| "rite".to_string()),
         ];
         for tag in tags.into_iter().flatten() {
@@ -493,6 +512,9 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
     if !(a.orth_reg.is_finite() && a.orth_reg >= 0.0) {
         return bad("adapter.orth_reg", format!("{} must be ≥ 0", a.orth_reg));
     }
+    if !(a.flat_rho.is_finite() && a.flat_rho >= 0.0) {
+        return bad("adapter.flat_rho", format!("{} must be ≥ 0", a.flat_rho));
+    }
     if !(a.sora_threshold.is_finite() && a.sora_threshold >= 0.0) {
         let value = a.sora_threshold;
         return bad("adapter.sora_threshold", format!("{value} must be ≥ 0"));
@@ -502,6 +524,7 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
             ("adapter.orth_reg", a.orth_reg > 0.0),
             ("adapter.rank_keep", a.rank_keep > 0),
             ("adapter.sora", a.sora),
+            ("adapter.flat", a.flat),
         ];
         if let Some((key, _)) = pair_options.into_iter().find(|(_, on)| *on) {
             return bad(key, NEEDS_A_PAIR.into());

@@ -14,7 +14,7 @@ use super::optim::{lr_at, Optimizer};
 use super::profile::{Profile, TrainSection};
 use super::rank_reg::RankRegularizer;
 use super::run_dir::{now_s, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
-use crate::adapters::Init;
+use crate::adapters::{flat_ramp, FlatNoise, Init};
 use crate::data::{
     load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, TextTokenizer,
 };
@@ -699,6 +699,24 @@ impl<'a> Session<'a> {
         })
     }
 
+    /// With Flat-LoRA, perturb every adapted layer for the coming step (`on`), or stop.
+    fn set_flat_noise(&self, on: bool) {
+        let a = &self.profile.adapter;
+        if !a.flat {
+            return;
+        }
+        let (step, seed) = (self.state.step, self.profile.train.seed);
+        let strength = flat_ramp(step, self.total) * a.flat_rho;
+        for (layer, (_, l)) in self.p.model.adapted().into_iter().enumerate() {
+            l.set_flat_noise(on.then_some(FlatNoise {
+                seed,
+                layer,
+                step,
+                strength,
+            }));
+        }
+    }
+
     fn snapshot(&self) -> Result<checkpoint::Snapshot> {
         checkpoint::Snapshot::capture(&self.state, &self.p.model, &self.opt)
     }
@@ -720,7 +738,10 @@ impl<'a> Session<'a> {
         let before = self.state.clone();
         let regularizer = self.profile.adapter.rank_regularizer(t.seed);
         let vars = (self.vars.as_slice(), self.pairs);
-        let g = compute_grads(&self.p, vars, t, &regularizer, &mut self.state)?;
+        self.set_flat_noise(true);
+        let g = compute_grads(&self.p, vars, t, &regularizer, &mut self.state);
+        self.set_flat_noise(false);
+        let g = g?;
         if !(g.loss.is_finite() && g.grad_norm.is_finite()) {
             return Err(diverged(before.step + 1, &g, self.last_good.as_ref(), save));
         }
