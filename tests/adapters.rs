@@ -797,3 +797,53 @@ fn merged_plain(c: &Case) -> Tensor {
     let delta = b.as_tensor().matmul(a.as_tensor()).unwrap();
     ((&c.w + (delta * c.scale).unwrap()).unwrap() * &c.mask).unwrap()
 }
+
+/// XGBLoRA's fold on a bf16 base: three rounds of `W ← (W + s·B·A) ⊙ M` with different
+/// boosters give, bit for bit, the f32 computation rounded once to bf16 (the f32 master keeps
+/// the rounds from drifting), every pruned weight exactly zero after each round, and the
+/// reset adapter computes the folded base (`B = 0`).
+#[test]
+fn boosting_folds_through_the_mask_in_an_f32_master() {
+    let mut rng = ChaCha8Rng::seed_from_u64(31);
+    let config = AdapterConfig {
+        method: Method::LorsExact,
+        rank: 2,
+        ..AdapterConfig::default()
+    };
+    let (w, mut layer) = adapted_sparse_layer(&mut rng, MaskKind::TwoFour, DType::BF16, &config);
+    let keep = zero_bits(&w).to_tensor(DType::F32, &Device::Cpu).unwrap();
+    let mut want = w.to_dtype(DType::F32).unwrap();
+    for _ in 0..3 {
+        let [(_, a), (_, b)] = layer.trainable();
+        let (a, b) = (
+            randn(&mut rng, a.dims()).to_dtype(DType::F32).unwrap(),
+            (randn(&mut rng, b.dims()) * 0.01)
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap(),
+        );
+        layer.set_adapter(&a, &b).unwrap();
+        let delta = (b.matmul(&a).unwrap() * config.scale()).unwrap();
+        want = ((want + delta).unwrap() * &keep).unwrap();
+        layer.fold_into_base().unwrap();
+        let base = layer.base().weight();
+        assert_eq!(base.dtype(), DType::BF16);
+        assert_eq!(zero_bits(base), zero_bits(&w), "zeros after a round");
+        let want_bf16 = want.to_dtype(DType::BF16).unwrap();
+        assert_eq!(
+            base.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),
+            want_bf16
+                .to_dtype(DType::F32)
+                .unwrap()
+                .to_vec2::<f32>()
+                .unwrap()
+        );
+        layer.reset_adapter(&mut rng).unwrap();
+        let merged = layer.merge().unwrap().0;
+        assert_eq!(
+            common::max_abs_diff(&merged, base),
+            0.0,
+            "a fresh booster adds nothing"
+        );
+    }
+}

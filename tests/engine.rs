@@ -177,6 +177,50 @@ fn resume_is_exact_with_flat_lora() {
     resume_matches_an_uninterrupted_run(&["adapter.flat=true", "adapter.flat_rho=0.2"]);
 }
 
+/// The same with XGBLoRA's boosting: rounds of 2 steps (the stop at step 3 falls mid-round)
+/// and of 3 (it falls on a round's end); the resumed run replays the folded rounds.
+#[test]
+fn resume_is_exact_across_boosting_rounds() {
+    resume_matches_an_uninterrupted_run(&["adapter.boost_every=2"]);
+    resume_matches_an_uninterrupted_run(&["adapter.boost_every=3", "adapter.sora=true"]);
+}
+
+/// A boosted run (rounds of 2 of its 6 steps) keeps its two finished rounds in the final
+/// checkpoint, and loading that checkpoint (rounds replayed into the base, current booster on
+/// top) reproduces the run's merged export bit for bit.
+#[test]
+fn boosting_keeps_its_rounds_and_replays_them_into_the_export() {
+    let f = fixture();
+    let p = profile(&f, &["adapter.boost_every=2", "train.merge_at_end=true"]);
+    let dir = f.root.join("runs/boost");
+    run(&p, &dir, None).unwrap();
+    let last = dir.join("checkpoints/step-000006");
+    let rounds = train::checkpoint::read_boosters(&last).unwrap();
+    assert_eq!(rounds.len(), 2, "rounds end after steps 2 and 4");
+    assert_ne!(
+        rounds[0].values().next().unwrap().to_vec2::<f32>().unwrap(),
+        rounds[1][rounds[0].keys().next().unwrap()]
+            .to_vec2::<f32>()
+            .unwrap(),
+        "each round trains its own booster"
+    );
+    let trained = train::load_trained(&RunDir::open(&dir).unwrap(), Some(&last)).unwrap();
+    let exported =
+        candle_core::safetensors::load(dir.join("merged/model.safetensors"), &Device::Cpu).unwrap();
+    let mut compared = 0;
+    for (module, layer) in trained.model.adapted() {
+        let name = format!("{module}.weight");
+        let (merged, _) = layer.merge().unwrap();
+        assert_eq!(
+            common::max_abs_diff(&merged, &exported[&name]),
+            0.0,
+            "{name}"
+        );
+        compared += 1;
+    }
+    assert!(compared > 0);
+}
+
 /// The same under LoRA-RITE (its moments and bases restored from the checkpoint).
 #[test]
 fn resume_is_exact_under_lora_rite() {
@@ -1059,14 +1103,29 @@ fn recompute_policies_give_identical_runs() {
     assert!(err.to_string().contains("recompute"), "{err}");
 }
 
-/// The method-zoo options (OLoRA's start, frozen leading blocks, RM-LoRA's regulariser and
-/// rank masks, SoRA's gates, Flat-LoRA, LoRA-RITE; all at once on lors-exact) keep the base's zero pattern bit for bit in the merged export, on
+/// The method-zoo options (OLoRA's start or XGBLoRA's boosting, frozen leading blocks, RM-LoRA's
+/// regulariser and rank masks, SoRA's gates, Flat-LoRA, LoRA-RITE; all at once on lors-exact)
+/// keep the base's zero pattern bit for bit in the merged export, on
 /// an unstructured and on a 2:4 model; the frozen block's weights are the base's exactly.
 #[test]
 fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
     let f = fixture();
     let patterns = [HALF, lors::sparsity::Pattern::NofM { n: 2, m: 4 }];
-    for (i, pattern) in patterns.into_iter().enumerate() {
+    // Boosting restarts from B = 0 each round, so it goes with a plain init.
+    let zoo = [
+        "adapter.init=\"olora\"",
+        "adapter.frozen_blocks=1",
+        "adapter.orth_reg=0.05",
+        "adapter.rank_keep=2",
+    ];
+    let boosted = [
+        "adapter.init=\"standard\"",
+        "adapter.boost_every=2",
+        "adapter.frozen_blocks=1",
+        "adapter.rank_keep=2",
+    ];
+    let cases = patterns.into_iter().flat_map(|p| [(p, zoo), (p, boosted)]);
+    for (i, (pattern, options)) in cases.enumerate() {
         let model = f.root.join(format!("model-{i}"));
         let config = small_config(32, 2, 4, 2, 64);
         let tensors = random_weights(&config, 11, Some(pattern)).unwrap();
@@ -1076,10 +1135,10 @@ fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
             &[
                 &format!("model.path=\"{}\"", model.display()),
                 "adapter.method=\"lors-exact\"",
-                "adapter.init=\"olora\"",
-                "adapter.frozen_blocks=1",
-                "adapter.orth_reg=0.05",
-                "adapter.rank_keep=2",
+                options[0],
+                options[1],
+                options[2],
+                options[3],
                 "adapter.sora=true",
                 "adapter.flat=true",
                 "optim.name=\"lora-rite\"",

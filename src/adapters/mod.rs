@@ -63,6 +63,9 @@ pub struct AdaptedLinear {
     start: Option<(Tensor, Tensor)>,
     /// Flat-LoRA's perturbation of the current training step, when set (shared by clones).
     noise: Arc<Mutex<Option<FlatNoise>>>,
+    /// The f32 master of a lower-precision base weight once boosting folded an update into
+    /// it (the base then holds its rounding).
+    master: Option<Tensor>,
 }
 
 /// The gradients of one adapted layer's backward.
@@ -131,6 +134,7 @@ impl AdaptedLinear {
             gate,
             start: None,
             noise: Arc::default(),
+            master: None,
         };
         if config.init == Init::Olora {
             let [(_, a), (_, b)] = layer.trainable();
@@ -180,6 +184,42 @@ impl AdaptedLinear {
         let merged = ((w + self.delta_weight()?.to_dtype(w.dtype())?)? * keep)?;
         let eps = noise.perturbation(&merged, self.base.mask())?;
         Ok(Cow::Owned(self.base.with_weight((w + eps)?)))
+    }
+
+    /// Fold the current update into the frozen base, `W ← (W + ΔW) ⊙ M` (XGBLoRA's round
+    /// end; in an f32 master when the base is bf16 or f16). Every zero of `W` stays exact.
+    pub fn fold_into_base(&mut self) -> Result<()> {
+        let w = self.base.weight();
+        let dtype = match w.dtype() {
+            DType::BF16 | DType::F16 => DType::F32,
+            other => other,
+        };
+        let master = match &self.master {
+            Some(m) => m.clone(),
+            None => w.to_dtype(dtype)?,
+        };
+        let keep = self.base.mask().to_tensor(dtype, w.device())?;
+        let folded = ((master + self.delta_weight()?.to_dtype(dtype)?)? * keep)?;
+        let base = folded.to_dtype(w.dtype())?.contiguous()?;
+        if dtype != w.dtype() {
+            self.master = Some(folded);
+        }
+        self.base = self.base.with_weight(base);
+        Ok(())
+    }
+
+    /// Start a fresh adapter as `config.init` does (`B = 0`: the layer computes its base),
+    /// with gates back at 1.
+    pub fn reset_adapter(&self, rng: &mut impl Rng) -> Result<()> {
+        let [(_, a), _] = self.trainable();
+        let device = a.device().clone();
+        let fresh = low_rank::LowRank::init(&self.base, &self.config, a.dtype(), &device, rng)?;
+        let (a, b) = fresh.vars();
+        self.set_adapter(a.as_tensor(), b.as_tensor())?;
+        if let Some(g) = &self.gate {
+            self.set_gate(&g.ones_like()?)?;
+        }
+        Ok(())
     }
 
     /// SoRA's gate, when the layer has one.

@@ -223,6 +223,23 @@ impl CausalLm {
             .collect()
     }
 
+    /// The adapted layers, mutable (to fold an update into their base weights).
+    pub fn adapted_mut(&mut self) -> Vec<(ModuleId, &mut AdaptedLinear)> {
+        self.blocks
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(layer, b)| {
+                Proj::ALL
+                    .into_iter()
+                    .zip(b.linears.iter_mut())
+                    .filter_map(move |(proj, l)| match l {
+                        Linear::Adapted(a) => Some((ModuleId { layer, proj }, a)),
+                        Linear::Frozen(_) => None,
+                    })
+            })
+            .collect()
+    }
+
     /// The same model without its adapters (the frozen base layers), sharing every weight
     /// and mask with this one: no weight memory is copied.
     pub fn without_adapters(&self) -> CausalLm {

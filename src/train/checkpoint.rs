@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
+use super::boost::{self, Booster};
 use super::optim::Optimizer;
 use super::profile::Profile;
 use crate::error::{LorsError, Result};
@@ -100,11 +101,18 @@ pub struct Snapshot {
     pub state: TrainerState,
     adapter: HashMap<String, Tensor>,
     optimizer: HashMap<String, Tensor>,
+    /// Boosting's finished rounds, as one tensor map (empty without boosting).
+    boosters: HashMap<String, Tensor>,
 }
 
 impl Snapshot {
-    /// The state of `model` and `optimizer` now, as of `state`.
-    pub fn capture(state: &TrainerState, model: &CausalLm, optimizer: &Optimizer) -> Result<Self> {
+    /// The state of `model`, `optimizer` and the finished boosting `rounds` now, as of `state`.
+    pub fn capture(
+        state: &TrainerState,
+        model: &CausalLm,
+        optimizer: &Optimizer,
+        rounds: &[Booster],
+    ) -> Result<Self> {
         let adapter = adapter_tensors(model)
             .into_iter()
             .map(|(name, t)| Ok((name, t.copy()?)))
@@ -113,6 +121,7 @@ impl Snapshot {
             state: state.clone(),
             adapter,
             optimizer: optimizer.state_tensors(),
+            boosters: boost::to_tensors(rounds),
         })
     }
 }
@@ -124,6 +133,8 @@ const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 const STATE_FILE: &str = "trainer_state.json";
 const PROFILE_FILE: &str = "profile.toml";
 const MANIFEST_FILE: &str = "manifest.json";
+/// Boosting's finished rounds (only with `adapter.boost_every`).
+const BOOSTERS_FILE: &str = "boosters.safetensors";
 
 /// One file of a checkpoint as its manifest records it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,7 +171,12 @@ pub fn save(
         write_safetensors_atomic(&tmp.join(OPTIMIZER_FILE), &snap.optimizer)?;
         write_json_atomic(&tmp.join(STATE_FILE), &snap.state)?;
         write_atomic(&tmp.join(PROFILE_FILE), profile_toml.as_bytes())?;
-        let manifest = [ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE, PROFILE_FILE]
+        let mut files = vec![ADAPTER_FILE, OPTIMIZER_FILE, STATE_FILE, PROFILE_FILE];
+        if !snap.boosters.is_empty() {
+            write_safetensors_atomic(&tmp.join(BOOSTERS_FILE), &snap.boosters)?;
+            files.push(BOOSTERS_FILE);
+        }
+        let manifest = files
             .into_iter()
             .map(|f| Ok((f.to_string(), file_digest(&tmp.join(f))?)))
             .collect::<Result<BTreeMap<_, _>>>()?;
@@ -223,8 +239,24 @@ pub fn recorded_profile(dir: &Path) -> Result<Option<Profile>> {
 
 /// Load adapter tensors (PEFT names) into `model`; every adapted layer must be present.
 pub fn load_adapter(path: &Path, model: &CausalLm) -> Result<()> {
-    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
-        .map_err(|e| LorsError::parse(path, format!("cannot read adapter: {e}")))?;
+    let tensors = read_tensors(path)?;
+    set_adapter_tensors(&tensors, model, &path.display().to_string())
+}
+
+/// Read a safetensors file onto the CPU.
+fn read_tensors(path: &Path) -> Result<HashMap<String, Tensor>> {
+    candle_core::safetensors::load(path, &Device::Cpu)
+        .map_err(|e| LorsError::parse(path, format!("cannot read: {e}")))
+}
+
+/// Set every adapted layer of `model` from `tensors` (PEFT names), which `source` names in
+/// errors; each tensor must be there and finite.
+pub fn set_adapter_tensors(
+    tensors: &HashMap<String, Tensor>,
+    model: &CausalLm,
+    source: &str,
+) -> Result<()> {
+    let path = Path::new(source);
     for (module, layer) in model.adapted() {
         let get = |part: &str| {
             let name = peft_name(&module, part);
@@ -249,22 +281,45 @@ pub fn load_adapter(path: &Path, model: &CausalLm) -> Result<()> {
     Ok(())
 }
 
+/// The boosting rounds a checkpoint kept (none without boosting).
+pub fn read_boosters(dir: &Path) -> Result<Vec<Booster>> {
+    let path = dir.join(BOOSTERS_FILE);
+    if !path.is_file() {
+        return Ok(Vec::new());
+    }
+    boost::from_tensors(read_tensors(&path)?).map_err(|e| LorsError::parse(&path, e.to_string()))
+}
+
 /// Whether every value of `t` is finite.
 fn all_finite(t: &Tensor) -> Result<bool> {
     let sum = t.to_dtype(candle_core::DType::F64)?.abs()?.sum_all()?;
     Ok(sum.to_scalar::<f64>()?.is_finite())
 }
 
-/// Restore model adapter, optimiser and trainer state from a checkpoint directory.
-pub fn restore(dir: &Path, model: &CausalLm, optimizer: &mut Optimizer) -> Result<TrainerState> {
-    load_adapter(&dir.join(ADAPTER_FILE), model)?;
+/// Restore model adapter, optimiser and trainer state from a checkpoint directory, with the
+/// boosting rounds it kept replayed into the base weights (`boost_every` steps each). Every
+/// file is read and checked before the model's base weights change.
+pub fn restore(
+    dir: &Path,
+    model: &mut CausalLm,
+    optimizer: &mut Optimizer,
+    boost_every: usize,
+) -> Result<(TrainerState, Vec<Booster>)> {
+    let adapter = read_tensors(&dir.join(ADAPTER_FILE))?;
+    let source = dir.join(ADAPTER_FILE).display().to_string();
+    set_adapter_tensors(&adapter, model, &source)?;
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(|e| LorsError::io(&state_path, e))?;
     let state: TrainerState =
         serde_json::from_str(&text).map_err(|e| LorsError::parse(&state_path, e.to_string()))?;
-    let opt_path = dir.join(OPTIMIZER_FILE);
-    let opt = candle_core::safetensors::load(&opt_path, &Device::Cpu)
-        .map_err(|e| LorsError::parse(&opt_path, e.to_string()))?;
-    optimizer.restore(&opt, state.step)?;
-    Ok(state)
+    let opt = read_tensors(&dir.join(OPTIMIZER_FILE))?;
+    let boosters = read_boosters(dir)?;
+    // The optimiser restarted with each round.
+    let round_start = boosters.len() * boost_every;
+    optimizer.restore(&opt, state.step.saturating_sub(round_start))?;
+    if !boosters.is_empty() {
+        boost::replay(model, &boosters)?;
+        set_adapter_tensors(&adapter, model, &source)?;
+    }
+    Ok((state, boosters))
 }

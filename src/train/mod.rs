@@ -1,6 +1,7 @@
 //! The training engine: profiles, data, initialisation, the loop, evaluation, checkpoints
 //! and the run directory that other processes watch.
 
+pub mod boost;
 pub mod checkpoint;
 pub mod grad_init;
 pub mod loss;

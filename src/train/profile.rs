@@ -138,6 +138,10 @@ pub struct AdapterSection {
         skip_serializing_if = "is_default_flat_rho"
     )]
     pub flat_rho: f64,
+    /// XGBLoRA (arXiv 2410.19694): every this many steps, fold the adapter into the frozen
+    /// weights through the mask and start a fresh one (0: off).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub boost_every: usize,
     /// SoRA's soft-threshold ξ, applied to the gates after each step.
     #[serde(
         default = "default_sora_threshold",
@@ -391,6 +395,7 @@ impl Profile {
             (a.rank_keep > 0).then(|| format!("k{}", a.rank_keep)),
             a.sora.then(|| "sora".to_string()),
             a.flat.then(|| "flat".to_string()),
+            (a.boost_every > 0).then(|| format!("xgb{}", a.boost_every)),
             (self.optim.name == OptimizerName::LoraRite).then(|| "rite".to_string()),
         ];
         for tag in tags.into_iter().flatten() {
@@ -491,6 +496,13 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
             format!("{} init is not defined for spp", a.init.name()),
         );
     }
+    if a.boost_every > 0 && (a.method == Method::Lora || a.init == Init::Olora) {
+        let why = match a.method {
+            Method::Lora => "folds each round through the mask; lora is unmasked",
+            _ => "restarts each round from B = 0; olora starts from its own QR pair",
+        };
+        return bad("adapter.boost_every", why.into());
+    }
     if a.init == Init::Olora && a.init_from.is_some() {
         return bad(
             "adapter.init_from",
@@ -525,6 +537,7 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
             ("adapter.rank_keep", a.rank_keep > 0),
             ("adapter.sora", a.sora),
             ("adapter.flat", a.flat),
+            ("adapter.boost_every", a.boost_every > 0),
         ];
         if let Some((key, _)) = pair_options.into_iter().find(|(_, on)| *on) {
             return bad(key, NEEDS_A_PAIR.into());

@@ -8,6 +8,7 @@ use candle_core::{DType, Tensor, Var};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
+use super::boost::{self, Booster};
 use super::checkpoint::{self, TrainerState};
 use super::grad_init::{gradient_init, GradInitReport};
 use super::optim::{lr_at, Optimizer};
@@ -187,6 +188,12 @@ fn gates(model: &CausalLm) -> Vec<(String, Var)> {
                 .map(|g| (checkpoint::peft_name(&m, checkpoint::GATE_PART), g.clone()))
         })
         .collect()
+}
+
+/// A fresh optimiser over `model`'s adapter pairs and SoRA gates.
+fn fresh_optimizer(profile: &Profile, model: &CausalLm) -> Result<Optimizer> {
+    let threshold = profile.adapter.sora_threshold;
+    Optimizer::new(trainable(model), gates(model), &profile.optim, threshold)
 }
 
 /// How [`train`] begins.
@@ -394,11 +401,11 @@ fn prune_stage(lp: &mut Loop, on_event: &mut dyn FnMut(&Event)) -> Result<Profil
 /// an error unless `accept_change`.
 fn restore_latest(
     lp: &Loop,
-    p: &Prepared,
+    p: &mut Prepared,
     opt: &mut Optimizer,
     accept_change: bool,
     on_event: &mut dyn FnMut(&Event),
-) -> Result<Option<TrainerState>> {
+) -> Result<Option<(TrainerState, Vec<Booster>)>> {
     for dir in lp.run.checkpoints() {
         let restored = checkpoint::verify(&dir).and_then(|()| {
             if let Some(recorded) = checkpoint::recorded_profile(&dir)? {
@@ -410,10 +417,11 @@ fn restore_latest(
                     });
                 }
             }
-            checkpoint::restore(&dir, &p.model, opt)
+            let boost_every = lp.profile.adapter.boost_every;
+            checkpoint::restore(&dir, &mut p.model, opt, boost_every)
         });
         match restored {
-            Ok(state) => return Ok(Some(state)),
+            Ok(restored) => return Ok(Some(restored)),
             Err(e @ LorsError::ProfileChanged { .. }) => return Err(e),
             Err(e) => on_event(&Event::Notice(format!(
                 "skipping checkpoint {}: {e}",
@@ -594,36 +602,38 @@ fn diverged(
     LorsError::Diverged { step, what, kept }
 }
 
-/// Where training begins: a restored checkpoint on a resume (metrics cut back to it), else
-/// freshly initialised adapters at step 0 (metrics started anew).
+/// Where training begins: a restored checkpoint on a resume (metrics cut back to it, the
+/// boosting rounds it kept replayed), else freshly initialised adapters at step 0 (metrics
+/// started anew).
 fn starting_state(
     lp: &mut Loop,
     profile: &Profile,
-    p: &Prepared,
+    p: &mut Prepared,
     opt: &mut Optimizer,
     start: Start,
     on_event: &mut dyn FnMut(&Event),
-) -> Result<TrainerState> {
+) -> Result<(TrainerState, Vec<Booster>)> {
     if let Start::Resume {
         accept_profile_change,
     } = start
     {
         let restored = restore_latest(lp, p, opt, accept_profile_change, on_event)?;
         lp.run
-            .truncate_metrics_to(restored.as_ref().map(|s| s.step))?;
-        if let Some(state) = restored {
+            .truncate_metrics_to(restored.as_ref().map(|(s, _)| s.step))?;
+        if let Some((state, rounds)) = restored {
             lp.status.best_eval_loss = state.best_eval_loss;
-            return Ok(state);
+            return Ok((state, rounds));
         }
     }
     init_adapters(lp, profile, p, on_event)?;
     record_sparsity(lp.run, &p.model, 0, on_event)?;
-    Ok(TrainerState {
+    let state = TrainerState {
         step: 0,
         seed: profile.train.seed,
         batches_seen: 0,
         best_eval_loss: None,
-    })
+    };
+    Ok((state, Vec::new()))
 }
 
 /// Evaluate after a step (recording the loss and the best so far) and record the sparsity.
@@ -659,6 +669,8 @@ struct Session<'a> {
     vars: Vec<Var>,
     /// How many of `vars` are the pairs' tensors.
     pairs: usize,
+    /// Boosting's finished rounds (empty without boosting).
+    rounds: Vec<Booster>,
     state: TrainerState,
     total: usize,
     /// The state before the newest finite step's update: kept if the next step diverges.
@@ -673,16 +685,15 @@ impl<'a> Session<'a> {
         start: Start,
         on_event: &mut dyn FnMut(&Event),
     ) -> Result<Self> {
-        let p = prepare(profile)?;
+        let mut p = prepare(profile)?;
         let total = total_steps(profile, &p.train);
         lp.status.total_steps = total;
         let (named, gates) = (trainable(&p.model), gates(&p.model));
         let pairs = named.len();
         // The pairs first, then the gates: the order of the optimiser's gradients.
         let vars = named.iter().chain(&gates).map(|(_, v)| v.clone()).collect();
-        let threshold = profile.adapter.sora_threshold;
-        let mut opt = Optimizer::new(named, gates, &profile.optim, threshold)?;
-        let state = starting_state(lp, profile, &p, &mut opt, start, on_event)?;
+        let mut opt = fresh_optimizer(profile, &p.model)?;
+        let (state, rounds) = starting_state(lp, profile, &mut p, &mut opt, start, on_event)?;
         on_event(&Event::Started {
             step: state.step,
             total,
@@ -694,9 +705,25 @@ impl<'a> Session<'a> {
             vars,
             pairs,
             state,
+            rounds,
             total,
             last_good: None,
         })
+    }
+
+    /// With boosting, fold the boosters into the base weights at the end of a round (not
+    /// after the last step) and restart them with a fresh optimiser.
+    fn end_boost_round_if_due(&mut self) -> Result<()> {
+        let every = self.profile.adapter.boost_every;
+        let step = self.state.step;
+        if every == 0 || !step.is_multiple_of(every) || step >= self.total {
+            return Ok(());
+        }
+        let (seed, round) = (self.profile.train.seed, self.rounds.len());
+        let booster = boost::end_round(&mut self.p.model, seed, round)?;
+        self.rounds.push(booster);
+        self.opt = fresh_optimizer(self.profile, &self.p.model)?;
+        Ok(())
     }
 
     /// With Flat-LoRA, perturb every adapted layer for the coming step (`on`), or stop.
@@ -718,7 +745,7 @@ impl<'a> Session<'a> {
     }
 
     fn snapshot(&self) -> Result<checkpoint::Snapshot> {
-        checkpoint::Snapshot::capture(&self.state, &self.p.model, &self.opt)
+        checkpoint::Snapshot::capture(&self.state, &self.p.model, &self.opt, &self.rounds)
     }
 
     /// One optimiser step, returning its metrics row (`elapsed_s` counted from `started`).
@@ -749,12 +776,14 @@ impl<'a> Session<'a> {
             &before,
             &self.p.model,
             &self.opt,
+            &self.rounds,
         )?);
         let optim = &self.profile.optim;
         let lr = lr_at(optim, self.state.step, self.total);
         self.opt
             .step(&g.grads, lr, clip_scale(optim.grad_clip, g.grad_norm))?;
         self.state.step += 1;
+        self.end_boost_round_if_due()?;
         // Reading GPU memory waits for the step's kernels, so the time below includes them.
         let gpu = gpu_memory(&device)?;
         let tokens = (t.batch_size * t.grad_accum * self.profile.data.seq_len) as f64;
@@ -920,7 +949,8 @@ fn evaluate_tasks(
 }
 
 /// A run's trained model: the base it trained (the run's `pruned/` model when it began with a
-/// prune step) with the adapter of one of its checkpoints applied, unmerged.
+/// prune step, with the boosting rounds the checkpoint kept folded in) with the adapter of one
+/// of its checkpoints applied, unmerged.
 pub struct TrainedModel {
     pub model: CausalLm,
     pub base: ModelDir,
@@ -943,8 +973,9 @@ pub fn load_trained(run: &RunDir, checkpoint: Option<&Path>) -> Result<TrainedMo
         profile.model.path.clone()
     };
     let base = ModelDir::open(&base)?;
-    let model = load_adapted(&profile, &base)?;
-    super::checkpoint::load_adapter(&checkpoint.join("adapter_model.safetensors"), &model)?;
+    let mut model = load_adapted(&profile, &base)?;
+    boost::replay(&mut model, &checkpoint::read_boosters(&checkpoint)?)?;
+    checkpoint::load_adapter(&checkpoint.join("adapter_model.safetensors"), &model)?;
     Ok(TrainedModel {
         model,
         base,

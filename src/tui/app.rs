@@ -282,6 +282,12 @@ fn adapter_fields(p: &Profile) -> Vec<Field> {
             Kind::Number,
         ),
         field(
+            "adapter.boost_every",
+            "XGBLoRA round",
+            p.adapter.boost_every.to_string(),
+            Kind::Number,
+        ),
+        field(
             "adapter.sora",
             "SoRA gates",
             p.adapter.sora.to_string(),
