@@ -3,9 +3,7 @@
 # method on the same data and settings (rank 8, 300 steps, batch 8, seq_len 256), then merged
 # and the merged model re-evaluated. Takes ~30 min on 2 CPU cores. Results: runs/quality/.
 # Arguments pick runs by name (default: all of lors lors-standard sqft spp lora lors-exact).
-# Options of the method zoo, on top of lors-exact: lors-exact-frozen2 (adapter.frozen_blocks=2),
-# lors-exact-orth (RM-LoRA regulariser, orth_reg=0.01), lors-exact-keep4 (RM-LoRA rank masks,
-# 4 of 8 components per step), lors-exact-orthogonal (PEFT's orthogonal init).
+# The method zoo's options have their own table: scripts/methods.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release
@@ -31,12 +29,6 @@ for name in "${names[@]}"; do
     spp) run spp --set adapter.method=spp --set adapter.init=standard ;;
     lora) run lora --set adapter.method=lora ;;
     lors-exact) run lors-exact --set adapter.method=lors-exact ;;
-    lors-exact-frozen2)
-      run "$name" --set adapter.method=lors-exact --set adapter.frozen_blocks=2 ;;
-    lors-exact-orth) run "$name" --set adapter.method=lors-exact --set adapter.orth_reg=0.01 ;;
-    lors-exact-keep4) run "$name" --set adapter.method=lors-exact --set adapter.rank_keep=4 ;;
-    lors-exact-orthogonal)
-      run "$name" --set adapter.method=lors-exact --set adapter.init=orthogonal ;;
     *) echo "unknown run $name" >&2; exit 2 ;;
   esac
   echo "== $name"; grep -E "perplexity|density" "$out/$name.log" | tail -3

@@ -5,8 +5,10 @@
 //! user names are checked first ([`check_output_dir`]): nothing is replaced unless asked.
 
 use std::collections::HashMap;
+use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use candle_core::Tensor;
 
@@ -229,6 +231,34 @@ fn replace_dir(new: &Path, dest: &Path) -> Result<()> {
         return Err(LorsError::io(dest, e));
     }
     std::fs::remove_dir_all(&old).map_err(|e| LorsError::io(&old, e))
+}
+
+/// Run `lors <args>` (this executable) detached in its own session, with stdout and stderr
+/// going to `log`, so it survives its parent, the terminal and an SSH drop.
+pub fn spawn_detached(args: &[OsString], log: &Path) -> Result<()> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| LorsError::io(dir, e))?;
+    }
+    let out = std::fs::File::create(log).map_err(|e| LorsError::io(log, e))?;
+    let err = out.try_clone().map_err(|e| LorsError::io(log, e))?;
+    let exe = std::env::current_exe().map_err(|e| LorsError::io(Path::new("lors"), e))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::setsid();
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|e| LorsError::io(log, e))?;
+    // Reap the child if it ends while the TUI still runs.
+    std::thread::spawn(move || child.wait());
+    Ok(())
 }
 
 #[cfg(test)]

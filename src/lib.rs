@@ -16,6 +16,7 @@ pub mod model;
 pub mod prune;
 pub mod sources;
 pub mod sparsity;
+pub mod sweep;
 pub mod train;
 pub mod tui;
 

@@ -25,6 +25,8 @@ enum Command {
     Tui(TuiArgs),
     /// Train headless from a profile (or resume a run).
     Train(cli::train::TrainArgs),
+    /// Run a profile's `[sweep]`: trials as detached runs, early stopping, a final table.
+    Sweep(cli::sweep::SweepArgs),
     /// Re-run a run from its recorded profile and check that its metrics match.
     Replay(cli::train::ReplayArgs),
     /// Perplexity (a data file, WikiText-2) and zero-shot task accuracy of a model or a run.
@@ -181,6 +183,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Train(args)) => cli::train::train(args),
+        Some(Command::Sweep(args)) => cli::sweep::run(args),
         Some(Command::Replay(args)) => cli::train::replay(args),
         Some(Command::Eval(args)) => cli::eval::eval(args),
         Some(Command::Generate(args)) => cli::model::generate(args),

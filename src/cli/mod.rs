@@ -5,4 +5,5 @@ pub mod eval;
 pub mod model;
 pub mod prune;
 pub mod source;
+pub mod sweep;
 pub mod train;

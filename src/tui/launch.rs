@@ -2,40 +2,12 @@
 //! session, so they survive the TUI quitting and the SSH connection dropping; the TUI then
 //! only watches their directories.
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 
 use crate::error::{LorsError, Result};
+use crate::io::spawn_detached;
 use crate::train::run_dir::now_s;
 use crate::train::Profile;
-
-/// Run `lors <args>` detached, with stdout and stderr going to `log`.
-fn spawn_detached(args: &[OsString], log: &Path) -> Result<()> {
-    if let Some(dir) = log.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| LorsError::io(dir, e))?;
-    }
-    let out = std::fs::File::create(log).map_err(|e| LorsError::io(log, e))?;
-    let err = out.try_clone().map_err(|e| LorsError::io(log, e))?;
-    let exe = std::env::current_exe().map_err(|e| LorsError::io(Path::new("lors"), e))?;
-    let mut cmd = Command::new(exe);
-    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-    #[cfg(unix)]
-    {
-        use std::os::unix::process::CommandExt;
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                libc::setsid();
-                Ok(())
-            });
-        }
-    }
-    let mut child = cmd.spawn().map_err(|e| LorsError::io(log, e))?;
-    // Reap the child if it ends while the TUI still runs.
-    std::thread::spawn(move || child.wait());
-    Ok(())
-}
 
 fn stamp() -> u64 {
     (now_s() * 1000.0) as u64

@@ -1,0 +1,408 @@
+//! Running a sweep: each trial is a detached `lors train` (so trials outlive the sweep
+//! process, the terminal and an SSH drop), at most `concurrency` at once per device; the
+//! sweep watches their metrics, stops the ones ASHA rejects at a rung (through the run's
+//! control file), and records everything in `state.json`, so `lors sweep --resume DIR` after
+//! a crash of the sweep process picks up where it was: finished trials stay, live trials are
+//! watched again, dead ones resume from their checkpoints.
+//!
+//! A sweep directory `<runs>/<name>/` holds `sweep.toml` (the profile with its `[sweep]`),
+//! `state.json`, and each trial's profile and log (`t000.toml`, `t000.log`); the trials' run
+//! directories are `<runs>/<name>-t000`, … beside it, so the workbench lists them as runs.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::asha::{Asha, Decision};
+use super::spec::{SweepSpec, Trial};
+use crate::error::{LorsError, Result};
+use crate::io::{spawn_detached, write_atomic, write_json_atomic};
+use crate::train::{ControlRequest, MetricRow, Profile, RunDir, RunState};
+
+/// Where a trial stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrialState {
+    Pending,
+    Running,
+    Finished,
+    /// Stopped by early stopping at a rung.
+    StoppedEarly,
+    /// Its run failed or stopped for another reason.
+    Failed,
+}
+
+impl std::fmt::Display for TrialState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TrialState::Pending => "pending",
+            TrialState::Running => "running",
+            TrialState::Finished => "finished",
+            TrialState::StoppedEarly => "stopped early",
+            TrialState::Failed => "failed",
+        })
+    }
+}
+
+/// One trial's record in `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialRecord {
+    pub trial: Trial,
+    pub state: TrialState,
+    /// The trial's run directory.
+    pub run_dir: PathBuf,
+    /// Evaluations seen so far (step, validation loss).
+    pub evals: Vec<(usize, f64)>,
+    /// Why it failed, or the rung it was stopped at.
+    pub note: Option<String>,
+}
+
+/// An early-stopping report, in the order the sweep saw them (replayed on resume).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub trial: usize,
+    pub step: usize,
+    pub loss: f64,
+    pub decision: Decision,
+}
+
+/// `state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SweepState {
+    pub trials: Vec<TrialRecord>,
+    pub reports: Vec<Report>,
+}
+
+impl SweepState {
+    /// Trials in `state`.
+    pub fn count(&self, state: TrialState) -> usize {
+        self.trials.iter().filter(|t| t.state == state).count()
+    }
+
+    /// Whether every trial has ended.
+    pub fn is_done(&self) -> bool {
+        self.trials
+            .iter()
+            .all(|t| !matches!(t.state, TrialState::Pending | TrialState::Running))
+    }
+}
+
+/// A sweep directory with its parsed profile and state.
+pub struct Sweep {
+    pub dir: PathBuf,
+    /// The profile text without `[sweep]`, the trials' base.
+    base: String,
+    pub spec: SweepSpec,
+    pub state: SweepState,
+    asha: Option<Asha>,
+    /// The crashed status each trial was last relaunched from (its `updated_at`).
+    relaunched: std::collections::HashMap<usize, f64>,
+}
+
+const SWEEP_FILE: &str = "sweep.toml";
+const STATE_FILE: &str = "state.json";
+/// How often the sweep looks at its trials.
+const POLL: Duration = Duration::from_millis(300);
+
+/// Split a profile's text into its `[sweep]` table and the rest.
+fn split_sweep(path: &Path, text: &str) -> Result<(toml::Table, String)> {
+    let mut table: toml::Table =
+        toml::from_str(text).map_err(|e| LorsError::parse(path, e.to_string()))?;
+    let sweep = match table.remove("sweep") {
+        Some(toml::Value::Table(t)) => t,
+        Some(_) => return Err(LorsError::parse(path, "`sweep` must be a section")),
+        None => return Err(LorsError::parse(path, "no [sweep] section to run")),
+    };
+    let base = toml::to_string(&table).map_err(|e| LorsError::parse(path, e.to_string()))?;
+    Ok((sweep, base))
+}
+
+impl Sweep {
+    /// Set up a new sweep from the profile at `profile_path` (with `overrides` applied to
+    /// the base) in `dir` (default: `<train.output_dir>/sweep-<time>`); every axis value is
+    /// checked against the profile first, and errors name the key.
+    pub fn create(profile_path: &Path, overrides: &[String], dir: Option<&Path>) -> Result<Self> {
+        let text =
+            std::fs::read_to_string(profile_path).map_err(|e| LorsError::io(profile_path, e))?;
+        let (sweep_table, base_text) = split_sweep(profile_path, &text)?;
+        let spec = SweepSpec::from_table(&sweep_table)?;
+        let mut base = Profile::parse(&base_text, overrides)?;
+        base.resolve_paths(&std::env::current_dir().map_err(|e| LorsError::io(Path::new("."), e))?);
+        let base_text = base.to_toml();
+        for (key, value) in spec.probe_values() {
+            Profile::parse(&base_text, &[format!("{key}={value}")]).map_err(|e| {
+                LorsError::invalid(format!("sweep.{key}"), format!("`{value}`: {e}"))
+            })?;
+        }
+        let dir = match dir {
+            Some(d) => d.to_path_buf(),
+            None => base.train.output_dir.join(format!(
+                "sweep-{}",
+                (crate::train::run_dir::now_s() * 1000.0) as u64
+            )),
+        };
+        if dir.join(STATE_FILE).exists() {
+            return Err(LorsError::invalid(
+                "--out",
+                format!(
+                    "{} already holds a sweep; resume it with --resume",
+                    dir.display()
+                ),
+            ));
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| LorsError::io(&dir, e))?;
+        let name = dir
+            .file_name()
+            .map_or("sweep".into(), |n| n.to_string_lossy().into_owned());
+        let runs = dir.parent().unwrap_or(Path::new(".")).to_path_buf();
+        let trials = spec
+            .trials()
+            .into_iter()
+            .map(|trial| TrialRecord {
+                run_dir: runs.join(format!("{name}-t{:03}", trial.index)),
+                trial,
+                state: TrialState::Pending,
+                evals: Vec::new(),
+                note: None,
+            })
+            .collect();
+        let mut sweep_text = base_text.clone();
+        sweep_text.push_str(&format!(
+            "\n{}",
+            toml::to_string(&toml::Table::from_iter([(
+                "sweep".to_string(),
+                toml::Value::Table(sweep_table)
+            )]))
+            .map_err(|e| LorsError::parse(profile_path, e.to_string()))?
+        ));
+        write_atomic(&dir.join(SWEEP_FILE), sweep_text.as_bytes())?;
+        let sweep = Self {
+            asha: spec.early_stop.as_ref().map(Asha::new),
+            dir,
+            base: base_text,
+            spec,
+            state: SweepState {
+                trials,
+                reports: Vec::new(),
+            },
+            relaunched: Default::default(),
+        };
+        sweep.save()?;
+        Ok(sweep)
+    }
+
+    /// Open the sweep in `dir` to resume it; early stopping is rebuilt from its reports.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(SWEEP_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|e| LorsError::io(&path, e))?;
+        let (sweep_table, base) = split_sweep(&path, &text)?;
+        let spec = SweepSpec::from_table(&sweep_table)?;
+        let state_path = dir.join(STATE_FILE);
+        let state_text =
+            std::fs::read_to_string(&state_path).map_err(|e| LorsError::io(&state_path, e))?;
+        let state = serde_json::from_str(&state_text)
+            .map_err(|e| LorsError::parse(&state_path, e.to_string()))?;
+        let mut state: SweepState = state;
+        let mut asha = spec.early_stop.as_ref().map(Asha::new);
+        if let Some(a) = &mut asha {
+            for r in &state.reports {
+                a.report(r.trial, r.step, r.loss);
+            }
+        }
+        // A trial launched just before a crash whose process never created its run starts
+        // again.
+        for t in &mut state.trials {
+            if t.state == TrialState::Running && !t.run_dir.join("profile.toml").is_file() {
+                t.state = TrialState::Pending;
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            base,
+            spec,
+            state,
+            asha,
+            relaunched: Default::default(),
+        })
+    }
+
+    fn save(&self) -> Result<()> {
+        write_json_atomic(&self.dir.join(STATE_FILE), &self.state)
+    }
+
+    /// The profile of trial `i`: the base with its values, evaluating at every rung.
+    pub fn trial_profile(&self, i: usize) -> Result<Profile> {
+        let mut profile = Profile::parse(&self.base, &self.state.trials[i].trial.overrides())?;
+        if let Some(e) = &self.spec.early_stop {
+            let every = profile.train.eval_every;
+            if every == 0 || e.rungs.iter().any(|r| r % every != 0) {
+                profile.train.eval_every = e.rungs.iter().fold(0, |g, r| gcd(g, *r));
+            }
+        }
+        Ok(profile)
+    }
+
+    /// Run until every trial has ended, calling `progress` after each change.
+    pub fn run(&mut self, progress: &mut dyn FnMut(&SweepState)) -> Result<()> {
+        progress(&self.state);
+        while !self.state.is_done() {
+            let mut changed = false;
+            for i in 0..self.state.trials.len() {
+                if self.state.trials[i].state == TrialState::Running {
+                    changed |= self.watch(i)?;
+                }
+            }
+            changed |= self.start_pending()?;
+            if changed {
+                self.save()?;
+                progress(&self.state);
+            }
+            std::thread::sleep(POLL);
+        }
+        Ok(())
+    }
+
+    /// Start pending trials while their device has room.
+    fn start_pending(&mut self) -> Result<bool> {
+        let mut started = false;
+        for i in 0..self.state.trials.len() {
+            if self.state.trials[i].state != TrialState::Pending {
+                continue;
+            }
+            let profile = self.trial_profile(i)?;
+            let busy = (0..self.state.trials.len())
+                .filter(|&j| self.state.trials[j].state == TrialState::Running)
+                .filter(|&j| {
+                    self.trial_profile(j)
+                        .is_ok_and(|p| p.train.device == profile.train.device)
+                })
+                .count();
+            if busy >= self.spec.concurrency {
+                continue;
+            }
+            self.launch(i, &profile)?;
+            started = true;
+        }
+        Ok(started)
+    }
+
+    /// Start trial `i` as a detached `lors train` (resuming its run when one is there).
+    fn launch(&mut self, i: usize, profile: &Profile) -> Result<()> {
+        let stem = format!("t{:03}", i);
+        let profile_path = self.dir.join(format!("{stem}.toml"));
+        write_atomic(&profile_path, profile.to_toml().as_bytes())?;
+        let record = &mut self.state.trials[i];
+        let args: Vec<std::ffi::OsString> = if record.run_dir.join("profile.toml").is_file() {
+            vec![
+                "train".into(),
+                "--resume".into(),
+                record.run_dir.clone().into(),
+            ]
+        } else {
+            vec![
+                "train".into(),
+                "--profile".into(),
+                profile_path.into(),
+                "--run-dir".into(),
+                record.run_dir.clone().into(),
+            ]
+        };
+        spawn_detached(&args, &self.dir.join(format!("{stem}.log")))?;
+        record.state = TrialState::Running;
+        Ok(())
+    }
+
+    /// Look at running trial `i`: new evaluations go to early stopping, an ended run ends
+    /// the trial, a dead one is resumed from its checkpoint. Whether anything changed.
+    fn watch(&mut self, i: usize) -> Result<bool> {
+        let run_dir = self.state.trials[i].run_dir.clone();
+        let Ok(run) = RunDir::open(&run_dir) else {
+            return Ok(false); // its process has not created it yet
+        };
+        let changed = self.take_evals(i, &run)?;
+        let Ok(status) = run.read_status() else {
+            return Ok(changed);
+        };
+        let record = &mut self.state.trials[i];
+        match status.state {
+            RunState::Finished => record.state = TrialState::Finished,
+            RunState::Stopped
+                if record
+                    .note
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with("rung")) =>
+            {
+                record.state = TrialState::StoppedEarly
+            }
+            RunState::Stopped | RunState::Failed => {
+                record.state = TrialState::Failed;
+                record.note = status.error.or(status.message);
+            }
+            RunState::Crashed => {
+                // Relaunch once per crash: the new process rewrites the status when it starts.
+                if self.relaunched.get(&i) == Some(&status.updated_at) {
+                    return Ok(changed);
+                }
+                self.relaunched.insert(i, status.updated_at);
+                let profile = self.trial_profile(i)?;
+                self.launch(i, &profile)?;
+            }
+            RunState::Initializing | RunState::Running | RunState::Paused => {
+                // A dead process is marked crashed here and resumed at the next look.
+                return Ok(changed | run.mark_crashed_if_dead()?.is_some());
+            }
+        }
+        Ok(true)
+    }
+
+    /// Record the trial's new evaluations; at a rung, ask early stopping and stop the run
+    /// when it says so.
+    fn take_evals(&mut self, i: usize, run: &RunDir) -> Result<bool> {
+        let evals: Vec<(usize, f64)> = run
+            .read_metrics()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|r| match r {
+                MetricRow::Eval {
+                    step, eval_loss, ..
+                } => Some((*step, *eval_loss)),
+                _ => None,
+            })
+            .collect();
+        let record = &mut self.state.trials[i];
+        if evals.len() <= record.evals.len() {
+            return Ok(false);
+        }
+        let new = evals[record.evals.len()..].to_vec();
+        record.evals = evals;
+        let Some(asha) = &mut self.asha else {
+            return Ok(true);
+        };
+        for (step, loss) in new {
+            if !asha.due(i, step) {
+                continue;
+            }
+            let decision = asha.report(i, step, loss);
+            self.state.reports.push(Report {
+                trial: i,
+                step,
+                loss,
+                decision,
+            });
+            if decision == Decision::Stop && record.note.is_none() {
+                record.note = Some(format!("rung at step {step}: loss {loss:.4}"));
+                run.request(ControlRequest::Stop)?;
+            }
+        }
+        Ok(true)
+    }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
+}
