@@ -14,6 +14,7 @@ pub mod io;
 pub mod memory;
 pub mod model;
 pub mod prune;
+pub mod report;
 pub mod sources;
 pub mod sparsity;
 pub mod sweep;

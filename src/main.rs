@@ -27,6 +27,8 @@ enum Command {
     Train(cli::train::TrainArgs),
     /// Run a profile's `[sweep]`: trials as detached runs, early stopping, a final table.
     Sweep(cli::sweep::SweepArgs),
+    /// A Markdown table and SVG charts of runs and sweeps, to share.
+    Report(cli::report::ReportArgs),
     /// Re-run a run from its recorded profile and check that its metrics match.
     Replay(cli::train::ReplayArgs),
     /// Perplexity (a data file, WikiText-2) and zero-shot task accuracy of a model or a run.
@@ -184,6 +186,7 @@ fn main() -> Result<()> {
     match cli.command {
         Some(Command::Train(args)) => cli::train::train(args),
         Some(Command::Sweep(args)) => cli::sweep::run(args),
+        Some(Command::Report(args)) => cli::report::run(args),
         Some(Command::Replay(args)) => cli::train::replay(args),
         Some(Command::Eval(args)) => cli::eval::eval(args),
         Some(Command::Generate(args)) => cli::model::generate(args),

@@ -33,7 +33,8 @@ fn read_state(dir: &Path) -> Option<SweepState> {
 
 /// Kill the sweep process as soon as a trial runs, resume it, and check: every trial ended
 /// (finished, or stopped early where a report said stop), each has exactly one run directory
-/// whose status agrees, and the early-stopping reports replay to the same decisions.
+/// whose status agrees, and the early-stopping reports replay to the same decisions. Then
+/// `lors report`'s Markdown and charts for it.
 #[test]
 fn a_sweep_resumes_after_its_own_process_is_killed() {
     let f = fixture();
@@ -116,6 +117,48 @@ fn a_sweep_resumes_after_its_own_process_is_killed() {
         state.reports.len(),
         4,
         "each trial reported once, at step 3"
+    );
+
+    // The shareable report of the sweep: its table, a chart per swept key and the curves.
+    let out = f.root.join("report");
+    let files = lors::report::write_report(std::slice::from_ref(&dir), &out, 0.6).unwrap();
+    let md = std::fs::read_to_string(&files.markdown).unwrap();
+    for t in &state.trials {
+        assert!(
+            md.contains(&format!("| t{:03} | {} |", t.trial.index, t.trial.label())),
+            "{md}"
+        );
+        assert!(
+            md.contains(&format!("| grid-t{:03} |", t.trial.index)),
+            "{md}"
+        );
+    }
+    let names: Vec<String> = files
+        .charts
+        .iter()
+        .map(|c| c.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["grid-adapter.rank.svg", "grid-optim.lr.svg", "loss.svg"]
+    );
+    for chart in &files.charts {
+        let svg = std::fs::read_to_string(chart).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("<circle"),
+            "{}",
+            chart.display()
+        );
+        assert!(md.contains(&format!(
+            "]({})",
+            chart.file_name().unwrap().to_string_lossy()
+        )));
+    }
+    let lr_chart = std::fs::read_to_string(out.join("grid-optim.lr.svg")).unwrap();
+    assert!(lr_chart.contains("best validation loss against optim.lr"));
+    assert!(
+        lors::report::write_report(std::slice::from_ref(&f.root), &out, 0.6).is_err(),
+        "not a run"
     );
 }
 

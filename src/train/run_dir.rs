@@ -26,6 +26,20 @@ pub enum RunState {
     Crashed,
 }
 
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RunState::Initializing => "initializing",
+            RunState::Running => "running",
+            RunState::Paused => "paused",
+            RunState::Finished => "finished",
+            RunState::Failed => "failed",
+            RunState::Stopped => "stopped",
+            RunState::Crashed => "crashed",
+        })
+    }
+}
+
 impl RunState {
     /// Whether a process should be working on the run.
     pub fn is_active(self) -> bool {

@@ -349,7 +349,7 @@ fn draw_picker(f: &mut Frame, area: Rect, app: &App, p: &super::app::Picker, the
 fn state_text(r: &RunInfo) -> String {
     r.status
         .as_ref()
-        .map(|s| format!("{:?}", s.state).to_lowercase())
+        .map(|s| s.state.to_string())
         .unwrap_or_else(|| "starting".into())
 }
 

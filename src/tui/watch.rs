@@ -178,7 +178,7 @@ impl RunInfo {
                 {
                     self.events.push(format!("error: {e}"));
                 } else if before.map(|b| b.state) != Some(s.state) {
-                    let state = format!("{:?}", s.state).to_lowercase();
+                    let state = s.state.to_string();
                     self.events.push(match &s.message {
                         Some(m) if *m != state => format!("{state}: {m}"),
                         _ => state,
