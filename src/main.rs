@@ -12,11 +12,15 @@ use lors::sparsity::Pattern;
 #[command(
     name = "lors",
     version,
-    about = "Fine-tune sparse LLMs with LoRS, keeping them exactly as sparse"
+    about = "Fine-tune sparse LLMs with LoRS, keeping them exactly as sparse",
+    args_conflicts_with_subcommands = true
 )]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
+    /// Without a subcommand, `lors` opens the workbench with these options.
+    #[command(flatten)]
+    tui: TuiArgs,
 }
 
 #[derive(Subcommand)]
@@ -52,7 +56,7 @@ enum Command {
     RandomModel(cli::bench::RandomModelArgs),
 }
 
-#[derive(Parser)]
+#[derive(Args)]
 struct TuiArgs {
     /// Runs folder to watch and launch into.
     #[arg(long, default_value = "runs")]
@@ -205,6 +209,31 @@ fn main() -> Result<()> {
             bench_layer(args)
         }
         Some(Command::Tui(args)) => tui(args),
-        None => tui(TuiArgs::parse_from(["tui"])),
+        None => tui(cli.tui),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// The workbench's options work with and without `tui`, and do not mix with another
+    /// subcommand.
+    #[test]
+    fn workbench_options_work_without_the_tui_subcommand() {
+        let cli = Cli::try_parse_from(["lors", "--search", "/data", "--runs-dir", "r"]).unwrap();
+        assert!(cli.command.is_none());
+        assert_eq!(cli.tui.search, vec![PathBuf::from("/data")]);
+        assert_eq!(cli.tui.runs_dir, PathBuf::from("r"));
+        let cli = Cli::try_parse_from(["lors", "tui", "--search", "/data"]).unwrap();
+        assert!(
+            matches!(cli.command, Some(Command::Tui(a)) if a.search == [PathBuf::from("/data")])
+        );
+        assert!(
+            Cli::try_parse_from(["lors", "--search", "/d", "train", "--profile", "p"]).is_err()
+        );
+        let plain = Cli::try_parse_from(["lors"]).unwrap();
+        assert_eq!(plain.tui.profile, PathBuf::from("profiles/demo.toml"));
     }
 }

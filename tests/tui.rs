@@ -292,6 +292,28 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     press(&mut app, KeyCode::Left);
     assert_eq!(value(&app, "prune.method"), "none");
     assert_eq!(app.setup.profile(&app.base).unwrap().prune, None);
+    // Clearing the validation file drops it from the launched profile (the base has one).
+    assert!(app.base.data.valid.is_some());
+    let valid = app
+        .setup
+        .fields
+        .iter()
+        .position(|f| f.key == "data.valid")
+        .unwrap();
+    let kept = std::mem::take(&mut app.setup.fields[valid].value);
+    assert_eq!(app.setup.profile(&app.base).unwrap().data.valid, None);
+    app.setup.fields[valid].value = kept;
+    assert!(app.setup.profile(&app.base).unwrap().data.valid.is_some());
+    // The save popup names the folder profiles go to (`--profiles-dir`).
+    app.profiles_dir = "/srv/team-profiles".into();
+    press(&mut app, KeyCode::Char('w'));
+    let s = render(&app, 120, 40, false);
+    assert!(
+        s.contains("save profile as /srv/team-profiles/<name>.toml"),
+        "{s}"
+    );
+    press(&mut app, KeyCode::Esc);
+    assert!(app.naming.is_none());
     // A missing model is an inline error that blocks the launch.
     select_field(&mut app, "model");
     press(&mut app, KeyCode::Enter);
@@ -615,7 +637,7 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
                 "step 3: checkpoint saved",
                 "running: training",
                 "zero pattern kept on all 2 layers",
-                "SoRA: 14 rank components live, per layer 6..8",
+                "SoRA: 14 live ranks, 6..8/layer",
                 "0.q_proj     0.500 -> 0.500 r8",
                 "p pause",
             ],
@@ -784,4 +806,51 @@ fn runs_are_ordered_by_accuracy_and_evaluated_on_request() {
         screen.contains("Accuracy") && screen.contains("rte           .100 -> .500"),
         "{screen}"
     );
+}
+
+/// A resume truncates the metrics back to its checkpoint and writes the later steps again:
+/// the watcher rebuilds the curves (no step twice) and logs the earlier evaluation and
+/// checkpoint lines once, not again.
+#[test]
+fn a_resume_does_not_repeat_earlier_log_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fake_run(tmp.path(), "run-a", RunState::Running, 0.5, None);
+    let mut w = Watcher::new(tmp.path());
+    assert!(w.refresh());
+    let run = RunDir::open(&path).unwrap();
+    // Resumed from step 2: steps 3 onward are written again.
+    run.truncate_metrics_to(Some(2)).unwrap();
+    run.append_metric(&MetricRow::Train {
+        step: 3,
+        loss: 2.5,
+        lr: 0.01,
+        grad_norm: 1.0,
+        tokens_per_s: 1234.0,
+        elapsed_s: 3.0,
+        live_bytes: 1 << 20,
+        peak_bytes: 2 << 20,
+        step_peak_bytes: 1 << 20,
+        rss_bytes: Some(40 << 20),
+        gpu: None,
+    })
+    .unwrap();
+    for row in [
+        MetricRow::Eval {
+            step: 3,
+            eval_loss: 2.75,
+            eval_ppl: 2.75f64.exp(),
+        },
+        MetricRow::Checkpoint { step: 3 },
+        MetricRow::Checkpoint { step: 4 },
+    ] {
+        run.append_metric(&row).unwrap();
+    }
+    assert!(w.refresh());
+    let info = &w.runs[0];
+    let count = |text: &str| info.events.iter().filter(|e| e.contains(text)).count();
+    assert_eq!(count("step 3: eval loss 2.7500"), 1, "{:?}", info.events);
+    assert_eq!(count("step 3: checkpoint saved"), 1, "{:?}", info.events);
+    assert_eq!(count("step 4: checkpoint saved"), 1, "a new line is logged");
+    let steps: Vec<f64> = info.train_loss.iter().map(|p| p.0).collect();
+    assert_eq!(steps, [1.0, 2.0, 3.0]);
 }

@@ -415,10 +415,16 @@ impl Setup {
     /// adapted layer.
     pub fn profile(&self, base: &Profile) -> Result<Profile, String> {
         let mut text = toml::Table::try_from(base).map_err(|e| e.to_string())?;
-        // The form sets max_steps, so a base profile counted in epochs drops that key; and
-        // the form owns the prune step.
+        // The form sets max_steps, so a base profile counted in epochs drops that key; the
+        // form owns the prune step and the validation file.
         if let Some(t) = text.get_mut("train").and_then(|t| t.as_table_mut()) {
             t.remove("epochs");
+        }
+        // A cleared validation file means none, not the base profile's.
+        if self.value("data.valid").is_empty() {
+            if let Some(d) = text.get_mut("data").and_then(|t| t.as_table_mut()) {
+                d.remove("valid");
+            }
         }
         text.remove("prune");
         let p = Profile::parse(&text.to_string(), &self.overrides()).map_err(|e| e.to_string())?;
@@ -547,6 +553,8 @@ pub struct App {
     pub picker: Option<Picker>,
     /// The profile name being typed (Save).
     pub naming: Option<String>,
+    /// Where saved profiles go (the TUI's `--profiles-dir`).
+    pub profiles_dir: std::path::PathBuf,
     pub runs: Vec<RunInfo>,
     /// Selected row of the Runs view.
     pub selected_run: usize,
@@ -586,6 +594,7 @@ impl App {
             base,
             picker: None,
             naming: None,
+            profiles_dir: "profiles".into(),
             runs: Vec::new(),
             selected_run: 0,
             marked: BTreeSet::new(),

@@ -154,7 +154,7 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         f.render_widget(
             Paragraph::new(format!("{name}_")).block(theme.block(&format!(
                 "save profile as {}/<name>.toml (Enter, Esc)",
-                "profiles"
+                app.profiles_dir.display()
             ))),
             r,
         );
@@ -684,7 +684,7 @@ fn draw_sparsity(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     if let Some(min) = ranks.iter().min() {
         let live = ranks.iter().sum::<usize>();
         lines.push(Line::from(format!(
-            "SoRA: {live} rank components live, per layer {min}..{}",
+            "SoRA: {live} live ranks, {min}..{}/layer",
             ranks.iter().max().expect("not empty")
         )));
     }

@@ -166,6 +166,7 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
 pub fn run(opts: &TuiOptions) -> Result<()> {
     let base = Profile::load(&opts.profile, &[])?;
     let mut app = App::new(base);
+    app.profiles_dir = opts.profiles_dir.clone();
     let mut watcher = watch::Watcher::new(&opts.runs_dir);
     watcher.refresh();
     app.set_runs(watcher.runs.clone());

@@ -38,6 +38,9 @@ pub struct RunInfo {
     pub events: Vec<String>,
     offset: u64,
     status_mtime: Option<SystemTime>,
+    /// Metrics lines already logged: re-reading a file a resume truncated rebuilds the curves
+    /// but does not log their events again.
+    logged_rows: std::collections::HashSet<String>,
 }
 
 /// One task's accuracy before and after training.
@@ -241,16 +244,27 @@ impl RunInfo {
         }
         let complete = text.rfind('\n').map_or(0, |i| i + 1);
         for line in text[..complete].lines() {
+            let first_time = self.logged_rows.insert(line.to_string());
             match serde_json::from_str::<MetricRow>(line) {
-                Ok(row) => self.add(row),
-                Err(e) => self.events.push(format!("unreadable metrics line: {e}")),
+                Ok(row) => self.add(row, first_time),
+                Err(e) if first_time => self.events.push(format!("unreadable metrics line: {e}")),
+                Err(_) => {}
             }
         }
         self.offset += complete as u64;
         complete > 0
     }
 
-    fn add(&mut self, row: MetricRow) {
+    /// Take `row` into the curves and state; its event goes to the log when `log`.
+    fn add(&mut self, row: MetricRow, log: bool) {
+        let before = self.events.len();
+        self.take(row);
+        if !log {
+            self.events.truncate(before);
+        }
+    }
+
+    fn take(&mut self, row: MetricRow) {
         match &row {
             MetricRow::Train {
                 step,
