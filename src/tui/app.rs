@@ -263,6 +263,12 @@ fn adapter_fields(p: &Profile) -> Vec<Field> {
             p.adapter.target_modules.join(","),
             Kind::List,
         ),
+    ]
+}
+
+/// The method zoo's options (see the README's Method zoo).
+fn zoo_fields(p: &Profile) -> Vec<Field> {
+    vec![
         field(
             "adapter.frozen_blocks",
             "frozen blocks",
@@ -361,7 +367,13 @@ fn training_fields(p: &Profile) -> Vec<Field> {
 impl Setup {
     /// The form filled from a profile.
     pub fn from_profile(p: &Profile) -> Self {
-        let fields = [source_fields(p), adapter_fields(p), training_fields(p)].concat();
+        let fields = [
+            source_fields(p),
+            adapter_fields(p),
+            zoo_fields(p),
+            training_fields(p),
+        ]
+        .concat();
         Self {
             fields,
             selected: 0,
