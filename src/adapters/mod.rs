@@ -1,5 +1,7 @@
 //! Sparsity-aware adapters behind one interface: `lors` (approx and exact gradients) and the
-//! baselines `sqft`, `spp` and `lora`, one file per method.
+//! baselines `sqft`, `spp` and `lora`, one file per method. The method zoo's options that act
+//! on a layer live on [`AdaptedLinear`] too: SoRA's gate, OLoRA's start, Flat-LoRA's
+//! perturbation (`flat.rs`) and boosting's fold into the base.
 //!
 //! A layer is a frozen [`SparseLinear`] (weight `W`, optional bias, bit-packed mask `M`) plus an
 //! adapter. PEFT shapes: `A` is r x in, `B` is out x r, scale `s = alpha/r` (or `alpha/sqrt(r)`
