@@ -1,4 +1,5 @@
-//! The bundled default: the profiles parse, the demo profile trains and exports, and
+//! The bundled default: the profiles parse (sweep profiles with every value their axes take),
+//! the demo profile trains and exports, and
 //! `assets/` is exactly what its generator writes.
 
 use std::path::{Path, PathBuf};
@@ -18,7 +19,16 @@ fn every_profile_parses() {
     for entry in std::fs::read_dir(repo().join("profiles")).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            Profile::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let table: toml::Table = toml::from_str(&text).unwrap();
+            if table.contains_key("sweep") {
+                // A sweep profile: its base and every value its axes take.
+                let (_, _, spec) = lors::sweep::runner::load_profile(&path, &[])
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                assert!(!spec.trials().is_empty());
+            } else {
+                Profile::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
             n += 1;
         }
     }

@@ -16,6 +16,7 @@ use candle_core::{DType, Device, Tensor};
 use lors::data::{parse_records, read_records, DataFormat};
 use lors::model::random::{random_weights, small_config, write_checkpoint};
 use lors::model::ModelConfig;
+use lors::sweep::SweepSpec;
 use lors::train::Profile;
 use proptest::collection::vec;
 use proptest::prelude::*;
@@ -226,6 +227,7 @@ fn read(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// Profiles, and the `[sweep]` sections of the sweep profiles among them.
 #[test]
 fn profiles_never_panic() {
     let seeds: Vec<Vec<u8>> = std::fs::read_dir(repo().join("profiles"))
@@ -233,10 +235,20 @@ fn profiles_never_panic() {
         .map(|e| read(&e.unwrap().path()))
         .collect();
     for s in &seeds {
-        Profile::parse(std::str::from_utf8(s).unwrap(), &[]).expect("seed profiles parse");
+        let mut table: toml::Table = toml::from_str(std::str::from_utf8(s).unwrap()).unwrap();
+        if let Some(toml::Value::Table(sweep)) = table.remove("sweep") {
+            SweepSpec::from_table(&sweep).expect("seed sweeps parse");
+        }
+        Profile::parse(&table.to_string(), &[]).expect("seed profiles parse");
     }
     fuzz("profile", &seeds, |b| {
-        let _ = Profile::parse(&String::from_utf8_lossy(b), &[]);
+        let text = String::from_utf8_lossy(b);
+        let _ = Profile::parse(&text, &[]);
+        // A `[sweep]` section: parsed, and its trials expanded.
+        let table = toml::from_str::<toml::Table>(&text).unwrap_or_default();
+        if let Some(toml::Value::Table(sweep)) = table.get("sweep") {
+            let _ = SweepSpec::from_table(sweep).map(|s| s.trials());
+        }
     });
 }
 

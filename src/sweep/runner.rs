@@ -118,23 +118,33 @@ fn split_sweep(path: &Path, text: &str) -> Result<(toml::Table, String)> {
     Ok((sweep, base))
 }
 
+/// A sweep profile: its base profile (with `overrides`), its `[sweep]` table, and that table
+/// parsed, with every axis value checked against the base (errors name `sweep.<key>`).
+pub fn load_profile(
+    path: &Path,
+    overrides: &[String],
+) -> Result<(Profile, toml::Table, SweepSpec)> {
+    let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
+    let (sweep_table, base_text) = split_sweep(path, &text)?;
+    let spec = SweepSpec::from_table(&sweep_table)?;
+    let base = Profile::parse(&base_text, overrides)?;
+    let base_text = base.to_toml();
+    for (key, value) in spec.probe_values() {
+        Profile::parse(&base_text, &[format!("{key}={value}")])
+            .map_err(|e| LorsError::invalid(format!("sweep.{key}"), format!("`{value}`: {e}")))?;
+    }
+    Ok((base, sweep_table, spec))
+}
+
 impl Sweep {
     /// Set up a new sweep from the profile at `profile_path` (with `overrides` applied to
     /// the base) in `dir` (default: `<train.output_dir>/sweep-<time>`); every axis value is
     /// checked against the profile first, and errors name the key.
     pub fn create(profile_path: &Path, overrides: &[String], dir: Option<&Path>) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(profile_path).map_err(|e| LorsError::io(profile_path, e))?;
-        let (sweep_table, base_text) = split_sweep(profile_path, &text)?;
-        let spec = SweepSpec::from_table(&sweep_table)?;
-        let mut base = Profile::parse(&base_text, overrides)?;
-        base.resolve_paths(&std::env::current_dir().map_err(|e| LorsError::io(Path::new("."), e))?);
+        let (mut base, sweep_table, spec) = load_profile(profile_path, overrides)?;
+        let cwd = std::env::current_dir().map_err(|e| LorsError::io(Path::new("."), e))?;
+        base.resolve_paths(&cwd);
         let base_text = base.to_toml();
-        for (key, value) in spec.probe_values() {
-            Profile::parse(&base_text, &[format!("{key}={value}")]).map_err(|e| {
-                LorsError::invalid(format!("sweep.{key}"), format!("`{value}`: {e}"))
-            })?;
-        }
         let dir = match dir {
             Some(d) => d.to_path_buf(),
             None => base.train.output_dir.join(format!(

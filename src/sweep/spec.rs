@@ -45,6 +45,9 @@ pub enum Axis {
     IntUniform(i64, i64),
 }
 
+/// The most trials a sweep may have.
+pub const MAX_TRIALS: usize = 10_000;
+
 /// The range kinds a `{ kind = [lo, hi] }` table may name.
 const RANGES: [&str; 3] = ["log_uniform", "uniform", "int_uniform"];
 
@@ -158,8 +161,8 @@ impl SweepSpec {
                 "sweeps no key: add e.g. `adapter.rank = [4, 8]`",
             ));
         }
-        if self.trials == Some(0) {
-            return Err(bad("trials", "must be at least 1"));
+        if self.trials == Some(0) || self.trials > Some(MAX_TRIALS) {
+            return Err(bad("trials", format!("must be 1 to {MAX_TRIALS}")));
         }
         if self.concurrency == 0 {
             return Err(bad("concurrency", "must be at least 1"));
@@ -172,6 +175,19 @@ impl SweepSpec {
                 return Err(bad(
                     key,
                     "a range needs search = \"random\" (a grid takes lists)",
+                ));
+            }
+            let combinations = self
+                .axes
+                .iter()
+                .try_fold(1usize, |n, (_, axis)| match axis {
+                    Axis::List(v) => n.checked_mul(v.len()),
+                    _ => Some(n),
+                });
+            if self.trials.is_none() && combinations.is_none_or(|n| n > MAX_TRIALS) {
+                return Err(bad(
+                    "trials",
+                    format!("the grid has over {MAX_TRIALS} combinations; cap it with trials"),
                 ));
             }
         }
@@ -403,6 +419,12 @@ mod tests {
             ("[sweep]\nsearch = \"random\"\nadapter.rank = [4]\n", "sweep.trials"),
             ("[sweep]\nsearch = \"sideways\"\nadapter.rank = [4]\n", "sweep.search"),
             ("[sweep]\nseed = 1\n", "sweep"),
+            ("[sweep]\ntrials = 20000\nadapter.rank = [4]\n", "sweep.trials"),
+            (
+                "[sweep]\na = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nb = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\n\
+                 c = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nd = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\nx = [1, 2]\n",
+                "sweep.trials",
+            ),
             (
                 "[sweep]\nadapter.rank = [4]\n[sweep.early_stop]\nrungs = [20, 10]\n",
                 "sweep.early_stop.rungs",
