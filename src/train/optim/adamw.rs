@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
 
-use crate::error::{LorsError, Result};
+use crate::error::Result;
 use crate::train::profile::OptimSection;
 
 /// Decoupled-weight-decay Adam over named variables.
@@ -86,16 +86,7 @@ impl AdamW {
         for p in &mut self.params {
             for (suffix, slot) in [("exp_avg", &mut p.m), ("exp_avg_sq", &mut p.v)] {
                 let key = format!("{}.{suffix}", p.name);
-                let t = state.get(&key).ok_or_else(|| {
-                    LorsError::invalid("checkpoint", format!("optimizer state `{key}` is missing"))
-                })?;
-                if t.shape() != slot.shape() {
-                    return Err(LorsError::shape(
-                        format!("optimizer state `{key}`"),
-                        format!("{:?}", slot.dims()),
-                        format!("{:?}", t.dims()),
-                    ));
-                }
+                let t = super::saved_state(state, &key, slot.dims())?;
                 *slot = t.to_device(slot.device())?.to_dtype(slot.dtype())?;
             }
         }

@@ -169,23 +169,8 @@ impl LoraRite {
             for (side, f) in [("left", &mut p.left), ("right", &mut p.right)] {
                 for (part, slot) in [("m", &mut f.m), ("v", &mut f.v), ("basis", &mut f.basis)] {
                     let key = format!("{}.rite.{side}.{part}", p.name);
-                    let t = state.get(&key).ok_or_else(|| {
-                        LorsError::invalid(
-                            "checkpoint",
-                            format!(
-                                "LoRA-RITE state `{key}` is missing (saved by another optimizer?)"
-                            ),
-                        )
-                    })?;
-                    let m = to_host(t)?;
-                    if m.shape() != slot.shape() {
-                        return Err(LorsError::shape(
-                            format!("optimizer state `{key}`"),
-                            format!("{:?}", slot.shape()),
-                            format!("{:?}", m.shape()),
-                        ));
-                    }
-                    *slot = m;
+                    let dims = [slot.nrows(), slot.ncols()];
+                    *slot = to_host(super::saved_state(state, &key, &dims)?)?;
                 }
             }
         }

@@ -15,7 +15,7 @@ pub use lora_rite::LoraRite;
 pub use sora::SoraGates;
 
 use super::profile::{OptimSection, Schedule};
-use crate::error::Result;
+use crate::error::{LorsError, Result};
 
 /// Which optimiser updates the adapters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -121,6 +121,28 @@ impl Optimizer {
             None => Ok(()),
         }
     }
+}
+
+/// The saved state tensor `key`, which must have `dims`; errors name the key.
+fn saved_state<'a>(
+    state: &'a HashMap<String, Tensor>,
+    key: &str,
+    dims: &[usize],
+) -> Result<&'a Tensor> {
+    let t = state.get(key).ok_or_else(|| {
+        LorsError::invalid(
+            "checkpoint",
+            format!("optimizer state `{key}` is missing (saved by another optimizer?)"),
+        )
+    })?;
+    if t.dims() != dims {
+        return Err(LorsError::shape(
+            format!("optimizer state `{key}`"),
+            format!("{dims:?}"),
+            format!("{:?}", t.dims()),
+        ));
+    }
+    Ok(t)
 }
 
 /// Learning rate at optimiser step `step` (0-based) of `total`: linear warm-up from
