@@ -189,6 +189,12 @@ fn bad_sweep_specs_are_errors_naming_the_key() {
         assert!(err.contains(key), "{sweep}: {err}");
         assert!(!dir.join("state.json").exists());
     }
+    // `lors train` points a sweep profile to `lors sweep`.
+    let sweep = sweep_profile(&f, GRID);
+    let err = lors::train::Profile::load(&sweep, &[])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lors sweep --profile"), "{err}");
     let plain = f.root.join("plain.toml");
     std::fs::write(&plain, profile_text(&f)).unwrap();
     let err = Sweep::create(&plain, &[], None).err().unwrap().to_string();

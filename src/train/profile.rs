@@ -372,6 +372,12 @@ impl Profile {
     pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
         let mut value: toml::Table = toml::from_str(text)
             .map_err(|e| LorsError::parse(Path::new("profile"), e.to_string()))?;
+        if value.contains_key("sweep") {
+            return Err(LorsError::invalid(
+                "sweep",
+                "this profile defines a sweep; run it with `lors sweep --profile FILE`",
+            ));
+        }
         for o in overrides {
             apply_override(&mut value, o)?;
         }
