@@ -165,35 +165,30 @@ fn total_steps(profile: &Profile, train: &Batcher) -> usize {
     })
 }
 
-/// The trainable tensors with their PEFT names: `[A, B]` per adapted layer, in layer order
-/// (the rank regulariser reads them in these pairs).
-fn trainable(model: &CausalLm) -> Vec<(String, Var)> {
-    model
-        .adapted()
-        .into_iter()
-        .flat_map(|(m, l)| {
-            l.trainable()
-                .map(|(part, v)| (checkpoint::peft_name(&m, part), v.clone()))
-        })
-        .collect()
-}
+/// Variables with their checkpoint names.
+type Named = Vec<(String, Var)>;
 
-/// SoRA's gates with their checkpoint names, one per adapted layer (none without SoRA).
-fn gates(model: &CausalLm) -> Vec<(String, Var)> {
-    model
-        .adapted()
-        .into_iter()
-        .filter_map(|(m, l)| {
-            l.gate()
-                .map(|g| (checkpoint::peft_name(&m, checkpoint::GATE_PART), g.clone()))
-        })
-        .collect()
+/// The trainable tensors with their checkpoint names: `[A, B]` per adapted layer in layer
+/// order (the rank regulariser and LoRA-RITE read them in these pairs), and SoRA's gates,
+/// one per adapted layer (none without SoRA).
+fn trainable(model: &CausalLm) -> (Named, Named) {
+    let (mut pairs, mut gates) = (Vec::new(), Vec::new());
+    for (m, l) in model.adapted() {
+        for (part, v) in l.trainable() {
+            pairs.push((checkpoint::peft_name(&m, part), v.clone()));
+        }
+        if let Some(g) = l.gate() {
+            gates.push((checkpoint::peft_name(&m, checkpoint::GATE_PART), g.clone()));
+        }
+    }
+    (pairs, gates)
 }
 
 /// A fresh optimiser over `model`'s adapter pairs and SoRA gates.
 fn fresh_optimizer(profile: &Profile, model: &CausalLm) -> Result<Optimizer> {
     let threshold = profile.adapter.sora_threshold;
-    Optimizer::new(trainable(model), gates(model), &profile.optim, threshold)
+    let (pairs, gates) = trainable(model);
+    Optimizer::new(pairs, gates, &profile.optim, threshold)
 }
 
 /// How [`train`] begins.
@@ -688,7 +683,7 @@ impl<'a> Session<'a> {
         let mut p = prepare(profile)?;
         let total = total_steps(profile, &p.train);
         lp.status.total_steps = total;
-        let (named, gates) = (trainable(&p.model), gates(&p.model));
+        let (named, gates) = trainable(&p.model);
         let pairs = named.len();
         // The pairs first, then the gates: the order of the optimiser's gradients.
         let vars = named.iter().chain(&gates).map(|(_, v)| v.clone()).collect();

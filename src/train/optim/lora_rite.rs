@@ -329,6 +329,17 @@ mod tests {
         Mat::from_fn(rows, cols, |_, _| rng.random_range(-scale..scale))
     }
 
+    /// Random A (r×in) and B (out×r) with entries in `[-scale, scale)`.
+    fn random_pair(
+        r: usize,
+        in_f: usize,
+        out_f: usize,
+        scale: f64,
+        rng: &mut impl Rng,
+    ) -> (Mat, Mat) {
+        (random(r, in_f, scale, rng), random(out_f, r, scale, rng))
+    }
+
     fn var(m: &Mat) -> Var {
         Var::from_tensor(&to_tensor(m).unwrap()).unwrap()
     }
@@ -359,14 +370,8 @@ mod tests {
     fn first_step_matches_the_polar_form_in_f64() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let (r, in_f, out_f) = (3, 9, 7);
-        let (a, b) = (
-            random(r, in_f, 1.0, &mut rng),
-            random(out_f, r, 1.0, &mut rng),
-        );
-        let (ga, gb) = (
-            random(r, in_f, 1e-2, &mut rng),
-            random(out_f, r, 1e-2, &mut rng),
-        );
+        let (a, b) = random_pair(r, in_f, out_f, 1.0, &mut rng);
+        let (ga, gb) = random_pair(r, in_f, out_f, 1e-2, &mut rng);
         let (lr, wd) = (0.01, 0.1);
         let c = config(1e-12, wd);
         let (mut opt, va, vb) = one_pair(&a, &b, &c);
@@ -406,10 +411,7 @@ mod tests {
     fn updates_of_b_a_do_not_depend_on_how_it_is_factored() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
         let (r, in_f, out_f) = (4, 10, 8);
-        let (a, b) = (
-            random(r, in_f, 1.0, &mut rng),
-            random(out_f, r, 1.0, &mut rng),
-        );
+        let (a, b) = random_pair(r, in_f, out_f, 1.0, &mut rng);
         let target = random(out_f, in_f, 1.0, &mut rng);
         let s = random(r, r, 1.0, &mut rng) + Mat::identity(r, r) * 2.0;
         let (a2, b2) = (&s * &a, &b * s.clone().try_inverse().unwrap());
