@@ -12,17 +12,14 @@ use crate::io::write_atomic;
 use crate::sweep::{summary, Sweep};
 use crate::train::{MetricRow, Profile, RunDir};
 
-/// What one run achieved, read from its directory (what is not there yet stays `None`).
-#[derive(Debug, Clone, PartialEq)]
+/// What one run achieved, read from its directory (what is not there yet stays `None`); the
+/// workbench keeps one per watched run, fed row by row.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct RunSummary {
     pub name: String,
     /// The method with its zoo options, rank and learning rate, from its profile.
     pub setup: Option<String>,
     pub state: Option<crate::train::RunState>,
-    pub best_eval_loss: Option<f64>,
-    pub last_train_loss: Option<f64>,
-    /// Median over its steps.
-    pub tokens_per_s: Option<f64>,
     /// Largest step peak of heap memory, bytes.
     pub peak_bytes: Option<usize>,
     /// Whether every adapted layer's merged weight kept the base's zeros, at the last check.
@@ -31,19 +28,18 @@ pub struct RunSummary {
     /// (step, train loss) and (step, validation loss).
     pub train_curve: Vec<(usize, f64)>,
     pub eval_curve: Vec<(usize, f64)>,
+    /// Tokens/s of every step.
+    speeds: Vec<f64>,
 }
 
 impl RunSummary {
-    /// The summary of the run in `dir`.
-    pub fn read(dir: &Path) -> Self {
-        let run = RunDir {
-            path: dir.to_path_buf(),
-        };
-        let mut s = RunSummary {
+    /// An empty summary of the run in `dir` with `profile`.
+    pub fn new(dir: &Path, profile: Option<&Profile>) -> Self {
+        RunSummary {
             name: dir
                 .file_name()
                 .map_or("run".into(), |n| n.to_string_lossy().into_owned()),
-            setup: Profile::load(&run.profile_path(), &[]).ok().map(|p| {
+            setup: profile.map(|p| {
                 format!(
                     "{} r{} lr {:.1e}",
                     p.method_label(),
@@ -51,59 +47,90 @@ impl RunSummary {
                     p.optim.lr
                 )
             }),
-            state: None,
-            best_eval_loss: None,
-            last_train_loss: None,
-            tokens_per_s: None,
-            peak_bytes: None,
-            zeros_kept: None,
-            seconds: None,
-            train_curve: Vec::new(),
-            eval_curve: Vec::new(),
-        };
-        let mut speeds = Vec::new();
-        for row in run.read_metrics().unwrap_or_default() {
-            match row {
-                MetricRow::Train {
-                    step,
-                    loss,
-                    tokens_per_s,
-                    step_peak_bytes,
-                    ..
-                } => {
-                    s.train_curve.push((step, loss));
-                    speeds.push(tokens_per_s);
-                    s.peak_bytes = Some(s.peak_bytes.unwrap_or(0).max(step_peak_bytes));
-                }
-                MetricRow::Eval {
-                    step, eval_loss, ..
-                } => s.eval_curve.push((step, eval_loss)),
-                MetricRow::Sparsity { layers, .. } => {
-                    s.zeros_kept = Some(layers.iter().all(|l| l.pattern_preserved));
-                }
-                _ => {}
-            }
+            ..Self::default()
         }
-        speeds.sort_by(f64::total_cmp);
-        s.tokens_per_s = speeds.get(speeds.len() / 2).copied();
-        s.last_train_loss = s.train_curve.last().map(|p| p.1);
-        s.best_eval_loss = s.eval_curve.iter().map(|p| p.1).min_by(f64::total_cmp);
+    }
+
+    /// The summary of the run in `dir`.
+    pub fn read(dir: &Path) -> Self {
+        let run = RunDir {
+            path: dir.to_path_buf(),
+        };
+        let profile = Profile::load(&run.profile_path(), &[]).ok();
+        let mut s = Self::new(dir, profile.as_ref());
+        for row in run.read_metrics().unwrap_or_default() {
+            s.add(&row);
+        }
         if let Ok(status) = run.read_status() {
-            s.state = Some(status.state);
-            s.seconds = Some(status.elapsed_s);
+            s.set_status(&status);
         }
         s
     }
-}
 
-impl RunSummary {
+    /// Take one metrics row into the curves and outcomes.
+    pub fn add(&mut self, row: &MetricRow) {
+        match row {
+            MetricRow::Train {
+                step,
+                loss,
+                tokens_per_s,
+                step_peak_bytes,
+                ..
+            } => {
+                self.train_curve.push((*step, *loss));
+                self.speeds.push(*tokens_per_s);
+                self.peak_bytes = Some(self.peak_bytes.unwrap_or(0).max(*step_peak_bytes));
+            }
+            MetricRow::Eval {
+                step, eval_loss, ..
+            } => self.eval_curve.push((*step, *eval_loss)),
+            MetricRow::Sparsity { layers, .. } => {
+                self.zeros_kept = Some(layers.iter().all(|l| l.pattern_preserved));
+            }
+            _ => {}
+        }
+    }
+
+    /// Forget the metrics (their file was rewritten by a resume), keeping the status.
+    pub fn clear_metrics(&mut self) {
+        *self = Self {
+            name: std::mem::take(&mut self.name),
+            setup: self.setup.take(),
+            state: self.state,
+            seconds: self.seconds,
+            ..Self::default()
+        };
+    }
+
+    /// Take the run's state and time from its status.
+    pub fn set_status(&mut self, status: &crate::train::Status) {
+        self.state = Some(status.state);
+        self.seconds = Some(status.elapsed_s);
+    }
+
+    pub fn best_eval_loss(&self) -> Option<f64> {
+        self.eval_curve.iter().map(|p| p.1).min_by(f64::total_cmp)
+    }
+
+    pub fn last_train_loss(&self) -> Option<f64> {
+        self.train_curve.last().map(|p| p.1)
+    }
+
+    /// Median tokens/s over the steps.
+    pub fn tokens_per_s(&self) -> Option<f64> {
+        let mut speeds = self.speeds.clone();
+        speeds.sort_by(f64::total_cmp);
+        speeds.get(speeds.len() / 2).copied()
+    }
+
     /// The outcome cells of a table row, in the order of [`OUTCOME_COLUMNS`].
     pub fn outcome_cells(&self) -> String {
+        let best = self.best_eval_loss();
         [
-            cell(self.best_eval_loss, 4),
-            cell(self.best_eval_loss.map(f64::exp), 3),
-            cell(self.last_train_loss, 4),
-            cell(self.tokens_per_s, 0),
+            cell(best, 4),
+            cell(best.map(f64::exp), 3),
+            cell(self.last_train_loss(), 4),
+            cell(self.tokens_per_s(), 0),
             cell(self.peak_bytes.map(|b| b as f64 / (1 << 20) as f64), 1),
             self.zeros_kept
                 .map_or("-", |k| if k { "yes" } else { "NO" })
@@ -318,8 +345,7 @@ fn value_charts(sweep: &Sweep, out: &Path, name: &str) -> Result<Vec<PathBuf>> {
             .trials
             .iter()
             .filter_map(|t| {
-                let v = t.trial.values.get(key)?;
-                let x = v.as_float().or_else(|| v.as_integer().map(|i| i as f64))?;
+                let x = summary::numeric(t.trial.values.get(key)?)?;
                 let best = t.evals.iter().map(|e| e.1).min_by(f64::total_cmp)?;
                 Some((x, best))
             })
@@ -335,13 +361,8 @@ fn value_charts(sweep: &Sweep, out: &Path, name: &str) -> Result<Vec<PathBuf>> {
 }
 
 fn value_chart(path: &Path, key: &str, points: &[(f64, f64)]) -> Result<()> {
-    let (lo, hi) = points
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
-            (l.min(p.0), h.max(p.0))
-        });
     // Values over more than a decade (learning rates) are plotted by their log10.
-    let log = lo > 0.0 && hi / lo > 10.0;
+    let log = summary::log_axis(&points.iter().map(|p| p.0).collect::<Vec<_>>());
     let x_desc = if log {
         format!("log10 {key}")
     } else {

@@ -284,7 +284,7 @@ fn a_killed_run_is_marked_crashed_and_one_process_owns_a_run() {
     let info = &watcher.runs[0];
     let s = info.status.as_ref().unwrap();
     assert_eq!(s.state, RunState::Crashed);
-    let last_train = info.train_loss.last().unwrap().0 as usize;
+    let last_train = info.summary.train_curve.last().unwrap().0;
     assert_eq!(s.step, last_train);
     assert!(s.error.as_ref().unwrap().contains("--resume"), "{s:?}");
     assert_eq!(dir.read_status().unwrap().state, RunState::Crashed);

@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use lors::model::LayerSparsity;
 use lors::train::{ControlRequest, MetricRow, Profile, RunDir, RunState, Status};
-use lors::tui::app::{App, Confirm, Effect, View};
+use lors::tui::app::{App, Confirm, Effect, Modal, View};
 use lors::tui::catalog::{self, SearchPaths};
-use lors::tui::draw::{draw, Theme};
+use lors::tui::setup::FieldId;
+use lors::tui::theme::Theme;
+use lors::tui::views::draw;
 use lors::tui::watch::Watcher;
 use lors::tui::TuiOptions;
 use ratatui::backend::TestBackend;
@@ -80,8 +82,8 @@ fn type_text(app: &mut App, text: &str) {
 }
 
 fn select_field(app: &mut App, label: &str) {
-    for _ in 0..app.setup.fields.len() {
-        if app.setup.fields[app.setup.selected].label == label {
+    for _ in 0..FieldId::ALL.len() {
+        if app.setup.selected_field().label() == label {
             return;
         }
         press(app, KeyCode::Down);
@@ -89,8 +91,8 @@ fn select_field(app: &mut App, label: &str) {
     panic!("no field {label}");
 }
 
-fn value(app: &App, key: &str) -> String {
-    app.setup.field(key).unwrap().value.clone()
+fn value(app: &App, id: FieldId) -> String {
+    app.setup.value(id).to_string()
 }
 
 #[test]
@@ -98,7 +100,13 @@ fn views_cycle_and_help_opens_and_closes() {
     let tmp = tempfile::tempdir().unwrap();
     let mut app = demo_app(tmp.path());
     assert_eq!(app.view, View::Setup);
-    for want in [View::Run, View::Runs, View::Profiles, View::Setup] {
+    for want in [
+        View::Run,
+        View::Runs,
+        View::Sweeps,
+        View::Profiles,
+        View::Setup,
+    ] {
         press(&mut app, KeyCode::Tab);
         assert_eq!(app.view, want);
     }
@@ -106,12 +114,14 @@ fn views_cycle_and_help_opens_and_closes() {
     assert_eq!(app.view, View::Profiles);
     press(&mut app, KeyCode::Char('1'));
     assert_eq!(app.view, View::Setup);
-    press(&mut app, KeyCode::Char('4'));
+    press(&mut app, KeyCode::Char('5'));
     assert_eq!(app.view, View::Profiles);
+    press(&mut app, KeyCode::Char('4'));
+    assert_eq!(app.view, View::Sweeps);
     press(&mut app, KeyCode::Char('?'));
-    assert!(app.help);
+    assert_eq!(app.modal, Some(Modal::Help));
     press(&mut app, KeyCode::Char('x'));
-    assert!(!app.help);
+    assert_eq!(app.modal, None);
     app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL));
     assert!(app.quit);
 }
@@ -131,10 +141,10 @@ fn setup_edits_validates_and_launches() {
     );
     select_field(&mut app, "method");
     press(&mut app, KeyCode::Right);
-    assert_eq!(value(&app, "adapter.method"), "lors-exact");
+    assert_eq!(value(&app, FieldId::Method), "lors-exact");
     press(&mut app, KeyCode::Left);
     press(&mut app, KeyCode::Left);
-    assert_eq!(value(&app, "adapter.method"), "lora");
+    assert_eq!(value(&app, FieldId::Method), "lora");
     // A rank larger than the model allows is shown inline and blocks the launch.
     select_field(&mut app, "rank");
     press(&mut app, KeyCode::Enter);
@@ -149,7 +159,7 @@ fn setup_edits_validates_and_launches() {
     press(&mut app, KeyCode::Enter);
     type_text(&mut app, "x");
     press(&mut app, KeyCode::Esc);
-    assert_eq!(value(&app, "adapter.rank"), "100");
+    assert_eq!(value(&app, FieldId::Rank), "100");
     select_field(&mut app, "steps");
     press(&mut app, KeyCode::Enter);
     type_text(&mut app, "abc");
@@ -230,7 +240,9 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     // Pick the 2:4 model from the list.
     select_field(&mut app, "model");
     press(&mut app, KeyCode::Enter);
-    let picker = app.picker.clone().expect("a picker opens on a path field");
+    let Some(Modal::Picker(picker)) = app.modal.clone() else {
+        panic!("a picker opens on a path field")
+    };
     let i = picker
         .items
         .iter()
@@ -241,8 +253,8 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
         press(&mut app, KeyCode::Down);
     }
     press(&mut app, KeyCode::Enter);
-    assert!(app.picker.is_none());
-    assert!(value(&app, "model.path").ends_with("stories260K-wanda-2of4"));
+    assert_eq!(app.modal, None);
+    assert!(value(&app, FieldId::Model).ends_with("stories260K-wanda-2of4"));
     match &app.setup.model {
         Some(Ok(m)) => {
             assert_eq!(m.pattern(), "2:4");
@@ -259,15 +271,22 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     let dense = shared().join("models/stories260K");
     select_field(&mut app, "model");
     press(&mut app, KeyCode::Enter);
-    let n = app.picker.as_ref().unwrap().items.len();
+    let picked = |app: &App| match &app.modal {
+        Some(Modal::Picker(p)) => (p.items.len(), p.selected),
+        other => panic!("no picker: {other:?}"),
+    };
+    let n = picked(&app).0;
     for _ in 0..n + 1 {
-        if app.picker.as_ref().unwrap().selected == n {
+        if picked(&app).1 == n {
             break;
         }
         press(&mut app, KeyCode::Down);
     }
     press(&mut app, KeyCode::Enter);
-    assert!(app.setup.editing.is_some(), "the last entry types a path");
+    assert!(
+        matches!(app.modal, Some(Modal::Editing(_))),
+        "the last entry types a path"
+    );
     for _ in 0..300 {
         press(&mut app, KeyCode::Backspace);
     }
@@ -277,7 +296,7 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     let s = render(&app, 120, 40, false);
     assert!(s.contains("DENSE model"), "{s}");
     press(&mut app, KeyCode::Char('P'));
-    assert_eq!(value(&app, "prune.method"), "wanda");
+    assert_eq!(value(&app, FieldId::PruneMethod), "wanda");
     let p = app.setup.profile(&app.base).unwrap();
     let prune = p.prune.expect("a prune step");
     assert_eq!(prune.method.to_string(), "wanda");
@@ -290,19 +309,14 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     select_field(&mut app, "prune first");
     press(&mut app, KeyCode::Left);
     press(&mut app, KeyCode::Left);
-    assert_eq!(value(&app, "prune.method"), "none");
+    assert_eq!(value(&app, FieldId::PruneMethod), "none");
     assert_eq!(app.setup.profile(&app.base).unwrap().prune, None);
     // Clearing the validation file drops it from the launched profile (the base has one).
     assert!(app.base.data.valid.is_some());
-    let valid = app
-        .setup
-        .fields
-        .iter()
-        .position(|f| f.key == "data.valid")
-        .unwrap();
-    let kept = std::mem::take(&mut app.setup.fields[valid].value);
+    let kept = value(&app, FieldId::ValidData);
+    app.setup.set(FieldId::ValidData, "");
     assert_eq!(app.setup.profile(&app.base).unwrap().data.valid, None);
-    app.setup.fields[valid].value = kept;
+    app.setup.set(FieldId::ValidData, &kept);
     assert!(app.setup.profile(&app.base).unwrap().data.valid.is_some());
     // The save popup names the folder profiles go to (`--profiles-dir`).
     app.profiles_dir = "/srv/team-profiles".into();
@@ -313,13 +327,13 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
         "{s}"
     );
     press(&mut app, KeyCode::Esc);
-    assert!(app.naming.is_none());
+    assert_eq!(app.modal, None);
     // A missing model is an inline error that blocks the launch.
     select_field(&mut app, "model");
     press(&mut app, KeyCode::Enter);
     press(&mut app, KeyCode::Esc);
-    assert!(app.picker.is_none());
-    app.setup.fields[0].value = "/nonexistent/model".into();
+    assert_eq!(app.modal, None);
+    app.setup.set(FieldId::Model, "/nonexistent/model");
     let effects = app.inspections();
     settle(&mut app, effects);
     let err = app.setup.error.clone().unwrap();
@@ -346,7 +360,7 @@ fn profiles_are_saved_listed_and_loaded() {
     let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
     let mut app = demo_app(tmp.path());
     app.set_catalog(Vec::new(), app.models.clone(), app.datasets.clone());
-    press(&mut app, KeyCode::Char('4'));
+    press(&mut app, KeyCode::Char('5'));
     assert!(render(&app, 80, 24, false).contains("No saved profiles yet"));
     // Change the rank, then save the Setup as `quick`.
     press(&mut app, KeyCode::Char('1'));
@@ -356,7 +370,7 @@ fn profiles_are_saved_listed_and_loaded() {
     type_text(&mut app, "3");
     press(&mut app, KeyCode::Enter);
     press(&mut app, KeyCode::Char('w'));
-    assert!(app.naming.is_some());
+    assert!(matches!(app.modal, Some(Modal::Naming(_))));
     type_text(&mut app, "../evil");
     assert!(press(&mut app, KeyCode::Enter).is_empty());
     assert!(app
@@ -381,24 +395,24 @@ fn profiles_are_saved_listed_and_loaded() {
     press(&mut app, KeyCode::Char('w'));
     type_text(&mut app, "quick");
     assert!(press(&mut app, KeyCode::Enter).is_empty());
-    assert!(matches!(&app.confirm, Some(Confirm::Overwrite(n, _)) if n == "quick"));
+    assert!(matches!(&app.modal, Some(Modal::Confirm(Confirm::Overwrite(n, _))) if n == "quick"));
     assert!(matches!(
         press(&mut app, KeyCode::Char('y')).as_slice(),
         [Effect::SaveProfile(..)]
     ));
     // The list shows a summary; Enter loads it into Setup.
-    press(&mut app, KeyCode::Char('4'));
+    press(&mut app, KeyCode::Char('5'));
     let s = render(&app, 80, 24, false);
     assert!(
         s.contains("quick") && s.contains("lors r3 gradient 60 steps, demo-model"),
         "{s}"
     );
-    app.setup = lors::tui::app::Setup::from_profile(&app.base);
-    assert_eq!(value(&app, "adapter.rank"), "4");
+    app.setup = lors::tui::setup::Setup::from_profile(&app.base);
+    assert_eq!(value(&app, FieldId::Rank), "4");
     let effects = press(&mut app, KeyCode::Enter);
     assert!(effects.is_empty(), "inspections were settled: {effects:?}");
     assert_eq!(app.view, View::Setup);
-    assert_eq!(value(&app, "adapter.rank"), "3");
+    assert_eq!(value(&app, FieldId::Rank), "3");
     assert!(matches!(app.setup.model, Some(Ok(_))));
 }
 
@@ -411,7 +425,19 @@ fn fake_run(
 ) -> PathBuf {
     let mut p = Profile::load(&repo().join("profiles/demo.toml"), &[]).unwrap();
     p.resolve_paths(&repo());
-    let run = RunDir::create(&root.join(name), &p).unwrap();
+    fake_run_of(&root.join(name), &p, state, merged_density, gpu, 2.75)
+}
+
+/// A run of `profile` in `dir` at step 3 of 10, evaluated once at `eval_loss`.
+fn fake_run_of(
+    dir: &Path,
+    p: &Profile,
+    state: RunState,
+    merged_density: f64,
+    gpu: Option<lors::device::GpuMemory>,
+    eval_loss: f64,
+) -> PathBuf {
+    let run = RunDir::create(dir, p).unwrap();
     for step in 1..=3 {
         run.append_metric(&MetricRow::Train {
             step,
@@ -430,8 +456,8 @@ fn fake_run(
     }
     run.append_metric(&MetricRow::Eval {
         step: 3,
-        eval_loss: 2.75,
-        eval_ppl: 2.75f64.exp(),
+        eval_loss,
+        eval_ppl: eval_loss.exp(),
     })
     .unwrap();
     let layers = ["q_proj", "k_proj"]
@@ -492,9 +518,9 @@ fn run_and_runs_views_send_controls_and_confirm_destructive_ones() {
         "not finished"
     );
     assert!(press(&mut app, KeyCode::Char('s')).is_empty());
-    assert_eq!(app.confirm, Some(Confirm::Stop(path.clone())));
+    assert_eq!(app.modal, Some(Modal::Confirm(Confirm::Stop(path.clone()))));
     assert!(press(&mut app, KeyCode::Char('n')).is_empty());
-    assert_eq!(app.confirm, None);
+    assert_eq!(app.modal, None);
     press(&mut app, KeyCode::Char('s'));
     assert_eq!(
         press(&mut app, KeyCode::Char('y')),
@@ -615,7 +641,7 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
                 "q quit",
                 "Llama 0.11M params F32",
                 "unstructured 50.0% sparse",
-                "train: ",
+                "train data: ",
                 "records (text)",
                 "sequences of 64",
                 "ready to launch",
@@ -682,9 +708,15 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
         );
         app.view = View::Profiles;
         check(&app, "Profiles", &["demo", "lors r4"]);
-        app.help = true;
-        check(&app, "help", &["c checkpoint now", "Space mark"]);
-        app.help = false;
+        app.modal = Some(Modal::Help);
+        check(
+            &app,
+            "help",
+            &["load into Setup", "Profiles:", "quit (runs"],
+        );
+        app.view = View::Run;
+        check(&app, "help", &["checkpoint now", "Run:"]);
+        app.modal = None;
     }
     // Below 80x24 it says so instead of drawing a broken layout.
     assert!(render(&app, 40, 9, true).contains("terminal too small"));
@@ -697,7 +729,7 @@ fn the_watcher_reads_only_complete_metric_lines() {
     let path = fake_run(tmp.path(), "run-b", RunState::Running, 0.5, None);
     let mut w = Watcher::new(tmp.path());
     assert!(w.refresh());
-    assert_eq!(w.runs[0].train_loss.len(), 3);
+    assert_eq!(w.runs[0].summary.train_curve.len(), 3);
     assert_eq!(w.runs[0].sparsity.as_ref().unwrap().1.len(), 2);
     assert!(!w.refresh(), "nothing changed");
     use std::io::Write;
@@ -712,7 +744,7 @@ fn the_watcher_reads_only_complete_metric_lines() {
         .unwrap();
     f.flush().unwrap();
     assert!(w.refresh());
-    assert_eq!(w.runs[0].eval_loss.last(), Some(&(4.0, 2.5)));
+    assert_eq!(w.runs[0].summary.eval_curve.last(), Some(&(4, 2.5)));
 }
 
 /// Task rows in a run's metrics feed the Runs view's `acc` column and its ordering; `v` asks
@@ -851,6 +883,146 @@ fn a_resume_does_not_repeat_earlier_log_lines() {
     assert_eq!(count("step 3: eval loss 2.7500"), 1, "{:?}", info.events);
     assert_eq!(count("step 3: checkpoint saved"), 1, "{:?}", info.events);
     assert_eq!(count("step 4: checkpoint saved"), 1, "a new line is logged");
-    let steps: Vec<f64> = info.train_loss.iter().map(|p| p.0).collect();
-    assert_eq!(steps, [1.0, 2.0, 3.0]);
+    let steps: Vec<usize> = info.summary.train_curve.iter().map(|p| p.0).collect();
+    assert_eq!(steps, [1, 2, 3]);
+}
+
+/// Select the new-sweep form's field labelled `label`.
+fn select_form_field(app: &mut App, label: &str) {
+    for _ in 0..lors::tui::sweeps::FormField::ALL.len() {
+        let form = app.board.form.as_ref().expect("the form is open");
+        if form.selected_field().label().trim() == label {
+            return;
+        }
+        press(app, KeyCode::Down);
+    }
+    panic!("no form field {label}");
+}
+
+/// Replace the text of the selected form field.
+fn retype(app: &mut App, text: &str) {
+    press(app, KeyCode::Enter);
+    for _ in 0..40 {
+        press(app, KeyCode::Backspace);
+    }
+    type_text(app, text);
+    press(app, KeyCode::Enter);
+}
+
+/// A sweep defined in the Sweeps view's form is checked like a profile's `[sweep]`; on disk,
+/// its trials are compared (sorted by any column), plotted three ways, promoted to a profile
+/// and opened in Setup.
+#[test]
+fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
+    use lors::sweep::{Sweep, TrialState};
+    use lors::tui::sweeps::{ChartMode, Column};
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path();
+    let mut app = demo_app(runs);
+    press(&mut app, KeyCode::Char('S'));
+    assert_eq!(app.view, View::Sweeps);
+    let form = app.board.form.clone().expect("S opens the form");
+    assert_eq!(form.error, None, "the default sweep is valid");
+    let s = render(&app, 80, 24, true);
+    for want in [
+        "axis 1",
+        "< rank >",
+        "< lr >",
+        "rungs (steps)",
+        "ready: l launches",
+    ] {
+        assert!(s.contains(want), "{want:?}:\n{s}");
+    }
+    // A bad value is an error naming the swept key; the launch is refused.
+    select_form_field(&mut app, "values");
+    retype(&mut app, "2, many");
+    let err = app.board.form.as_ref().unwrap().error.clone().unwrap();
+    assert!(err.contains("sweep.adapter.rank"), "{err}");
+    assert!(press(&mut app, KeyCode::Char('l')).is_empty());
+    retype(&mut app, "2, 4");
+    let effects = press(&mut app, KeyCode::Char('l'));
+    let [Effect::LaunchSweep(base, table)] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(table["adapter"]["rank"].to_string(), "[2, 4]");
+    assert!(app.board.form.is_none());
+    // What `lors sweep` would make of it, with three trials run part-way.
+    let file = runs.join("sweep.toml");
+    let text = lors::sweep::sweep_profile_text(base, table).unwrap();
+    std::fs::write(&file, text).unwrap();
+    let dir = runs.join("sweep-x");
+    let mut sweep = Sweep::create(&file, &[], Some(&dir)).unwrap();
+    assert_eq!(sweep.state.trials.len(), 6);
+    let outcomes = [
+        (TrialState::Finished, 2.4),
+        (TrialState::StoppedEarly, 2.9),
+        (TrialState::Running, 2.1),
+    ];
+    for (i, (state, loss)) in outcomes.into_iter().enumerate() {
+        let p = sweep.trial_profile(i).unwrap();
+        let run_state = match state {
+            TrialState::Running => RunState::Running,
+            _ => RunState::Stopped,
+        };
+        let record = &mut sweep.state.trials[i];
+        fake_run_of(&record.run_dir, &p, run_state, 0.5, None, loss);
+        record.state = state;
+    }
+    let state_json = serde_json::to_string(&sweep.state).unwrap();
+    std::fs::write(dir.join("state.json"), state_json).unwrap();
+    let mut w = Watcher::new(runs);
+    w.refresh();
+    assert_eq!(w.sweeps.len(), 1);
+    app.set_runs(w.runs.clone());
+    app.set_sweeps(w.sweeps.clone());
+    let s = render(&app, 80, 24, true);
+    for want in [
+        "sweep-x: 2/6 done, 1 running, 1 stopped early",
+        "rank",
+        "lr",
+        "stopped early",
+        "tok/s",
+        "2.100",
+        "validation loss per step",
+    ] {
+        assert!(s.contains(want), "{want:?}:\n{s}");
+    }
+    // Sort by best validation loss (s steps through the columns), then the other way.
+    while app.board.sort != Some(Column::BestVal) {
+        press(&mut app, KeyCode::Char('s'));
+    }
+    let sweep_info = app.board.current(&app.sweeps).unwrap().clone();
+    let order = |app: &App| -> Vec<usize> {
+        let rows = app.board.rows(&sweep_info, &app.runs);
+        rows.iter().map(|r| r.record.trial.index).collect()
+    };
+    assert_eq!(&order(&app)[..3], [2, 0, 1], "best first, untried last");
+    assert!(render(&app, 80, 24, true).contains("val^"));
+    press(&mut app, KeyCode::Char('S'));
+    assert_eq!(&order(&app)[..3], [1, 0, 2]);
+    press(&mut app, KeyCode::Char('S'));
+    // The train curves with EMA smoothing, then the parameter plot.
+    press(&mut app, KeyCode::Char(']'));
+    assert_eq!(app.board.chart, ChartMode::Train);
+    assert!(render(&app, 80, 24, true).contains("train loss, EMA 0.5"));
+    press(&mut app, KeyCode::Char('c'));
+    assert!(render(&app, 80, 24, true).contains("best val loss against adapter.rank"));
+    press(&mut app, KeyCode::Char('a'));
+    assert!(render(&app, 80, 24, true).contains("best val loss against optim.lr"));
+    // Promote the winner (the selected first row) to a profile, and open it in Setup.
+    let winner = sweep.trial_profile(2).unwrap();
+    press(&mut app, KeyCode::Char('w'));
+    type_text(&mut app, "best");
+    let effects = press(&mut app, KeyCode::Enter);
+    let [Effect::SaveProfile(name, p)] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(name, "best");
+    assert_eq!(
+        (p.adapter.rank, p.optim.lr),
+        (winner.adapter.rank, winner.optim.lr)
+    );
+    press(&mut app, KeyCode::Char('e'));
+    assert_eq!(app.view, View::Setup);
+    assert_eq!(value(&app, FieldId::Rank), winner.adapter.rank.to_string());
 }

@@ -179,17 +179,17 @@ fn launch_watch_finish_and_quit_in_a_real_terminal() {
     let screen = tui.wait_for("train loss of the marked", 10);
     assert!(screen.contains("finished"), "{screen}");
     keep_screen("runs", &screen);
-    tui.send("4");
+    tui.send("5");
     tui.send("w");
     tui.send("e2e-saved");
     tui.send("Enter");
     tui.wait_for("saved", 10);
-    tui.send("4");
+    tui.send("5");
     let screen = tui.wait_for("e2e-saved", 10);
     keep_screen("profiles", &screen);
     assert!(Profile::load(&profiles.join("e2e-saved.toml"), &[]).is_ok());
     tui.send("?");
-    keep_screen("help", &tui.wait_for("this help", 10));
+    keep_screen("help", &tui.wait_for("load into Setup", 10));
     tui.send("x");
     tui.send("q");
     let start = Instant::now();
@@ -347,4 +347,120 @@ fn accuracy_before_and_after_and_a_background_evaluation() {
         .collect();
     let job_scores: Vec<(Task, f64)> = report.tasks.iter().map(|t| (t.task, t.acc.value)).collect();
     assert_eq!(job_scores, after);
+}
+
+/// The sweep a run directory folder holds (the only one).
+fn only_sweep(runs: &Path) -> lors::sweep::Sweep {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("state.json").is_file())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    lors::sweep::Sweep::open(&dirs[0]).unwrap()
+}
+
+/// Define a 2 ranks × 3 learning rates sweep in the TUI (80x24) on the bundled demo, launch
+/// it, watch its trials run one at a time with some stopped early, sort them by best
+/// validation loss, promote the winner to a profile, quit, and find the sweep intact in a new
+/// TUI.
+#[test]
+fn a_sweep_defined_watched_sorted_and_promoted_in_a_real_terminal() {
+    use lors::sweep::TrialState;
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let profiles = tmp.path().join("profiles");
+    let profile = demo_profile(tmp.path(), 32);
+    let args = [
+        "tui",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+        "--profiles-dir",
+        profiles.to_str().unwrap(),
+    ];
+    let tui = Tmux::start("sweep", &repo(), &args);
+    tui.wait_for("ready to launch", 30);
+    tui.send("S");
+    let screen = tui.wait_for("new sweep over the Setup", 10);
+    assert!(
+        screen.contains("< rank >") && screen.contains("2, 4") && screen.contains("ready: l"),
+        "{screen}"
+    );
+    keep_screen("sweep-form", &screen);
+    tui.send("l");
+    tui.wait_for("running", 60);
+    // At most one trial at a time on the CPU, while the TUI shows them running.
+    let start = Instant::now();
+    let mut watched = None;
+    loop {
+        let sweep = only_sweep(&runs);
+        assert!(sweep.state.count(TrialState::Running) <= 1, "concurrency 1");
+        if sweep.state.is_done() {
+            break;
+        }
+        let screen = tui.screen();
+        if watched.is_none() && screen.contains("1 running") && screen.contains("finished") {
+            watched = Some(screen);
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the sweep did not end"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    keep_screen(
+        "sweep-running",
+        &watched.expect("a screen with trials running"),
+    );
+    let sweep = only_sweep(&runs);
+    assert_eq!(sweep.state.trials.len(), 6);
+    assert!(
+        sweep.state.count(TrialState::StoppedEarly) >= 1,
+        "{:?}",
+        sweep.state.trials
+    );
+    let screen = tui.wait_for("6/6 done", 10);
+    assert!(screen.contains("stopped early"), "{screen}");
+    // Sort by best validation loss: s steps through trial, rank, lr, state, val.
+    for _ in 0..5 {
+        tui.send("s");
+    }
+    let screen = tui.wait_for("val^", 10);
+    keep_screen("sweep-sorted", &screen);
+    let rows = lors::sweep::summary::rows(&sweep.state);
+    let best = &rows[0];
+    let best_row = screen
+        .lines()
+        .position(|l| l.contains(&format!("t{:03}", best.index)))
+        .expect("the winner is listed");
+    let header = screen.lines().position(|l| l.contains("val^")).unwrap();
+    assert_eq!(best_row, header + 1, "the winner comes first:\n{screen}");
+    // Promote it (the selected first row) to a profile.
+    tui.send("w");
+    tui.wait_for("save profile as", 10);
+    tui.send("sweep-best");
+    tui.send("Enter");
+    tui.wait_for("saved", 10);
+    let promoted = Profile::load(&profiles.join("sweep-best.toml"), &[]).unwrap();
+    let winner = Profile::load(
+        &sweep.state.trials[best.index].run_dir.join("profile.toml"),
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (promoted.adapter.rank, promoted.optim.lr),
+        (winner.adapter.rank, winner.optim.lr)
+    );
+    tui.send("q");
+    drop(tui);
+    // A new TUI finds the sweep as it was.
+    let again = Tmux::start("sweep-again", &repo(), &args);
+    again.wait_for("ready to launch", 30);
+    again.send("4");
+    let screen = again.wait_for("6/6 done", 10);
+    assert!(screen.contains("stopped early"), "{screen}");
+    keep_screen("sweep-reopened", &screen);
+    again.send("q");
 }

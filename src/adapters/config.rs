@@ -99,6 +99,15 @@ pub enum Init {
 }
 
 impl Init {
+    /// Every start, LoRS's own first.
+    pub const ALL: [Init; 5] = [
+        Init::Gradient,
+        Init::Standard,
+        Init::Gaussian,
+        Init::Orthogonal,
+        Init::Olora,
+    ];
+
     /// The name used in profiles.
     pub fn name(self) -> &'static str {
         match self {

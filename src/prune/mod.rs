@@ -34,6 +34,23 @@ pub enum PruneMethod {
     SparseGpt,
 }
 
+impl PruneMethod {
+    pub const ALL: [PruneMethod; 3] = [
+        PruneMethod::Magnitude,
+        PruneMethod::Wanda,
+        PruneMethod::SparseGpt,
+    ];
+
+    /// The name used in profiles.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Magnitude => "magnitude",
+            Self::Wanda => "wanda",
+            Self::SparseGpt => "sparsegpt",
+        }
+    }
+}
+
 impl std::str::FromStr for PruneMethod {
     type Err = LorsError;
     fn from_str(s: &str) -> Result<Self> {
@@ -51,11 +68,7 @@ impl std::str::FromStr for PruneMethod {
 
 impl std::fmt::Display for PruneMethod {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Self::Magnitude => "magnitude",
-            Self::Wanda => "wanda",
-            Self::SparseGpt => "sparsegpt",
-        })
+        f.write_str(self.name())
     }
 }
 

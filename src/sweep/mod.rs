@@ -7,5 +7,5 @@ pub mod runner;
 pub mod spec;
 pub mod summary;
 
-pub use runner::{Sweep, SweepState, TrialState};
+pub use runner::{check_sweep, sweep_profile_text, Sweep, SweepState, TrialState};
 pub use spec::{SweepSpec, Trial};

@@ -126,14 +126,30 @@ pub fn load_profile(
 ) -> Result<(Profile, toml::Table, SweepSpec)> {
     let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
     let (sweep_table, base_text) = split_sweep(path, &text)?;
-    let spec = SweepSpec::from_table(&sweep_table)?;
     let base = Profile::parse(&base_text, overrides)?;
+    let spec = check_sweep(&base, &sweep_table)?;
+    Ok((base, sweep_table, spec))
+}
+
+/// The `[sweep]` table parsed, with every axis value checked against `base` (errors name
+/// `sweep.<key>`).
+pub fn check_sweep(base: &Profile, sweep_table: &toml::Table) -> Result<SweepSpec> {
+    let spec = SweepSpec::from_table(sweep_table)?;
     let base_text = base.to_toml();
     for (key, value) in spec.probe_values() {
         Profile::parse(&base_text, &[format!("{key}={value}")])
             .map_err(|e| LorsError::invalid(format!("sweep.{key}"), format!("`{value}`: {e}")))?;
     }
-    Ok((base, sweep_table, spec))
+    Ok(spec)
+}
+
+/// A sweep profile's text: `base` with `sweep_table` as its `[sweep]` section.
+pub fn sweep_profile_text(base: &Profile, sweep_table: &toml::Table) -> Result<String> {
+    let section =
+        toml::Table::from_iter([("sweep".to_string(), toml::Value::Table(sweep_table.clone()))]);
+    let section =
+        toml::to_string(&section).map_err(|e| LorsError::invalid("sweep", e.to_string()))?;
+    Ok(format!("{}\n{section}", base.to_toml()))
 }
 
 impl Sweep {
@@ -177,15 +193,7 @@ impl Sweep {
                 note: None,
             })
             .collect();
-        let mut sweep_text = base_text.clone();
-        sweep_text.push_str(&format!(
-            "\n{}",
-            toml::to_string(&toml::Table::from_iter([(
-                "sweep".to_string(),
-                toml::Value::Table(sweep_table)
-            )]))
-            .map_err(|e| LorsError::parse(profile_path, e.to_string()))?
-        ));
+        let sweep_text = sweep_profile_text(&base, &sweep_table)?;
         write_atomic(&dir.join(SWEEP_FILE), sweep_text.as_bytes())?;
         let sweep = Self {
             asha: spec.early_stop.as_ref().map(Asha::new),

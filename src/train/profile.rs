@@ -239,6 +239,19 @@ pub enum Schedule {
     Cosine,
 }
 
+impl Schedule {
+    pub const ALL: [Schedule; 3] = [Schedule::Cosine, Schedule::Linear, Schedule::Constant];
+
+    /// The name used in profiles.
+    pub fn name(self) -> &'static str {
+        match self {
+            Schedule::Constant => "constant",
+            Schedule::Linear => "linear",
+            Schedule::Cosine => "cosine",
+        }
+    }
+}
+
 /// The optimiser and the schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -40,6 +40,30 @@ pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
     Ok(run_dir)
 }
 
+/// Start `lors sweep` over `base` with `sweep` as its `[sweep]` section, in a new sweep
+/// directory under `runs_dir` (its trials go beside it); returns that directory. The sweep
+/// profile and the sweep process's output go to `runs_dir/.launch/<sweep>.{toml,log}`.
+pub fn sweep(base: &Profile, sweep: &toml::Table, runs_dir: &Path) -> Result<PathBuf> {
+    let name = format!("sweep-{}", stamp());
+    let dir = runs_dir.join(&name);
+    let launch_dir = runs_dir.join(".launch");
+    std::fs::create_dir_all(&launch_dir).map_err(|e| LorsError::io(&launch_dir, e))?;
+    let profile_path = launch_dir.join(format!("{name}.toml"));
+    let text = crate::sweep::sweep_profile_text(base, sweep)?;
+    crate::io::write_atomic(&profile_path, text.as_bytes())?;
+    spawn_detached(
+        &[
+            "sweep".into(),
+            "--profile".into(),
+            profile_path.into(),
+            "--out".into(),
+            dir.clone().into(),
+        ],
+        &launch_dir.join(format!("{name}.log")),
+    )?;
+    Ok(dir)
+}
+
 /// Replay `run` (same profile and seed) into a new run beside it; `lors replay` compares the
 /// curves bit for bit when done and reports the result in its log.
 pub fn replay(run: &Path, runs_dir: &Path) -> Result<PathBuf> {

@@ -1,17 +1,25 @@
 //! The interactive workbench (ratatui + crossterm on tokio): set up a run, launch it as a
 //! detached process, and watch every run directory under the runs folder.
 //!
-//! State ([`app`]), drawing ([`draw`]), run watching ([`watch`]), what is on disk
-//! ([`catalog`]) and launching ([`launch`]) are kept apart; the loop below only routes events
-//! and carries out effects. Inspections of models and data run on blocking threads and come
+//! State ([`app`], with the Setup form in [`setup`], the Sweeps view's in [`sweeps`], and
+//! what each view does with a key in [`actions`]), the key table ([`keys`]), drawing
+//! ([`views`], [`popups`], [`plot`], [`theme`]), run and sweep watching ([`watch`]), what is
+//! on disk ([`catalog`]) and launching ([`launch`]) are kept apart; the loop below only
+//! routes events and carries out effects. Inspections of models and data run on blocking threads and come
 //! back as messages. It redraws only when something changed, at most ten times a second, and
 //! polls run files four times a second.
 
+mod actions;
 pub mod app;
 pub mod catalog;
-pub mod draw;
+pub mod keys;
 pub mod launch;
 pub mod plot;
+pub mod popups;
+pub mod setup;
+pub mod sweeps;
+pub mod theme;
+pub mod views;
 pub mod watch;
 
 use std::path::PathBuf;
@@ -51,7 +59,7 @@ pub enum Update {
     Download(PathBuf, Download),
     Model(PathBuf, std::result::Result<ModelSummary, String>),
     Data(
-        &'static str,
+        setup::FieldId,
         DataRequest,
         std::result::Result<DataSummary, String>,
     ),
@@ -90,6 +98,13 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
                 app.focused = Some(dir);
             }
             Err(e) => app.notice = Some(format!("launch failed: {e}")),
+        },
+        Effect::LaunchSweep(base, table) => match launch::sweep(&base, &table, &opts.runs_dir) {
+            Ok(dir) => {
+                app.notice = Some(format!("sweep launched: {}", dir.display()));
+                app.board.sweep = Some(dir);
+            }
+            Err(e) => app.notice = Some(format!("sweep launch failed: {e}")),
         },
         Effect::Replay(run) => match launch::replay(&run, &opts.runs_dir) {
             Ok(dir) => {
@@ -170,8 +185,9 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
     let mut watcher = watch::Watcher::new(&opts.runs_dir);
     watcher.refresh();
     app.set_runs(watcher.runs.clone());
+    app.set_sweeps(watcher.sweeps.clone());
     refresh_catalog(&mut app, opts);
-    let theme = draw::Theme::from_env();
+    let theme = theme::Theme::from_env();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_time()
         .build()
@@ -191,7 +207,7 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
         let mut last_draw = Instant::now() - Duration::from_secs(1);
         while !app.quit {
             if dirty && last_draw.elapsed() >= Duration::from_millis(100) {
-                terminal.draw(|f| draw::draw(f, &app, theme))?;
+                terminal.draw(|f| views::draw(f, &app, theme))?;
                 draws += 1;
                 dirty = false;
                 last_draw = Instant::now();
@@ -217,6 +233,7 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
                     ticks += 1;
                     if watcher.refresh() {
                         app.set_runs(watcher.runs.clone());
+                        app.set_sweeps(watcher.sweeps.clone());
                         dirty = true;
                     }
                     // Saved profiles and candidates change rarely: every 2 s is enough.

@@ -6,8 +6,10 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use super::sweeps::{is_sweep_dir, SweepInfo};
 use crate::eval::{EvalProgress, EvalReport, Task, TaskScore};
 use crate::model::LayerSparsity;
+use crate::report::RunSummary;
 use crate::train::{EvalStage, MetricRow, Profile, RunDir, Status};
 
 /// What the TUI knows of one run.
@@ -17,10 +19,8 @@ pub struct RunInfo {
     pub name: String,
     pub status: Option<Status>,
     pub profile: Option<Profile>,
-    /// (step, train loss).
-    pub train_loss: Vec<(f64, f64)>,
-    /// (step, eval loss).
-    pub eval_loss: Vec<(f64, f64)>,
+    /// The curves and outcomes, as `lors report` reads them.
+    pub summary: RunSummary,
     /// The latest train row.
     pub last: Option<MetricRow>,
     /// Memory per step for the sparkline: the GPU pool's bytes on a GPU, else the RSS.
@@ -54,7 +54,7 @@ pub struct TaskAccuracy {
 impl RunInfo {
     /// Best evaluation loss so far.
     pub fn best_eval(&self) -> Option<f64> {
-        self.eval_loss.iter().map(|e| e.1).reduce(f64::min)
+        self.summary.best_eval_loss()
     }
 
     /// Each scored task's `acc` before and after training, in the order first scored; a
@@ -149,13 +149,15 @@ fn mtime(p: &Path) -> Option<SystemTime> {
 
 impl RunInfo {
     fn new(path: &Path) -> Self {
+        let profile = Profile::load(&path.join("profile.toml"), &[]).ok();
         Self {
             path: path.to_path_buf(),
             name: path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default(),
-            profile: Profile::load(&path.join("profile.toml"), &[]).ok(),
+            summary: RunSummary::new(path, profile.as_ref()),
+            profile,
             ..Self::default()
         }
     }
@@ -187,6 +189,7 @@ impl RunInfo {
                         _ => state,
                     });
                 }
+                self.summary.set_status(&s);
                 self.status = Some(s);
                 changed = true;
             }
@@ -210,6 +213,7 @@ impl RunInfo {
                 self.events
                     .push(format!("crashed: {}", s.error.clone().unwrap_or_default()));
                 self.status_mtime = mtime(&run.status_path());
+                self.summary.set_status(&s);
                 self.status = Some(s);
                 true
             }
@@ -230,8 +234,7 @@ impl RunInfo {
         if len < self.offset {
             // Rewritten (a resume truncated it): read again from the start.
             self.offset = 0;
-            self.train_loss.clear();
-            self.eval_loss.clear();
+            self.summary.clear_metrics();
             self.memory.clear();
             self.tasks.clear();
         }
@@ -265,15 +268,9 @@ impl RunInfo {
     }
 
     fn take(&mut self, row: MetricRow) {
+        self.summary.add(&row);
         match &row {
-            MetricRow::Train {
-                step,
-                loss,
-                rss_bytes,
-                gpu,
-                ..
-            } => {
-                self.train_loss.push((*step as f64, *loss));
+            MetricRow::Train { rss_bytes, gpu, .. } => {
                 self.memory
                     .push(gpu.map_or(rss_bytes.unwrap_or(0), |g| g.used_bytes));
                 self.last = Some(row);
@@ -283,7 +280,6 @@ impl RunInfo {
                 eval_loss,
                 eval_ppl,
             } => {
-                self.eval_loss.push((*step as f64, *eval_loss));
                 self.events.push(format!(
                     "step {step}: eval loss {eval_loss:.4}, ppl {eval_ppl:.3}"
                 ));
@@ -310,27 +306,51 @@ impl RunInfo {
     }
 }
 
-/// Every run under a runs folder, kept up to date.
+/// Every run and sweep under a runs folder, kept up to date.
 #[derive(Debug, Default)]
 pub struct Watcher {
     pub root: PathBuf,
     pub runs: Vec<RunInfo>,
+    pub sweeps: Vec<SweepInfo>,
 }
 
 impl Watcher {
     pub fn new(root: &Path) -> Self {
         Self {
             root: root.to_path_buf(),
-            runs: Vec::new(),
+            ..Self::default()
         }
+    }
+
+    /// Pick up new sweep directories and re-read changed ones; true when anything changed.
+    fn refresh_sweeps(&mut self, dirs: &[PathBuf]) -> bool {
+        let sweep_dirs: Vec<&PathBuf> = dirs.iter().filter(|d| is_sweep_dir(d)).collect();
+        let before = self.sweeps.len();
+        self.sweeps.retain(|s| sweep_dirs.contains(&&s.dir));
+        let mut changed = self.sweeps.len() != before;
+        for s in &mut self.sweeps {
+            changed |= s.refresh();
+        }
+        for d in sweep_dirs {
+            if !self.sweeps.iter().any(|s| &s.dir == d) {
+                if let Ok(info) = SweepInfo::read(d) {
+                    self.sweeps.push(info);
+                    changed = true;
+                }
+            }
+        }
+        self.sweeps.sort_by(|a, b| a.dir.cmp(&b.dir));
+        changed
     }
 
     /// Pick up new run directories and read what changed; true when anything did.
     pub fn refresh(&mut self) -> bool {
         let mut changed = false;
         if let Ok(entries) = std::fs::read_dir(&self.root) {
-            let mut dirs: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
+            let all: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+            changed |= self.refresh_sweeps(&all);
+            let mut dirs: Vec<PathBuf> = all
+                .into_iter()
                 .filter(|p| p.join("profile.toml").is_file())
                 .collect();
             dirs.sort();

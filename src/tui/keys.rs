@@ -1,0 +1,407 @@
+//! Every key binding in one table: it drives the dispatch ([`action_for`]), the footer
+//! ([`footer`]) and the help screen ([`help_lines`]), so the three never disagree.
+
+use crossterm::event::KeyCode;
+
+/// Where a binding applies: everywhere, or in one view (or mode of a view).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    Global,
+    Setup,
+    Run,
+    Runs,
+    /// The Sweeps view's comparison of trials.
+    Sweeps,
+    /// The Sweeps view's form that defines a new sweep.
+    SweepForm,
+    Profiles,
+}
+
+impl Scope {
+    pub fn title(self) -> &'static str {
+        match self {
+            Scope::Global => "everywhere",
+            Scope::Setup => "Setup",
+            Scope::Run => "Run",
+            Scope::Runs => "Runs",
+            Scope::Sweeps => "Sweeps",
+            Scope::SweepForm => "new sweep",
+            Scope::Profiles => "Profiles",
+        }
+    }
+}
+
+/// What a key asks for; its meaning in the current view is up to the state machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Quit,
+    Help,
+    NextView,
+    PrevView,
+    /// Show the view numbered by the key's place in the binding's keys.
+    ShowView,
+    /// Up/Down: the previous/next row or field.
+    Move,
+    /// Left/Right: the previous/next choice.
+    Cycle,
+    /// Enter: edit, pick, open or load, depending on the view.
+    Activate,
+    Launch,
+    Save,
+    AddPrune,
+    NewSweep,
+    Pause,
+    Checkpoint,
+    Stop,
+    Merge,
+    LogScale,
+    Zoom,
+    Mark,
+    Evaluate,
+    Order,
+    Replay,
+    EditProfile,
+    Delete,
+    SortNext,
+    SortReverse,
+    NextSweep,
+    ChartMode,
+    /// `[`/`]`: less/more smoothing.
+    Smooth,
+    NextParam,
+    Promote,
+    Back,
+}
+
+/// One binding: its keys, its action, a short footer label (empty: not in the footer) and
+/// its line in the help screen.
+#[derive(Debug, Clone, Copy)]
+pub struct Binding {
+    pub scope: Scope,
+    pub keys: &'static [KeyCode],
+    pub action: Action,
+    pub footer: &'static str,
+    pub help: &'static str,
+}
+
+const fn bind(
+    scope: Scope,
+    keys: &'static [KeyCode],
+    action: Action,
+    footer: &'static str,
+    help: &'static str,
+) -> Binding {
+    Binding {
+        scope,
+        keys,
+        action,
+        footer,
+        help,
+    }
+}
+
+use Action as A;
+use KeyCode::{BackTab, Char, Down, Enter, Esc, Left, Right, Tab, Up, F};
+use Scope as S;
+
+const UP_DOWN: &[KeyCode] = &[Up, Down];
+const LEFT_RIGHT: &[KeyCode] = &[Left, Right];
+
+/// The bindings, global ones first.
+pub const BINDINGS: &[Binding] = &[
+    bind(
+        S::Global,
+        &[Char('q')],
+        A::Quit,
+        "quit",
+        "quit (runs and sweeps keep going)",
+    ),
+    bind(
+        S::Global,
+        &[Char('?')],
+        A::Help,
+        "help",
+        "the keys of this view",
+    ),
+    bind(S::Global, &[Tab], A::NextView, "view", "next view"),
+    bind(S::Global, &[BackTab], A::PrevView, "", "previous view"),
+    bind(
+        S::Global,
+        &[Char('1'), Char('2'), Char('3'), Char('4'), Char('5')],
+        A::ShowView,
+        "",
+        "show Setup, Run, Runs, Sweeps, Profiles",
+    ),
+    bind(S::Setup, UP_DOWN, A::Move, "", "previous / next field"),
+    bind(
+        S::Setup,
+        &[Enter],
+        A::Activate,
+        "edit",
+        "edit text, or pick a model or data file",
+    ),
+    bind(
+        S::Setup,
+        LEFT_RIGHT,
+        A::Cycle,
+        "choose",
+        "previous / next choice",
+    ),
+    bind(
+        S::Setup,
+        &[Char('l'), F(5)],
+        A::Launch,
+        "launch",
+        "launch a run",
+    ),
+    bind(S::Setup, &[Char('w')], A::Save, "save", "save as a profile"),
+    bind(
+        S::Setup,
+        &[Char('S')],
+        A::NewSweep,
+        "sweep",
+        "define a sweep from these settings",
+    ),
+    bind(
+        S::Setup,
+        &[Char('P')],
+        A::AddPrune,
+        "prune",
+        "add a prune step (wanda 50%)",
+    ),
+    bind(S::Run, &[Char('p')], A::Pause, "pause", "pause or resume"),
+    bind(
+        S::Run,
+        &[Char('c')],
+        A::Checkpoint,
+        "checkpoint",
+        "checkpoint now",
+    ),
+    bind(
+        S::Run,
+        &[Char('s')],
+        A::Stop,
+        "stop",
+        "stop (asks; checkpoints first)",
+    ),
+    bind(
+        S::Run,
+        &[Char('m')],
+        A::Merge,
+        "merge",
+        "merge and export a finished run",
+    ),
+    bind(S::Run, &[Char('g')], A::LogScale, "log", "log scale"),
+    bind(
+        S::Run,
+        &[Char('z')],
+        A::Zoom,
+        "zoom",
+        "only the last 50 steps",
+    ),
+    bind(S::Runs, UP_DOWN, A::Move, "", "select a run"),
+    bind(
+        S::Runs,
+        &[Char(' ')],
+        A::Mark,
+        "mark",
+        "mark for the loss overlay",
+    ),
+    bind(S::Runs, &[Enter], A::Activate, "open", "open in Run"),
+    bind(
+        S::Runs,
+        &[Char('v')],
+        A::Evaluate,
+        "evaluate",
+        "score its [eval] tasks",
+    ),
+    bind(
+        S::Runs,
+        &[Char('o')],
+        A::Order,
+        "order",
+        "order by name, val loss, accuracy",
+    ),
+    bind(
+        S::Runs,
+        &[Char('r')],
+        A::Replay,
+        "replay",
+        "replay (same profile and seed)",
+    ),
+    bind(
+        S::Runs,
+        &[Char('e')],
+        A::EditProfile,
+        "edit",
+        "open its profile in Setup",
+    ),
+    bind(S::Runs, &[Char('d')], A::Delete, "delete", "delete (asks)"),
+    bind(S::Sweeps, UP_DOWN, A::Move, "", "select a trial"),
+    bind(
+        S::Sweeps,
+        &[Char('f')],
+        A::NextSweep,
+        "sweep",
+        "show the next sweep",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('s')],
+        A::SortNext,
+        "sort",
+        "sort by the next column",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('S')],
+        A::SortReverse,
+        "",
+        "reverse the order",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('c')],
+        A::ChartMode,
+        "chart",
+        "chart: valid, train (EMA), lr plot",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('['), Char(']')],
+        A::Smooth,
+        "",
+        "less / more EMA smoothing",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('a')],
+        A::NextParam,
+        "",
+        "the plot's swept parameter",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('w')],
+        A::Promote,
+        "promote",
+        "save the trial's profile",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('e')],
+        A::EditProfile,
+        "setup",
+        "open the trial in Setup",
+    ),
+    bind(
+        S::Sweeps,
+        &[Enter],
+        A::Activate,
+        "",
+        "open the trial in Run",
+    ),
+    bind(
+        S::Sweeps,
+        &[Char('n')],
+        A::NewSweep,
+        "new",
+        "define a new sweep",
+    ),
+    bind(S::SweepForm, UP_DOWN, A::Move, "", "previous / next field"),
+    bind(
+        S::SweepForm,
+        &[Enter],
+        A::Activate,
+        "edit",
+        "edit the field",
+    ),
+    bind(
+        S::SweepForm,
+        LEFT_RIGHT,
+        A::Cycle,
+        "choose",
+        "previous / next choice",
+    ),
+    bind(
+        S::SweepForm,
+        &[Char('l')],
+        A::Launch,
+        "launch",
+        "launch the sweep (detached)",
+    ),
+    bind(S::SweepForm, &[Esc], A::Back, "back", "back to the trials"),
+    bind(S::Profiles, UP_DOWN, A::Move, "", "select a profile"),
+    bind(
+        S::Profiles,
+        &[Enter],
+        A::Activate,
+        "load",
+        "load into Setup",
+    ),
+    bind(
+        S::Profiles,
+        &[Char('w')],
+        A::Save,
+        "save",
+        "save Setup as a profile",
+    ),
+];
+
+/// The action `key` stands for in `scope` (a scope's own bindings before the global ones),
+/// with the key's place among its binding's keys.
+pub fn action_for(scope: Scope, key: KeyCode) -> Option<(Action, usize)> {
+    let find = |s: Scope| {
+        BINDINGS.iter().filter(|b| b.scope == s).find_map(|b| {
+            let i = b.keys.iter().position(|k| *k == key)?;
+            Some((b.action, i))
+        })
+    };
+    find(scope).or_else(|| find(Scope::Global))
+}
+
+/// `Up`, `Enter`, `q`, `Space`: a key as the footer and help name it.
+pub fn key_name(key: KeyCode) -> String {
+    match key {
+        Char(' ') => "Space".into(),
+        Char(c) => c.to_string(),
+        BackTab => "S-Tab".into(),
+        Left => "Lt".into(),
+        Right => "Rt".into(),
+        Up => "Up".into(),
+        Down => "Dn".into(),
+        F(n) => format!("F{n}"),
+        other => format!("{other:?}"),
+    }
+}
+
+fn keys_text(b: &Binding) -> String {
+    b.keys
+        .iter()
+        .map(|k| key_name(*k))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+/// The footer's key hints: the global ones, then `scope`'s.
+pub fn footer(scope: Scope) -> String {
+    BINDINGS
+        .iter()
+        .filter(|b| !b.footer.is_empty() && (b.scope == Scope::Global || b.scope == scope))
+        .map(|b| format!("{} {}", keys_text(b), b.footer))
+        .collect::<Vec<_>>()
+        .join("  ")
+}
+
+/// The help screen's lines for `scope`: its bindings, then the global ones.
+pub fn help_lines(scope: Scope) -> Vec<String> {
+    let section = |s: Scope| {
+        std::iter::once(format!("{}:", s.title())).chain(
+            BINDINGS
+                .iter()
+                .filter(move |b| b.scope == s)
+                .map(|b| format!("  {:<10} {}", keys_text(b), b.help)),
+        )
+    };
+    section(scope).chain(section(Scope::Global)).collect()
+}

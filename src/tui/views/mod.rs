@@ -1,0 +1,146 @@
+//! Drawing, from the state alone: the tab bar, one file per view, the popups, and the
+//! footer with the current view's keys (from the key table).
+
+mod profiles;
+mod run;
+mod runs;
+mod setup;
+mod sweeps;
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::app::{App, View};
+use super::keys;
+use super::plot::{self, Plot, Series};
+use super::popups;
+use super::theme::{Theme, SYMBOLS};
+use super::watch::RunInfo;
+
+/// Draw the whole screen.
+pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
+    let area = f.area();
+    if area.width < 40 || area.height < 10 {
+        f.render_widget(
+            Paragraph::new(format!(
+                "lors: terminal too small ({}x{}); 80x24 or more please. q quits.",
+                area.width, area.height
+            ))
+            .wrap(Wrap { trim: true }),
+            area,
+        );
+        return;
+    }
+    let [tabs, body, footer] = Layout::vertical([
+        Constraint::Length(1),
+        Constraint::Min(0),
+        Constraint::Length(1),
+    ])
+    .areas(area);
+    draw_tabs(f, tabs, app, theme);
+    match app.view {
+        View::Setup => setup::draw(f, body, app, theme),
+        View::Run => run::draw(f, body, app, theme),
+        View::Runs => runs::draw(f, body, app, theme),
+        View::Sweeps => sweeps::draw(f, body, app, theme),
+        View::Profiles => profiles::draw(f, body, app, theme),
+    }
+    let hints = popups::hints(app).unwrap_or_else(|| keys::footer(app.scope()));
+    let line = match &app.notice {
+        Some(n) => format!(" {n}"),
+        None => format!(" {hints}"),
+    };
+    f.render_widget(Paragraph::new(line).style(theme.selected()), footer);
+    popups::draw(f, area, app, theme);
+}
+
+fn draw_tabs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let mut spans = vec![Span::styled(
+        " lors ",
+        theme.fg(Color::Cyan).add_modifier(Modifier::BOLD),
+    )];
+    for (i, v) in View::ALL.iter().enumerate() {
+        let label = format!(" {}:{} ", i + 1, v.title());
+        spans.push(if *v == app.view {
+            Span::styled(label, theme.selected())
+        } else {
+            Span::raw(label)
+        });
+    }
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+pub(crate) fn state_text(r: &RunInfo) -> String {
+    r.status
+        .as_ref()
+        .map(|s| s.state.to_string())
+        .unwrap_or_else(|| "starting".into())
+}
+
+/// `[#####.....]` of `width` characters.
+fn ascii_bar(ratio: f64, width: usize) -> String {
+    let filled = ((ratio.clamp(0.0, 1.0) * width as f64).round() as usize).min(width);
+    format!("[{}{}]", "#".repeat(filled), ".".repeat(width - filled))
+}
+
+/// An accuracy as `.660`, or `-`.
+fn accuracy_text(a: Option<f64>) -> String {
+    a.map_or("  -".into(), |a| {
+        format!("{a:.3}").trim_start_matches('0').to_string()
+    })
+}
+
+/// The workbench evaluation of the run, while it runs: `eval hellaswag 40/100`.
+fn eval_job_text(run: &RunInfo) -> Option<String> {
+    let job = run.eval_job.as_ref()?;
+    let alive = job.state == crate::eval::JobState::Running && crate::io::process_alive(job.pid);
+    alive.then(|| {
+        let task = job.task.map_or("starting".into(), |t| t.to_string());
+        format!(
+            "eval {}/{} {task} {}/{}",
+            job.tasks_done + 1,
+            job.tasks_total,
+            job.done,
+            job.total
+        )
+    })
+}
+
+/// Points from `start` on, with y in log scale when asked.
+fn view_points(pts: &[(usize, f64)], start: f64, log: bool) -> Vec<(f64, f64)> {
+    pts.iter()
+        .map(|&(x, y)| (x as f64, y))
+        .filter(|p| p.0 >= start)
+        .map(|(x, y)| (x, if log { y.max(1e-9).ln() } else { y }))
+        .collect()
+}
+
+/// Curves on shared axes, the `i`th with the `i`th symbol and colour (as the tables mark
+/// their rows); lines, or points only.
+fn draw_overlay(
+    f: &mut Frame,
+    area: Rect,
+    title: &str,
+    curves: &[Vec<(f64, f64)>],
+    line: bool,
+    theme: Theme,
+) {
+    let series = curves
+        .iter()
+        .enumerate()
+        .map(|(i, points)| Series {
+            symbol: SYMBOLS[i % SYMBOLS.len()],
+            style: theme.fg(theme.series_color(i)),
+            points,
+            line,
+        })
+        .collect();
+    let plot = Plot {
+        block: theme.block(title),
+        series,
+    };
+    plot::render(f, area, plot, theme);
+}

@@ -1,0 +1,342 @@
+//! The Run view: one run's progress, loss chart, stats and memory, events, sparsity and task
+//! accuracy.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Color;
+use ratatui::text::Line;
+use ratatui::widgets::{Paragraph, Sparkline, Wrap};
+use ratatui::Frame;
+
+use super::{accuracy_text, ascii_bar, eval_job_text, state_text, view_points};
+use crate::memory::human_bytes;
+use crate::train::{MetricRow, RunState};
+use crate::tui::app::App;
+use crate::tui::plot::{self, Plot, Series};
+use crate::tui::theme::{Theme, ASCII_BARS};
+use crate::tui::watch::RunInfo;
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let Some(run) = app.focused_run() else {
+        f.render_widget(
+            Paragraph::new("No run yet: launch one from Setup (l), or open one from Runs.")
+                .block(theme.block("Run")),
+            area,
+        );
+        return;
+    };
+    let bottom_h = if area.height >= 30 { 10 } else { 6 };
+    let [head, middle, bottom] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Min(6),
+        Constraint::Length(bottom_h),
+    ])
+    .areas(area);
+    let (step, total, eta, elapsed) = run.status.as_ref().map_or((0, 0, None, 0.0), |s| {
+        (s.step, s.total_steps, s.eta_s, s.elapsed_s)
+    });
+    let ratio = if total > 0 {
+        step as f64 / total as f64
+    } else {
+        0.0
+    };
+    let initializing = run
+        .status
+        .as_ref()
+        .filter(|s| s.state == RunState::Initializing);
+    let text = match initializing.and_then(|s| s.message.as_ref()) {
+        // Pruning or gradient-init progress before the first step.
+        Some(m) => format!("initializing: {m}  elapsed {elapsed:.0}s"),
+        None => format!(
+            "{} {} step {step}/{total}  elapsed {:.0}s  ETA {}",
+            ascii_bar(ratio, (head.width as usize / 4).clamp(5, 30)),
+            state_text(run),
+            elapsed,
+            eta.map_or("-".into(), |e| format!("{e:.0}s"))
+        ),
+    };
+    f.render_widget(Paragraph::new(text).block(theme.block(&run.name)), head);
+    let side_w = if middle.width >= 100 { 36 } else { 26 };
+    let [chart_area, side] =
+        Layout::horizontal([Constraint::Min(30), Constraint::Length(side_w)]).areas(middle);
+    draw_loss(f, chart_area, app, run, theme);
+    draw_stats(f, side, run, theme);
+    let evaluates = run.profile.as_ref().is_some_and(|p| p.eval.is_some())
+        || run.eval_job.is_some()
+        || !run.tasks.is_empty();
+    if evaluates {
+        let [log, sparsity, accuracy] = Layout::horizontal([
+            Constraint::Min(20),
+            Constraint::Percentage(30),
+            Constraint::Length(30),
+        ])
+        .areas(bottom);
+        draw_events(f, log, run, theme);
+        draw_sparsity(f, sparsity, run, theme);
+        draw_accuracy(f, accuracy, run, theme);
+    } else {
+        let [log, sparsity] =
+            Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
+        draw_events(f, log, run, theme);
+        draw_sparsity(f, sparsity, run, theme);
+    }
+}
+
+/// Each task's `acc` before training (the pruned model) and after (the merged one).
+fn draw_accuracy(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let table = run.task_accuracy();
+    let mean = |pick: fn(&crate::tui::watch::TaskAccuracy) -> Option<f64>| {
+        let xs: Vec<f64> = table.iter().filter_map(pick).collect();
+        (!xs.is_empty()).then(|| xs.iter().sum::<f64>() / xs.len() as f64)
+    };
+    let mut lines = match (eval_job_text(run), &run.eval_job) {
+        (Some(text), Some(job)) => {
+            let ratio = job.done as f64 / job.total.max(1) as f64;
+            let width = (area.width as usize).saturating_sub(4).min(26);
+            vec![
+                Line::styled(text, theme.fg(Color::Yellow)),
+                Line::from(ascii_bar(ratio, width)),
+            ]
+        }
+        _ if table.is_empty() => vec![Line::from("scored before and after training")],
+        _ => vec![Line::from(format!(
+            "{:<13} {} -> {}",
+            "mean",
+            accuracy_text(mean(|t| t.before)),
+            accuracy_text(mean(|t| t.after))
+        ))],
+    };
+    lines.extend(table.iter().map(|t| {
+        Line::from(format!(
+            "{:<13} {} -> {}",
+            t.task.name(),
+            accuracy_text(t.before),
+            accuracy_text(t.after)
+        ))
+    }));
+    f.render_widget(
+        Paragraph::new(lines).block(theme.block("Accuracy (before -> after)")),
+        area,
+    );
+}
+
+fn draw_loss(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) {
+    let start = app.zoom_last.map_or(f64::MIN, |n| {
+        let last = run.summary.train_curve.last();
+        last.map_or(0.0, |l| l.0 as f64 - n as f64)
+    });
+    let train = view_points(&run.summary.train_curve, start, app.log_scale);
+    let eval = view_points(&run.summary.eval_curve, start, app.log_scale);
+    let title = format!(
+        "loss{}: {}{}",
+        if app.log_scale { " (ln)" } else { "" },
+        if theme.braille() {
+            "train (line)  valid (dots)"
+        } else {
+            "* train  o valid"
+        },
+        app.zoom_last
+            .map_or(String::new(), |n| format!(", last {n} steps"))
+    );
+    if train.is_empty() {
+        f.render_widget(
+            Paragraph::new("waiting for the first step...").block(theme.block(&title)),
+            area,
+        );
+        return;
+    }
+    plot::render(
+        f,
+        area,
+        Plot {
+            block: theme.block(&title),
+            series: vec![
+                Series {
+                    symbol: '*',
+                    style: theme.fg(Color::Cyan),
+                    points: &train,
+                    line: true,
+                },
+                Series {
+                    symbol: 'o',
+                    style: theme.fg(Color::Yellow),
+                    points: &eval,
+                    line: false,
+                },
+            ],
+        },
+        theme,
+    );
+}
+
+fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let [stats, memory] = Layout::vertical([Constraint::Length(7), Constraint::Min(5)]).areas(area);
+    let mut lines = Vec::new();
+    let mut mem = Vec::new();
+    if let Some(MetricRow::Train {
+        loss,
+        lr,
+        grad_norm,
+        tokens_per_s,
+        live_bytes,
+        peak_bytes,
+        rss_bytes,
+        gpu,
+        ..
+    }) = &run.last
+    {
+        lines.push(format!("loss  {loss:.4}"));
+        lines.push(format!("lr    {lr:.2e}  grad {grad_norm:.2}"));
+        lines.push(format!("tok/s {tokens_per_s:.0}"));
+        mem.push(format!(
+            "RSS  {}",
+            rss_bytes.map_or("-".into(), |b| human_bytes(b as f64))
+        ));
+        match gpu {
+            // On a GPU the tensors live in its memory: this process's pool (now, step peak)
+            // and the whole device (used / total), next to the host's RSS.
+            Some(g) => {
+                mem.push(format!(
+                    "GPU  {} pk {}",
+                    human_bytes(g.used_bytes as f64),
+                    human_bytes(g.peak_bytes as f64)
+                ));
+                mem.push(format!(
+                    "dev  {}/{}",
+                    human_bytes(g.device_used_bytes as f64),
+                    human_bytes(g.device_total_bytes as f64)
+                ));
+            }
+            None => {
+                mem.push(format!("live {}", human_bytes(*live_bytes as f64)));
+                mem.push(format!("peak {}", human_bytes(*peak_bytes as f64)));
+            }
+        }
+    }
+    if let Some(best) = run.best_eval() {
+        lines.push(format!("best  {best:.4} ppl {:.2}", best.exp()));
+    }
+    if let Some(p) = &run.profile {
+        lines.push(format!(
+            "{} r{} {}",
+            p.method_label(),
+            p.adapter.rank,
+            p.adapter.init.name()
+        ));
+    }
+    let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
+    f.render_widget(Paragraph::new(text).block(theme.block("Stats")), stats);
+    let block = theme.block("Memory");
+    let inner = block.inner(memory);
+    f.render_widget(block, memory);
+    let n = mem.len() as u16;
+    let [numbers, spark] =
+        Layout::vertical([Constraint::Length(n), Constraint::Min(0)]).areas(inner);
+    f.render_widget(
+        Paragraph::new(mem.into_iter().map(Line::from).collect::<Vec<_>>()),
+        numbers,
+    );
+    let width = spark.width as usize;
+    let data: Vec<u64> = run.memory[run.memory.len().saturating_sub(width)..]
+        .iter()
+        .map(|b| b / 1024)
+        .collect();
+    f.render_widget(
+        Sparkline::default()
+            .data(&data)
+            .bar_set(ASCII_BARS)
+            .style(theme.fg(Color::Magenta)),
+        spark,
+    );
+}
+
+fn draw_events(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let lines: Vec<Line> = run
+        .events
+        .iter()
+        .rev()
+        .take(area.height.saturating_sub(2) as usize)
+        .rev()
+        .map(|e| {
+            if e.starts_with("error") {
+                Line::styled(e.clone(), theme.fg(Color::Red))
+            } else {
+                Line::from(e.clone())
+            }
+        })
+        .collect();
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(theme.block("Events")),
+        area,
+    );
+}
+
+/// `model.layers.3.self_attn.q_proj` as `3.q_proj`.
+fn short_layer(name: &str) -> String {
+    let parts: Vec<&str> = name.split('.').collect();
+    match parts.as_slice() {
+        ["model", "layers", i, _, leaf] => format!("{i}.{leaf}"),
+        _ => name.to_string(),
+    }
+}
+
+fn draw_sparsity(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+    let Some((step, layers)) = &run.sparsity else {
+        f.render_widget(
+            Paragraph::new("written when training starts and at each eval")
+                .wrap(Wrap { trim: true })
+                .block(theme.block("Sparsity")),
+            area,
+        );
+        return;
+    };
+    let n = layers.len().max(1) as f64;
+    let base = layers.iter().map(|l| l.density_before).sum::<f64>() / n;
+    let merged = layers.iter().map(|l| l.density_after).sum::<f64>() / n;
+    let kept = layers.iter().filter(|l| l.pattern_preserved).count();
+    let mut lines = vec![
+        Line::from(format!("step {step}: base {base:.3} merged {merged:.3}")),
+        if kept == layers.len() {
+            Line::styled(
+                format!("zero pattern kept on all {kept} layers"),
+                theme.fg(Color::Green),
+            )
+        } else {
+            Line::styled(
+                format!(
+                    "DRIFT: {} of {} layers lose zeros",
+                    layers.len() - kept,
+                    layers.len()
+                ),
+                theme.warn(),
+            )
+        },
+    ];
+    let ranks: Vec<usize> = layers.iter().filter_map(|l| l.live_rank).collect();
+    if let Some(min) = ranks.iter().min() {
+        let live = ranks.iter().sum::<usize>();
+        lines.push(Line::from(format!(
+            "SoRA: {live} live ranks, {min}..{}/layer",
+            ranks.iter().max().expect("not empty")
+        )));
+    }
+    // The layers that drift most first.
+    let mut by_drift: Vec<_> = layers.iter().collect();
+    by_drift.sort_by(|a, b| {
+        (b.density_after - b.density_before).total_cmp(&(a.density_after - a.density_before))
+    });
+    for l in by_drift {
+        let rank = l.live_rank.map(|r| format!(" r{r}")).unwrap_or_default();
+        lines.push(Line::from(format!(
+            "{:<12} {:.3} -> {:.3}{rank}",
+            short_layer(&l.name),
+            l.density_before,
+            l.density_after
+        )));
+    }
+    f.render_widget(
+        Paragraph::new(lines).block(theme.block("Sparsity (base -> merged)")),
+        area,
+    );
+}

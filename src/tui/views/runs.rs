@@ -1,0 +1,133 @@
+//! The Runs view: every run in a table (a column per scored task where the width allows),
+//! and the train-loss curves of the marked ones.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Color;
+use ratatui::widgets::{Paragraph, Row, Table, TableState};
+use ratatui::Frame;
+
+use super::{accuracy_text, draw_overlay, eval_job_text, state_text, view_points};
+use crate::tui::app::App;
+use crate::tui::theme::{Theme, SYMBOLS};
+use crate::tui::watch::RunInfo;
+
+/// Width of a per-task accuracy column of the Runs table.
+const TASK_COLUMN: u16 = 6;
+
+/// The Runs table: a row per run, with a column per scored task where the width allows.
+fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) -> Table<'a> {
+    let mut tasks: Vec<crate::eval::Task> = crate::eval::Task::ALL
+        .into_iter()
+        .filter(|t| {
+            app.runs
+                .iter()
+                .any(|r| r.task_accuracy().iter().any(|a| a.task == *t))
+        })
+        .collect();
+    tasks.truncate((width.saturating_sub(84) / TASK_COLUMN) as usize);
+    let rows: Vec<Row> = app
+        .runs
+        .iter()
+        .map(|r| {
+            let mark = overlay
+                .iter()
+                .position(|o| o.path == r.path)
+                .map_or(' ', |i| SYMBOLS[i % SYMBOLS.len()]);
+            run_row(r, mark, &tasks)
+        })
+        .collect();
+    let mut widths = vec![
+        Constraint::Min(14),
+        Constraint::Length(8),
+        Constraint::Length(14),
+        Constraint::Length(3),
+        Constraint::Length(8),
+        Constraint::Length(12),
+        Constraint::Length(4),
+        Constraint::Length(5),
+    ];
+    widths.extend(tasks.iter().map(|_| Constraint::Length(TASK_COLUMN - 1)));
+    let mut header: Vec<String> = [
+        "  run", "state", "method", "r", "init", "val/ppl", "acc", "time",
+    ]
+    .map(String::from)
+    .to_vec();
+    header.extend(tasks.iter().map(|t| t.short_name().to_string()));
+    Table::new(rows, widths)
+        .header(Row::new(header).style(theme.fg(Color::Cyan)))
+        .row_highlight_style(theme.selected())
+        .block(theme.block(&format!("Runs (by {}; o to change)", app.run_order.name())))
+}
+
+/// One run's row: name (with its overlay symbol), state, method, rank, init, best
+/// validation loss/perplexity, mean accuracy after training, time, and each task's accuracy.
+fn run_row(r: &RunInfo, mark: char, tasks: &[crate::eval::Task]) -> Row<'static> {
+    let (method, rank, init) = r.profile.as_ref().map_or(("?".into(), 0, "?".into()), |p| {
+        (
+            p.method_label(),
+            p.adapter.rank,
+            p.adapter.init.name().to_string(),
+        )
+    });
+    let best = r
+        .best_eval()
+        .map_or("-".into(), |b| format!("{b:.3}/{:.2}", b.exp()));
+    let dur = r
+        .status
+        .as_ref()
+        .map_or("-".into(), |s| format!("{:.0}s", s.elapsed_s));
+    let state = match r.eval_job.as_ref().filter(|_| eval_job_text(r).is_some()) {
+        Some(j) if j.total > 0 => format!("eval {}%", 100 * j.done / j.total),
+        Some(_) => "eval".into(),
+        None => state_text(r),
+    };
+    let accuracy = r.task_accuracy();
+    let mut cells = vec![
+        format!("{mark} {}", r.name),
+        state,
+        method,
+        rank.to_string(),
+        init,
+        best,
+        accuracy_text(r.mean_accuracy_after()),
+        dur,
+    ];
+    cells.extend(
+        tasks
+            .iter()
+            .map(|t| accuracy_text(accuracy.iter().find(|a| a.task == *t).and_then(|a| a.after))),
+    );
+    Row::new(cells)
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    if app.runs.is_empty() {
+        f.render_widget(
+            Paragraph::new("No runs yet.").block(theme.block("Runs")),
+            area,
+        );
+        return;
+    }
+    let overlay: Vec<&RunInfo> = app
+        .runs
+        .iter()
+        .filter(|r| app.marked.contains(&r.path))
+        .collect();
+    let [table_area, chart_area] = if overlay.is_empty() {
+        [area, Rect::default()]
+    } else {
+        Layout::vertical([Constraint::Min(5), Constraint::Percentage(55)]).areas(area)
+    };
+    let table = runs_table(app, &overlay, table_area.width, theme);
+    let mut state = TableState::default().with_selected(Some(app.selected_run));
+    f.render_stateful_widget(table, table_area, &mut state);
+    if overlay.is_empty() {
+        return;
+    }
+    let curves: Vec<Vec<(f64, f64)>> = overlay
+        .iter()
+        .map(|r| view_points(&r.summary.train_curve, f64::MIN, app.log_scale))
+        .collect();
+    let title = "train loss of the marked runs (symbol in the run column)";
+    draw_overlay(f, chart_area, title, &curves, true, theme);
+}

@@ -1,0 +1,147 @@
+//! The Setup view: the form, and what was detected about the model, prune step and data.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Color;
+use ratatui::text::Line;
+use ratatui::widgets::{List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::Frame;
+
+use crate::memory::human_bytes;
+use crate::tui::app::{App, EditTarget, Modal};
+use crate::tui::setup::{FieldId, Kind, Setup};
+use crate::tui::theme::Theme;
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    let s = &app.setup;
+    let [form, info] = if area.width >= 110 {
+        Layout::horizontal([Constraint::Length(60), Constraint::Min(40)]).areas(area)
+    } else {
+        Layout::vertical([Constraint::Min(5), Constraint::Length(8)]).areas(area)
+    };
+    let editing = match &app.modal {
+        Some(Modal::Editing(e)) => match e.target {
+            EditTarget::Setup(id) => Some((id, e.text.as_str())),
+            EditTarget::Sweep(_) => None,
+        },
+        _ => None,
+    };
+    let items: Vec<ListItem> = s
+        .fields()
+        .map(|(id, value)| {
+            let shown = match editing {
+                Some((edited, text)) if edited == id => format!("{text}_"),
+                _ if !id.choices().is_empty() => format!("< {value} >"),
+                _ if matches!(id.kind(), Kind::Path(_)) && value.is_empty() => "(none)".into(),
+                _ => value.to_string(),
+            };
+            ListItem::new(format!("{:<14} {shown}", id.label()))
+        })
+        .collect();
+    let mut state = ListState::default().with_selected(Some(s.selected));
+    f.render_stateful_widget(
+        List::new(items)
+            .block(theme.block("Setup"))
+            .highlight_style(theme.selected()),
+        form,
+        &mut state,
+    );
+    f.render_widget(
+        Paragraph::new(detected_lines(app, theme))
+            .wrap(Wrap { trim: true })
+            .block(theme.block("Detected")),
+        info,
+    );
+}
+
+/// The Detected panel's lines about the model: architecture and size, and its sparsity (or
+/// a warning when it is dense), or why it cannot be read, or its download's progress.
+fn model_lines(s: &Setup, theme: Theme) -> Vec<Line<'static>> {
+    let mut lines = Vec::new();
+    match &s.model {
+        Some(Ok(m)) => {
+            let c = &m.config;
+            lines.push(Line::from(format!(
+                "model: {:?} {:.2}M params {}, hidden {}, {} layers, heads {}/{} kv, vocab {}",
+                c.architecture,
+                m.parameters as f64 / 1e6,
+                m.dtype,
+                c.hidden_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.vocab_size
+            )));
+            if m.is_dense() && !s.pruning() {
+                lines.push(Line::styled(
+                    "DENSE model: masked methods keep nothing sparse. P adds a prune step \
+                     (wanda 50%), or set `prune first`.",
+                    theme.warn(),
+                ));
+            } else {
+                let (lo, hi) = m.layers.iter().fold((f64::MAX, f64::MIN), |(a, b), l| {
+                    (a.min(l.density), b.max(l.density))
+                });
+                lines.push(Line::from(format!(
+                    "sparsity: {}, density {:.3} (layers {lo:.3}-{hi:.3})",
+                    m.pattern(),
+                    m.density()
+                )));
+            }
+        }
+        Some(Err(e)) => lines.push(Line::styled(format!("model: {e}"), theme.fg(Color::Red))),
+        None => lines.push(Line::from(match &s.download {
+            Some(d) => format!(
+                "model: downloading {} {} / {}",
+                d.file,
+                human_bytes(d.done as f64),
+                human_bytes(d.total as f64)
+            ),
+            None => "model: inspecting...".into(),
+        })),
+    }
+    lines
+}
+
+/// What the Detected panel says about the model, the prune step and the data.
+fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
+    let s = &app.setup;
+    let mut lines = model_lines(s, theme);
+    if s.pruning() {
+        let pattern = s.value(FieldId::PrunePattern);
+        let sparsity = s.value(FieldId::PruneSparsity);
+        lines.push(Line::from(format!(
+            "prune step: {} {} {} before training, calibrated on the train data",
+            s.value(FieldId::PruneMethod),
+            pattern,
+            if pattern == "unstructured" {
+                sparsity
+            } else {
+                ""
+            }
+        )));
+    }
+    for (id, info) in &s.data {
+        let label = id.label();
+        lines.push(match info {
+            Ok(d) => Line::from(format!(
+                "{label}: {} records ({}{}), {} tokens = {} sequences of {}",
+                d.records,
+                d.format,
+                if d.skipped > 0 {
+                    format!(", {} skipped", d.skipped)
+                } else {
+                    String::new()
+                },
+                d.tokens,
+                d.sequences,
+                s.value(FieldId::SeqLen)
+            )),
+            Err(e) => Line::styled(format!("{label}: {e}"), theme.fg(Color::Red)),
+        });
+    }
+    match &s.error {
+        Some(e) => lines.push(Line::styled(format!("invalid: {e}"), theme.fg(Color::Red))),
+        None => lines.push(Line::styled("ready to launch (l)", theme.fg(Color::Green))),
+    }
+    lines
+}

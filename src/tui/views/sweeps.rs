@@ -1,0 +1,213 @@
+//! The Sweeps view: one sweep's trials compared (swept values, state and outcomes, sortable
+//! by any column) over a chart of their validation curves, smoothed training curves, or best
+//! validation loss against a swept value; or the form that defines a new sweep.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::Color;
+use ratatui::text::Line;
+use ratatui::widgets::{Cell, List, ListItem, ListState, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::Frame;
+
+use super::{draw_overlay, view_points};
+use crate::report::ema;
+use crate::sweep::summary::{log_axis, numeric};
+use crate::tui::app::{App, EditTarget, Modal};
+use crate::tui::sweeps::{Board, ChartMode, Column, SweepForm, SweepInfo, TrialView};
+use crate::tui::theme::{Theme, SYMBOLS};
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
+    if let Some(form) = &app.board.form {
+        return draw_form(f, area, app, form, theme);
+    }
+    let Some(sweep) = app.board.current(&app.sweeps) else {
+        let text = match &app.board.sweep {
+            Some(dir) => format!("waiting for the sweep in {} to start...", dir.display()),
+            None => "No sweeps yet: S in Setup (or n here) defines one from the Setup's \
+                     settings; `lors sweep --profile FILE` runs one headless."
+                .into(),
+        };
+        f.render_widget(
+            Paragraph::new(text)
+                .wrap(Wrap { trim: true })
+                .block(theme.block("Sweeps")),
+            area,
+        );
+        return;
+    };
+    let rows = app.board.rows(sweep, &app.runs);
+    let table_h = (rows.len() as u16 + 3).min(area.height / 2).max(5);
+    let [table_area, chart_area] =
+        Layout::vertical([Constraint::Length(table_h), Constraint::Min(4)]).areas(area);
+    draw_table(f, table_area, &app.board, sweep, &rows, theme);
+    draw_chart(f, chart_area, &app.board, sweep, &rows, theme);
+}
+
+fn width(column: Column) -> u16 {
+    match column {
+        Column::Trial => 6,
+        Column::Param(_) => 8,
+        Column::State => 13,
+        Column::BestVal | Column::TrainLoss | Column::TokensPerS => 6,
+        Column::PeakMemory | Column::Time => 5,
+        Column::ZerosKept => 3,
+    }
+}
+
+/// The trials, the sorted column's header marked `^` (ascending) or `v`.
+fn draw_table(
+    f: &mut Frame,
+    area: Rect,
+    board: &Board,
+    sweep: &SweepInfo,
+    rows: &[TrialView],
+    theme: Theme,
+) {
+    let columns = Board::columns(sweep);
+    let header: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let mark = match board.sort {
+                Some(s) if s == *c && board.descending => "v",
+                Some(s) if s == *c => "^",
+                _ => "",
+            };
+            format!("{}{mark}", c.header(&sweep.axes))
+        })
+        .collect();
+    let body: Vec<Row> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let cells = columns.iter().map(|c| {
+                let text = r.cell(*c, &sweep.axes);
+                match c {
+                    Column::Trial => Cell::from(format!("{}{text}", SYMBOLS[i % SYMBOLS.len()]))
+                        .style(theme.fg(theme.series_color(i))),
+                    _ => Cell::from(text),
+                }
+            });
+            Row::new(cells)
+        })
+        .collect();
+    let title = format!("{}: {}", sweep.name, sweep.progress());
+    let table = Table::new(body, columns.iter().map(|c| Constraint::Length(width(*c))))
+        .header(Row::new(header).style(theme.fg(Color::Cyan)))
+        .row_highlight_style(theme.selected())
+        .block(theme.block(&title));
+    let mut state = TableState::default().with_selected(Some(board.row));
+    f.render_stateful_widget(table, area, &mut state);
+}
+
+fn draw_chart(
+    f: &mut Frame,
+    area: Rect,
+    board: &Board,
+    sweep: &SweepInfo,
+    rows: &[TrialView],
+    theme: Theme,
+) {
+    let summaries = rows.iter().map(|r| r.run.map(|run| &run.summary));
+    match board.chart {
+        ChartMode::Valid => {
+            let curves: Vec<Vec<(f64, f64)>> = summaries
+                .map(|s| s.map_or(Vec::new(), |s| view_points(&s.eval_curve, f64::MIN, false)))
+                .collect();
+            let title = "validation loss per step (c: chart)";
+            draw_overlay(f, area, title, &curves, true, theme);
+        }
+        ChartMode::Train => {
+            let w = board.smoothing();
+            let curves: Vec<Vec<(f64, f64)>> = summaries
+                .map(|s| s.map_or(Vec::new(), |s| ema(&s.train_curve, w)))
+                .collect();
+            let title = format!("train loss, EMA {w} ([ ] smoothing, c: chart)");
+            draw_overlay(f, area, &title, &curves, true, theme);
+        }
+        ChartMode::Param => draw_param_plot(f, area, board, sweep, rows, theme),
+    }
+}
+
+/// Best validation loss against the chosen swept value, one point (symbol) per trial.
+fn draw_param_plot(
+    f: &mut Frame,
+    area: Rect,
+    board: &Board,
+    sweep: &SweepInfo,
+    rows: &[TrialView],
+    theme: Theme,
+) {
+    let Some(key) = sweep.axes.get(board.param) else {
+        return;
+    };
+    let values: Vec<Option<(f64, f64)>> = rows
+        .iter()
+        .map(|r| {
+            let x = numeric(r.record.trial.values.get(key)?)?;
+            Some((x, r.best_val()?))
+        })
+        .collect();
+    let xs: Vec<f64> = values.iter().flatten().map(|p| p.0).collect();
+    let log = log_axis(&xs);
+    let points: Vec<Vec<(f64, f64)>> = values
+        .iter()
+        .map(|p| {
+            p.map(|(x, y)| (if log { x.log10() } else { x }, y))
+                .into_iter()
+                .collect()
+        })
+        .collect();
+    let title = format!(
+        "best val loss against {}{key} (a: next key)",
+        if log { "log10 " } else { "" }
+    );
+    draw_overlay(f, area, &title, &points, false, theme);
+}
+
+/// The new-sweep form, and what it would launch.
+fn draw_form(f: &mut Frame, area: Rect, app: &App, form: &SweepForm, theme: Theme) {
+    let [fields, info] = Layout::vertical([Constraint::Length(11), Constraint::Min(3)]).areas(area);
+    let editing = match &app.modal {
+        Some(Modal::Editing(e)) => match e.target {
+            EditTarget::Sweep(field) => Some((field, e.text.as_str())),
+            EditTarget::Setup(_) => None,
+        },
+        _ => None,
+    };
+    let items: Vec<ListItem> = crate::tui::sweeps::FormField::ALL
+        .iter()
+        .map(|field| {
+            let value = match editing {
+                Some((edited, text)) if edited == *field => format!("{text}_"),
+                _ if field.is_choice() => format!("< {} >", form.text(*field)),
+                _ => form.text(*field),
+            };
+            ListItem::new(format!("{:<16} {value}", field.label()))
+        })
+        .collect();
+    let mut state = ListState::default().with_selected(Some(form.selected));
+    f.render_stateful_widget(
+        List::new(items)
+            .block(theme.block("new sweep over the Setup's settings"))
+            .highlight_style(theme.selected()),
+        fields,
+        &mut state,
+    );
+    let status = match &form.error {
+        Some(e) => Line::styled(format!("invalid: {e}"), theme.fg(Color::Red)),
+        None => Line::styled(
+            "ready: l launches it (detached; it outlives the TUI)",
+            theme.fg(Color::Green),
+        ),
+    };
+    let lines = vec![
+        status,
+        Line::from("values: 4, 8  or  lors, lors-exact  or  { log_uniform = [1e-4, 1e-2] }"),
+        Line::from("rungs: steps where ASHA keeps the best 1/η by val loss (empty: none)"),
+    ];
+    f.render_widget(
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: true })
+            .block(theme.block("sweep")),
+        info,
+    );
+}
