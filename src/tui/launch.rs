@@ -13,6 +13,32 @@ fn stamp() -> u64 {
     (now_s() * 1000.0) as u64
 }
 
+/// Write `text` to `runs_dir/.launch/<name>.toml` and start `lors <command> --profile FILE
+/// <out_flag> <out>` detached, its output going to `runs_dir/.launch/<name>.log`.
+fn launch_profile(
+    runs_dir: &Path,
+    name: &str,
+    text: &str,
+    command: &str,
+    out_flag: &str,
+    out: &Path,
+) -> Result<()> {
+    let launch_dir = runs_dir.join(".launch");
+    std::fs::create_dir_all(&launch_dir).map_err(|e| LorsError::io(&launch_dir, e))?;
+    let profile_path = launch_dir.join(format!("{name}.toml"));
+    crate::io::write_atomic(&profile_path, text.as_bytes())?;
+    spawn_detached(
+        &[
+            command.into(),
+            "--profile".into(),
+            profile_path.into(),
+            out_flag.into(),
+            out.into(),
+        ],
+        &launch_dir.join(format!("{name}.log")),
+    )
+}
+
 /// Launch `profile` into a new run directory under `runs_dir`; returns that directory. The
 /// profile and the process's output go to `runs_dir/.launch/<run>.{toml,log}`.
 pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
@@ -23,20 +49,8 @@ pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
         stamp()
     );
     let run_dir = runs_dir.join(&name);
-    let launch_dir = runs_dir.join(".launch");
-    std::fs::create_dir_all(&launch_dir).map_err(|e| LorsError::io(&launch_dir, e))?;
-    let profile_path = launch_dir.join(format!("{name}.toml"));
-    crate::io::write_atomic(&profile_path, profile.to_toml().as_bytes())?;
-    spawn_detached(
-        &[
-            "train".into(),
-            "--profile".into(),
-            profile_path.into(),
-            "--run-dir".into(),
-            run_dir.clone().into(),
-        ],
-        &launch_dir.join(format!("{name}.log")),
-    )?;
+    let text = profile.to_toml();
+    launch_profile(runs_dir, &name, &text, "train", "--run-dir", &run_dir)?;
     Ok(run_dir)
 }
 
@@ -46,21 +60,8 @@ pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
 pub fn sweep(base: &Profile, sweep: &toml::Table, runs_dir: &Path) -> Result<PathBuf> {
     let name = format!("sweep-{}", stamp());
     let dir = runs_dir.join(&name);
-    let launch_dir = runs_dir.join(".launch");
-    std::fs::create_dir_all(&launch_dir).map_err(|e| LorsError::io(&launch_dir, e))?;
-    let profile_path = launch_dir.join(format!("{name}.toml"));
     let text = crate::sweep::sweep_profile_text(base, sweep)?;
-    crate::io::write_atomic(&profile_path, text.as_bytes())?;
-    spawn_detached(
-        &[
-            "sweep".into(),
-            "--profile".into(),
-            profile_path.into(),
-            "--out".into(),
-            dir.clone().into(),
-        ],
-        &launch_dir.join(format!("{name}.log")),
-    )?;
+    launch_profile(runs_dir, &name, &text, "sweep", "--out", &dir)?;
     Ok(dir)
 }
 

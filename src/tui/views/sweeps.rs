@@ -34,12 +34,25 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         );
         return;
     };
-    let rows = app.board.rows(sweep, &app.runs);
-    let table_h = (rows.len() as u16 + 3).min(area.height / 2).max(5);
+    let shown = Shown {
+        board: &app.board,
+        sweep,
+        rows: app.board.rows(sweep, &app.runs),
+        theme,
+    };
+    let table_h = (shown.rows.len() as u16 + 3).min(area.height / 2).max(5);
     let [table_area, chart_area] =
         Layout::vertical([Constraint::Length(table_h), Constraint::Min(4)]).areas(area);
-    draw_table(f, table_area, &app.board, sweep, &rows, theme);
-    draw_chart(f, chart_area, &app.board, sweep, &rows, theme);
+    shown.draw_table(f, table_area);
+    shown.draw_chart(f, chart_area);
+}
+
+/// The sweep shown, its trials in the board's order, and how to draw them.
+struct Shown<'a> {
+    board: &'a Board,
+    sweep: &'a SweepInfo,
+    rows: Vec<TrialView<'a>>,
+    theme: Theme,
 }
 
 fn width(column: Column) -> u16 {
@@ -53,114 +66,100 @@ fn width(column: Column) -> u16 {
     }
 }
 
-/// The trials, the sorted column's header marked `^` (ascending) or `v`.
-fn draw_table(
-    f: &mut Frame,
-    area: Rect,
-    board: &Board,
-    sweep: &SweepInfo,
-    rows: &[TrialView],
-    theme: Theme,
-) {
-    let columns = Board::columns(sweep);
-    let header: Vec<String> = columns
-        .iter()
-        .map(|c| {
-            let mark = match board.sort {
-                Some(s) if s == *c && board.descending => "v",
-                Some(s) if s == *c => "^",
-                _ => "",
-            };
-            format!("{}{mark}", c.header(&sweep.axes))
-        })
-        .collect();
-    let body: Vec<Row> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let cells = columns.iter().map(|c| {
-                let text = r.cell(*c, &sweep.axes);
-                match c {
-                    Column::Trial => Cell::from(format!("{}{text}", SYMBOLS[i % SYMBOLS.len()]))
-                        .style(theme.fg(theme.series_color(i))),
-                    _ => Cell::from(text),
-                }
-            });
-            Row::new(cells)
-        })
-        .collect();
-    let title = format!("{}: {}", sweep.name, sweep.progress());
-    let table = Table::new(body, columns.iter().map(|c| Constraint::Length(width(*c))))
-        .header(Row::new(header).style(theme.fg(Color::Cyan)))
-        .row_highlight_style(theme.selected())
-        .block(theme.block(&title));
-    let mut state = TableState::default().with_selected(Some(board.row));
-    f.render_stateful_widget(table, area, &mut state);
-}
-
-fn draw_chart(
-    f: &mut Frame,
-    area: Rect,
-    board: &Board,
-    sweep: &SweepInfo,
-    rows: &[TrialView],
-    theme: Theme,
-) {
-    let summaries = rows.iter().map(|r| r.run.map(|run| &run.summary));
-    match board.chart {
-        ChartMode::Valid => {
-            let curves: Vec<Vec<(f64, f64)>> = summaries
-                .map(|s| s.map_or(Vec::new(), |s| view_points(&s.eval_curve, f64::MIN, false)))
-                .collect();
-            let title = "validation loss per step (c: chart)";
-            draw_overlay(f, area, title, &curves, true, theme);
-        }
-        ChartMode::Train => {
-            let w = board.smoothing();
-            let curves: Vec<Vec<(f64, f64)>> = summaries
-                .map(|s| s.map_or(Vec::new(), |s| ema(&s.train_curve, w)))
-                .collect();
-            let title = format!("train loss, EMA {w} ([ ] smoothing, c: chart)");
-            draw_overlay(f, area, &title, &curves, true, theme);
-        }
-        ChartMode::Param => draw_param_plot(f, area, board, sweep, rows, theme),
+impl Shown<'_> {
+    /// The trials, the sorted column's header marked `^` (ascending) or `v`.
+    fn draw_table(&self, f: &mut Frame, area: Rect) {
+        let (board, sweep, rows, theme) = (self.board, self.sweep, &self.rows, self.theme);
+        let columns = Board::columns(sweep);
+        let header: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let mark = match board.sort {
+                    Some(s) if s == *c && board.descending => "v",
+                    Some(s) if s == *c => "^",
+                    _ => "",
+                };
+                format!("{}{mark}", c.header(&sweep.axes))
+            })
+            .collect();
+        let body: Vec<Row> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let cells = columns.iter().map(|c| {
+                    let text = r.cell(*c, &sweep.axes);
+                    match c {
+                        Column::Trial => {
+                            Cell::from(format!("{}{text}", SYMBOLS[i % SYMBOLS.len()]))
+                                .style(theme.fg(theme.series_color(i)))
+                        }
+                        _ => Cell::from(text),
+                    }
+                });
+                Row::new(cells)
+            })
+            .collect();
+        let title = format!("{}: {}", sweep.name, sweep.progress());
+        let table = Table::new(body, columns.iter().map(|c| Constraint::Length(width(*c))))
+            .header(Row::new(header).style(theme.fg(Color::Cyan)))
+            .row_highlight_style(theme.selected())
+            .block(theme.block(&title));
+        let mut state = TableState::default().with_selected(Some(board.row));
+        f.render_stateful_widget(table, area, &mut state);
     }
-}
 
-/// Best validation loss against the chosen swept value, one point (symbol) per trial.
-fn draw_param_plot(
-    f: &mut Frame,
-    area: Rect,
-    board: &Board,
-    sweep: &SweepInfo,
-    rows: &[TrialView],
-    theme: Theme,
-) {
-    let Some(key) = sweep.axes.get(board.param) else {
-        return;
-    };
-    let values: Vec<Option<(f64, f64)>> = rows
-        .iter()
-        .map(|r| {
-            let x = numeric(r.record.trial.values.get(key)?)?;
-            Some((x, r.best_val()?))
-        })
-        .collect();
-    let xs: Vec<f64> = values.iter().flatten().map(|p| p.0).collect();
-    let log = log_axis(&xs);
-    let points: Vec<Vec<(f64, f64)>> = values
-        .iter()
-        .map(|p| {
-            p.map(|(x, y)| (if log { x.log10() } else { x }, y))
-                .into_iter()
-                .collect()
-        })
-        .collect();
-    let title = format!(
-        "best val loss against {}{key} (a: next key)",
-        if log { "log10 " } else { "" }
-    );
-    draw_overlay(f, area, &title, &points, false, theme);
+    fn draw_chart(&self, f: &mut Frame, area: Rect) {
+        let (board, rows, theme) = (self.board, &self.rows, self.theme);
+        let summaries = rows.iter().map(|r| r.run.map(|run| &run.summary));
+        match board.chart {
+            ChartMode::Valid => {
+                let curves: Vec<Vec<(f64, f64)>> = summaries
+                    .map(|s| s.map_or(Vec::new(), |s| view_points(&s.eval_curve, f64::MIN, false)))
+                    .collect();
+                let title = "validation loss per step (c: chart)";
+                draw_overlay(f, area, title, &curves, true, theme);
+            }
+            ChartMode::Train => {
+                let w = board.smoothing();
+                let curves: Vec<Vec<(f64, f64)>> = summaries
+                    .map(|s| s.map_or(Vec::new(), |s| ema(&s.train_curve, w)))
+                    .collect();
+                let title = format!("train loss, EMA {w} ([ ] smoothing, c: chart)");
+                draw_overlay(f, area, &title, &curves, true, theme);
+            }
+            ChartMode::Param => self.draw_param_plot(f, area),
+        }
+    }
+
+    /// Best validation loss against the chosen swept value, one point (symbol) per trial.
+    fn draw_param_plot(&self, f: &mut Frame, area: Rect) {
+        let Some(key) = self.sweep.axes.get(self.board.param) else {
+            return;
+        };
+        let values: Vec<Option<(f64, f64)>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                let x = numeric(r.record.trial.values.get(key)?)?;
+                Some((x, r.best_val()?))
+            })
+            .collect();
+        let xs: Vec<f64> = values.iter().flatten().map(|p| p.0).collect();
+        let log = log_axis(&xs);
+        let points: Vec<Vec<(f64, f64)>> = values
+            .iter()
+            .map(|p| {
+                p.map(|(x, y)| (if log { x.log10() } else { x }, y))
+                    .into_iter()
+                    .collect()
+            })
+            .collect();
+        let title = format!(
+            "best val loss against {}{key} (a: next key)",
+            if log { "log10 " } else { "" }
+        );
+        draw_overlay(f, area, &title, &points, false, self.theme);
+    }
 }
 
 /// The new-sweep form, and what it would launch.
