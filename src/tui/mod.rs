@@ -91,47 +91,15 @@ fn refresh_catalog(app: &mut App, opts: &TuiOptions) -> bool {
 /// Carry out an effect, updating the state with what came of it. Inspections run on
 /// blocking threads and report through `updates`.
 pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &UnboundedSender<Update>) {
+    let runs = &opts.runs_dir;
     match effect {
-        Effect::Launch(p) => match launch::launch(&p, &opts.runs_dir) {
-            Ok(dir) => {
-                app.notice = Some(format!("launched {}", dir.display()));
-                app.focused = Some(dir);
-            }
-            Err(e) => app.notice = Some(format!("launch failed: {e}")),
-        },
-        Effect::LaunchSweep(base, table) => match launch::sweep(&base, &table, &opts.runs_dir) {
-            Ok(dir) => {
-                app.notice = Some(format!("sweep launched: {}", dir.display()));
-                app.board.sweep = Some(dir);
-            }
-            Err(e) => app.notice = Some(format!("sweep launch failed: {e}")),
-        },
-        Effect::Replay(run) => match launch::replay(&run, &opts.runs_dir) {
-            Ok(dir) => {
-                app.notice = Some(format!("replaying into {}", dir.display()));
-                app.focused = Some(dir);
-            }
-            Err(e) => app.notice = Some(format!("replay failed: {e}")),
-        },
-        Effect::Evaluate(run, suite) => {
-            app.notice = Some(match launch::evaluate(&run, &suite) {
-                Ok(progress) => format!(
-                    "evaluating {} tasks (progress: {})",
-                    suite.tasks.len(),
-                    progress.display()
-                ),
-                Err(e) => format!("evaluation failed to start: {e}"),
-            })
-        }
-        Effect::Merge(run) => {
-            app.notice = Some(match launch::merge(&run) {
-                Ok(log) => format!(
-                    "exporting to {} (log: {})",
-                    run.join("merged").display(),
-                    log.display()
-                ),
-                Err(e) => format!("merge failed: {e}"),
-            })
+        Effect::InspectModel(path) => inspect_model(path, updates.clone()),
+        Effect::InspectData(key, req) => {
+            let tx = updates.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = catalog::inspect_data(&req);
+                let _ = tx.send(Update::Data(key, req, r));
+            });
         }
         Effect::Control(path, req) => {
             let run = RunDir { path };
@@ -157,21 +125,70 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
             });
             refresh_catalog(app, opts);
         }
-        Effect::InspectModel(path) => {
-            let tx = updates.clone();
-            tokio::task::spawn_blocking(move || {
-                let r = catalog::inspect_model_at(&path, &mut |d| {
-                    let _ = tx.send(Update::Download(path.clone(), d.clone()));
-                });
-                let _ = tx.send(Update::Model(path, r));
-            });
+        Effect::Launch(p) => {
+            let dir = started(app, launch::launch(&p, runs), "launched", "launch failed");
+            app.focused = dir.or(app.focused.take());
         }
-        Effect::InspectData(key, req) => {
-            let tx = updates.clone();
-            tokio::task::spawn_blocking(move || {
-                let r = catalog::inspect_data(&req);
-                let _ = tx.send(Update::Data(key, req, r));
-            });
+        Effect::Replay(run) => {
+            let dir = started(
+                app,
+                launch::replay(&run, runs),
+                "replaying into",
+                "replay failed",
+            );
+            app.focused = dir.or(app.focused.take());
+        }
+        Effect::LaunchSweep(base, table) => {
+            let launched = launch::sweep(&base, &table, runs);
+            if let Some(dir) = started(app, launched, "sweep launched:", "sweep launch failed") {
+                app.board.sweep = Some(dir);
+            }
+        }
+        Effect::Evaluate(run, suite) => {
+            app.notice = Some(match launch::evaluate(&run, &suite) {
+                Ok(progress) => format!(
+                    "evaluating {} tasks (progress: {})",
+                    suite.tasks.len(),
+                    progress.display()
+                ),
+                Err(e) => format!("evaluation failed to start: {e}"),
+            })
+        }
+        Effect::Merge(run) => {
+            app.notice = Some(match launch::merge(&run) {
+                Ok(log) => format!(
+                    "exporting to {} (log: {})",
+                    run.join("merged").display(),
+                    log.display()
+                ),
+                Err(e) => format!("merge failed: {e}"),
+            })
+        }
+    }
+}
+
+/// Describe the model at `path` on a blocking thread (downloading it first for a hub id),
+/// reporting progress and the result through `tx`.
+fn inspect_model(path: PathBuf, tx: UnboundedSender<Update>) {
+    tokio::task::spawn_blocking(move || {
+        let r = catalog::inspect_model_at(&path, &mut |d| {
+            let _ = tx.send(Update::Download(path.clone(), d.clone()));
+        });
+        let _ = tx.send(Update::Model(path, r));
+    });
+}
+
+/// Say in the footer whether a detached process started into its directory; the directory
+/// when it did.
+fn started(app: &mut App, result: Result<PathBuf>, done: &str, failed: &str) -> Option<PathBuf> {
+    match result {
+        Ok(dir) => {
+            app.notice = Some(format!("{done} {}", dir.display()));
+            Some(dir)
+        }
+        Err(e) => {
+            app.notice = Some(format!("{failed}: {e}"));
+            None
         }
     }
 }
