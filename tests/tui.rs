@@ -982,7 +982,7 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
         "lr",
         "stopped early",
         "tok/s",
-        "2.100",
+        "2.100/8.2",
         "validation loss per step",
     ] {
         assert!(s.contains(want), "{want:?}:\n{s}");
@@ -997,7 +997,7 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
         rows.iter().map(|r| r.record.trial.index).collect()
     };
     assert_eq!(&order(&app)[..3], [2, 0, 1], "best first, untried last");
-    assert!(render(&app, 80, 24, true).contains("val^"));
+    assert!(render(&app, 80, 24, true).contains("val/ppl^"));
     press(&mut app, KeyCode::Char('S'));
     assert_eq!(&order(&app)[..3], [1, 0, 2]);
     press(&mut app, KeyCode::Char('S'));

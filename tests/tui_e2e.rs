@@ -427,7 +427,7 @@ fn a_sweep_defined_watched_sorted_and_promoted_in_a_real_terminal() {
     for _ in 0..5 {
         tui.send("s");
     }
-    let screen = tui.wait_for("val^", 10);
+    let screen = tui.wait_for("val/ppl^", 10);
     keep_screen("sweep-sorted", &screen);
     let rows = lors::sweep::summary::rows(&sweep.state);
     let best = &rows[0];
@@ -435,7 +435,7 @@ fn a_sweep_defined_watched_sorted_and_promoted_in_a_real_terminal() {
         .lines()
         .position(|l| l.contains(&format!("t{:03}", best.index)))
         .expect("the winner is listed");
-    let header = screen.lines().position(|l| l.contains("val^")).unwrap();
+    let header = screen.lines().position(|l| l.contains("val/ppl^")).unwrap();
     assert_eq!(best_row, header + 1, "the winner comes first:\n{screen}");
     // Promote it (the selected first row) to a profile.
     tui.send("w");

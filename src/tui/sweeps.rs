@@ -85,6 +85,7 @@ pub enum Column {
     /// The swept key at this place.
     Param(usize),
     State,
+    /// Best validation loss and its perplexity.
     BestVal,
     TrainLoss,
     TokensPerS,
@@ -114,7 +115,7 @@ impl Column {
                 .map_or("?", |k| k.rsplit('.').next().unwrap_or(k))
                 .into(),
             Column::State => "state".into(),
-            Column::BestVal => "val".into(),
+            Column::BestVal => "val/ppl".into(),
             Column::TrainLoss => "train".into(),
             Column::TokensPerS => "tok/s".into(),
             Column::PeakMemory => "MiB".into(),
@@ -150,7 +151,9 @@ impl<'a> TrialView<'a> {
                 other => other.to_string(),
             }),
             Column::State => self.record.state.to_string(),
-            Column::BestVal => num(self.summary(|s| s.best_eval_loss()), 3),
+            Column::BestVal => self
+                .best_val()
+                .map_or("-".into(), |b| format!("{b:.3}/{:.1}", b.exp())),
             Column::TrainLoss => num(self.summary(|s| s.last_train_loss()), 3),
             Column::TokensPerS => num(self.summary(|s| s.tokens_per_s()), 0),
             Column::PeakMemory => num(

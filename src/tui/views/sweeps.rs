@@ -58,9 +58,10 @@ struct Shown<'a> {
 fn width(column: Column) -> u16 {
     match column {
         Column::Trial => 6,
-        Column::Param(_) => 8,
+        Column::Param(_) => 7,
         Column::State => 13,
-        Column::BestVal | Column::TrainLoss | Column::TokensPerS => 6,
+        Column::BestVal => 11,
+        Column::TrainLoss | Column::TokensPerS => 6,
         Column::PeakMemory | Column::Time => 5,
         Column::ZerosKept => 3,
     }
