@@ -117,8 +117,10 @@ fn max_rel(got: &Tensor, want: &Tensor) -> f64 {
         .fold(0.0, f64::max)
 }
 
-/// Every method under both policies: the loss and every adapter gradient within `tol` of
-/// the largest reference entry; returns the largest difference seen.
+/// Every method under both policies: the loss and every adapter gradient of the engine in
+/// `dtype` within `tol` of the largest entry of autograd's through the reference forward in
+/// f64 (the truth, so an f32 check measures the engine's rounding alone, not the sum of its
+/// and f32 autograd's); returns the largest difference seen.
 fn check_model(dir: &ModelDir, seq: usize, dtype: DType, tol: f64) -> f64 {
     check_methods(dir, seq, dtype, tol, &METHODS, Variant::default())
 }
@@ -136,7 +138,8 @@ fn check_methods(
     let mut worst = 0f64;
     for &method in methods {
         let model = adapted_model(dir, method, dtype, variant);
-        let logits = model.forward_autograd(&ids).unwrap();
+        let truth = adapted_model(dir, method, DType::F64, variant);
+        let logits = truth.forward_autograd(&ids).unwrap();
         let (loss, _) = causal_lm_loss(&logits, &ids, &mask).unwrap();
         let store = loss.backward().unwrap();
         let loss = values(&loss)[0];
@@ -151,12 +154,16 @@ fn check_methods(
                 "{what}: loss {} vs {loss}",
                 sum / count
             );
-            for (module, layer) in model.adapted() {
-                let gate = layer.gate().map(|g| ("lora_gate", g));
-                for (part, var) in layer.trainable().into_iter().chain(gate) {
-                    let want = store.get(var).expect("reference gradient");
-                    let got = grads.get(var).expect("engine gradient");
-                    let e = max_rel(got, want);
+            for ((module, layer), (_, reference)) in model.adapted().iter().zip(truth.adapted()) {
+                let vars = |l: &lors::adapters::AdaptedLinear| {
+                    let gate = l.gate().map(|g| ("lora_gate", g.clone()));
+                    let parts = l.trainable().into_iter().map(|(p, v)| (p, v.clone()));
+                    parts.chain(gate).collect::<Vec<_>>()
+                };
+                for ((part, var), (_, want)) in vars(layer).into_iter().zip(vars(reference)) {
+                    let want = store.get(&want).expect("reference gradient");
+                    let got = grads.get(&var).expect("engine gradient");
+                    let e = max_rel(&got.to_dtype(DType::F64).unwrap(), want);
                     worst = worst.max(e);
                     assert!(e <= tol, "{what}: {module}.{part} differs by {e:e}");
                 }

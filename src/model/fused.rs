@@ -40,7 +40,7 @@ macro_rules! float_dispatch {
 }
 
 /// The element types of the kernels, with an exponential that vectorises.
-trait Elem: Float + Send + Sync {
+pub(crate) trait Elem: Float + Send + Sync + 'static {
     /// `eᵗ`, exact to an ulp or two.
     fn exp_fast(self) -> Self;
 }
@@ -303,6 +303,19 @@ fn rms_norm_backward_ops(x: &Tensor, weight: &Tensor, eps: f64, dy: &Tensor) -> 
 
 // ---------------------------------------------------------------- causal softmax
 
+/// A row of scores turned into `softmax(scale·s)` over its first `n` entries, in place; the
+/// rest (keys the query may not see) get probability 0.
+#[inline]
+pub(crate) fn softmax_row<T: Elem>(row: &mut [T], n: usize, scale: T) {
+    let (seen, unseen) = row.split_at_mut(n);
+    let max = reduce8(seen, T::neg_infinity(), |a, b| if b > a { b } else { a }) * scale;
+    seen.iter_mut()
+        .for_each(|s| *s = (*s * scale - max).exp_fast());
+    let inv = T::one() / reduce8(seen, T::zero(), |a, b| a + b);
+    seen.iter_mut().for_each(|p| *p = *p * inv);
+    unseen.iter_mut().for_each(|p| *p = T::zero());
+}
+
 /// Rows of attention scores and the key each may see last.
 #[derive(Clone, Copy)]
 pub(crate) struct CausalRows {
@@ -331,21 +344,10 @@ impl CustomOp1 for CausalSoftmax {
     fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
         fn run<T: Elem>(s: &[T], keys: usize, rows: CausalRows) -> Vec<T> {
             let scale = T::from(rows.scale).expect("a float");
-            let mut out = vec![T::zero(); s.len()];
+            let mut out = s.to_vec();
             out.par_chunks_mut(keys)
-                .zip(s.par_chunks(keys))
                 .enumerate()
-                .for_each(|(row, (p, s))| {
-                    let n = rows.visible(row).min(keys);
-                    let max = reduce8(&s[..n], T::neg_infinity(), |a, b| if b > a { b } else { a })
-                        * scale;
-                    for (p, &s) in p[..n].iter_mut().zip(&s[..n]) {
-                        *p = (s * scale - max).exp_fast();
-                    }
-                    let sum = reduce8(&p[..n], T::zero(), |a, b| a + b);
-                    let inv = T::one() / sum;
-                    p[..n].iter_mut().for_each(|p| *p = *p * inv);
-                });
+                .for_each(|(row, p)| softmax_row(p, rows.visible(row).min(keys), scale));
             out
         }
         let keys = *l

@@ -2,6 +2,7 @@
 //! every linear layer, loaded from Hugging Face directories.
 
 mod attention;
+mod attention_cpu;
 mod block;
 mod config;
 mod export;
