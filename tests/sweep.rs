@@ -63,6 +63,30 @@ fn a_sweep_resumes_after_its_own_process_is_killed() {
     first.wait().unwrap();
     let killed = read_state(&dir).unwrap();
     assert!(!killed.is_done(), "killed mid-way: {killed:?}");
+    assert_eq!(
+        killed.pid,
+        Some(first.id()),
+        "the sweep records its process"
+    );
+    assert!(!killed.scheduler_alive());
+    // While another live process holds the sweep, a resume is refused.
+    let held = SweepState {
+        pid: Some(std::process::id()),
+        ..killed.clone()
+    };
+    let state_file = dir.join("state.json");
+    std::fs::write(&state_file, serde_json::to_string(&held).unwrap()).unwrap();
+    let refused = Command::new(exe)
+        .args(["sweep", "--resume"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("is being run by process"),
+        "{err}"
+    );
+    std::fs::write(&state_file, serde_json::to_string(&killed).unwrap()).unwrap();
     let out = Command::new(exe)
         .args(["sweep", "--resume"])
         .arg(&dir)

@@ -987,6 +987,29 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     ] {
         assert!(s.contains(want), "{want:?}:\n{s}");
     }
+    // Its scheduler (this test process, which set it up) is alive: nothing to resume. Once
+    // the recorded process is gone, the title says so and R resumes it.
+    assert!(press(&mut app, KeyCode::Char('R')).is_empty());
+    assert_eq!(
+        app.notice.as_deref(),
+        Some("this sweep's lors sweep is running")
+    );
+    sweep.state.pid = None;
+    let state_json = serde_json::to_string(&sweep.state).unwrap();
+    std::fs::write(dir.join("state.json"), state_json).unwrap();
+    let modified = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let state_file = std::fs::File::options()
+        .write(true)
+        .open(dir.join("state.json"))
+        .unwrap();
+    state_file.set_modified(modified).unwrap();
+    w.refresh();
+    app.set_sweeps(w.sweeps.clone());
+    assert!(render(&app, 120, 40, true).contains("its lors sweep is gone: R resumes"));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('R')),
+        vec![Effect::ResumeSweep(dir.clone())]
+    );
     // Sort by best validation loss (s steps through the columns), then the other way.
     while app.board.sort != Some(Column::BestVal) {
         press(&mut app, KeyCode::Char('s'));

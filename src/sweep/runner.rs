@@ -72,9 +72,17 @@ pub struct Report {
 pub struct SweepState {
     pub trials: Vec<TrialRecord>,
     pub reports: Vec<Report>,
+    /// The process scheduling the trials, while one does.
+    #[serde(default)]
+    pub pid: Option<u32>,
 }
 
 impl SweepState {
+    /// Whether a scheduling process is alive.
+    pub fn scheduler_alive(&self) -> bool {
+        self.pid.is_some_and(crate::io::process_alive)
+    }
+
     /// Trials in `state`.
     pub fn count(&self, state: TrialState) -> usize {
         self.trials.iter().filter(|t| t.state == state).count()
@@ -200,9 +208,11 @@ impl Sweep {
             dir,
             base: base_text,
             spec,
+            // The process that sets a sweep up runs it.
             state: SweepState {
                 trials,
                 reports: Vec::new(),
+                pid: Some(std::process::id()),
             },
             relaunched: Default::default(),
         };
@@ -261,8 +271,22 @@ impl Sweep {
         Ok(profile)
     }
 
-    /// Run until every trial has ended, calling `progress` after each change.
+    /// Run until every trial has ended, calling `progress` after each change. Refused while
+    /// another live process schedules the sweep (two would start its trials twice).
     pub fn run(&mut self, progress: &mut dyn FnMut(&SweepState)) -> Result<()> {
+        let me = std::process::id();
+        if let Some(pid) = self
+            .state
+            .pid
+            .filter(|&p| p != me && crate::io::process_alive(p))
+        {
+            return Err(LorsError::invalid(
+                "--resume",
+                format!("{} is being run by process {pid}", self.dir.display()),
+            ));
+        }
+        self.state.pid = Some(me);
+        self.save()?;
         progress(&self.state);
         while !self.state.is_done() {
             let mut changed = false;

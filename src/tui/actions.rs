@@ -210,12 +210,24 @@ impl App {
                 return Vec::new();
             }
             Action::NextSweep => self.board.next_sweep(&self.sweeps),
+            Action::ResumeSweep => return self.resume_sweep(),
             Action::ChartMode => self.board.next_chart(),
             Action::Smooth => {
                 self.board.smooth(step);
                 self.board.chart = ChartMode::Train;
             }
             _ => return self.trial_action(action, step),
+        }
+        Vec::new()
+    }
+
+    /// Resume the shown sweep if its scheduling process is gone.
+    fn resume_sweep(&mut self) -> Vec<Effect> {
+        match self.board.current(&self.sweeps) {
+            Some(s) if s.orphaned() => return vec![Effect::ResumeSweep(s.dir.clone())],
+            Some(s) if s.state.is_done() => self.notice = Some("this sweep has ended".into()),
+            Some(_) => self.notice = Some("this sweep's lors sweep is running".into()),
+            None => self.notice = Some("no sweep shown".into()),
         }
         Vec::new()
     }

@@ -56,6 +56,8 @@ pub enum Effect {
     Launch(Box<Profile>),
     /// Start a detached `lors sweep` over this base profile with this `[sweep]` table.
     LaunchSweep(Box<Profile>, toml::Table),
+    /// Start a detached `lors sweep --resume` on this sweep directory.
+    ResumeSweep(PathBuf),
     /// Send a control request to a run.
     Control(PathBuf, ControlRequest),
     /// Delete a run directory.

@@ -65,6 +65,14 @@ pub fn sweep(base: &Profile, sweep: &toml::Table, runs_dir: &Path) -> Result<Pat
     Ok(dir)
 }
 
+/// Resume the sweep in `dir` whose `lors sweep` is gone (`lors sweep --resume`); returns its
+/// log, `<dir>/resume-<stamp>.log`.
+pub fn resume_sweep(dir: &Path) -> Result<PathBuf> {
+    let log = dir.join(format!("resume-{}.log", stamp()));
+    spawn_detached(&["sweep".into(), "--resume".into(), dir.into()], &log)?;
+    Ok(log)
+}
+
 /// Replay `run` (same profile and seed) into a new run beside it; `lors replay` compares the
 /// curves bit for bit when done and reports the result in its log.
 pub fn replay(run: &Path, runs_dir: &Path) -> Result<PathBuf> {

@@ -144,6 +144,12 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
                 app.board.sweep = Some(dir);
             }
         }
+        Effect::ResumeSweep(dir) => {
+            app.notice = Some(match launch::resume_sweep(&dir) {
+                Ok(log) => format!("resuming {} (log: {})", dir.display(), log.display()),
+                Err(e) => format!("resume failed: {e}"),
+            })
+        }
         Effect::Evaluate(run, suite) => {
             app.notice = Some(match launch::evaluate(&run, &suite) {
                 Ok(progress) => format!(

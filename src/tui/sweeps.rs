@@ -54,16 +54,26 @@ impl SweepInfo {
         }
     }
 
-    /// `4/6 done, 1 stopped early`.
+    /// `4/6 done, 1 running, 1 stopped early`, and whether it lost its scheduler.
     pub fn progress(&self) -> String {
         let s = &self.state;
         let ended = s.trials.len() - s.count(TrialState::Pending) - s.count(TrialState::Running);
+        let orphan = if self.orphaned() {
+            "; its lors sweep is gone: R resumes"
+        } else {
+            ""
+        };
         format!(
-            "{ended}/{} done, {} running, {} stopped early",
+            "{ended}/{} done, {} running, {} stopped early{orphan}",
             s.trials.len(),
             s.count(TrialState::Running),
             s.count(TrialState::StoppedEarly)
         )
+    }
+
+    /// Whether trials are left but no process schedules them (it crashed or was killed).
+    pub fn orphaned(&self) -> bool {
+        !self.state.is_done() && !self.state.scheduler_alive()
     }
 }
 
