@@ -248,6 +248,14 @@ impl App {
         }
     }
 
+    /// The text being typed into `target`, while it is being edited.
+    pub fn edit_text(&self, target: EditTarget) -> Option<&str> {
+        match &self.modal {
+            Some(Modal::Editing(e)) if e.target == target => Some(&e.text),
+            _ => None,
+        }
+    }
+
     /// The inspections to run for the current Setup (the model, then its data files).
     pub fn inspections(&self) -> Vec<Effect> {
         let mut out = vec![Effect::InspectModel(self.setup.model_path())];

@@ -114,17 +114,7 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
                 Err(e) => format!("delete failed: {e}"),
             });
         }
-        Effect::SaveProfile(name, profile) => {
-            let path = opts.profiles_dir.join(format!("{name}.toml"));
-            let saved = std::fs::create_dir_all(&opts.profiles_dir)
-                .map_err(|e| LorsError::io(&opts.profiles_dir, e))
-                .and_then(|()| crate::io::write_atomic(&path, profile.to_toml().as_bytes()));
-            app.notice = Some(match saved {
-                Ok(()) => format!("saved {}", path.display()),
-                Err(e) => format!("save failed: {e}"),
-            });
-            refresh_catalog(app, opts);
-        }
+        Effect::SaveProfile(name, profile) => save_profile(app, opts, &name, &profile),
         Effect::Launch(p) => {
             let dir = started(app, launch::launch(&p, runs), "launched", "launch failed");
             app.focused = dir.or(app.focused.take());
@@ -171,6 +161,19 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
             })
         }
     }
+}
+
+/// Write `profile` into the profiles folder as `<name>.toml` (atomically) and list it.
+fn save_profile(app: &mut App, opts: &TuiOptions, name: &str, profile: &Profile) {
+    let path = opts.profiles_dir.join(format!("{name}.toml"));
+    let saved = std::fs::create_dir_all(&opts.profiles_dir)
+        .map_err(|e| LorsError::io(&opts.profiles_dir, e))
+        .and_then(|()| crate::io::write_atomic(&path, profile.to_toml().as_bytes()));
+    app.notice = Some(match saved {
+        Ok(()) => format!("saved {}", path.display()),
+        Err(e) => format!("save failed: {e}"),
+    });
+    refresh_catalog(app, opts);
 }
 
 /// Describe the model at `path` on a blocking thread (downloading it first for a hub id),

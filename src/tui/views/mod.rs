@@ -10,7 +10,7 @@ mod sweeps;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::{Paragraph, Wrap};
+use ratatui::widgets::{List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, View};
@@ -143,4 +143,44 @@ fn draw_overlay(
         series,
     };
     plot::render(f, area, plot, theme);
+}
+
+/// One line of a form: its label and value, whether Left/Right cycle the value, and the text
+/// being typed into it, if it is being edited.
+struct FormLine<'a> {
+    label: String,
+    value: String,
+    choice: bool,
+    typed: Option<&'a str>,
+}
+
+/// A form as a list, `label value` per line (labels padded to `width`): the typed text with a
+/// cursor while a field is edited, `< value >` for choices.
+fn draw_fields<'a>(
+    f: &mut Frame,
+    area: Rect,
+    title: &str,
+    lines: impl Iterator<Item = FormLine<'a>>,
+    selected: usize,
+    width: usize,
+    theme: Theme,
+) {
+    let items: Vec<ListItem> = lines
+        .map(|l| {
+            let shown = match l.typed {
+                Some(text) => format!("{text}_"),
+                None if l.choice => format!("< {} >", l.value),
+                None => l.value,
+            };
+            ListItem::new(format!("{:<width$} {shown}", l.label))
+        })
+        .collect();
+    let mut state = ListState::default().with_selected(Some(selected));
+    f.render_stateful_widget(
+        List::new(items)
+            .block(theme.block(title))
+            .highlight_style(theme.selected()),
+        area,
+        &mut state,
+    );
 }

@@ -3,11 +3,12 @@
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Color;
 use ratatui::text::Line;
-use ratatui::widgets::{List, ListItem, ListState, Paragraph, Wrap};
+use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
+use super::{draw_fields, FormLine};
 use crate::memory::human_bytes;
-use crate::tui::app::{App, EditTarget, Modal};
+use crate::tui::app::{App, EditTarget};
 use crate::tui::setup::{FieldId, Kind, Setup};
 use crate::tui::theme::Theme;
 
@@ -18,33 +19,17 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else {
         Layout::vertical([Constraint::Min(5), Constraint::Length(8)]).areas(area)
     };
-    let editing = match &app.modal {
-        Some(Modal::Editing(e)) => match e.target {
-            EditTarget::Setup(id) => Some((id, e.text.as_str())),
-            EditTarget::Sweep(_) => None,
+    let lines = s.fields().map(|(id, value)| FormLine {
+        label: id.label().into(),
+        value: if matches!(id.kind(), Kind::Path(_)) && value.is_empty() {
+            "(none)".into()
+        } else {
+            value.to_string()
         },
-        _ => None,
-    };
-    let items: Vec<ListItem> = s
-        .fields()
-        .map(|(id, value)| {
-            let shown = match editing {
-                Some((edited, text)) if edited == id => format!("{text}_"),
-                _ if !id.choices().is_empty() => format!("< {value} >"),
-                _ if matches!(id.kind(), Kind::Path(_)) && value.is_empty() => "(none)".into(),
-                _ => value.to_string(),
-            };
-            ListItem::new(format!("{:<14} {shown}", id.label()))
-        })
-        .collect();
-    let mut state = ListState::default().with_selected(Some(s.selected));
-    f.render_stateful_widget(
-        List::new(items)
-            .block(theme.block("Setup"))
-            .highlight_style(theme.selected()),
-        form,
-        &mut state,
-    );
+        choice: !id.choices().is_empty(),
+        typed: app.edit_text(EditTarget::Setup(id)),
+    });
+    draw_fields(f, form, "Setup", lines, s.selected, 14, theme);
     f.render_widget(
         Paragraph::new(detected_lines(app, theme))
             .wrap(Wrap { trim: true })

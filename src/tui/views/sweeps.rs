@@ -5,14 +5,14 @@
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Color;
 use ratatui::text::Line;
-use ratatui::widgets::{Cell, List, ListItem, ListState, Paragraph, Row, Table, TableState, Wrap};
+use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
 use ratatui::Frame;
 
-use super::{draw_overlay, view_points};
+use super::{draw_fields, draw_overlay, view_points, FormLine};
 use crate::report::ema;
 use crate::sweep::summary::{log_axis, numeric};
-use crate::tui::app::{App, EditTarget, Modal};
-use crate::tui::sweeps::{Board, ChartMode, Column, SweepForm, SweepInfo, TrialView};
+use crate::tui::app::{App, EditTarget};
+use crate::tui::sweeps::{Board, ChartMode, Column, FormField, SweepForm, SweepInfo, TrialView};
 use crate::tui::theme::{Theme, SYMBOLS};
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
@@ -166,32 +166,14 @@ impl Shown<'_> {
 /// The new-sweep form, and what it would launch.
 fn draw_form(f: &mut Frame, area: Rect, app: &App, form: &SweepForm, theme: Theme) {
     let [fields, info] = Layout::vertical([Constraint::Length(11), Constraint::Min(3)]).areas(area);
-    let editing = match &app.modal {
-        Some(Modal::Editing(e)) => match e.target {
-            EditTarget::Sweep(field) => Some((field, e.text.as_str())),
-            EditTarget::Setup(_) => None,
-        },
-        _ => None,
-    };
-    let items: Vec<ListItem> = crate::tui::sweeps::FormField::ALL
-        .iter()
-        .map(|field| {
-            let value = match editing {
-                Some((edited, text)) if edited == *field => format!("{text}_"),
-                _ if field.is_choice() => format!("< {} >", form.text(*field)),
-                _ => form.text(*field),
-            };
-            ListItem::new(format!("{:<16} {value}", field.label()))
-        })
-        .collect();
-    let mut state = ListState::default().with_selected(Some(form.selected));
-    f.render_stateful_widget(
-        List::new(items)
-            .block(theme.block("new sweep over the Setup's settings"))
-            .highlight_style(theme.selected()),
-        fields,
-        &mut state,
-    );
+    let lines = FormField::ALL.iter().map(|field| FormLine {
+        label: field.label(),
+        value: form.text(*field),
+        choice: field.is_choice(),
+        typed: app.edit_text(EditTarget::Sweep(*field)),
+    });
+    let title = "new sweep over the Setup's settings";
+    draw_fields(f, fields, title, lines, form.selected, 16, theme);
     let status = match &form.error {
         Some(e) => Line::styled(format!("invalid: {e}"), theme.fg(Color::Red)),
         None => Line::styled(
