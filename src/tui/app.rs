@@ -11,7 +11,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use super::catalog::{Candidate, DataRequest, ProfileEntry};
 use super::keys::{self, Action, Scope};
 use super::setup::FieldId;
-pub use super::setup::Setup;
+use super::setup::Setup;
 use super::sweeps::{Board, FormField, SweepInfo};
 use super::watch::RunInfo;
 use crate::data::DataSummary;
