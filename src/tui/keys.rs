@@ -119,7 +119,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Global, DIGITS, A::ShowView, "", "show Setup, Run, Runs, Sweeps, Profiles"),
     bind(S::Setup, UP_DOWN, A::Move, "", "previous / next field"),
     bind(S::Setup, &[Enter], A::Activate, "edit", "edit text, or pick a model or data file"),
-    bind(S::Setup, LEFT_RIGHT, A::Cycle, "choose", "previous / next choice"),
+    bind(S::Setup, LEFT_RIGHT, A::Cycle, "", "previous / next choice (the `< >` fields)"),
     bind(S::Setup, &[Char('l'), F(5)], A::Launch, "launch", "launch a run"),
     bind(S::Setup, &[Char('w')], A::Save, "save", "save as a profile"),
     bind(S::Setup, &[Char('S')], A::NewSweep, "sweep", "define a sweep from these settings"),
@@ -152,7 +152,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Sweeps, &[Char('R')], A::ResumeSweep, "", "resume a sweep whose lors sweep is gone"),
     bind(S::SweepForm, UP_DOWN, A::Move, "", "previous / next field"),
     bind(S::SweepForm, &[Enter], A::Activate, "edit", "edit the field"),
-    bind(S::SweepForm, LEFT_RIGHT, A::Cycle, "choose", "previous / next choice"),
+    bind(S::SweepForm, LEFT_RIGHT, A::Cycle, "", "previous / next choice (the `< >` fields)"),
     bind(S::SweepForm, &[Char('l')], A::Launch, "launch", "launch the sweep (detached)"),
     bind(S::SweepForm, &[Esc], A::Back, "back", "back to the trials"),
     bind(S::Profiles, UP_DOWN, A::Move, "", "select a profile"),
@@ -195,14 +195,23 @@ fn keys_text(b: &Binding) -> String {
         .join("/")
 }
 
-/// The footer's key hints: the global ones, then `scope`'s.
-pub fn footer(scope: Scope) -> String {
-    BINDINGS
+/// The footer's key hints that fit in `width` columns: the global ones, then `scope`'s, whole
+/// hints only.
+pub fn footer(scope: Scope, width: usize) -> String {
+    let mut line = String::new();
+    let hints = BINDINGS
         .iter()
         .filter(|b| !b.footer.is_empty() && (b.scope == Scope::Global || b.scope == scope))
-        .map(|b| format!("{} {}", keys_text(b), b.footer))
-        .collect::<Vec<_>>()
-        .join("  ")
+        .map(|b| format!("{} {}", keys_text(b), b.footer));
+    for hint in hints {
+        let sep = if line.is_empty() { "" } else { "  " };
+        if line.chars().count() + sep.len() + hint.chars().count() > width {
+            break;
+        }
+        line.push_str(sep);
+        line.push_str(&hint);
+    }
+    line
 }
 
 /// The help screen's lines for `scope`: its bindings, then the global ones.
@@ -216,4 +225,51 @@ pub fn help_lines(scope: Scope) -> Vec<String> {
         )
     };
     section(scope).chain(section(Scope::Global)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SCOPES: [Scope; 6] = [
+        Scope::Setup,
+        Scope::Run,
+        Scope::Runs,
+        Scope::Sweeps,
+        Scope::SweepForm,
+        Scope::Profiles,
+    ];
+
+    /// No key means two things in one view (its own bindings and the global ones).
+    #[test]
+    fn no_key_is_bound_twice_in_a_scope() {
+        for scope in SCOPES {
+            let mut seen = Vec::new();
+            for b in BINDINGS
+                .iter()
+                .filter(|b| b.scope == scope || b.scope == Scope::Global)
+            {
+                for k in b.keys {
+                    assert!(!seen.contains(k), "{k:?} twice in {scope:?}");
+                    seen.push(*k);
+                }
+            }
+        }
+    }
+
+    /// The footer keeps whole hints within its width; at 80 columns Setup's all fit.
+    #[test]
+    fn the_footer_fits_whole_hints() {
+        for scope in SCOPES {
+            assert!(footer(scope, 79).chars().count() <= 79, "{scope:?}");
+        }
+        let setup = footer(Scope::Setup, 79);
+        assert!(setup.ends_with("S sweep  P prune"), "{setup}");
+        assert_eq!(footer(Scope::Setup, 30), "q quit  ? help  Tab view");
+        assert_eq!(
+            action_for(Scope::Sweeps, KeyCode::Char('3')),
+            Some((Action::ShowView, 2))
+        );
+        assert_eq!(action_for(Scope::Run, KeyCode::Up), None);
+    }
 }

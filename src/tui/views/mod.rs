@@ -48,7 +48,8 @@ pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
         View::Sweeps => sweeps::draw(f, body, app, theme),
         View::Profiles => profiles::draw(f, body, app, theme),
     }
-    let hints = popups::hints(app).unwrap_or_else(|| keys::footer(app.scope()));
+    let width = footer.width.saturating_sub(1) as usize;
+    let hints = popups::hints(app).unwrap_or_else(|| keys::footer(app.scope(), width));
     let line = match &app.notice {
         Some(n) => format!(" {n}"),
         None => format!(" {hints}"),
