@@ -26,6 +26,15 @@ fn sweep_profile(f: &Fixture, sweep: &str) -> std::path::PathBuf {
 const GRID: &str = "[sweep]\nadapter.rank = [2, 4]\noptim.lr = [0.005, 0.05]\n\
                     [sweep.early_stop]\nrungs = [3]\nreduction = 2\n";
 
+/// `lors sweep --resume dir`, run to its end.
+fn resume(dir: &Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_lors"))
+        .args(["sweep", "--resume"])
+        .arg(dir)
+        .output()
+        .unwrap()
+}
+
 fn read_state(dir: &Path) -> Option<SweepState> {
     let text = std::fs::read_to_string(dir.join("state.json")).ok()?;
     serde_json::from_str(&text).ok()
@@ -76,22 +85,14 @@ fn a_sweep_resumes_after_its_own_process_is_killed() {
     };
     let state_file = dir.join("state.json");
     std::fs::write(&state_file, serde_json::to_string(&held).unwrap()).unwrap();
-    let refused = Command::new(exe)
-        .args(["sweep", "--resume"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let refused = resume(&dir);
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
         !refused.status.success() && err.contains("is being run by process"),
         "{err}"
     );
     std::fs::write(&state_file, serde_json::to_string(&killed).unwrap()).unwrap();
-    let out = Command::new(exe)
-        .args(["sweep", "--resume"])
-        .arg(&dir)
-        .output()
-        .unwrap();
+    let out = resume(&dir);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

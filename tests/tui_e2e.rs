@@ -103,6 +103,19 @@ fn demo_profile(dir: &Path, steps: usize) -> PathBuf {
     path
 }
 
+/// `lors tui --runs-dir RUNS --profile PROFILE` and `extra` arguments.
+fn tui_args<'a>(runs: &'a Path, profile: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "tui",
+        "--runs-dir",
+        runs.to_str().unwrap(),
+        "--profile",
+        profile.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn only_run(runs: &Path) -> RunDir {
     let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
         .unwrap()
@@ -226,13 +239,7 @@ fn a_run_outlives_its_tui_and_the_next_tui_reattaches() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let profile = demo_profile(tmp.path(), 100_000);
-    let args = [
-        "tui",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--profile",
-        profile.to_str().unwrap(),
-    ];
+    let args = tui_args(&runs, &profile, &[]);
     let first = Tmux::start("first", &repo(), &args);
     first.wait_for("ready to launch", 30);
     first.send("l");
@@ -280,14 +287,7 @@ fn accuracy_before_and_after_and_a_background_evaluation() {
         ..TaskSuite::default()
     });
     std::fs::write(&path, p.to_toml()).unwrap();
-    let args = [
-        "tui",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--profile",
-        path.to_str().unwrap(),
-    ];
-    let tui = Tmux::start("accuracy", &repo(), &args);
+    let tui = Tmux::start("accuracy", &repo(), &tui_args(&runs, &path, &[]));
     tui.wait_for("ready to launch", 30);
     tui.send("l");
     let screen = tui.wait_for("finished step 4/4", 180);
@@ -371,15 +371,11 @@ fn a_sweep_defined_watched_sorted_and_promoted_in_a_real_terminal() {
     let runs = tmp.path().join("runs");
     let profiles = tmp.path().join("profiles");
     let profile = demo_profile(tmp.path(), 32);
-    let args = [
-        "tui",
-        "--runs-dir",
-        runs.to_str().unwrap(),
-        "--profile",
-        profile.to_str().unwrap(),
-        "--profiles-dir",
-        profiles.to_str().unwrap(),
-    ];
+    let args = tui_args(
+        &runs,
+        &profile,
+        &["--profiles-dir", profiles.to_str().unwrap()],
+    );
     let tui = Tmux::start("sweep", &repo(), &args);
     tui.wait_for("ready to launch", 30);
     tui.send("S");
