@@ -5,7 +5,10 @@
 # same random checkpoint (hidden 1024, 4 layers, MLP 2816, 50% unstructured), the same batch
 # and sequence, 2 threads each. Shapes: "BATCHxSEQ" arguments (default 4x256 1x2048).
 # Needs torch, transformers and peft for python3 (PYTHON=... to pick an interpreter).
-# About 25 min on 2 cores at the default shapes. Results: runs/train-bench/.
+# The four runs of a shape repeat ROUNDS times (default 3), interleaved, so the machine's
+# drift hits every tool alike; scripts/train_bench_summary.py then reports medians and the
+# median of each round's speed ratio. About 20 min per round on 2 cores at the default
+# shapes. Results: runs/train-bench/results-<time>.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -17,20 +20,28 @@ out=runs/train-bench
 model=$out/model-1024
 mkdir -p "$out"
 [ -f "$model/config.json" ] || $bin random-model --out "$model" --max-positions 4096
+results=$out/results-$(date +%s).jsonl
 export RAYON_NUM_THREADS=2
-for shape in "${shapes[@]}"; do
-  batch=${shape%x*}; seq=${shape#*x}
-  for policy in selective block; do
-    $bin bench train --profile profiles/bench-train.toml --methods lors --steps 4 --warmup 1 \
-      --set model.path="$model" --set data.train=../shared/data/tinystories-synth-train.jsonl \
-      --set train.batch_size="$batch" --set data.seq_len="$seq" --set train.recompute="$policy" \
-      --set train.output_dir="$out" --json \
-      | $python -c "import json, sys; r = json.load(sys.stdin)[0]; \
-          r.update(tool='lors', shape='$shape', policy='$policy'); print(json.dumps(r))" \
-      | tee -a "$out/results.jsonl"
-  done
-  for ckpt in "" --checkpointing; do
-    $python scripts/torch_train_bench.py --model "$model" --batch "$batch" --seq "$seq" \
-      --steps 4 --warmup 1 --threads 2 $ckpt | tee -a "$out/results.jsonl"
+for round in $(seq "${ROUNDS:-3}"); do
+  for shape in "${shapes[@]}"; do
+    batch=${shape%x*}; seq=${shape#*x}
+    for policy in selective block; do
+      $bin bench train --profile profiles/bench-train.toml --methods lors --steps 4 --warmup 1 \
+        --set model.path="$model" --set data.train=../shared/data/tinystories-synth-train.jsonl \
+        --set train.batch_size="$batch" --set data.seq_len="$seq" --set train.recompute="$policy" \
+        --set train.output_dir="$out" --json \
+        | $python -c "import json, sys; r = json.load(sys.stdin)[0]; \
+            r.update(tool='lors', shape='$shape', policy='$policy', round=$round); \
+            print(json.dumps(r))" \
+        | tee -a "$results"
+    done
+    for ckpt in "" --checkpointing; do
+      $python scripts/torch_train_bench.py --model "$model" --batch "$batch" --seq "$seq" \
+        --steps 4 --warmup 1 --threads 2 $ckpt \
+        | $python -c "import json, sys; r = json.load(sys.stdin); \
+            r.update(shape='$shape', round=$round); print(json.dumps(r))" \
+        | tee -a "$results"
+    done
   done
 done
+$python scripts/train_bench_summary.py "$results"

@@ -6,6 +6,7 @@
 
 pub mod adapters;
 pub mod bench;
+mod cpu;
 pub mod data;
 pub mod device;
 pub mod error;

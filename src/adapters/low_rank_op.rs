@@ -14,6 +14,7 @@
 //!   - `exact`: `G = (grad_yᵀ·x) ⊙ M`, `grad_A = s·Bᵀ·G`, `grad_B = s·G·Aᵀ`; `G` exists only
 //!     inside this backward.
 
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
@@ -22,6 +23,8 @@ use candle_core::{
     Tensor, WithDType,
 };
 
+use super::rank_r_grads::rank_r_grads;
+use crate::cpu::{matmul_uninit, mm, par_filled, GemmElem, View};
 use crate::sparsity::BitMask;
 
 /// Which gradient `lors` computes for the adapter.
@@ -79,19 +82,40 @@ pub(crate) fn msg(s: impl std::fmt::Display) -> candle_core::Error {
     candle_core::Error::Msg(s.to_string())
 }
 
-/// A backend's storage with the two kernels candle lacks: the fused masked merge and masking
-/// in place. Everything else the ops do goes through candle's own backend kernels.
+/// A backend's storage with the kernels the ops need beyond candle's: the masked merge and
+/// masking in place, plus the product and the whole merge `(W + s·B·A) ⊙ M`, which default
+/// to candle's matmul and which the CPU replaces with its own (`crate::cpu`: outputs never
+/// zeroed first, the merge in one pass).
 pub(crate) trait MaskKernels: BackendStorage {
     /// This backend's storage inside `storage`, or an error naming the device it is on.
     fn of(storage: &Storage) -> Result<&Self>;
     /// `ba[i] = M[i] ? w[i] + s·ba[i] : 0` over a fresh contiguous `ba` (out x in).
     fn masked_merge(ba: &mut Self, w: &Self, wl: &Layout, scale: f64, mask: &OpMask) -> Result<()>;
+    /// `a·b` for 2-D layouts, `bmnk` = (1, m, n, k): candle's matmul by default.
+    fn product(
+        a: (&Self, &Layout),
+        b: (&Self, &Layout),
+        bmnk: (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        a.0.matmul(b.0, bmnk, a.1, b.1)
+    }
+    /// `W' = (W + s·B·A) ⊙ M`, a fresh contiguous out x in buffer: by default the product
+    /// `B·A`, then the masked merge over it.
+    fn merged(
+        w: (&Self, &Layout),
+        a: (&Self, &Layout),
+        b: (&Self, &Layout),
+        scale: f64,
+        mask: &OpMask,
+    ) -> Result<Self> {
+        merge_over_product(w, a, b, scale, mask)
+    }
     /// `d[i] = M[i] ? d[i] : 0` over a fresh contiguous `d`.
     fn apply_mask(d: &mut Self, layout: &Layout, mask: &OpMask) -> Result<()>;
 }
 
 /// `x·Wᵀ` for `x` of shape (..., in) and `W` of shape (out, in): returns (..., out).
-fn x_wt<S: BackendStorage>(x: &S, lx: &Layout, w: &S, lw: &Layout) -> Result<(S, Shape)> {
+fn x_wt<S: MaskKernels>(x: &S, lx: &Layout, w: &S, lw: &Layout) -> Result<(S, Shape)> {
     if !lx.is_contiguous() {
         return Err(msg("lors op: input must be contiguous"));
     }
@@ -107,7 +131,7 @@ fn x_wt<S: BackendStorage>(x: &S, lx: &Layout, w: &S, lw: &Layout) -> Result<(S,
     }
     let tokens = lx.shape().elem_count() / in_x.max(1);
     let lhs = Layout::contiguous_with_offset((tokens, in_x), lx.start_offset());
-    let y = x.matmul(w, (1, tokens, out, in_x), &lhs, &lw.transpose(0, 1)?)?;
+    let y = S::product((x, &lhs), (w, &lw.transpose(0, 1)?), (1, tokens, out, in_x))?;
     let mut dims = lx.dims().to_vec();
     *dims.last_mut().expect("non-empty dims") = out;
     Ok((y, Shape::from(dims)))
@@ -146,36 +170,82 @@ impl MergeElem for half::f16 {
     }
 }
 
-/// `out[i] = M[i] ? w[i] + s·ba[i] : 0`, written over `ba`, 64 weights (one mask word) at a
-/// time and in parallel over blocks of words.
+/// `out[i] = M[i] ? w[i] + s·ba[i] : 0`, written over `ba`, in parallel over blocks of mask
+/// words.
 fn fuse_masked_merge<T: MergeElem>(ba: &mut [T], w: &[T], scale: f64, mask: &BitMask) {
     use rayon::prelude::*;
     const WORDS_PER_TASK: usize = 1024;
-    let words = mask.words();
     ba.par_chunks_mut(64 * WORDS_PER_TASK)
         .zip(w.par_chunks(64 * WORDS_PER_TASK))
-        .zip(words.par_chunks(WORDS_PER_TASK))
-        .for_each(|((d, w), words)| {
-            for ((d, w), &word) in d.chunks_mut(64).zip(w.chunks(64)).zip(words) {
-                if word == u64::MAX && d.len() == 64 {
-                    for (d, &w) in d.iter_mut().zip(w) {
-                        *d = T::merge(w, *d, scale);
-                    }
-                } else if word == 0 {
-                    d.fill(T::zero());
-                } else {
-                    // Branch-free: a random mask makes `if bit` a coin flip per weight.
-                    for (bit, (d, &w)) in d.iter_mut().zip(w).enumerate() {
-                        let merged = T::merge(w, *d, scale);
-                        *d = if (word >> bit) & 1 == 1 {
-                            merged
-                        } else {
-                            T::zero()
-                        };
-                    }
-                }
+        .zip(mask.words().par_chunks(WORDS_PER_TASK))
+        .for_each(|((d, w), words)| merge_words(d, w, words, scale));
+}
+
+/// `d[i] = M[i] ? w[i] + s·d[i] : 0` on one thread, 64 weights (one mask word) at a time;
+/// `d` starts at a word boundary of the mask.
+fn merge_words<T: MergeElem>(d: &mut [T], w: &[T], words: &[u64], scale: f64) {
+    for ((d, w), &word) in d.chunks_mut(64).zip(w.chunks(64)).zip(words) {
+        if word == u64::MAX && d.len() == 64 {
+            for (d, &w) in d.iter_mut().zip(w) {
+                *d = T::merge(w, *d, scale);
             }
-        });
+        } else if word == 0 {
+            d.fill(T::zero());
+        } else {
+            // Branch-free: a random mask makes `if bit` a coin flip per weight.
+            for (bit, (d, &w)) in d.iter_mut().zip(w).enumerate() {
+                let merged = T::merge(w, *d, scale);
+                *d = if (word >> bit) & 1 == 1 {
+                    merged
+                } else {
+                    T::zero()
+                };
+            }
+        }
+    }
+}
+
+/// Weights per block of [`fused_merged`]: 128 KiB of f32, so a block's `B·A` is still in the
+/// core's L2 cache when the merge reads it back.
+const MERGE_BLOCK_WEIGHTS: usize = 1 << 15;
+
+/// `(W + s·B·A) ⊙ M` (out x in) in one pass over `W`: blocks of rows in parallel, each
+/// block's rows of `B·A` computed on its thread into the output and merged there while they
+/// are in cache. Blocks start on mask-word boundaries. The output is never zeroed or read
+/// back from memory between the product and the merge.
+fn fused_merged<T: MergeElem + GemmElem>(
+    w: &[T],
+    a: &[T],
+    b: &[T],
+    (out, in_f, rank): (usize, usize, usize),
+    scale: f64,
+    mask: &BitMask,
+) -> Vec<T> {
+    let align = 64 / gcd(in_f, 64);
+    let rows = (MERGE_BLOCK_WEIGHTS / in_f.max(1)).max(1).div_ceil(align) * align;
+    let words = mask.words();
+    let (a, b) = (View::rows(a, rank, in_f), View::rows(b, out, rank));
+    let fill = |i: usize, d: &mut [MaybeUninit<T>]| {
+        let (first, n) = (i * rows, d.len() / in_f);
+        let b = View {
+            data: &b.data[first * rank..],
+            rows: n,
+            ..b
+        };
+        let d = matmul_uninit(d, b, a, T::one());
+        let at = first * in_f;
+        merge_words(d, &w[at..at + d.len()], &words[at / 64..], scale);
+    };
+    // SAFETY: `matmul_uninit` writes each chunk whole (its rows of `B·A`).
+    unsafe { par_filled(out * in_f, rows * in_f, fill) }
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 impl MaskKernels for CpuStorage {
@@ -218,6 +288,47 @@ impl MaskKernels for CpuStorage {
         Ok(())
     }
 
+    fn product(
+        a: (&Self, &Layout),
+        b: (&Self, &Layout),
+        bmnk: (usize, usize, usize, usize),
+    ) -> Result<Self> {
+        match crate::cpu::storage_product(a, b) {
+            Some(p) => Ok(p),
+            None => a.0.matmul(b.0, bmnk, a.1, b.1),
+        }
+    }
+
+    fn merged(
+        w: (&Self, &Layout),
+        a: (&Self, &Layout),
+        b: (&Self, &Layout),
+        scale: f64,
+        mask: &OpMask,
+    ) -> Result<Self> {
+        let (out, rank) = b.1.shape().dims2()?;
+        let (_, in_f) = a.1.shape().dims2()?;
+        let dims = (out, in_f, rank);
+        let bits = &mask.bits;
+        let parts = (
+            w.1.contiguous_offsets(),
+            a.1.contiguous_offsets(),
+            b.1.contiguous_offsets(),
+        );
+        let (Some((w0, w1)), Some((a0, a1)), Some((b0, b1))) = parts else {
+            return merge_over_product(w, a, b, scale, mask);
+        };
+        Ok(match (w.0, a.0, b.0) {
+            (CpuStorage::F32(w), CpuStorage::F32(a), CpuStorage::F32(b)) => CpuStorage::F32(
+                fused_merged(&w[w0..w1], &a[a0..a1], &b[b0..b1], dims, scale, bits),
+            ),
+            (CpuStorage::F64(w), CpuStorage::F64(a), CpuStorage::F64(b)) => CpuStorage::F64(
+                fused_merged(&w[w0..w1], &a[a0..a1], &b[b0..b1], dims, scale, bits),
+            ),
+            _ => return merge_over_product(w, a, b, scale, mask),
+        })
+    }
+
     fn apply_mask(d: &mut Self, layout: &Layout, mask: &OpMask) -> Result<()> {
         if !layout.is_contiguous() || layout.start_offset() != 0 {
             return Err(msg("apply-mask needs a fresh contiguous tensor"));
@@ -241,11 +352,22 @@ fn merged_weight_storage<S: MaskKernels>(
     scale: f64,
     mask: &OpMask,
 ) -> Result<S> {
+    let (ws, wl) = weight.storage_and_layout();
+    S::merged((S::of(&ws)?, wl), a, b, scale, mask)
+}
+
+/// [`MaskKernels::merged`] as the product `B·A` on the backend, then the masked merge.
+fn merge_over_product<S: MaskKernels>(
+    w: (&S, &Layout),
+    a: (&S, &Layout),
+    b: (&S, &Layout),
+    scale: f64,
+    mask: &OpMask,
+) -> Result<S> {
     let (out, rank) = b.1.shape().dims2()?;
     let (_, in_f) = a.1.shape().dims2()?;
     let mut ba = b.0.matmul(a.0, (1, out, in_f, rank), b.1, a.1)?;
-    let (ws, wl) = weight.storage_and_layout();
-    S::masked_merge(&mut ba, S::of(&ws)?, wl, scale, mask)?;
+    S::masked_merge(&mut ba, w.0, w.1, scale, mask)?;
     Ok(ba)
 }
 
@@ -340,21 +462,6 @@ impl LowRankOp {
         }
     }
 
-    /// LoRA's adapter gradients: `(s·(g·B)ᵀ·x, s·gᵀ·(x·Aᵀ))`, plus `s·g·B` for reuse.
-    fn rank_r_grads(
-        &self,
-        x: &Tensor,
-        g: &Tensor,
-        a: &Tensor,
-        b: &Tensor,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
-        let g_b = (g.matmul(b)? * self.scale)?; // tokens x r
-        let grad_a = g_b.t()?.matmul(x)?; // r x in
-        let x_a = x.matmul(&a.t()?)?; // tokens x r
-        let grad_b = (g.t()?.matmul(&x_a)? * self.scale)?; // out x r
-        Ok((grad_a, grad_b, g_b))
-    }
-
     /// Gradients `(grad_x if need_x, grad_A, grad_B)` for the output gradient `grad_y` of
     /// input `x` (..., in), in the compute dtype: the op's backward, also called directly by
     /// the decoder block's hand-written backward.
@@ -373,19 +480,19 @@ impl LowRankOp {
         let g = grad_y.reshape((tokens, out))?;
         let (grad_x, grad_a, grad_b) = match &self.kind {
             LowRankKind::Lora => {
-                let (grad_a, grad_b, g_b) = self.rank_r_grads(&x2, &g, &a, &b)?;
+                let (grad_a, grad_b, g_b) = rank_r_grads(&x2, &g, &a, &b, self.scale)?;
                 let grad_x = need_x
-                    .then(|| g.matmul(&self.weight)? + g_b.matmul(&a)?)
+                    .then(|| mm(&g, &self.weight)? + g_b.matmul(&a)?)
                     .transpose()?;
                 (grad_x, grad_a, grad_b)
             }
             LowRankKind::Lors { mask, grad } => {
                 let grad_x = need_x
-                    .then(|| g.matmul(&self.merged_weight(&a, &b, mask)?))
+                    .then(|| mm(&g, &self.merged_weight(&a, &b, mask)?))
                     .transpose()?;
                 let (grad_a, grad_b) = match grad {
                     GradMode::Approx => {
-                        let (ga, gb, _) = self.rank_r_grads(&x2, &g, &a, &b)?;
+                        let (ga, gb, _) = rank_r_grads(&x2, &g, &a, &b, self.scale)?;
                         (ga, gb)
                     }
                     GradMode::Exact => {
@@ -493,5 +600,42 @@ impl candle_core::CustomOp1 for FrozenLinearOp {
         let g = grad_y.reshape((grad_y.elem_count() / out, out))?;
         debug_assert_eq!(x.dims().last(), Some(&in_f));
         Ok(Some(g.matmul(&self.weight)?.reshape(x.shape())?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The one-pass CPU merge equals the product-then-merge form exactly, on shapes whose
+    /// rows do not start on mask words and blocks that end mid-row.
+    #[test]
+    fn the_fused_merge_equals_product_then_merge() {
+        for (out, in_f, rank) in [(37, 172, 3), (300, 130, 5), (5, 64, 2)] {
+            let value = |i: usize, f: f64| ((i as f64 * f).sin() * 0.5) as f32;
+            let w: Vec<f32> = (0..out * in_f).map(|i| value(i, 0.37)).collect();
+            let a: Vec<f32> = (0..rank * in_f).map(|i| value(i, 0.71)).collect();
+            let b: Vec<f32> = (0..out * rank).map(|i| value(i, 1.13)).collect();
+            let mask = Arc::new(BitMask::from_fn(out, in_f, |i| (i * 7 + i / 5) % 3 != 0));
+            let op_mask = OpMask::new(mask.clone(), &Device::Cpu).unwrap();
+            let storage = |v: &[f32]| CpuStorage::F32(v.to_vec());
+            let (ws, as_, bs) = (storage(&w), storage(&a), storage(&b));
+            let (wl, al, bl) = (
+                Layout::contiguous((out, in_f)),
+                Layout::contiguous((rank, in_f)),
+                Layout::contiguous((out, rank)),
+            );
+            let reference =
+                merge_over_product((&ws, &wl), (&as_, &al), (&bs, &bl), 0.75, &op_mask).unwrap();
+            let fused = fused_merged(&w, &a, &b, (out, in_f, rank), 0.75, &mask);
+            let CpuStorage::F32(reference) = reference else {
+                panic!("f32 in, f32 out")
+            };
+            assert_eq!(fused, reference, "{out} x {in_f}, rank {rank}");
+            assert!(fused
+                .iter()
+                .enumerate()
+                .all(|(i, &v)| mask.is_kept(i) || v == 0.0));
+        }
     }
 }

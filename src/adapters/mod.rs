@@ -17,6 +17,7 @@ mod lors;
 mod low_rank;
 mod low_rank_op;
 mod merge;
+mod rank_r_grads;
 mod sparse_linear;
 mod spp;
 mod sqft;

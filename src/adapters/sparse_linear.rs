@@ -166,7 +166,7 @@ impl SparseLinear {
         let mut dims = grad_y.dims().to_vec();
         let g = grad_y.reshape((grad_y.elem_count() / out_f, out_f))?;
         *dims.last_mut().expect("an output gradient has dims") = in_f;
-        Ok(g.matmul(&self.weight)?.reshape(dims)?)
+        Ok(crate::cpu::mm(&g, &self.weight)?.reshape(dims)?)
     }
 
     /// The gradient the frozen weight would get, `grad_yᵀ·x` (out x in, f32).
@@ -174,6 +174,6 @@ impl SparseLinear {
         let (out_f, in_f) = self.dims();
         let g = grad_y.reshape((grad_y.elem_count() / out_f, out_f))?;
         let x = x.reshape((x.elem_count() / in_f, in_f))?;
-        Ok(g.t()?.matmul(&x)?.to_dtype(DType::F32)?)
+        Ok(crate::cpu::mm(&g.t()?, &x)?.to_dtype(DType::F32)?)
     }
 }

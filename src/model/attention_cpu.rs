@@ -10,132 +10,17 @@
 //! rowsum(dO ⊙ O))·scale`; each group's work is sequential, so results do not depend on the
 //! scheduling of the threads.
 
-use candle_core::{CpuStorage, DType, Layout, Storage, Tensor, WithDType};
-use gemm::{gemm, Parallelism};
+use candle_core::{DType, Tensor};
 use rayon::prelude::*;
 
 use super::attention::{Attention, Dims};
 use super::fused::{softmax_row, Elem};
+use crate::cpu::{matmul, with_values, Dest, View};
 use crate::error::Result;
 
-/// A matrix inside a slice: element `(i, j)` at `i·rs + j·cs`.
-#[derive(Clone, Copy)]
-struct View<'a, T> {
-    data: &'a [T],
-    rows: usize,
-    cols: usize,
-    rs: usize,
-    cs: usize,
-}
-
-impl<'a, T> View<'a, T> {
-    /// `rows × cols` stored row after row from `data`'s start.
-    fn rows(data: &'a [T], rows: usize, cols: usize) -> Self {
-        Self {
-            data,
-            rows,
-            cols,
-            rs: cols,
-            cs: 1,
-        }
-    }
-
-    /// The transpose (the same storage).
-    fn t(self) -> Self {
-        Self {
-            rows: self.cols,
-            cols: self.rows,
-            rs: self.cs,
-            cs: self.rs,
-            ..self
-        }
-    }
-
-    /// Whether every element lies inside `data`.
-    fn fits(&self) -> bool {
-        self.rows == 0
-            || self.cols == 0
-            || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst = a·b` (or `dst += a·b` when `accumulate`), `dst` row-major with `a.rows × b.cols`
-/// entries from its start; on this thread only.
-fn matmul<T: Elem>(dst: &mut [T], a: View<T>, b: View<T>, accumulate: bool) {
-    let (m, n, k) = (a.rows, b.cols, a.cols);
-    assert!(a.cols == b.rows && a.fits() && b.fits() && m * n <= dst.len());
-    if m == 0 || n == 0 {
-        return;
-    }
-    // SAFETY: the assertion keeps every element gemm reads in `a.data` and `b.data`, and every
-    // one it writes (row stride n, column stride 1) in `dst`; gemm takes f32 and f64.
-    unsafe {
-        gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            T::one(),
-            T::one(),
-            false,
-            false,
-            false,
-            Parallelism::None,
-        )
-    }
-}
-
-/// The contiguous f32 or f64 values of a CPU tensor.
-trait CpuSlice: Elem + WithDType {
-    fn slice(s: &CpuStorage) -> Option<&[Self]>;
-}
-
-impl CpuSlice for f32 {
-    fn slice(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F32(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
-impl CpuSlice for f64 {
-    fn slice(s: &CpuStorage) -> Option<&[Self]> {
-        match s {
-            CpuStorage::F64(v) => Some(v),
-            _ => None,
-        }
-    }
-}
-
-/// Run `f` on the values of `tensors` (made contiguous), all of dtype `T` on the CPU.
-fn with_values<T: CpuSlice, R>(tensors: &[&Tensor], f: impl FnOnce(&[&[T]]) -> R) -> Result<R> {
-    let owned: Vec<Tensor> = tensors
-        .iter()
-        .map(|t| t.contiguous())
-        .collect::<candle_core::Result<_>>()?;
-    let guards: Vec<_> = owned.iter().map(|t| t.storage_and_layout()).collect();
-    let values = guards
-        .iter()
-        .map(|(s, l)| cpu_values(s, l))
-        .collect::<Option<Vec<&[T]>>>()
-        .ok_or_else(|| candle_core::Error::Msg("attention kernel: f32/f64 CPU tensors".into()))?;
-    Ok(f(&values))
-}
-
-fn cpu_values<'a, T: CpuSlice>(s: &'a Storage, l: &Layout) -> Option<&'a [T]> {
-    let Storage::Cpu(s) = s else { return None };
-    let (a, b) = l.contiguous_offsets()?;
-    Some(&T::slice(s)?[a..b])
+/// Whether attention over queries `q` runs on this kernel (f32 or f64 on the CPU).
+pub(super) fn runs_on_kernel(q: &Tensor) -> bool {
+    q.device().is_cpu() && matches!(q.dtype(), DType::F32 | DType::F64)
 }
 
 /// One group's inputs: its kv head's keys and values, its query heads, and the score scale.
@@ -155,7 +40,7 @@ impl<T: Elem> Group<'_, T> {
         let (tq, d) = (dims.tq, dims.d);
         let q = View::rows(&self.q[(r * tq + start) * d..], len, d);
         let k = View::rows(self.k, keys, d).t();
-        matmul(p, q, k, false);
+        matmul(p, q, k, Dest::Set(T::one()));
         for (i, row) in p.chunks_mut(keys).take(len).enumerate() {
             softmax_row(row, (dims.offset + start + i + 1).min(keys), self.scale);
         }
@@ -165,14 +50,14 @@ impl<T: Elem> Group<'_, T> {
 impl Attention<'_> {
     /// The output on the CPU kernel, or `None` for another device or dtype.
     pub(super) fn forward_cpu(&self, dims: &Dims) -> Result<Option<Tensor>> {
-        match (self.q.device().is_cpu(), self.q.dtype()) {
+        match (runs_on_kernel(self.q), self.q.dtype()) {
             (true, DType::F32) => self.forward_with::<f32>(dims).map(Some),
             (true, DType::F64) => self.forward_with::<f64>(dims).map(Some),
             _ => Ok(None),
         }
     }
 
-    fn forward_with<T: CpuSlice>(&self, dims: &Dims) -> Result<Tensor> {
+    fn forward_with<T: Elem>(&self, dims: &Dims) -> Result<Tensor> {
         let chunks: Vec<_> = self.chunks(dims).collect();
         let (rep, tq, tk, d) = (dims.rep, dims.tq, dims.tk, dims.d);
         let scale = T::from(self.scale).expect("a float");
@@ -193,7 +78,7 @@ impl Attention<'_> {
                             group.probabilities(&mut p, dims, r, (start, len, keys));
                             let o = &mut out[(r * tq + start) * d..];
                             let p = View::rows(&p, len, keys);
-                            matmul(o, p, View::rows(group.v, keys, d), false);
+                            matmul(o, p, View::rows(group.v, keys, d), Dest::Set(T::one()));
                         }
                     }
                 });
@@ -209,14 +94,14 @@ impl Attention<'_> {
         out: &Tensor,
         d_out: &Tensor,
     ) -> Result<Option<(Tensor, Tensor, Tensor)>> {
-        match (self.q.device().is_cpu(), self.q.dtype()) {
+        match (runs_on_kernel(self.q), self.q.dtype()) {
             (true, DType::F32) => self.backward_with::<f32>(dims, out, d_out).map(Some),
             (true, DType::F64) => self.backward_with::<f64>(dims, out, d_out).map(Some),
             _ => Ok(None),
         }
     }
 
-    fn backward_with<T: CpuSlice>(
+    fn backward_with<T: Elem>(
         &self,
         dims: &Dims,
         out: &Tensor,
@@ -274,8 +159,13 @@ impl Attention<'_> {
                 let at = (r * tq + start) * d;
                 let g = View::rows(&d_out[at..], len, d);
                 let pv = View::rows(&p, len, keys);
-                matmul(grads.dv, pv.t(), g, true);
-                matmul(&mut ds, g, View::rows(group.v, keys, d).t(), false);
+                matmul(grads.dv, pv.t(), g, Dest::Add(T::one()));
+                matmul(
+                    &mut ds,
+                    g,
+                    View::rows(group.v, keys, d).t(),
+                    Dest::Set(T::one()),
+                );
                 for i in 0..len {
                     let row = at + i * d;
                     let dot = (0..d).fold(T::zero(), |a, j| a + d_out[row + j] * out[row + j]);
@@ -289,10 +179,10 @@ impl Attention<'_> {
                     &mut grads.dq[at..],
                     dsv,
                     View::rows(group.k, keys, d),
-                    false,
+                    Dest::Set(T::one()),
                 );
                 let q = View::rows(&group.q[at..], len, d);
-                matmul(grads.dk, dsv.t(), q, true);
+                matmul(grads.dk, dsv.t(), q, Dest::Add(T::one()));
             }
         }
     }

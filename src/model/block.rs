@@ -6,7 +6,7 @@ use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
 
 use super::attention::{chunk_for, Attention};
-use super::fused::{rms_norm_backward, swiglu, swiglu_backward};
+use super::fused::{rms_norm_backward, swap_middle, swiglu, swiglu_backward};
 use super::ops::{rms_norm, Rope};
 use super::{Gradients, Linear, ModelConfig, ModuleId, Proj};
 use crate::error::Result;
@@ -104,15 +104,13 @@ impl Block {
     /// `(batch, positions, n·head_dim)` → `(batch, n, positions, head_dim)`.
     fn heads(y: &Tensor, n: usize, head_dim: usize) -> Result<Tensor> {
         let (b, t, _) = y.dims3()?;
-        Ok(y.reshape((b, t, n, head_dim))?
-            .transpose(1, 2)?
-            .contiguous()?)
+        swap_middle(&y.reshape((b, t, n, head_dim))?)
     }
 
     /// The inverse of [`heads`](Self::heads).
     fn merge_heads(y: &Tensor) -> Result<Tensor> {
         let (b, n, t, d) = y.dims4()?;
-        Ok(y.transpose(1, 2)?.contiguous()?.reshape((b, t, n * d))?)
+        Ok(swap_middle(y)?.reshape((b, t, n * d))?)
     }
 
     fn attention<'a>(
@@ -121,14 +119,12 @@ impl Block {
         k: &'a Tensor,
         v: &'a Tensor,
     ) -> Result<Attention<'a>> {
-        let (b, _, tq, _) = q.dims4()?;
-        let tk = k.dim(2)?;
         Ok(Attention {
             q,
             k,
             v,
             scale: 1.0 / (c.head_dim as f64).sqrt(),
-            chunk: chunk_for(b, c.num_heads, tq, tk, q.dtype()),
+            chunk: chunk_for(q, k.dim(2)?)?,
         })
     }
 

@@ -5,10 +5,12 @@
 //! Each op has a twin written with candle's tensor ops (`*_ops`), which other devices and
 //! dtypes use and which the tests hold the kernels to.
 
+use std::mem::MaybeUninit;
+
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Layout, Shape, Tensor, D};
-use num_traits::Float;
 use rayon::prelude::*;
 
+use crate::cpu::{par_filled, with_values};
 use crate::error::Result;
 
 fn msg(s: impl std::fmt::Display) -> candle_core::Error {
@@ -40,7 +42,7 @@ macro_rules! float_dispatch {
 }
 
 /// The element types of the kernels, with an exponential that vectorises.
-pub(crate) trait Elem: Float + Send + Sync + 'static {
+pub(crate) trait Elem: crate::cpu::GemmElem {
     /// `eᵗ`, exact to an ulp or two.
     fn exp_fast(self) -> Self;
 }
@@ -150,65 +152,34 @@ fn swiglu_ops(gate: &Tensor, up: &Tensor) -> Result<Tensor> {
     Ok((gate.silu()? * up)?)
 }
 
-/// Both gradients of SwiGLU in one pass, stacked: `[d_gate, d_up]` (2, …).
-struct SwigluBackward;
-
-impl CustomOp3 for SwigluBackward {
-    fn name(&self) -> &'static str {
-        "fused-swiglu-backward"
-    }
-
-    fn cpu_fwd(
-        &self,
-        g: &CpuStorage,
-        lg: &Layout,
-        u: &CpuStorage,
-        lu: &Layout,
-        dm: &CpuStorage,
-        ld: &Layout,
-    ) -> candle_core::Result<(CpuStorage, Shape)> {
-        /// `d_gate = dm·up·silu'(gate)` with `silu'(g) = σ(g)·(1 + g·(1 − σ(g)))`, and
-        /// `d_up = dm·silu(gate)`, one sigmoid per element.
-        fn run<T: Elem>(g: &[T], u: &[T], dm: &[T]) -> Vec<T> {
-            const CHUNK: usize = 4096;
-            let n = g.len();
-            let mut out = vec![T::zero(); 2 * n];
-            let (d_gate, d_up) = out.split_at_mut(n);
-            d_gate
-                .par_chunks_mut(CHUNK)
-                .zip(d_up.par_chunks_mut(CHUNK))
-                .zip(
-                    g.par_chunks(CHUNK)
-                        .zip(u.par_chunks(CHUNK).zip(dm.par_chunks(CHUNK))),
-                )
-                .for_each(|((dg, du), (g, (u, dm)))| {
-                    for i in 0..g.len() {
-                        let s = sigmoid(g[i]);
-                        dg[i] = dm[i] * u[i] * (s * (T::one() + g[i] * (T::one() - s)));
-                        du[i] = dm[i] * g[i] * s;
-                    }
-                });
-            out
-        }
-        let out = float_dispatch!("swiglu backward", (g, u, dm), |g, u, dm| run(
-            slice(g, lg)?,
-            slice(u, lu)?,
-            slice(dm, ld)?
-        ))?;
-        let mut dims = vec![2];
-        dims.extend_from_slice(lg.dims());
-        Ok((out, Shape::from(dims)))
-    }
+/// `d_gate = dm·up·silu'(gate)` with `silu'(g) = σ(g)·(1 + g·(1 − σ(g)))`, and
+/// `d_up = dm·silu(gate)`, one sigmoid per element, in parallel.
+fn swiglu_backward_values<T: Elem>(g: &[T], u: &[T], dm: &[T]) -> (Vec<T>, Vec<T>) {
+    g.par_iter()
+        .zip(u.par_iter().zip(dm.par_iter()))
+        .map(|(&g, (&u, &dm))| {
+            let s = sigmoid(g);
+            (dm * u * (s * (T::one() + g * (T::one() - s))), dm * g * s)
+        })
+        .unzip()
 }
 
 /// Gradients of `silu(gate)·up` for the output gradient `dm`: `(d_gate, d_up)`.
 pub(crate) fn swiglu_backward(gate: &Tensor, up: &Tensor, dm: &Tensor) -> Result<(Tensor, Tensor)> {
-    if !fused(gate) {
-        return swiglu_backward_ops(gate, up, dm);
+    fn run<T: Elem>(inputs: [&Tensor; 3]) -> Result<(Tensor, Tensor)> {
+        let (dg, du) = with_values::<T, _>(&inputs, |v| swiglu_backward_values(v[0], v[1], v[2]))?;
+        let (shape, device) = (inputs[0].shape(), inputs[0].device());
+        Ok((
+            Tensor::from_vec(dg, shape, device)?,
+            Tensor::from_vec(du, shape, device)?,
+        ))
     }
-    let (g, u, d) = (gate.contiguous()?, up.contiguous()?, dm.contiguous()?);
-    let both = g.apply_op3_no_bwd(&u, &d, &SwigluBackward)?;
-    Ok((both.get(0)?, both.get(1)?))
+    let same = up.dtype() == gate.dtype() && dm.dtype() == gate.dtype();
+    match gate.dtype() {
+        DType::F32 if fused(gate) && same => run::<f32>([gate, up, dm]),
+        DType::F64 if fused(gate) && same => run::<f64>([gate, up, dm]),
+        _ => swiglu_backward_ops(gate, up, dm),
+    }
 }
 
 fn swiglu_backward_ops(gate: &Tensor, up: &Tensor, dm: &Tensor) -> Result<(Tensor, Tensor)> {
@@ -242,23 +213,22 @@ impl CustomOp3 for RmsNormBackward {
             let n = w.len();
             let inv_n = T::from(1.0 / n as f64).expect("a float");
             let eps = T::from(eps).expect("a float");
-            let mut out = vec![T::zero(); x.len()];
-            out.par_chunks_mut(n)
-                .zip(x.par_chunks(n).zip(dy.par_chunks(n)))
-                .for_each(|(dx, (x, dy))| {
-                    let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) * inv_n;
-                    let r = T::one() / (ms + eps).sqrt();
-                    let dot = x
-                        .iter()
-                        .zip(dy.iter().zip(w))
-                        .fold(T::zero(), |a, (&x, (&d, &w))| a + d * w * x)
-                        * r
-                        * inv_n;
-                    for (o, (&x, (&d, &w))) in dx.iter_mut().zip(x.iter().zip(dy.iter().zip(w))) {
-                        *o = r * (d * w - x * r * dot);
-                    }
-                });
-            out
+            let row = |i: usize, dx: &mut [MaybeUninit<T>]| {
+                let (x, dy) = (&x[i * n..][..n], &dy[i * n..][..n]);
+                let ms = x.iter().fold(T::zero(), |a, &v| a + v * v) * inv_n;
+                let r = T::one() / (ms + eps).sqrt();
+                let dot = x
+                    .iter()
+                    .zip(dy.iter().zip(w))
+                    .fold(T::zero(), |a, (&x, (&d, &w))| a + d * w * x)
+                    * r
+                    * inv_n;
+                for (o, (&x, (&d, &w))) in dx.iter_mut().zip(x.iter().zip(dy.iter().zip(w))) {
+                    o.write(r * (d * w - x * r * dot));
+                }
+            };
+            // SAFETY: `row` writes each of its row's `n` entries.
+            unsafe { par_filled(x.len(), n, row) }
         }
         let eps = self.eps;
         let out = float_dispatch!("rms-norm backward", (x, w, dy), |x, w, dy| run(
@@ -301,6 +271,50 @@ fn rms_norm_backward_ops(x: &Tensor, weight: &Tensor, eps: f64, dy: &Tensor) -> 
     Ok(dx.to_dtype(x.dtype())?)
 }
 
+// ---------------------------------------------------------------- head layout
+
+struct SwapMiddle;
+
+impl CustomOp1 for SwapMiddle {
+    fn name(&self) -> &'static str {
+        "fused-swap-middle"
+    }
+
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> candle_core::Result<(CpuStorage, Shape)> {
+        /// Output row `(i, k)` (length `b·d`) gathers input rows `(i, j, k)` for every `j`.
+        fn run<T: Copy + Send + Sync>(x: &[T], [a, b, c, d]: [usize; 4]) -> Vec<T> {
+            let fill = |row: usize, out: &mut [MaybeUninit<T>]| {
+                let (i, k) = (row / c, row % c);
+                for (j, out) in out.chunks_mut(d).enumerate() {
+                    let src = &x[((i * b + j) * c + k) * d..][..d];
+                    for (o, &v) in out.iter_mut().zip(src) {
+                        o.write(v);
+                    }
+                }
+            };
+            // SAFETY: each output row's `b` pieces of `d` values are all written.
+            unsafe { par_filled(a * b * c * d, b * d, fill) }
+        }
+        let (a, b, c, d) = l.shape().dims4()?;
+        let out = float_dispatch!("swap middle", (s), |s| run(slice(s, l)?, [a, b, c, d]))?;
+        Ok((out, Shape::from((a, c, b, d))))
+    }
+}
+
+/// `x` (a, b, c, d) with its middle dimensions swapped, as a contiguous (a, c, b, d): the
+/// move between `(batch, positions, heads, head_dim)` and `(batch, heads, positions,
+/// head_dim)`, in parallel where candle's copy runs on one thread.
+pub(crate) fn swap_middle(x: &Tensor) -> Result<Tensor> {
+    if fused(x) && x.elem_count() > 0 {
+        return Ok(x.contiguous()?.apply_op1_no_bwd(&SwapMiddle)?);
+    }
+    swap_middle_ops(x)
+}
+
+fn swap_middle_ops(x: &Tensor) -> Result<Tensor> {
+    Ok(x.transpose(1, 2)?.contiguous()?)
+}
+
 // ---------------------------------------------------------------- causal softmax
 
 /// A row of scores turned into `softmax(scale·s)` over its first `n` entries, in place; the
@@ -312,7 +326,7 @@ pub(crate) fn softmax_row<T: Elem>(row: &mut [T], n: usize, scale: T) {
     seen.iter_mut()
         .for_each(|s| *s = (*s * scale - max).exp_fast());
     let inv = T::one() / reduce8(seen, T::zero(), |a, b| a + b);
-    seen.iter_mut().for_each(|p| *p = *p * inv);
+    seen.iter_mut().for_each(|p| *p *= inv);
     unseen.iter_mut().for_each(|p| *p = T::zero());
 }
 
@@ -488,6 +502,13 @@ mod tests {
         let (dg2, du2) = swiglu_backward_ops(&g, &u, &d).unwrap();
         assert_close(&dg, &dg2);
         assert_close(&du, &du2);
+        let x = wave(&[2, 3, 4, 5], 23);
+        let (got, want) = (swap_middle(&x).unwrap(), swap_middle_ops(&x).unwrap());
+        assert_eq!(got.dims(), [2, 4, 3, 5]);
+        assert_eq!(
+            got.flatten_all().unwrap().to_vec1::<f64>().unwrap(),
+            want.flatten_all().unwrap().to_vec1::<f64>().unwrap()
+        );
         let w = wave(&[7], 3);
         assert_close(
             &rms_norm_backward(&g, &w, 1e-5, &d).unwrap(),
