@@ -16,8 +16,9 @@ use crate::cpu::{matmul, with_values, Dest, GemmElem, View};
 
 /// Token groups of the CPU kernel: a fixed number, so results do not depend on the threads.
 const GROUPS: usize = 16;
-/// Rows of `x` and `g` a group takes at a time.
-const BLOCK_ROWS: usize = 32;
+/// Rows of `x` and `g` a group takes at a time (1024 tokens, 1024 in, 2816 out, rank 16,
+/// 2 threads: 3.4 and 4.2 ms in blocks of 64 rows, 4.2-4.6 ms in blocks of 32).
+const BLOCK_ROWS: usize = 64;
 
 /// `(grad_A, grad_B, s·g·B)` for 2-D `x` (tokens x in), `g` (tokens x out), `A` (r x in),
 /// `B` (out x r).
@@ -164,11 +165,12 @@ mod tests {
     use candle_core::Device;
 
     /// The fused kernel equals the tensor-op twin (f64, 1e-12 of the largest entry) with a
-    /// token count that neither the groups nor the blocks divide.
+    /// token count that neither the groups nor the blocks divide (groups of 71 tokens, each
+    /// in blocks of 64 and 7; the last group 60).
     #[test]
     fn the_fused_kernel_equals_its_twin() {
         let dev = Device::Cpu;
-        let (tokens, in_f, out, rank) = (201, 48, 37, 5);
+        let (tokens, in_f, out, rank) = (1125, 48, 37, 5);
         let t = |n: usize, f: f64, shape: (usize, usize)| {
             let v: Vec<f64> = (0..n).map(|i| (i as f64 * f).sin()).collect();
             Tensor::from_vec(v, shape, &dev).unwrap()
