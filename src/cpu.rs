@@ -224,18 +224,18 @@ pub(crate) fn view<'a, T>(data: &'a [T], layout: &Layout) -> Option<View<'a, T>>
 }
 
 /// `a·b` of two 2-D CPU storages of one float dtype with [`product`], or `None` for other
-/// dtypes or layouts.
+/// dtypes, layouts or mismatched shapes (which the caller's fallback reports).
 pub(crate) fn storage_product(
     a: (&CpuStorage, &Layout),
     b: (&CpuStorage, &Layout),
 ) -> Option<CpuStorage> {
+    fn both<'a, T: GemmElem>(x: &'a [T], y: &'a [T], a: &Layout, b: &Layout) -> Option<Vec<T>> {
+        let (x, y) = (view(x, a)?, view(y, b)?);
+        (x.cols == y.rows).then(|| product(x, y))
+    }
     match (a.0, b.0) {
-        (CpuStorage::F32(x), CpuStorage::F32(y)) => {
-            Some(CpuStorage::F32(product(view(x, a.1)?, view(y, b.1)?)))
-        }
-        (CpuStorage::F64(x), CpuStorage::F64(y)) => {
-            Some(CpuStorage::F64(product(view(x, a.1)?, view(y, b.1)?)))
-        }
+        (CpuStorage::F32(x), CpuStorage::F32(y)) => both(x, y, a.1, b.1).map(CpuStorage::F32),
+        (CpuStorage::F64(x), CpuStorage::F64(y)) => both(x, y, a.1, b.1).map(CpuStorage::F64),
         _ => None,
     }
 }

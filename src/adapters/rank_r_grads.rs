@@ -37,7 +37,10 @@ pub(crate) fn rank_r_grads(
         out,
         rank,
     };
-    if !x.device().is_cpu() || [g, a, b].iter().any(|t| t.dtype() != x.dtype()) {
+    let shapes_agree = g.dims() == [tokens, out] && a.dims() == [rank, in_f];
+    let same_dtype = [g, a, b].iter().all(|t| t.dtype() == x.dtype());
+    if !x.device().is_cpu() || !shapes_agree || !same_dtype {
+        // Other devices, and inputs the kernel cannot take (the twin reports bad shapes).
         return rank_r_grads_ops(x, g, a, b, scale);
     }
     match x.dtype() {
