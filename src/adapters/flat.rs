@@ -58,9 +58,15 @@ mod tests {
 
     /// Same (seed, layer, step): the same draw; another step or layer: another. Each row's
     /// spread is `σ_i` (sample std within 5% over ~1000 kept entries), pruned entries are 0.
+    /// The weight is drawn from a fixed seed: with candle's unseeded `randn` the 8 rows' 5%
+    /// bounds (about 2.3 standard errors each) failed now and then.
     #[test]
     fn the_draw_is_reproducible_masked_and_scaled_by_row_norm() {
-        let w = Tensor::randn(0f32, 1.0, (8, 2048), &Device::Cpu).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let w: Vec<f32> = (0..8 * 2048)
+            .map(|_| StandardNormal.sample(&mut rng))
+            .collect();
+        let w = Tensor::from_vec(w, (8, 2048), &Device::Cpu).unwrap();
         let w = (w.broadcast_mul(
             &Tensor::new(
                 &[[1f32], [2.], [3.], [4.], [5.], [6.], [7.], [8.]],
