@@ -165,35 +165,22 @@ fn rank_r_grads_ops(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use crate::model::testing::{assert_close, wave};
 
-    /// The fused kernel equals the tensor-op twin (f64, 1e-12 of the largest entry) with a
-    /// token count that neither the groups nor the blocks divide (groups of 71 tokens, each
-    /// in blocks of 64 and 7; the last group 60).
+    /// The fused kernel equals the tensor-op twin (f64, 1e-12 relative) with a token count
+    /// that neither the groups nor the blocks divide (groups of 71 tokens, each in blocks of
+    /// 64 and 7; the last group 60).
     #[test]
     fn the_fused_kernel_equals_its_twin() {
-        let dev = Device::Cpu;
         let (tokens, in_f, out, rank) = (1125, 48, 37, 5);
-        let t = |n: usize, f: f64, shape: (usize, usize)| {
-            let v: Vec<f64> = (0..n).map(|i| (i as f64 * f).sin()).collect();
-            Tensor::from_vec(v, shape, &dev).unwrap()
-        };
-        let x = t(tokens * in_f, 0.37, (tokens, in_f));
-        let g = t(tokens * out, 0.53, (tokens, out));
-        let a = t(rank * in_f, 0.71, (rank, in_f));
-        let b = t(out * rank, 1.13, (out, rank));
+        let x = wave(&[tokens, in_f], 5);
+        let g = wave(&[tokens, out], 7);
+        let a = wave(&[rank, in_f], 11);
+        let b = wave(&[out, rank], 13);
         let fused = rank_r_grads(&x, &g, &a, &b, 0.75).unwrap();
         let twin = rank_r_grads_ops(&x, &g, &a, &b, 0.75).unwrap();
-        for (f, t) in [(fused.0, twin.0), (fused.1, twin.1), (fused.2, twin.2)] {
-            let scale = t
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f64>()
-                .unwrap();
-            let diff = (f - &t).unwrap().abs().unwrap().max_all().unwrap();
-            assert!(diff.to_scalar::<f64>().unwrap() <= 1e-12 * scale);
-        }
+        assert_close(&fused.0, &twin.0);
+        assert_close(&fused.1, &twin.1);
+        assert_close(&fused.2, &twin.2);
     }
 }

@@ -19,7 +19,7 @@ pub mod random;
 mod reference;
 mod softmax;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod weights;
 
 pub use block::Recompute;
