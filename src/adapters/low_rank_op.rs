@@ -317,7 +317,11 @@ impl MaskKernels for CpuStorage {
             a.1.contiguous_offsets(),
             b.1.contiguous_offsets(),
         );
-        let (Some((w0, w1)), Some((a0, a1)), Some((b0, b1))) = parts else {
+        let shapes_agree = w.1.dims() == [out, in_f] && a.1.dims() == [rank, in_f];
+        let (Some((w0, w1)), Some((a0, a1)), Some((b0, b1)), true) =
+            (parts.0, parts.1, parts.2, shapes_agree)
+        else {
+            // Strided or mismatched inputs: candle's product (which reports bad shapes).
             return merge_over_product(w, a, b, scale, mask);
         };
         Ok(match (w.0, a.0, b.0) {
