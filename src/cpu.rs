@@ -269,14 +269,54 @@ pub(crate) unsafe fn par_filled<T: Send>(
     chunk: usize,
     fill: impl Fn(usize, &mut [MaybeUninit<T>]) + Sync,
 ) -> Vec<T> {
-    let mut out = Vec::with_capacity(n);
-    out.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk.max(1))
-        .enumerate()
-        .for_each(|(i, c)| fill(i, c));
-    // SAFETY: the caller's `fill` wrote all `n` entries.
-    unsafe { out.set_len(n) };
+    // SAFETY: the caller's promise, for the one output.
+    let [out] = unsafe { par_filled_n(n, chunk, |i, [c]| fill(i, c)) };
     out
+}
+
+/// Like [`par_filled`], for `J` vectors written together: `fill(chunk index, chunks)` gets
+/// the same chunk of each.
+///
+/// # Safety
+/// `fill` must write every element of each chunk it is given.
+pub(crate) unsafe fn par_filled_n<T: Send, const J: usize>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, [&mut [MaybeUninit<T>]; J]) + Sync,
+) -> [Vec<T>; J] {
+    let chunk = chunk.max(1);
+    let mut outs: [Vec<T>; J] = std::array::from_fn(|_| Vec::with_capacity(n));
+    {
+        let mut chunks = outs
+            .each_mut()
+            .map(|out| out.spare_capacity_mut()[..n].chunks_mut(chunk));
+        let pieces: Vec<[&mut [MaybeUninit<T>]; J]> = (0..n.div_ceil(chunk))
+            .map(|_| chunks.each_mut().map(|c| c.next().expect("n/chunk chunks")))
+            .collect();
+        pieces
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(i, piece)| fill(i, piece));
+    }
+    for out in &mut outs {
+        // SAFETY: the caller's `fill` wrote all `n` entries of each output.
+        unsafe { out.set_len(n) };
+    }
+    outs
+}
+
+/// Values per piece of an element-wise kernel: 64 KiB of f32, so a piece's inputs and
+/// outputs stay in L2, and the pieces are many enough to keep the threads balanced.
+pub(crate) const ELEMENTWISE_CHUNK: usize = 1 << 14;
+
+/// `f` run as code compiled for the widest vector instructions this CPU has (AVX2 and FMA,
+/// or AVX-512; detected at run time by `pulp`). The crate is built for baseline x86-64,
+/// where the element-wise loops would use 128-bit SSE2; a loop called through here is
+/// vectorised 256 or 512 bits wide. The results are the same bits: rustc never fuses a
+/// multiply and an add, nor reorders arithmetic, on either path.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    pulp::Arch::new().dispatch(f)
 }
 
 #[cfg(test)]

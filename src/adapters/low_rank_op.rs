@@ -24,7 +24,7 @@ use candle_core::{
 };
 
 use super::rank_r_grads::rank_r_grads;
-use crate::cpu::{matmul_uninit, mm, par_filled, GemmElem, View};
+use crate::cpu::{matmul_uninit, mm, par_filled, simd, GemmElem, View};
 use crate::sparsity::BitMask;
 
 /// Which gradient `lors` computes for the adapter.
@@ -178,7 +178,7 @@ fn fuse_masked_merge<T: MergeElem>(ba: &mut [T], w: &[T], scale: f64, mask: &Bit
     ba.par_chunks_mut(64 * WORDS_PER_TASK)
         .zip(w.par_chunks(64 * WORDS_PER_TASK))
         .zip(mask.words().par_chunks(WORDS_PER_TASK))
-        .for_each(|((d, w), words)| merge_words(d, w, words, scale));
+        .for_each(|((d, w), words)| simd(|| merge_words(d, w, words, scale)));
 }
 
 /// `d[i] = M[i] ? w[i] + s·d[i] : 0` on one thread, 64 weights (one mask word) at a time;
@@ -236,7 +236,7 @@ fn fused_merged<T: MergeElem + GemmElem>(
         };
         let d = matmul_uninit(d, b, a, T::one());
         let at = first * in_f;
-        merge_words(d, &w[at..at + d.len()], &words[at / 64..], scale);
+        simd(|| merge_words(d, &w[at..at + d.len()], &words[at / 64..], scale));
     };
     // SAFETY: `matmul_uninit` writes each chunk whole (its rows of `B·A`).
     unsafe { par_filled(out * in_f, rows * in_f, fill) }
@@ -308,9 +308,7 @@ impl MaskKernels for CpuStorage {
         scale: f64,
         mask: &OpMask,
     ) -> Result<Self> {
-        let (out, rank) = b.1.shape().dims2()?;
-        let (_, in_f) = a.1.shape().dims2()?;
-        let dims = (out, in_f, rank);
+        let dims @ (out, in_f, rank) = merge_dims(a.1, b.1)?;
         let bits = &mask.bits;
         let parts = (
             w.1.contiguous_offsets(),
@@ -362,6 +360,13 @@ fn merged_weight_storage<S: MaskKernels>(
     S::merged((S::of(&ws)?, wl), a, b, scale, mask)
 }
 
+/// `(out, in, rank)` of a merge from the layouts of `A` (rank x in) and `B` (out x rank).
+fn merge_dims(a: &Layout, b: &Layout) -> Result<(usize, usize, usize)> {
+    let (out, rank) = b.shape().dims2()?;
+    let (_, in_f) = a.shape().dims2()?;
+    Ok((out, in_f, rank))
+}
+
 /// [`MaskKernels::merged`] as the product `B·A` on the backend, then the masked merge.
 fn merge_over_product<S: MaskKernels>(
     w: (&S, &Layout),
@@ -370,8 +375,7 @@ fn merge_over_product<S: MaskKernels>(
     scale: f64,
     mask: &OpMask,
 ) -> Result<S> {
-    let (out, rank) = b.1.shape().dims2()?;
-    let (_, in_f) = a.1.shape().dims2()?;
+    let (out, in_f, rank) = merge_dims(a.1, b.1)?;
     let mut ba = b.0.matmul(a.0, (1, out, in_f, rank), b.1, a.1)?;
     S::masked_merge(&mut ba, w.0, w.1, scale, mask)?;
     Ok(ba)

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use super::attention::{Attention, Dims};
 use super::fused::{softmax_row, Elem};
-use crate::cpu::{matmul, with_values, Dest, View};
+use crate::cpu::{matmul, simd, with_values, Dest, View};
 use crate::error::Result;
 
 /// Whether attention over queries `q` runs on this kernel (f32 or f64 on the CPU).
@@ -66,21 +66,23 @@ impl Attention<'_> {
             out.par_chunks_mut(rep * tq * d)
                 .enumerate()
                 .for_each(|(g, out)| {
-                    let group = Group {
-                        q: &x[0][g * rep * tq * d..][..rep * tq * d],
-                        k: &x[1][g * tk * d..][..tk * d],
-                        v: &x[2][g * tk * d..][..tk * d],
-                        scale,
-                    };
-                    let mut p = vec![T::zero(); self.chunk.max(1) * tk];
-                    for r in 0..rep {
-                        for &(start, len, keys) in &chunks {
-                            group.probabilities(&mut p, dims, r, (start, len, keys));
-                            let o = &mut out[(r * tq + start) * d..];
-                            let p = View::rows(&p, len, keys);
-                            matmul(o, p, View::rows(group.v, keys, d), Dest::Set(T::one()));
+                    simd(|| {
+                        let group = Group {
+                            q: &x[0][g * rep * tq * d..][..rep * tq * d],
+                            k: &x[1][g * tk * d..][..tk * d],
+                            v: &x[2][g * tk * d..][..tk * d],
+                            scale,
+                        };
+                        let mut p = vec![T::zero(); self.chunk.max(1) * tk];
+                        for r in 0..rep {
+                            for &(start, len, keys) in &chunks {
+                                group.probabilities(&mut p, dims, r, (start, len, keys));
+                                let o = &mut out[(r * tq + start) * d..];
+                                let p = View::rows(&p, len, keys);
+                                matmul(o, p, View::rows(group.v, keys, d), Dest::Set(T::one()));
+                            }
                         }
-                    }
+                    })
                 });
             out
         })?;
@@ -119,15 +121,17 @@ impl Attention<'_> {
                 .zip(dk.par_chunks_mut(tk * d).zip(dv.par_chunks_mut(tk * d)))
                 .enumerate()
                 .for_each(|(g, (dq, (dk, dv)))| {
-                    let group = Group {
-                        q: &x[0][g * n..][..n],
-                        k: &x[1][g * tk * d..][..tk * d],
-                        v: &x[2][g * tk * d..][..tk * d],
-                        scale,
-                    };
-                    let grads = GroupGrads { dq, dk, dv };
-                    let (out, d_out) = (&x[3][g * n..][..n], &x[4][g * n..][..n]);
-                    self.group_backward(dims, &group, out, d_out, grads);
+                    simd(|| {
+                        let group = Group {
+                            q: &x[0][g * n..][..n],
+                            k: &x[1][g * tk * d..][..tk * d],
+                            v: &x[2][g * tk * d..][..tk * d],
+                            scale,
+                        };
+                        let grads = GroupGrads { dq, dk, dv };
+                        let (out, d_out) = (&x[3][g * n..][..n], &x[4][g * n..][..n]);
+                        self.group_backward(dims, &group, out, d_out, grads);
+                    })
                 });
         })?;
         let kv_shape = self.k.shape();
