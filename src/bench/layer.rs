@@ -1,8 +1,10 @@
 //! `lors bench layer`: every method on the same random sparse layer, forward + backward.
 //!
-//! Per method it measures the median step time (in a run of its own, from an idle device to
-//! its last kernel), the bytes the layer keeps alive between its forward and its backward (growth across the forward, minus the output itself), and the
-//! peak bytes of the step above what was live before it. On the CPU these are heap bytes
+//! Per method it measures the median step time as the training engine runs a layer (the
+//! graph-free forward and the layer's own backward, in a run of its own, from an idle device
+//! to its last kernel), the bytes the layer's op keeps in candle's graph between its forward
+//! and its backward (growth across the forward, minus the output itself), and the peak
+//! bytes of that recorded step above what was live before it. On the CPU these are heap bytes
 //! (the counting allocator); on a GPU, bytes of the device's memory pool, which is where
 //! candle's CUDA tensors live. With `verify`, every method's output and gradients on the
 //! chosen device are first compared with an f64 CPU reference.
@@ -133,35 +135,18 @@ fn live_and_peak(device: &Device) -> Result<(usize, usize)> {
     })
 }
 
-/// One forward+backward of `layer` (`x` is a variable, so `grad_x` is computed too), with
-/// the graph's results returned so the caller decides when they are freed.
-fn forward_backward(
-    layer: &AdaptedLinear,
-    x: &Var,
-    upstream: &Tensor,
-) -> Result<(Tensor, candle_core::backprop::GradStore)> {
-    let y = layer.forward(x.as_tensor())?;
-    let grads = (&y * upstream)?.sum_all()?.backward()?;
-    for (name, var) in layer.trainable() {
-        if grads.get(var).is_none() {
-            return Err(LorsError::invalid(
-                "bench",
-                format!("{} produced no gradient for {name}", layer.config().method),
-            ));
-        }
-    }
-    Ok((y, grads))
-}
-
-/// Wall time of one forward+backward, from an idle device to the end of its last kernel.
+/// Wall time of one forward+backward as the training engine runs a layer (the graph-free
+/// forward, then the layer's own backward for the output gradient `upstream`, which is the
+/// gradient of `Σ y ⊙ upstream`), from an idle device to the end of its last kernel.
 fn timed_step(layer: &AdaptedLinear, x: &Var, upstream: &Tensor) -> Result<f64> {
-    let device = x.device();
+    let (device, x) = (x.device(), x.as_tensor());
     device.synchronize()?;
     let start = Instant::now();
-    let results = forward_backward(layer, x, upstream)?;
+    let y = layer.infer(x)?;
+    let grads = layer.backward(x, upstream)?;
     device.synchronize()?;
     let ms = start.elapsed().as_secs_f64() * 1e3;
-    drop(results);
+    drop((y, grads));
     Ok(ms)
 }
 
