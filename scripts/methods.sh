@@ -13,6 +13,7 @@ bin=target/release/lors
 out=runs/methods
 valid=../shared/data/tinystories-synth-valid.jsonl
 mkdir -p "$out"
+. scripts/lib/sets.sh
 # The quality profile without its zero-shot tasks (they do not enter this table).
 sed '/^\[eval\]/,$d' profiles/stories-wanda50-lors.toml > "$out/profile.toml"
 
@@ -37,11 +38,7 @@ names=("$@")
 
 run() { # model, name
   local model=$1 name=$2 dir="$out/$1/$2" sets=()
-  for kv in ${runs[$name]}; do
-    local key=${kv%%=*} value=${kv#*=}
-    [[ $value =~ ^[0-9.e+-]+$|^true$|^false$ ]] || value="\"$value\""
-    sets+=(--set "$key=$value")
-  done
+  add_sets sets "${runs[$name]}"
   rm -rf "$dir"
   local start=$SECONDS
   $bin train --profile "$out/profile.toml" --run-dir "$dir" \

@@ -159,20 +159,59 @@ pub fn check_output_dir(out: &Path, force: bool, protected: &[(&str, &Path)]) ->
     Ok(out)
 }
 
-/// Write `bytes` to `path` atomically.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Check that a file the user named as an output may be written, and return it as an
+/// absolute path: a missing file is fine, an existing one only with `force`, never a
+/// directory, nor (even with `force`) one of `protected` (each with what it is).
+pub fn check_output_file(out: &Path, force: bool, protected: &[(&str, &Path)]) -> Result<PathBuf> {
+    let out = canonical(out);
+    let refuse = |detail: String| {
+        Err(LorsError::OutputRefused {
+            path: out.clone(),
+            detail,
+        })
+    };
+    if out.is_dir() {
+        return refuse("is a directory; name a file".into());
+    }
+    if let Some((what, _)) = protected.iter().find(|(_, p)| canonical(p) == out) {
+        return refuse(format!(
+            "is the {what}; writing it would destroy it, even with --force"
+        ));
+    }
+    if out.exists() && !force {
+        return refuse("exists; choose another name, or pass --force to replace it".into());
+    }
+    Ok(out)
+}
+
+/// Write `path` atomically: `fill` streams into a buffered temporary sibling, which is
+/// flushed, synced and renamed over `path` only when `fill` succeeds (removed otherwise).
+pub fn write_streamed_atomic(
+    path: &Path,
+    fill: impl FnOnce(&mut std::io::BufWriter<std::fs::File>) -> Result<()>,
+) -> Result<()> {
     let tmp = temp_sibling(path, TempKind::New);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        let file = std::fs::File::create(&tmp).map_err(|e| LorsError::io(path, e))?;
+        let mut w = std::io::BufWriter::new(file);
+        fill(&mut w)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| LorsError::io(path, e.into_error()))?;
+        file.sync_all().map_err(|e| LorsError::io(path, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| LorsError::io(path, e))
     })();
-    if let Err(e) = result {
+    if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
-        return Err(LorsError::io(path, e));
     }
-    Ok(())
+    result
+}
+
+/// Write `bytes` to `path` atomically.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_streamed_atomic(path, |f| {
+        f.write_all(bytes).map_err(|e| LorsError::io(path, e))
+    })
 }
 
 /// Serialize `value` as pretty JSON to `path` atomically.

@@ -11,6 +11,7 @@ pub mod data;
 pub mod device;
 pub mod error;
 pub mod eval;
+pub mod gguf;
 pub mod io;
 pub mod memory;
 pub mod model;

@@ -45,6 +45,9 @@ enum Command {
     Inspect(cli::prune::InspectArgs),
     /// Export a run's merged model as a Hugging Face directory.
     Merge(cli::model::MergeArgs),
+    /// Export a run's merged model (or a model directory) as a GGUF file llama.cpp runs,
+    /// every pruned weight still zero.
+    Export(cli::model::ExportArgs),
     /// Download a hub model or data file into the Hugging Face cache (resumable).
     Fetch(cli::source::FetchArgs),
     /// Convert a GGUF file into a Hugging Face directory.
@@ -195,6 +198,7 @@ fn main() -> Result<()> {
         Some(Command::Eval(args)) => cli::eval::eval(args),
         Some(Command::Generate(args)) => cli::model::generate(args),
         Some(Command::Merge(args)) => cli::model::merge(args),
+        Some(Command::Export(args)) => cli::model::export(args),
         Some(Command::Fetch(args)) => cli::source::fetch(args),
         Some(Command::Convert(args)) => cli::source::convert(args),
         Some(Command::Prune(args)) => cli::prune::prune(args),

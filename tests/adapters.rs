@@ -440,6 +440,11 @@ fn merge_keeps_zero_pattern_bit_for_bit() {
                     zero_bits(&w),
                     "{method} {kind:?} {dtype:?}"
                 );
+                assert_eq!(
+                    common::pruned_not_positive_zero(&merged, &w),
+                    0,
+                    "{method} {kind:?} {dtype:?}: pruned weights are +0.0"
+                );
                 assert!(report.pattern_preserved);
                 assert_eq!(report.density_after, report.density_before);
                 assert!((report.density_before - 0.5).abs() < 1e-12);
@@ -798,9 +803,9 @@ fn merged_plain(c: &Case) -> Tensor {
     ((&c.w + (delta * c.scale).unwrap()).unwrap() * &c.mask).unwrap()
 }
 
-/// XGBLoRA's fold on a bf16 base: three rounds of `W ← (W + s·B·A) ⊙ M` with different
+/// XGBLoRA's fold on a bf16 base: three rounds of `W ← M ? W + s·B·A : +0.0` with different
 /// boosters give, bit for bit, the f32 computation rounded once to bf16 (the f32 master keeps
-/// the rounds from drifting), every pruned weight exactly zero after each round, and the
+/// the rounds from drifting), every pruned weight `+0.0` after each round, and the
 /// reset adapter computes the folded base (`B = 0`).
 #[test]
 fn boosting_folds_through_the_mask_in_an_f32_master() {
@@ -829,6 +834,11 @@ fn boosting_folds_through_the_mask_in_an_f32_master() {
         let base = layer.base().weight();
         assert_eq!(base.dtype(), DType::BF16);
         assert_eq!(zero_bits(base), zero_bits(&w), "zeros after a round");
+        assert_eq!(
+            common::pruned_not_positive_zero(base, &w),
+            0,
+            "+0.0 after a round"
+        );
         let want_bf16 = want.to_dtype(DType::BF16).unwrap();
         assert_eq!(
             base.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap(),

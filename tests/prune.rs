@@ -1,6 +1,8 @@
 //! Pruning: hand-checkable Wanda scores, exact densities, SparseGPT's least-squares property,
 //! the sequential pipeline end to end (also as a profile's first step), and bad input.
 
+mod common;
+
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 
@@ -299,7 +301,17 @@ output_dir = "{root}/runs"
         if name.contains("_proj") {
             let mask = BitMask::from_nonzero(w).unwrap();
             assert_eq!(mask.max_kept_per_group(4), Some(2), "{name}");
+            assert_eq!(
+                common::pruned_not_positive_zero(w, w),
+                0,
+                "pruned {name} is +0.0"
+            );
             assert_eq!(zeros(&merged[name]), zeros(w), "{name}");
+            assert_eq!(
+                common::pruned_not_positive_zero(&merged[name], w),
+                0,
+                "{name}"
+            );
         }
     }
 }

@@ -34,7 +34,7 @@ pub fn ramp(step: usize, total: usize) -> f64 {
 }
 
 impl FlatNoise {
-    /// `ε ⊙ M` for the merged weight `merged` (out×in, its dtype and device), `mask` its mask.
+    /// `M ? ε : +0.0` for the merged weight `merged` (out×in, its dtype and device), `mask` its mask.
     pub fn perturbation(&self, merged: &Tensor, mask: &BitMask) -> Result<Tensor> {
         let (out_f, in_f) = merged.dims2()?;
         let rows = merged.to_dtype(DType::F32)?.sqr()?.sum_keepdim(1)?.sqrt()?;
@@ -45,8 +45,7 @@ impl FlatNoise {
             .map(|_| StandardNormal.sample(&mut rng))
             .collect();
         let z = Tensor::from_vec(z, (out_f, in_f), &Device::Cpu)?.to_device(merged.device())?;
-        let keep = mask.to_tensor(DType::F32, merged.device())?;
-        let eps = (z.broadcast_mul(&sigma)? * keep)?;
+        let eps = mask.select(&z.broadcast_mul(&sigma)?)?;
         Ok(eps.to_dtype(merged.dtype())?)
     }
 }

@@ -1,7 +1,7 @@
 //! Merging an adapter into its base weight, with the sparsity check in the code path.
 //!
-//! Masked merge: `(W + ΔW) ⊙ M`, so pruned weights are exact zeros even when an explicit mask
-//! prunes a weight that was nonzero.
+//! Masked merge: `M ? W + ΔW : +0.0`, so pruned weights are exact `+0.0` (all bits clear)
+//! even when an explicit mask prunes a weight that was nonzero, or `W + ΔW` is negative there.
 
 use candle_core::{DType, Tensor};
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,8 @@ pub struct MergeReport {
     pub density_before: f64,
     /// Fraction of nonzero weights in the merged weight.
     pub density_after: f64,
-    /// Whether the merged weight is nonzero exactly where the mask keeps a weight.
+    /// Whether the merged weight is nonzero exactly where the mask keeps a weight and `+0.0`
+    /// (bit for bit) where it prunes one.
     pub pattern_preserved: bool,
     /// Kept weights whose merged value was exactly zero (an exact cancellation, or underflow
     /// in the storage dtype) and were set to the dtype's smallest subnormal so that the merged
@@ -24,7 +25,7 @@ pub struct MergeReport {
     pub nudged: usize,
 }
 
-/// `(W + ΔW) ⊙ M` (masked) or `W + ΔW` (dense), computed in f32 (f64 for f64 weights) and cast
+/// `M ? W + ΔW : +0.0` (masked) or `W + ΔW` (dense), computed in f32 (f64 for f64 weights) and cast
 /// to `dtype`.
 pub(crate) fn merge(
     base: &SparseLinear,
@@ -50,7 +51,7 @@ pub(crate) fn merge(
     let w32 = w.to_dtype(compute)?;
     let delta = delta.to_dtype(compute)?;
     let merged = if masked {
-        ((w32 + delta)? * mask.to_tensor(compute, w.device())?)?
+        mask.select(&(w32 + delta)?)?
     } else {
         (w32 + delta)?
     };
@@ -79,8 +80,8 @@ pub(crate) fn merge(
         return Err(LorsError::SparsityViolation {
             what: format!("merge of a {out_f}x{in_f} layer"),
             detail: format!(
-                "{} pruned weights became nonzero and {} kept weights are zero",
-                check.pruned_nonzero, check.kept_zero
+                "{} pruned weights became nonzero, {} hold -0.0 and {} kept weights are zero",
+                check.pruned_nonzero, check.pruned_negative_zero, check.kept_zero
             ),
         });
     }

@@ -183,14 +183,16 @@ impl AdaptedLinear {
             return Ok(Cow::Borrowed(&self.base));
         };
         let w = self.base.weight();
-        let keep = self.base.mask().to_tensor(w.dtype(), w.device())?;
-        let merged = ((w + self.delta_weight()?.to_dtype(w.dtype())?)? * keep)?;
+        let merged = self
+            .base
+            .mask()
+            .select(&(w + self.delta_weight()?.to_dtype(w.dtype())?)?)?;
         let eps = noise.perturbation(&merged, self.base.mask())?;
         Ok(Cow::Owned(self.base.with_weight((w + eps)?)))
     }
 
-    /// Fold the current update into the frozen base, `W ← (W + ΔW) ⊙ M` (XGBLoRA's round
-    /// end; in an f32 master when the base is bf16 or f16). Every zero of `W` stays exact.
+    /// Fold the current update into the frozen base, `W ← M ? W + ΔW : +0.0` (XGBLoRA's round
+    /// end; in an f32 master when the base is bf16 or f16). Every pruned weight is `+0.0`.
     pub fn fold_into_base(&mut self) -> Result<()> {
         let w = self.base.weight();
         let dtype = match w.dtype() {
@@ -201,8 +203,10 @@ impl AdaptedLinear {
             Some(m) => m.clone(),
             None => w.to_dtype(dtype)?,
         };
-        let keep = self.base.mask().to_tensor(dtype, w.device())?;
-        let folded = ((master + self.delta_weight()?.to_dtype(dtype)?)? * keep)?;
+        let folded = self
+            .base
+            .mask()
+            .select(&(master + self.delta_weight()?.to_dtype(dtype)?)?)?;
         let base = folded.to_dtype(w.dtype())?.contiguous()?;
         if dtype != w.dtype() {
             self.master = Some(folded);

@@ -64,6 +64,10 @@ pub struct EvalArgs {
     /// Write every item's log-likelihoods and predictions as JSON Lines.
     #[arg(long)]
     pub samples: Option<PathBuf>,
+    /// Each token's log-probability over this plain-text file (BOS first, cut to the
+    /// context), into `--out`'s report: to compare with another runtime token by token.
+    #[arg(long, value_name = "TEXT_FILE", requires = "out")]
+    pub token_logprobs: Option<PathBuf>,
 }
 
 /// The model to evaluate, its tokenizer, and the checkpoint applied (for a run).
@@ -147,8 +151,9 @@ fn evaluate(args: &EvalArgs, mut progress: Option<&mut ProgressWriter>) -> Resul
         && args.wikitext.is_none()
         && args.tasks.is_none()
         && args.suite.is_none()
+        && args.token_logprobs.is_none()
     {
-        bail!("nothing to evaluate: give --data, --wikitext, --tasks or --suite");
+        bail!("nothing to evaluate: give --data, --wikitext, --tasks, --suite or --token-logprobs");
     }
     // Check the task flags and make the output folders before the (slow) model load, so
     // nothing scored is lost to a bad flag.
@@ -174,7 +179,18 @@ fn evaluate(args: &EvalArgs, mut progress: Option<&mut ProgressWriter>) -> Resul
         wikitext2: None,
         tasks: Vec::new(),
         mean_acc: None,
+        token_logprobs: None,
     };
+    if let Some(text) = &args.token_logprobs {
+        let t = lors::eval::token_logprobs(&loaded.model, &loaded.tok, text)?;
+        println!(
+            "{}: {} tokens, mean log-probability {:.4}",
+            text.display(),
+            t.tokens.len(),
+            t.logprobs.iter().sum::<f64>() / t.logprobs.len() as f64
+        );
+        report.token_logprobs = Some(t);
+    }
     if let Some(data) = &args.data {
         let seq_len = args.seq_len.unwrap_or(256);
         let result = perplexity_of_file(

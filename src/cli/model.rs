@@ -1,12 +1,16 @@
-//! `lors generate` and `lors merge`.
+//! `lors generate`, `lors merge` and `lors export`.
 
-use std::path::PathBuf;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
-use lors::io::check_output_dir;
-use lors::model::{export_merged, generate_greedy, CausalLm, ModelDir};
+use lors::gguf::export::{export_gguf, GgufType};
+use lors::io::{check_output_dir, check_output_file};
+use lors::model::{
+    export_merged, generate_greedy, merged_tensors, CausalLm, ModelDir, WeightSource,
+};
 use lors::train::{load_trained, RunDir};
 
 #[derive(Args)]
@@ -33,6 +37,27 @@ pub struct MergeArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Replace `--out` if it exists and is not empty (never when it is or holds an input).
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// A run directory (its adapter merged, as `lors merge` does) or a model directory (a
+    /// merged export, a pruned model).
+    #[arg(long)]
+    pub from: PathBuf,
+    /// The GGUF file to write (llama.cpp's layout; Llama-family models).
+    #[arg(long)]
+    pub gguf: PathBuf,
+    /// Tensor type of the 2-D weights: f32, f16, bf16, q8_0 or q4_0 (the types whose
+    /// zeros stay exact; norms are F32).
+    #[arg(long = "type", default_value = "f16", value_parser = clap::value_parser!(GgufType))]
+    pub tensor_type: GgufType,
+    /// With a run: the checkpoint to merge (default: the run's latest).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    /// Replace `--gguf` if it exists.
     #[arg(long)]
     pub force: bool,
 }
@@ -82,6 +107,72 @@ pub fn merge(args: MergeArgs) -> Result<()> {
         } else {
             "CHANGED"
         }
+    );
+    Ok(())
+}
+
+/// The weights, config and tokenizer folder of an export's input: a run's merged model, or a
+/// model directory's own weights.
+fn export_input(
+    from: &Path,
+    checkpoint: Option<&Path>,
+) -> Result<(HashMap<String, candle_core::Tensor>, ModelDir)> {
+    if from.join("profile.toml").is_file() {
+        let run = RunDir::open(from)?;
+        let trained = load_trained(&run, checkpoint)?;
+        // The merge itself refuses a masked method's update that would change the zeros.
+        let (tensors, _) = merged_tensors(&trained.model, &trained.base)?;
+        return Ok((tensors, trained.base));
+    }
+    if checkpoint.is_some() {
+        anyhow::bail!(
+            "{}: --checkpoint needs a run directory (this has no profile.toml)",
+            from.display()
+        );
+    }
+    let dir = ModelDir::open(from)?;
+    let weights = dir.weights()?;
+    let tensors = weights
+        .names()
+        .into_iter()
+        .map(|n| {
+            let t = weights.tensor(&n)?;
+            Ok((n, t))
+        })
+        .collect::<lors::Result<_>>()?;
+    Ok((tensors, dir))
+}
+
+pub fn export(args: ExportArgs) -> Result<()> {
+    let out = check_output_file(&args.gguf, args.force, &[("input", &args.from)])?;
+    let (tensors, dir) = export_input(&args.from, args.checkpoint.as_deref())?;
+    let r = export_gguf(
+        &dir.config,
+        &tensors,
+        &dir.path,
+        &args.from,
+        &out,
+        args.tensor_type,
+    )
+    .with_context(|| format!("exporting {} as GGUF", args.from.display()))?;
+    let types: Vec<String> = r
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    println!(
+        "{} -> {}: {} tensors ({}), {} tokenizer; {} zero weights, all read back as zero; \
+         {} kept weights rounded to zero by {}; {} -0.0 written as +0.0; {} nudged",
+        args.from.display(),
+        out.display(),
+        r.tensor_types.values().sum::<usize>(),
+        types.join(", "),
+        r.tokenizer,
+        r.zeros,
+        r.kept_rounded_to_zero,
+        r.tensor_type,
+        r.negative_zeros_cleared,
+        r.nudged,
     );
     Ok(())
 }

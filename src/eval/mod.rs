@@ -7,6 +7,7 @@ pub mod perplexity;
 mod progress;
 mod suite;
 mod tasks;
+mod token_logprobs;
 
 pub use choice::{score_task, summarize, ItemScore, Metric, TaskScore};
 pub use loglik::{encode_request, Request, Scorer};
@@ -16,3 +17,4 @@ pub use perplexity::{
 pub use progress::{read_progress, EvalProgress, JobState, ProgressWriter};
 pub use suite::{mean_accuracy, EvalReport, PerplexityReport, TaskOutcome, TaskSuite};
 pub use tasks::{load_items, Item, Task};
+pub use token_logprobs::{token_logprobs, TokenLogprobs};

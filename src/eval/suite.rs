@@ -171,4 +171,6 @@ pub struct EvalReport {
     pub tasks: Vec<TaskScore>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_acc: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_logprobs: Option<crate::eval::TokenLogprobs>,
 }

@@ -88,6 +88,25 @@ pub struct Llama3Scaling {
     pub original_max_position_embeddings: usize,
 }
 
+impl Llama3Scaling {
+    /// What Llama-3 scaling divides the rotary frequency `freq` by: 1 for short wavelengths,
+    /// `factor` for long ones, and a smooth blend between (llama.cpp stores these divisors
+    /// as its `rope_freqs` tensor).
+    pub fn divisor(&self, freq: f64) -> f64 {
+        let old = self.original_max_position_embeddings as f64;
+        let wavelen = 2.0 * std::f64::consts::PI / freq;
+        if wavelen < old / self.high_freq_factor {
+            1.0
+        } else if wavelen > old / self.low_freq_factor {
+            self.factor
+        } else {
+            let smooth = (old / wavelen - self.low_freq_factor)
+                / (self.high_freq_factor - self.low_freq_factor);
+            1.0 / ((1.0 - smooth) / self.factor + smooth)
+        }
+    }
+}
+
 /// A resolved, checked model configuration.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {

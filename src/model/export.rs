@@ -78,6 +78,18 @@ const COPIED_FILES: [&str; 6] = [
 /// Write `model` (adapters merged) to `out` in the base checkpoint's dtypes: tensors the
 /// adapters do not touch are copied bit for bit from `base`.
 pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<SparsityReport> {
+    let (tensors, report) = merged_tensors(model, base)?;
+    write_model_dir(base, out, tensors, &report)?;
+    Ok(report)
+}
+
+/// Every tensor of `model` with its adapters merged, by Hugging Face name, in the base
+/// checkpoint's dtypes (tensors the adapters do not touch as `base` holds them), and what the
+/// merge did to sparsity.
+pub fn merged_tensors(
+    model: &CausalLm,
+    base: &ModelDir,
+) -> Result<(HashMap<String, Tensor>, SparsityReport)> {
     let source = base.weights()?;
     let mut tensors: HashMap<String, Tensor> = HashMap::new();
     for name in source.names() {
@@ -120,8 +132,7 @@ pub fn export_merged(model: &CausalLm, base: &ModelDir, out: &Path) -> Result<Sp
         pattern_preserved: layers.iter().all(|l| l.pattern_preserved),
         layers,
     };
-    write_model_dir(base, out, tensors, &report)?;
-    Ok(report)
+    Ok((tensors, report))
 }
 
 /// Write a Hugging Face directory at `out` (atomically): `tensors` as `model.safetensors`, the

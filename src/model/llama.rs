@@ -514,21 +514,7 @@ fn inv_freq(c: &ModelConfig) -> Result<Tensor> {
             let f = 1.0 / c.rope_theta.powf(2.0 * i as f64 / c.head_dim as f64);
             let f = match c.rope_llama3 {
                 None => f,
-                Some(s) => {
-                    let old = s.original_max_position_embeddings as f64;
-                    let low_wavelen = old / s.low_freq_factor;
-                    let high_wavelen = old / s.high_freq_factor;
-                    let wavelen = 2.0 * std::f64::consts::PI / f;
-                    if wavelen < high_wavelen {
-                        f
-                    } else if wavelen > low_wavelen {
-                        f / s.factor
-                    } else {
-                        let smooth = (old / wavelen - s.low_freq_factor)
-                            / (s.high_freq_factor - s.low_freq_factor);
-                        (1.0 - smooth) * f / s.factor + smooth * f
-                    }
-                }
+                Some(s) => f / s.divisor(f),
             };
             f as f32
         })

@@ -24,7 +24,9 @@ mod weights;
 
 pub use block::Recompute;
 pub use config::{Architecture, Llama3Scaling, ModelConfig, RawConfig, RopeParameters};
-pub use export::{export_merged, merged_sparsity, write_model_dir, LayerSparsity, SparsityReport};
+pub use export::{
+    export_merged, merged_sparsity, merged_tensors, write_model_dir, LayerSparsity, SparsityReport,
+};
 pub use generate::generate_greedy;
 pub use grads::Gradients;
 pub use inspect::{inspect_model, ModelSummary};

@@ -148,7 +148,7 @@ pub fn random_weights(
             let mut w = randn(dims, fan_in(dims))?;
             if let Some(pattern) = prune {
                 let mask = magnitude_mask(&w, pattern)?;
-                w = (w * mask.to_tensor(DType::F32, &Device::Cpu)?)?;
+                w = mask.select(&w)?;
             }
             t.insert(format!("{module}.weight"), w);
             if proj.has_bias(&c) {

@@ -12,19 +12,73 @@ pub struct BitMask {
     words: Vec<u64>,
 }
 
-/// What [`BitMask::check_pattern`] found in a weight.
+/// What [`BitMask::check_pattern`] found in a weight, read from its raw bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PatternCheck {
-    /// Weights the mask prunes that are not exactly zero.
+    /// Weights the mask prunes that are not zero.
     pub pruned_nonzero: usize,
-    /// Weights the mask keeps that are exactly zero.
+    /// Weights the mask prunes that are `-0.0` (zero by value, sign bit set).
+    pub pruned_negative_zero: usize,
+    /// Weights the mask keeps that are zero (either sign).
     pub kept_zero: usize,
 }
 
 impl PatternCheck {
-    /// True when the weight's zeros are exactly the mask's pruned positions.
+    /// True when every pruned position holds `+0.0` (all bits clear) and no kept one is zero.
     pub fn is_exact(&self) -> bool {
-        self.pruned_nonzero == 0 && self.kept_zero == 0
+        self.pruned_nonzero == 0 && self.pruned_negative_zero == 0 && self.kept_zero == 0
+    }
+}
+
+/// How a weight's raw bits read: `+0.0`, `-0.0` or anything else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ZeroBits {
+    Positive,
+    Negative,
+    Nonzero,
+}
+
+impl ZeroBits {
+    /// The class of `bits`, a float whose sign bit is `sign`.
+    fn of(bits: u64, sign: u64) -> Self {
+        match bits {
+            0 => Self::Positive,
+            b if b == sign => Self::Negative,
+            _ => Self::Nonzero,
+        }
+    }
+
+    /// Every element of a float tensor (f32, f64, bf16, f16), row-major.
+    fn classes(weight: &Tensor) -> Result<Vec<Self>> {
+        let flat = weight.flatten_all()?;
+        Ok(match weight.dtype() {
+            DType::F32 => flat
+                .to_vec1::<f32>()?
+                .into_iter()
+                .map(|v| Self::of(v.to_bits().into(), 1 << 31))
+                .collect(),
+            DType::F64 => flat
+                .to_vec1::<f64>()?
+                .into_iter()
+                .map(|v| Self::of(v.to_bits(), 1 << 63))
+                .collect(),
+            DType::BF16 => flat
+                .to_vec1::<half::bf16>()?
+                .into_iter()
+                .map(|v| Self::of(v.to_bits().into(), 1 << 15))
+                .collect(),
+            DType::F16 => flat
+                .to_vec1::<half::f16>()?
+                .into_iter()
+                .map(|v| Self::of(v.to_bits().into(), 1 << 15))
+                .collect(),
+            other => {
+                return Err(LorsError::UnsupportedDType {
+                    dtype: other,
+                    what: "a masked weight".into(),
+                })
+            }
+        })
     }
 }
 
@@ -194,16 +248,33 @@ impl BitMask {
         Ok(())
     }
 
+    /// `M ? v : +0.0` for a weight `values` of this mask's shape (any float dtype, any
+    /// device): every pruned position gets `+0.0`, whatever `values` holds there. Multiplying
+    /// by the 0/1 mask instead would leave `-0.0` wherever the value is negative.
+    pub fn select(&self, values: &Tensor) -> Result<Tensor> {
+        let (r, c) = values.dims2()?;
+        self.expect_dims("masked weight", r, c)?;
+        let keep = self.to_tensor(DType::U8, values.device())?;
+        Ok(keep.where_cond(values, &values.zeros_like()?)?)
+    }
+
     /// Set kept weights that are exactly zero (an exact cancellation, or underflow in a narrow
-    /// dtype) to the dtype's smallest positive subnormal, so that the weight still encodes this
-    /// mask as `W != 0`. Returns the weight and how many entries were set.
+    /// dtype) to the dtype's smallest subnormal of the zero's sign (`-0.0`, a negative value
+    /// that underflowed, becomes the negative one), so that the weight still encodes this mask
+    /// as `W != 0`. Returns the weight and how many entries were set.
     pub fn nudge_kept_zeros(&self, weight: &Tensor) -> Result<(Tensor, usize)> {
         fn fix<T: WithDType>(m: &BitMask, weight: &Tensor, tiny: T) -> Result<(Tensor, usize)> {
             let mut values = weight.flatten_all()?.to_vec1::<T>()?;
+            let negative_tiny = T::from_f64(-tiny.to_f64());
             let mut nudged = 0;
             for (i, v) in values.iter_mut().enumerate() {
-                if m.is_kept(i) && v.to_f64() == 0.0 {
-                    *v = tiny;
+                let x = v.to_f64();
+                if m.is_kept(i) && x == 0.0 {
+                    *v = if x.is_sign_negative() {
+                        negative_tiny
+                    } else {
+                        tiny
+                    };
                     nudged += 1;
                 }
             }
@@ -229,19 +300,21 @@ impl BitMask {
         }
     }
 
-    /// Compare a weight's zero pattern with the mask.
+    /// Compare a weight's zero pattern with the mask, bit by bit: a pruned position passes
+    /// only as `+0.0`.
     pub fn check_pattern(&self, weight: &Tensor) -> Result<PatternCheck> {
         let (r, c) = weight.dims2()?;
         self.expect_dims("weight checked against mask", r, c)?;
-        let nonzero = weight.ne(0f64)?.flatten_all()?.to_vec1::<u8>()?;
         let mut check = PatternCheck {
             pruned_nonzero: 0,
+            pruned_negative_zero: 0,
             kept_zero: 0,
         };
-        for (i, &nz) in nonzero.iter().enumerate() {
-            match (self.is_kept(i), nz != 0) {
-                (false, true) => check.pruned_nonzero += 1,
-                (true, false) => check.kept_zero += 1,
+        for (i, class) in ZeroBits::classes(weight)?.into_iter().enumerate() {
+            match (self.is_kept(i), class) {
+                (false, ZeroBits::Nonzero) => check.pruned_nonzero += 1,
+                (false, ZeroBits::Negative) => check.pruned_negative_zero += 1,
+                (true, ZeroBits::Positive | ZeroBits::Negative) => check.kept_zero += 1,
                 _ => {}
             }
         }
@@ -289,7 +362,7 @@ mod tests {
 
     #[test]
     fn from_nonzero_and_check_pattern_round_trip() {
-        let w = Tensor::new(&[[0.0f32, 1.5, -0.0], [2.0, 0.0, -3.0]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[[0.0f32, 1.5, 0.0], [2.0, 0.0, -3.0]], &Device::Cpu).unwrap();
         let mask = BitMask::from_nonzero(&w).unwrap();
         assert_eq!(mask.count_kept(), 3);
         assert!(mask.check_pattern(&w).unwrap().is_exact());
@@ -301,5 +374,88 @@ mod tests {
             dense.to_vec2::<f32>().unwrap(),
             vec![vec![0., 1., 0.], vec![1., 0., 1.]]
         );
+    }
+
+    /// `-0.0` is zero by value (`M = W != 0` does not see it) but fails the bit-level check;
+    /// a kept `-0.0` counts as a kept zero.
+    #[test]
+    fn check_pattern_reads_bits_so_negative_zeros_fail() {
+        let w = Tensor::new(&[[-0.0f32, 1.5, 0.0], [2.0, -0.0, -3.0]], &Device::Cpu).unwrap();
+        let mask = BitMask::from_nonzero(&w).unwrap();
+        assert_eq!(mask.count_kept(), 3);
+        let check = mask.check_pattern(&w).unwrap();
+        assert_eq!(
+            (
+                check.pruned_nonzero,
+                check.pruned_negative_zero,
+                check.kept_zero
+            ),
+            (0, 2, 0)
+        );
+        assert!(!check.is_exact());
+        let kept_negative_zero =
+            Tensor::new(&[[0.0f32, -0.0, 0.0], [2.0, 0.0, -3.0]], &Device::Cpu).unwrap();
+        assert_eq!(
+            mask.check_pattern(&kept_negative_zero).unwrap().kept_zero,
+            1
+        );
+    }
+
+    /// The masked merge's old form, `(W + ΔW) ⊙ M`, leaves `-0.0` at pruned positions where
+    /// `W + ΔW < 0`, and the bit-level check catches it; `select` writes `+0.0` there in every
+    /// float dtype.
+    #[test]
+    fn select_writes_positive_zeros_where_the_multiply_wrote_negative_ones() {
+        let (rows, cols) = (4, 96);
+        let mask = BitMask::from_fn(rows, cols, |i| i % 2 == 0);
+        let values: Vec<f32> = (0..rows * cols)
+            .map(|i| (i as f32 * 0.37 + 0.5).sin())
+            .collect();
+        let v = Tensor::from_vec(values, (rows, cols), &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::F64, DType::BF16, DType::F16] {
+            let v = v.to_dtype(dtype).unwrap();
+            let multiplied = (&v * mask.to_tensor(dtype, &Device::Cpu).unwrap()).unwrap();
+            let old = mask.check_pattern(&multiplied).unwrap();
+            assert_eq!(old.pruned_nonzero, 0, "{dtype:?}");
+            assert!(old.pruned_negative_zero > 0, "{dtype:?}: {old:?}");
+            let selected = mask.select(&v).unwrap();
+            assert!(
+                mask.check_pattern(&selected).unwrap().is_exact(),
+                "{dtype:?}"
+            );
+            let bits = selected
+                .to_dtype(DType::F64)
+                .unwrap()
+                .flatten_all()
+                .unwrap();
+            for (i, x) in bits.to_vec1::<f64>().unwrap().into_iter().enumerate() {
+                if !mask.is_kept(i) {
+                    assert_eq!(x.to_bits(), 0, "{dtype:?} at {i}");
+                }
+            }
+        }
+    }
+
+    /// A kept weight that is exactly zero becomes the smallest subnormal of its zero's sign.
+    #[test]
+    fn nudged_kept_zeros_keep_their_sign() {
+        let mask = BitMask::from_fn(1, 4, |i| i < 3);
+        let w = Tensor::new(&[[0.0f32, -0.0, 1.0, 0.0]], &Device::Cpu).unwrap();
+        for dtype in [DType::F32, DType::BF16, DType::F16] {
+            let (nudged, n) = mask.nudge_kept_zeros(&w.to_dtype(dtype).unwrap()).unwrap();
+            assert_eq!(n, 2, "{dtype:?}");
+            let v = nudged
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec2::<f64>()
+                .unwrap()[0]
+                .clone();
+            assert!(
+                v[0] > 0.0 && v[1] < 0.0 && v[0] == -v[1],
+                "{dtype:?}: {v:?}"
+            );
+            assert_eq!(v[3].to_bits(), 0, "{dtype:?}: the pruned zero is untouched");
+            assert!(mask.check_pattern(&nudged).unwrap().is_exact());
+        }
     }
 }

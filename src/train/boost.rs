@@ -1,6 +1,6 @@
 //! XGBLoRA's boosting (arXiv 2410.19694): training runs in rounds of `adapter.boost_every`
 //! steps; each round's small adapter (the booster) is folded into the frozen weights through
-//! the mask, `W ← (W + s·B·A) ⊙ M` (in f32 masters for lower-precision bases, so repeated
+//! the mask, `W ← M ? W + s·B·A : +0.0` (in f32 masters for lower-precision bases, so repeated
 //! folds do not drift), then re-initialised with fresh optimiser state. Every zero stays
 //! exact in every round. Checkpoints keep each finished round's booster, so a resume rebuilds
 //! the folded weights by replaying the rounds: bit for bit the uninterrupted run's.

@@ -2,15 +2,18 @@
 //! directory: `config.json` from the metadata, weights dequantised by candle and renamed to HF
 //! names with the rotary layout of q/k undone, and a `tokenizer.json` built from the
 //! tokenizer metadata (the SentencePiece `llama` kind and the byte-level BPE `gpt2` kind).
+//! Zeros of quantised blocks are read as `+0.0`, the bits of a pruned weight.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::GgmlDType;
 use candle_core::{DType, Device, Tensor};
 use serde::Serialize;
 use serde_json::json;
 
+use super::{hf_name, token_type, unpermute};
 use crate::error::{LorsError, Result};
 use crate::io::{build_dir_atomic, write_json_atomic, write_safetensors_atomic};
 
@@ -131,48 +134,6 @@ impl Meta<'_> {
     }
 }
 
-/// GGUF token types (llama.cpp `llama_token_type`).
-const TOKEN_CONTROL: f64 = 3.0;
-const TOKEN_USER_DEFINED: f64 = 4.0;
-
-/// HF name of a GGUF tensor name, if it is one of a Llama-family model's.
-fn hf_name(name: &str) -> Option<String> {
-    match name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (layer, leaf) = rest.split_once('.')?;
-    let (module, kind) = leaf.rsplit_once('.')?;
-    let hf = match module {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{kind}"))
-}
-
-/// Undo llama.cpp's q/k permutation (`convert_hf_to_gguf.py`, `LlamaModel.permute`): it
-/// regroups each head's rows from HF's half-split rotary layout into interleaved pairs.
-fn unpermute(w: &Tensor, heads: usize) -> Result<Tensor> {
-    let dims = w.dims().to_vec();
-    let rows = dims[0];
-    let rest: usize = dims[1..].iter().product();
-    Ok(w.reshape((heads, rows / heads / 2, 2, rest))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape(dims)?)
-}
-
 /// The SentencePiece merges implied by a vocabulary with scores: every split of a piece into
 /// two pieces of the vocabulary, ranked by the piece's score (as transformers'
 /// `SentencePieceExtractor` does).
@@ -206,8 +167,11 @@ fn spm_merges(tokens: &[String], scores: &[f64], skip: &[bool]) -> Vec<(String, 
         .collect()
 }
 
+/// The `tokenizer.ggml.pre` names [`gpt2_pre_tokenizer`] knows (any other reads as `gpt2`).
+pub(crate) const KNOWN_PRE_TOKENIZERS: [&str; 3] = ["smollm", "llama-bpe", "gpt2"];
+
 /// The pre-tokenizer llama.cpp's `tokenizer.ggml.pre` stands for (byte-level BPE kind).
-fn gpt2_pre_tokenizer(pre: &str) -> serde_json::Value {
+pub(crate) fn gpt2_pre_tokenizer(pre: &str) -> serde_json::Value {
     let byte_level = |regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": regex});
     match pre {
         // SmolLM: digits one by one, then GPT-2's split.
@@ -241,11 +205,16 @@ fn tokenizer_files(meta: &Meta) -> Result<(serde_json::Value, serde_json::Value,
     let bos = id("tokenizer.ggml.bos_token_id");
     let eos = id("tokenizer.ggml.eos_token_id");
     let unk = id("tokenizer.ggml.unknown_token_id");
-    let special: Vec<bool> = types.iter().map(|t| *t == TOKEN_CONTROL).collect();
+    let special: Vec<bool> = types
+        .iter()
+        .map(|t| *t == f64::from(token_type::CONTROL))
+        .collect();
     let added: Vec<serde_json::Value> = tokens
         .iter()
         .enumerate()
-        .filter(|(i, _)| special[*i] || types[*i] == TOKEN_USER_DEFINED || Some(*i) == unk)
+        .filter(|(i, _)| {
+            special[*i] || types[*i] == f64::from(token_type::USER_DEFINED) || Some(*i) == unk
+        })
         .map(|(i, t)| {
             json!({"id": i, "content": t, "single_word": false, "lstrip": false,
                    "rstrip": false, "normalized": false,
@@ -550,6 +519,12 @@ fn dequantized_tensors(
         let mut w = q
             .dequantize(&Device::Cpu)
             .map_err(|e| LorsError::parse(file, format!("tensor `{name}`: {e}")))?;
+        if !matches!(q.dtype(), GgmlDType::F32 | GgmlDType::F16 | GgmlDType::BF16) {
+            // A block's zero code dequantises to `0·d`, which is `-0.0` where the block's
+            // scale is negative (Q4_0's `d = max / -8`): the stored zero is exact, its sign
+            // an artefact of the scale, so it is written as the `+0.0` of a pruned weight.
+            w = w.eq(0f64)?.where_cond(&w.zeros_like()?, &w)?;
+        }
         if arch == "llama" && name.starts_with("blk.") {
             if name.contains(".attn_q.") {
                 w = unpermute(&w, heads)?;
