@@ -10,8 +10,8 @@
    as +0.0 bit for bit in the float types, and as the block's zero code in Q8_0 (q = 0) and
    Q4_0 (nibble 8). gguf-py's own quantiser is run on the same weights and its bytes compared.
 2. llama.cpp (llama-cpp-python) loads the file, is fed the tokens `lors eval --token-logprobs`
-   used, and its per-token log-probabilities are compared with lors's (max relative
-   difference against --tolerance). Its own tokenisation of the text is compared too.
+   used, and its per-token log-probabilities (KV cache in f32) are compared with lors's (max
+   relative difference against --tolerance). Its own tokenisation of the text is compared too.
 """
 import argparse
 import json
@@ -29,6 +29,8 @@ BLOCK = {
     "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm",
     "ffn_norm": "post_attention_layernorm",
 }
+GGML_F32 = 0  # ggml's type id of f32, for the KV cache
+
 TOP = {"token_embd.weight": "model.embed_tokens.weight", "output_norm.weight": "model.norm.weight",
        "output.weight": "lm_head.weight"}
 
@@ -98,8 +100,10 @@ def check_llama_cpp(path, lors_report):
     ours = json.load(open(lors_report))["token_logprobs"]
     tokens, want = ours["tokens"], np.array(ours["logprobs"])
     n_ctx = -(-len(tokens) // 32) * 32
+    # An f32 KV cache (llama.cpp's default is f16, which alone moves log-probabilities by
+    # ~1e-2), so that only the weights' type differs between the two sides.
     llm = Llama(model_path=path, n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                n_threads=2, verbose=False)
+                n_threads=2, verbose=False, type_k=GGML_F32, type_v=GGML_F32)
     llm.reset()
     llm.eval(tokens)
     logits = np.array(llm.scores[: len(tokens)], dtype=np.float64)

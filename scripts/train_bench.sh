@@ -8,7 +8,8 @@
 # The four runs of a shape repeat ROUNDS times (default 3), interleaved, so the machine's
 # drift hits every tool alike; scripts/train_bench_summary.py then reports medians and the
 # median of each round's speed ratio. About 20 min per round on 2 cores at the default
-# shapes. Results: runs/train-bench/results-<time>.jsonl.
+# shapes. Results: runs/train-bench/results-<time>.jsonl. MODEL=DIR benches that model
+# instead of the random one (scripts/smollm2_train_bench.sh: the real SmolLM2 2:4).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
@@ -17,9 +18,10 @@ shapes=("$@")
 cargo build --release
 bin=target/release/lors
 out=runs/train-bench
-model=$out/model-1024
 mkdir -p "$out"
-[ -f "$model/config.json" ] || $bin random-model --out "$model" --max-positions 4096
+model=${MODEL:-$out/model-1024}
+[ -n "${MODEL:-}" ] || [ -f "$model/config.json" ] ||
+  $bin random-model --out "$model" --max-positions 4096
 results=$out/results-$(date +%s).jsonl
 export RAYON_NUM_THREADS=2
 for round in $(seq "${ROUNDS:-3}"); do

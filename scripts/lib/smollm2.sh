@@ -19,3 +19,14 @@ smollm2_dir() {
   gguf=$(smollm2_gguf)
   [ -f "$1/config.json" ] || $bin convert --gguf "$gguf" --out "$1" --force
 }
+
+# `smollm2_2of4`: SmolLM2 pruned by SparseGPT to 2:4 with 16 C4 samples of 256 tokens (the
+# real model of the init and training benches), unless it is there; prints its directory.
+smollm2_2of4() {
+  local dense=runs/gguf-check/smollm2 pruned=runs/gguf-check/smollm2-sparsegpt-2of4
+  smollm2_dir "$dense" >&2
+  [ -f "$pruned/model.safetensors" ] || $bin prune --model "$dense" --method sparsegpt \
+    --pattern 2:4 --calib ../shared/data/c4_demo.jsonl --nsamples 16 --seq-len 256 \
+    --out "$pruned" >&2
+  echo "$pruned"
+}

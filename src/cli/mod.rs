@@ -8,3 +8,9 @@ pub mod report;
 pub mod source;
 pub mod sweep;
 pub mod train;
+
+/// Tensor counts by type as `48 F32, 2 F16`, for the GGUF commands' summaries.
+pub fn type_counts(types: &std::collections::BTreeMap<String, usize>) -> String {
+    let parts: Vec<String> = types.iter().map(|(t, n)| format!("{n} {t}")).collect();
+    parts.join(", ")
+}

@@ -155,18 +155,13 @@ pub fn export(args: ExportArgs) -> Result<()> {
         args.tensor_type,
     )
     .with_context(|| format!("exporting {} as GGUF", args.from.display()))?;
-    let types: Vec<String> = r
-        .tensor_types
-        .iter()
-        .map(|(t, n)| format!("{n} {t}"))
-        .collect();
     println!(
         "{} -> {}: {} tensors ({}), {} tokenizer; {} zero weights, all read back as zero; \
          {} kept weights rounded to zero by {}; {} -0.0 written as +0.0; {} nudged",
         args.from.display(),
         out.display(),
         r.tensor_types.values().sum::<usize>(),
-        types.join(", "),
+        super::type_counts(&r.tensor_types),
         r.tokenizer,
         r.zeros,
         r.kept_rounded_to_zero,

@@ -93,18 +93,13 @@ pub fn convert(args: ConvertArgs) -> Result<()> {
     let dtype = parse_dtype(&args.dtype)?;
     let out = check_output_dir(&args.out, args.force, &[("GGUF file", &args.gguf)])?;
     let r = convert_gguf(&args.gguf, &out, dtype)?;
-    let types: Vec<String> = r
-        .tensor_types
-        .iter()
-        .map(|(t, n)| format!("{n} {t}"))
-        .collect();
     println!(
         "{} -> {}: {} model, {} tensors ({}), {} tokenizer with {} tokens, weights in {}",
         args.gguf.display(),
         args.out.display(),
         r.architecture,
         r.tensor_types.values().sum::<usize>(),
-        types.join(", "),
+        super::type_counts(&r.tensor_types),
         r.tokenizer,
         r.vocab_size,
         r.dtype

@@ -175,9 +175,7 @@ fn show_event(bar: &ProgressBar, e: &Event) {
             bar.set_length(*total as u64);
             bar.set_position(*step as u64);
         }
-        Event::InitProgress { done, total } => {
-            bar.set_message(format!("gradient init {done}/{total} layers"))
-        }
+        Event::InitProgress(p) => bar.set_message(format!("gradient init: {p}")),
         Event::PruneProgress { done, total } => {
             bar.set_message(format!("pruning {done}/{total} decoder layers"))
         }

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use nalgebra::DMatrix;
+use faer::Mat;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -31,8 +31,73 @@ pub struct GradInitReport {
 /// Largest side up to which a full SVD is taken; beyond it, a randomised one.
 const FULL_SVD_MAX: usize = 1024;
 
-/// Run the initialisation on `batches` (calibration batches), reporting progress as
-/// `(layers done, layers total)`. The gradients come from the training step's backward
+/// How far an initialisation is: forward+backward passes over calibration batches (one per
+/// batch and sweep), layers whose SVD is done, and the seconds still to go (from the time
+/// each kind of work has taken so far; unknown before the first pass).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct InitProgress {
+    pub passes: (usize, usize),
+    pub layers: (usize, usize),
+    pub eta_s: Option<f64>,
+}
+
+impl std::fmt::Display for InitProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ((p, pt), (l, lt)) = (self.passes, self.layers);
+        write!(f, "{p}/{pt} passes, {l}/{lt} layers")?;
+        match self.eta_s {
+            Some(eta) => write!(f, ", ETA {eta:.0}s"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Times the two kinds of work of an initialisation, for its ETA.
+struct InitClock {
+    start: Instant,
+    pass_s: f64,
+    svd_s: f64,
+    progress: InitProgress,
+}
+
+impl InitClock {
+    fn new(passes: usize, layers: usize) -> Self {
+        Self {
+            start: Instant::now(),
+            pass_s: 0.0,
+            svd_s: 0.0,
+            progress: InitProgress {
+                passes: (0, passes),
+                layers: (0, layers),
+                eta_s: None,
+            },
+        }
+    }
+
+    /// Record one finished unit of work that began at `since`, and return the progress.
+    fn tick(&mut self, since: Instant, svd: bool) -> InitProgress {
+        let p = &mut self.progress;
+        if svd {
+            self.svd_s += since.elapsed().as_secs_f64();
+            p.layers.0 += 1;
+        } else {
+            self.pass_s += since.elapsed().as_secs_f64();
+            p.passes.0 += 1;
+        }
+        let per = |spent: f64, (done, _): (usize, usize)| (done > 0).then(|| spent / done as f64);
+        let left = |(done, total): (usize, usize)| (total - done) as f64;
+        // An SVD not yet timed is guessed at a pass's time: the order of magnitude it had.
+        let per_pass = per(self.pass_s, p.passes);
+        let per_svd = per(self.svd_s, p.layers).or(per_pass);
+        p.eta_s = per_pass
+            .zip(per_svd)
+            .map(|(a, b)| a * left(p.passes) + b * left(p.layers));
+        *p
+    }
+}
+
+/// Run the initialisation on `batches` (calibration batches), reporting its progress after
+/// every pass and every layer. The gradients come from the training step's backward
 /// (`recompute` as in training), with the probed layers running frozen.
 pub fn gradient_init(
     model: &CausalLm,
@@ -41,9 +106,8 @@ pub fn gradient_init(
     budget_bytes: usize,
     recompute: Recompute,
     seed: u64,
-    progress: &mut dyn FnMut(usize, usize),
+    progress: &mut dyn FnMut(InitProgress),
 ) -> Result<GradInitReport> {
-    let start = Instant::now();
     let adapted = model.adapted();
     if adapted.is_empty() {
         return Err(LorsError::invalid(
@@ -63,13 +127,16 @@ pub fn gradient_init(
         groups.last_mut().expect("non-empty").push(i);
         used += bytes;
     }
-    let mut done = 0;
+    let mut clock = InitClock::new(groups.len() * batches.len(), adapted.len());
     for group in &groups {
         let mut grads = Gradients::probing(group.iter().map(|&i| adapted[i].0));
         for batch in batches {
+            let t = Instant::now();
             model.loss_and_grads(&batch.ids, &batch.loss_mask, 1.0, recompute, &mut grads)?;
+            progress(clock.tick(t, false));
         }
         for &i in group {
+            let t = Instant::now();
             let (name, layer) = &adapted[i];
             let g = grads.take_probe(*name).ok_or_else(|| {
                 LorsError::invalid("adapter.init", format!("{name} received no gradient"))
@@ -79,27 +146,28 @@ pub fn gradient_init(
             let a = (v / stable_gamma)?;
             let [(_, _), (_, b)] = layer.trainable();
             layer.set_adapter(&a, &b.zeros_like()?)?;
-            done += 1;
-            progress(done, adapted.len());
+            progress(clock.tick(t, true));
         }
     }
     Ok(GradInitReport {
-        seconds: start.elapsed().as_secs_f64(),
+        seconds: clock.start.elapsed().as_secs_f64(),
         layers: adapted.len(),
         sequences: batches.iter().map(|b| b.ids.dim(0).unwrap_or(0)).sum(),
         sweeps: groups.len(),
     })
 }
 
-fn to_matrix(t: &Tensor) -> Result<DMatrix<f64>> {
+/// `t` (2-D) as a host f64 matrix.
+fn to_matrix(t: &Tensor) -> Result<Mat<f64>> {
     let (r, c) = t.dims2()?;
     let v = t.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-    Ok(DMatrix::from_row_slice(r, c, &v))
+    Ok(Mat::from_fn(r, c, |i, j| v[i * c + j]))
 }
 
-/// The top-`rank` right singular vectors of `g` (out x in) as rows of an r x in tensor:
-/// a full SVD for small matrices, a randomised one (oversampling 10, two power iterations)
-/// for large ones.
+/// The top-`rank` right singular vectors of `g` (out x in) as rows of an r x in tensor,
+/// each signed so that its largest component is positive (an SVD's sign is arbitrary): a
+/// thin SVD (faer's) for matrices up to 1024 on their shorter side, a randomised one
+/// (oversampling 10, two power iterations) for larger ones.
 pub fn top_right_singular_vectors(g: &Tensor, rank: usize, seed: u64) -> Result<Tensor> {
     let (out_f, in_f) = g.dims2()?;
     let g = to_matrix(g)?;
@@ -109,30 +177,39 @@ pub fn top_right_singular_vectors(g: &Tensor, rank: usize, seed: u64) -> Result<
         // Range finder: Q spans the top singular directions of G; then SVD of Qᵀ·G.
         let k = (rank + 10).min(out_f.min(in_f));
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let omega = DMatrix::from_fn(in_f, k, |_, _| StandardNormal.sample(&mut rng));
-        let mut q = (&g * omega).qr().q();
+        let omega = Mat::<f64>::from_fn(in_f, k, |_, _| StandardNormal.sample(&mut rng));
+        let mut q = (&g * &omega).qr().compute_thin_Q();
         for _ in 0..2 {
-            let z = (g.transpose() * &q).qr().q();
-            q = (&g * z).qr().q();
+            let z = (g.transpose() * &q).qr().compute_thin_Q();
+            q = (&g * &z).qr().compute_thin_Q();
         }
         q.transpose() * &g
     };
-    let svd = small.svd(false, true);
-    let v_t = svd
-        .v_t
-        .ok_or_else(|| LorsError::invalid("adapter.init", "SVD did not converge"))?;
-    let mut order: Vec<usize> = (0..svd.singular_values.len()).collect();
-    order.sort_by(|&a, &b| svd.singular_values[b].total_cmp(&svd.singular_values[a]));
+    let svd = small
+        .thin_svd()
+        .map_err(|e| LorsError::invalid("adapter.init", format!("SVD failed: {e:?}")))?;
+    let v = svd.V();
     let mut rows = Vec::with_capacity(rank * in_f);
-    for &i in order.iter().take(rank) {
-        rows.extend(v_t.row(i).iter().map(|&x| x as f32));
+    for i in 0..rank.min(v.ncols()) {
+        let col: Vec<f64> = (0..in_f).map(|j| v[(j, i)]).collect();
+        let peak = col
+            .iter()
+            .copied()
+            .fold(0f64, |m, x| if x.abs() > m.abs() { x } else { m });
+        let sign = if peak < 0.0 { -1.0 } else { 1.0 };
+        rows.extend(col.iter().map(|&x| (sign * x) as f32));
     }
-    Ok(Tensor::from_vec(rows, (rank, in_f), &Device::Cpu)?)
+    Ok(Tensor::from_vec(
+        rows,
+        (rank.min(v.ncols()), in_f),
+        &Device::Cpu,
+    )?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nalgebra::DMatrix;
 
     #[test]
     fn recovers_the_dominant_right_singular_vectors() {
@@ -166,16 +243,50 @@ mod tests {
         .unwrap();
         let got = top_right_singular_vectors(&t, r, 7).unwrap();
         // Projection onto the true row space keeps every vector's norm.
-        let vt = to_matrix(&got).unwrap();
+        let rows = got.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
         let basis = v.transpose().qr().q(); // in x r orthonormal basis of G's row space
-        for row in 0..r {
-            let x = vt.row(row).transpose();
+        for (i, row) in rows.iter().enumerate() {
+            let x = DMatrix::from_column_slice(in_f, 1, row);
             let proj = basis.transpose() * &x;
-            assert!(
-                (proj.norm() - 1.0).abs() < 1e-6,
-                "row {row}: {}",
-                proj.norm()
-            );
+            assert!((proj.norm() - 1.0).abs() < 1e-6, "row {i}: {}", proj.norm());
+        }
+    }
+
+    /// The init's vectors are those of the full SVD it used before (nalgebra's, in f64), up
+    /// to each vector's sign, to f32 rounding (1e-6), on gradient-like matrices (a decaying
+    /// spectrum, so the top vectors are well separated) of both orientations.
+    #[test]
+    fn the_svd_gives_the_vectors_of_the_previous_full_svd() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        for (out_f, in_f) in [(300, 120), (120, 300)] {
+            let rank = 8;
+            let g = DMatrix::<f64>::from_fn(out_f, in_f, |i, j| {
+                let x: f64 = StandardNormal.sample(&mut rng);
+                x * 0.8f64.powi((i % 40 + j % 40) as i32)
+            });
+            let svd = g.clone().svd(false, true);
+            let mut order: Vec<usize> = (0..svd.singular_values.len()).collect();
+            order.sort_by(|&a, &b| svd.singular_values[b].total_cmp(&svd.singular_values[a]));
+            let v_t = svd.v_t.unwrap();
+            let t = Tensor::from_vec(
+                g.transpose().as_slice().to_vec(),
+                (out_f, in_f),
+                &Device::Cpu,
+            )
+            .unwrap();
+            let got = top_right_singular_vectors(&t, rank, 0).unwrap();
+            let got = got.to_vec2::<f32>().unwrap();
+            for (k, &i) in order.iter().take(rank).enumerate() {
+                let want: Vec<f64> = v_t.row(i).iter().copied().collect();
+                let dot: f64 = want.iter().zip(&got[k]).map(|(a, &b)| a * b as f64).sum();
+                let sign = dot.signum();
+                let diff = want
+                    .iter()
+                    .zip(&got[k])
+                    .map(|(a, &b)| (sign * a - b as f64).abs())
+                    .fold(0f64, f64::max);
+                assert!(diff < 1e-6, "{out_f}x{in_f} vector {k}: {diff}");
+            }
         }
     }
 }

@@ -10,7 +10,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::boost::{self, Booster};
 use super::checkpoint::{self, TrainerState};
-use super::grad_init::{gradient_init, GradInitReport};
+use super::grad_init::{gradient_init, GradInitReport, InitProgress};
 use super::optim::{lr_at, Optimizer};
 use super::profile::{Profile, TrainSection};
 use super::rank_reg::RankRegularizer;
@@ -40,11 +40,8 @@ pub enum Event {
     },
     /// The prune step finished.
     Pruned(crate::prune::PruneReport),
-    /// Gradient initialisation progress (layers done of total).
-    InitProgress {
-        done: usize,
-        total: usize,
-    },
+    /// Gradient initialisation progress (passes and layers done, ETA).
+    InitProgress(InitProgress),
     InitDone(GradInitReport),
     /// `[eval]` task progress (items done of the task's total).
     TaskProgress {
@@ -483,9 +480,12 @@ fn init_adapters(
         GRAD_INIT_BUDGET_BYTES,
         t.recompute,
         t.seed,
-        &mut |done, total| {
-            on_event(&Event::InitProgress { done, total });
-            lp.stage_progress(&label, "layers", (done, total), &mut status_error);
+        &mut |progress| {
+            on_event(&Event::InitProgress(progress));
+            let (state, step) = (lp.status.state, lp.status.step);
+            if let Err(e) = lp.set_status(state, step, Some(format!("{label}: {progress}"))) {
+                status_error.get_or_insert(e);
+            }
         },
     )?;
     if let Some(e) = status_error {
