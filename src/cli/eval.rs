@@ -182,14 +182,7 @@ fn evaluate(args: &EvalArgs, mut progress: Option<&mut ProgressWriter>) -> Resul
         token_logprobs: None,
     };
     if let Some(text) = &args.token_logprobs {
-        let t = lors::eval::token_logprobs(&loaded.model, &loaded.tok, text)?;
-        println!(
-            "{}: {} tokens, mean log-probability {:.4}",
-            text.display(),
-            t.tokens.len(),
-            t.logprobs.iter().sum::<f64>() / t.logprobs.len() as f64
-        );
-        report.token_logprobs = Some(t);
+        report.token_logprobs = Some(token_logprobs(&loaded, text)?);
     }
     if let Some(data) = &args.data {
         let seq_len = args.seq_len.unwrap_or(256);
@@ -236,6 +229,18 @@ fn evaluate(args: &EvalArgs, mut progress: Option<&mut ProgressWriter>) -> Resul
         println!("wrote {}", out.display());
     }
     Ok(())
+}
+
+/// Each token's log-probability over `text`, with a one-line summary.
+fn token_logprobs(loaded: &Loaded, text: &Path) -> Result<lors::eval::TokenLogprobs> {
+    let t = lors::eval::token_logprobs(&loaded.model, &loaded.tok, text)?;
+    println!(
+        "{}: {} tokens, mean log-probability {:.4}",
+        text.display(),
+        t.tokens.len(),
+        t.logprobs.iter().sum::<f64>() / t.logprobs.len() as f64
+    );
+    Ok(t)
 }
 
 fn print_perplexity(r: &PerplexityReport) {

@@ -9,7 +9,7 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor};
-use faer::Mat;
+use faer::{Mat, Side};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
@@ -165,33 +165,24 @@ fn to_matrix(t: &Tensor) -> Result<Mat<f64>> {
 }
 
 /// The top-`rank` right singular vectors of `g` (out x in) as rows of an r x in tensor,
-/// each signed so that its largest component is positive (an SVD's sign is arbitrary): a
-/// thin SVD (faer's) for matrices up to 1024 on their shorter side, a randomised one
-/// (oversampling 10, two power iterations) for larger ones.
+/// each signed so that its largest component is positive (an SVD's sign is arbitrary):
+/// from the Gram matrix of the shorter side ([`gram_vectors`]) for matrices up to 1024 on
+/// that side (a thin SVD where that is degenerate), else a randomised SVD (oversampling 10,
+/// two power iterations).
 pub fn top_right_singular_vectors(g: &Tensor, rank: usize, seed: u64) -> Result<Tensor> {
     let (out_f, in_f) = g.dims2()?;
-    let g = to_matrix(g)?;
-    let small = if out_f.min(in_f) <= FULL_SVD_MAX {
-        g
-    } else {
-        // Range finder: Q spans the top singular directions of G; then SVD of Qᵀ·G.
-        let k = (rank + 10).min(out_f.min(in_f));
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let omega = Mat::<f64>::from_fn(in_f, k, |_, _| StandardNormal.sample(&mut rng));
-        let mut q = (&g * &omega).qr().compute_thin_Q();
-        for _ in 0..2 {
-            let z = (g.transpose() * &q).qr().compute_thin_Q();
-            q = (&g * &z).qr().compute_thin_Q();
+    let rank = rank.min(out_f.min(in_f));
+    let v = if out_f.min(in_f) <= FULL_SVD_MAX {
+        match gram_vectors(g, rank)? {
+            Some(v) => v,
+            None => svd_vectors(&to_matrix(g)?, rank)?,
         }
-        q.transpose() * &g
+    } else {
+        randomized_vectors(&to_matrix(g)?, rank, seed)?
     };
-    let svd = small
-        .thin_svd()
-        .map_err(|e| LorsError::invalid("adapter.init", format!("SVD failed: {e:?}")))?;
-    let v = svd.V();
     let mut rows = Vec::with_capacity(rank * in_f);
-    for i in 0..rank.min(v.ncols()) {
-        let col: Vec<f64> = (0..in_f).map(|j| v[(j, i)]).collect();
+    for k in 0..rank {
+        let col: Vec<f64> = (0..in_f).map(|j| v[(j, k)]).collect();
         let peak = col
             .iter()
             .copied()
@@ -199,11 +190,72 @@ pub fn top_right_singular_vectors(g: &Tensor, rank: usize, seed: u64) -> Result<
         let sign = if peak < 0.0 { -1.0 } else { 1.0 };
         rows.extend(col.iter().map(|&x| (sign * x) as f32));
     }
-    Ok(Tensor::from_vec(
-        rows,
-        (rank.min(v.ncols()), in_f),
-        &Device::Cpu,
-    )?)
+    Ok(Tensor::from_vec(rows, (rank, in_f), &Device::Cpu)?)
+}
+
+/// Smallest `σ_k / σ_1` for which `v = Gᵀu / σ` is taken from the left Gram's vectors: the
+/// division amplifies their rounding by `σ_1 / σ_k`.
+const GRAM_MIN_RATIO: f64 = 1e-4;
+
+/// The top-`rank` right singular vectors of `g` (as the columns of an in x rank matrix) from
+/// the eigenvectors of its Gram matrix on the shorter side, in f64: those of `GᵀG` directly,
+/// or those `u` of `GGᵀ` as `v = Gᵀu / σ`. The Gram product runs where `g` lives, and only
+/// the small side's eigenproblem on the host. `None` when a needed `σ` is too small to
+/// divide by (see [`GRAM_MIN_RATIO`]).
+fn gram_vectors(g: &Tensor, rank: usize) -> Result<Option<Mat<f64>>> {
+    let g = g.to_dtype(DType::F64)?;
+    let (out_f, in_f) = g.dims2()?;
+    let right = in_f <= out_f;
+    let gram = if right {
+        g.t()?.matmul(&g)?
+    } else {
+        g.matmul(&g.t()?)?
+    };
+    let side = gram.dim(0)?;
+    let c = gram.flatten_all()?.to_vec1::<f64>()?;
+    let eig = Mat::from_fn(side, side, |i, j| c[i * side + j])
+        .self_adjoint_eigen(Side::Lower)
+        .map_err(|e| LorsError::invalid("adapter.init", format!("eigensolver failed: {e:?}")))?;
+    // Eigenvalues ascend: the top `rank` are the last columns, largest first.
+    let (u, lambda) = (eig.U(), eig.S().column_vector());
+    let top = |k: usize| side - 1 - k;
+    if right {
+        return Ok(Some(Mat::from_fn(in_f, rank, |i, k| u[(i, top(k))])));
+    }
+    let sigma: Vec<f64> = (0..rank).map(|k| lambda[top(k)].max(0.0).sqrt()).collect();
+    if sigma.iter().any(|&s| !(s > GRAM_MIN_RATIO * sigma[0])) {
+        return Ok(None);
+    }
+    let u_top: Vec<f64> = (0..out_f)
+        .flat_map(|i| (0..rank).map(move |k| (i, k)))
+        .map(|(i, k)| u[(i, top(k))] / sigma[k])
+        .collect();
+    let u_top = Tensor::from_vec(u_top, (out_f, rank), &Device::Cpu)?.to_device(g.device())?;
+    let v = g.t()?.matmul(&u_top)?.flatten_all()?.to_vec1::<f64>()?;
+    Ok(Some(Mat::from_fn(in_f, rank, |i, k| v[i * rank + k])))
+}
+
+/// The top-`rank` right singular vectors of `g` (in x rank) by a thin SVD.
+fn svd_vectors(g: &Mat<f64>, rank: usize) -> Result<Mat<f64>> {
+    let svd = g
+        .thin_svd()
+        .map_err(|e| LorsError::invalid("adapter.init", format!("SVD failed: {e:?}")))?;
+    Ok(svd.V().subcols(0, rank).to_owned())
+}
+
+/// [`svd_vectors`] of a randomised range: `Q` spans the top singular directions of `G`
+/// (two power iterations), then the SVD of `Qᵀ·G`.
+fn randomized_vectors(g: &Mat<f64>, rank: usize, seed: u64) -> Result<Mat<f64>> {
+    let (out_f, in_f) = (g.nrows(), g.ncols());
+    let k = (rank + 10).min(out_f.min(in_f));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let omega = Mat::<f64>::from_fn(in_f, k, |_, _| StandardNormal.sample(&mut rng));
+    let mut q = (g * &omega).qr().compute_thin_Q();
+    for _ in 0..2 {
+        let z = (g.transpose() * &q).qr().compute_thin_Q();
+        q = (g * &z).qr().compute_thin_Q();
+    }
+    svd_vectors(&(q.transpose() * g), rank)
 }
 
 #[cfg(test)]
@@ -249,6 +301,28 @@ mod tests {
             let x = DMatrix::from_column_slice(in_f, 1, row);
             let proj = basis.transpose() * &x;
             assert!((proj.norm() - 1.0).abs() < 1e-6, "row {i}: {}", proj.norm());
+        }
+    }
+
+    /// A wide gradient of lower rank than asked for (its left Gram's `σ_3` is zero) falls
+    /// back to the thin SVD: orthonormal vectors, no division by zero.
+    #[test]
+    fn a_rank_deficient_wide_gradient_falls_back_to_the_svd() {
+        let g: Vec<f64> = (0..4 * 10)
+            .map(|i| match i / 10 {
+                0 | 2 => ((i % 10) as f64 + 1.0).ln(),
+                _ => ((i % 10) as f64 * 0.3).cos(),
+            })
+            .collect();
+        let g = Tensor::from_vec(g, (4, 10), &Device::Cpu).unwrap();
+        let v = top_right_singular_vectors(&g, 3, 0).unwrap();
+        let v = v.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
+        for a in 0..3 {
+            for b in 0..3 {
+                let dot: f64 = v[a].iter().zip(&v[b]).map(|(x, y)| x * y).sum();
+                let want = if a == b { 1.0 } else { 0.0 };
+                assert!((dot - want).abs() < 1e-5, "v{a}·v{b} = {dot}");
+            }
         }
     }
 
