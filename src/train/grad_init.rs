@@ -223,7 +223,7 @@ fn gram_vectors(g: &Tensor, rank: usize) -> Result<Option<Mat<f64>>> {
         return Ok(Some(Mat::from_fn(in_f, rank, |i, k| u[(i, top(k))])));
     }
     let sigma: Vec<f64> = (0..rank).map(|k| lambda[top(k)].max(0.0).sqrt()).collect();
-    if sigma.iter().any(|&s| !(s > GRAM_MIN_RATIO * sigma[0])) {
+    if sigma.iter().any(|&s| s <= GRAM_MIN_RATIO * sigma[0]) {
         return Ok(None);
     }
     let u_top: Vec<f64> = (0..out_f)
