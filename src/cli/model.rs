@@ -117,8 +117,7 @@ fn export_input(
     from: &Path,
     checkpoint: Option<&Path>,
 ) -> Result<(HashMap<String, candle_core::Tensor>, ModelDir)> {
-    if from.join("profile.toml").is_file() {
-        let run = RunDir::open(from)?;
+    if let Ok(run) = RunDir::open(from) {
         let trained = load_trained(&run, checkpoint)?;
         // The merge itself refuses a masked method's update that would change the zeros.
         let (tensors, _) = merged_tensors(&trained.model, &trained.base)?;
