@@ -535,37 +535,45 @@ fn a_trained_sparse_run_exports_to_gguf_and_reads_back_with_its_zeros() {
 /// types, special ids and space prefix.
 #[test]
 fn tokenizers_survive_the_trip_to_hf_and_back_to_gguf() {
-    let read_meta = |file: &Path| {
-        let mut f = std::fs::File::open(file).unwrap();
-        gguf_file::Content::read(&mut f).unwrap().metadata
-    };
     let tmp = tempfile::tempdir().unwrap();
-    // SentencePiece kind: stories260K.
     let src = shared().join("models/stories260K");
-    let first = tmp.path().join("spm.gguf");
-    write_gguf(
-        &src,
-        &first,
-        GgmlDType::F32,
+    // GGUF with `meta` -> HF -> GGUF again; the keys must read the same in both files.
+    let round_trip = |name: &str, meta: Vec<(String, Value)>, keys: &[&str]| {
+        let read_meta = |file: &Path| {
+            let mut f = std::fs::File::open(file).unwrap();
+            gguf_file::Content::read(&mut f).unwrap().metadata
+        };
+        let first = tmp.path().join(format!("{name}.gguf"));
+        write_gguf(&src, &first, GgmlDType::F32, meta);
+        let hf = tmp.path().join(format!("{name}-hf"));
+        convert_gguf(&first, &hf, DType::F32).unwrap();
+        let second = tmp.path().join(format!("{name}-again.gguf"));
+        export(&hf, &second, "f32", &[]).unwrap();
+        let (a, b) = (read_meta(&first), read_meta(&second));
+        for key in keys {
+            assert_eq!(
+                format!("{:?}", a[*key]),
+                format!("{:?}", b[*key]),
+                "{name} {key}"
+            );
+        }
+        b
+    };
+    // SentencePiece kind: stories260K.
+    let b = round_trip(
+        "spm",
         spm_metadata(&src.join("tokenizer.json")),
+        &[
+            "tokenizer.ggml.model",
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.eos_token_id",
+            "tokenizer.ggml.unknown_token_id",
+            "tokenizer.ggml.add_bos_token",
+            "tokenizer.ggml.add_space_prefix",
+        ],
     );
-    let hf = tmp.path().join("spm-hf");
-    convert_gguf(&first, &hf, DType::F32).unwrap();
-    let second = tmp.path().join("spm-again.gguf");
-    export(&hf, &second, "f32", &[]).unwrap();
-    let (a, b) = (read_meta(&first), read_meta(&second));
-    for key in [
-        "tokenizer.ggml.model",
-        "tokenizer.ggml.tokens",
-        "tokenizer.ggml.token_type",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.eos_token_id",
-        "tokenizer.ggml.unknown_token_id",
-        "tokenizer.ggml.add_bos_token",
-        "tokenizer.ggml.add_space_prefix",
-    ] {
-        assert_eq!(format!("{:?}", a[key]), format!("{:?}", b[key]), "{key}");
-    }
     let types = b["tokenizer.ggml.token_type"].to_vec().unwrap();
     let kinds: Vec<i32> = types.iter().map(|v| v.to_i32().unwrap()).collect();
     assert_eq!(
@@ -574,25 +582,19 @@ fn tokenizers_survive_the_trip_to_hf_and_back_to_gguf() {
         "unknown, BOS, EOS, then byte pieces"
     );
     // The byte-level kind: the GGUF of the byte-level test's vocabulary, through HF and back.
-    let (_, meta) = byte_level_vocab();
-    let first = tmp.path().join("bpe.gguf");
-    write_gguf(&src, &first, GgmlDType::F32, meta);
-    let hf = tmp.path().join("bpe-hf");
-    convert_gguf(&first, &hf, DType::F32).unwrap();
-    let second = tmp.path().join("bpe-again.gguf");
-    export(&hf, &second, "f32", &[]).unwrap();
-    let (a, b) = (read_meta(&first), read_meta(&second));
-    for key in [
-        "tokenizer.ggml.model",
-        "tokenizer.ggml.pre",
-        "tokenizer.ggml.tokens",
-        "tokenizer.ggml.merges",
-        "tokenizer.ggml.token_type",
-        "tokenizer.ggml.bos_token_id",
-        "tokenizer.ggml.add_bos_token",
-    ] {
-        assert_eq!(format!("{:?}", a[key]), format!("{:?}", b[key]), "{key}");
-    }
+    round_trip(
+        "bpe",
+        byte_level_vocab().1,
+        &[
+            "tokenizer.ggml.model",
+            "tokenizer.ggml.pre",
+            "tokenizer.ggml.tokens",
+            "tokenizer.ggml.merges",
+            "tokenizer.ggml.token_type",
+            "tokenizer.ggml.bos_token_id",
+            "tokenizer.ggml.add_bos_token",
+        ],
+    );
 }
 
 /// Bad input to `lors export` is a clear error and writes nothing: a type that cannot keep
