@@ -4,13 +4,15 @@
 # then `lors train` with lors-exact, rank 16, init = "gradient", seq_len 256, batch 4, for
 # init_samples 16 and 128 (arguments: other counts). Prints, per run, the init's seconds and
 # calibration tokens/s, the training steps' median tokens/s, and their ratio (how many
-# training tokens one calibration token costs). About 15 min on 2 cores.
+# training tokens one calibration token costs). About 15 min on 2 cores. BIN=PATH runs
+# another build of lors (e.g. an older commit's, for a before/after in one run); OUT=DIR
+# writes its runs elsewhere than runs/init-bench.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release
-bin=target/release/lors
+if [ -z "${BIN:-}" ]; then cargo build --release; fi
+bin=${BIN:-target/release/lors}
 python=${PYTHON:-python3}
-out=runs/init-bench
+out=${OUT:-runs/init-bench}
 mkdir -p "$out"
 . scripts/lib/smollm2.sh
 pruned=$(smollm2_2of4)

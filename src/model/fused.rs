@@ -338,6 +338,32 @@ fn swap_middle_ops(x: &Tensor) -> Result<Tensor> {
     Ok(x.transpose(1, 2)?.contiguous()?)
 }
 
+// ---------------------------------------------------------------- cross-entropy
+
+/// The next-token loss of one row of logits `l` against class `target`, with weight `w`:
+/// `w·(lse − l[target])`, `lse = max + ln Σ e^(l − max)`, in f64. The row is overwritten:
+/// with `grad = Some(s)` by the gradient of `s·loss`, `s·w·(softmax(l) − one_hot(target))`;
+/// without, by `e^(l − max)`.
+#[inline]
+pub(crate) fn cross_entropy_row<T: Elem>(
+    row: &mut [T],
+    target: usize,
+    w: T,
+    grad: Option<T>,
+) -> f64 {
+    let max = reduce8(row, T::neg_infinity(), |a, b| if b > a { b } else { a });
+    let picked = row[target];
+    row.iter_mut().for_each(|l| *l = (*l - max).exp_fast());
+    let sum = reduce8(row, T::zero(), |a, b| a + b);
+    if let Some(s) = grad {
+        // d(s·w·nll)/dl = s·w·(e^(l − max)/sum − one_hot(target)).
+        let k = s * w / sum;
+        row.iter_mut().for_each(|p| *p = *p * k);
+        row[target] = row[target] - s * w;
+    }
+    <T as candle_core::WithDType>::to_f64((max + sum.ln() - picked) * w)
+}
+
 // ---------------------------------------------------------------- causal softmax
 
 /// A row of scores turned into `softmax(scale·s)` over its first `n` entries, in place; the
