@@ -358,8 +358,8 @@ pub(crate) fn cross_entropy_row<T: Elem>(
     if let Some(s) = grad {
         // d(s·w·nll)/dl = s·w·(e^(l − max)/sum − one_hot(target)).
         let k = s * w / sum;
-        row.iter_mut().for_each(|p| *p = *p * k);
-        row[target] = row[target] - s * w;
+        row.iter_mut().for_each(|p| *p *= k);
+        row[target] -= s * w;
     }
     <T as candle_core::WithDType>::to_f64((max + sum.ln() - picked) * w)
 }

@@ -233,13 +233,17 @@ mod tests {
     }
     use candle_core::Var;
 
+    /// The largest difference of `a` from `b`, relative to `b`'s largest entry (in f64).
     fn max_rel(a: &Tensor, b: &Tensor) -> f64 {
-        let a = a.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let b = b.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let scale = b.iter().fold(0f32, |m, x| m.max(x.abs())) as f64;
+        let values = |t: &Tensor| {
+            let t = t.flatten_all().unwrap().to_dtype(DType::F64).unwrap();
+            t.to_vec1::<f64>().unwrap()
+        };
+        let (a, b) = (values(a), values(b));
+        let scale = b.iter().fold(0f64, |m, x| m.max(x.abs()));
         a.iter()
             .zip(&b)
-            .map(|(x, y)| (x - y).abs() as f64 / scale)
+            .map(|(x, y)| (x - y).abs() / scale)
             .fold(0.0, f64::max)
     }
 
@@ -336,19 +340,7 @@ mod tests {
                 );
                 assert_eq!(fused_d.is_some(), grad.is_some());
                 if let (Some(a), Some(b)) = (fused_d, ops_d) {
-                    let (a, b) = (
-                        a.to_dtype(DType::F64).unwrap(),
-                        b.to_dtype(DType::F64).unwrap(),
-                    );
-                    let scale = b
-                        .abs()
-                        .unwrap()
-                        .max_all()
-                        .unwrap()
-                        .to_scalar::<f64>()
-                        .unwrap();
-                    let diff = (a - b).unwrap().abs().unwrap().max_all().unwrap();
-                    assert!(diff.to_scalar::<f64>().unwrap() <= tol * scale, "{dtype:?}");
+                    assert!(max_rel(&a, &b) <= tol, "{dtype:?}");
                 }
             }
         }
