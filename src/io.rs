@@ -207,6 +207,17 @@ pub fn write_streamed_atomic(
     result
 }
 
+/// The user's cache folder for lors: `$XDG_CACHE_HOME/lors`, else `~/.cache/lors`, else one
+/// in the system's temporary folder.
+pub fn cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("lors")
+}
+
 /// Write `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_streamed_atomic(path, |f| {

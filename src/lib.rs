@@ -1,11 +1,11 @@
 //! `lors`: fine-tuning sparse (pruned) LLMs with LoRS, a low-rank adaptation that keeps the
 //! model exactly as sparse as it was (arXiv 2501.08582), with SQFT, SPP and LoRA baselines.
 //!
-//! Modules mirror the architecture: [`adapters`] (the methods), [`sparsity`] (masks and
-//! patterns), [`memory`] (allocation and RSS meters), [`bench`] (benchmarks).
+//! Modules mirror the architecture; `docs/architecture.md` maps every one of them.
 
 pub mod adapters;
 pub mod bench;
+pub mod bundled;
 mod cpu;
 pub mod data;
 pub mod device;

@@ -64,15 +64,16 @@ struct TuiArgs {
     /// Runs folder to watch and launch into.
     #[arg(long, default_value = "runs")]
     runs_dir: std::path::PathBuf,
-    /// Profile the Setup view starts from.
-    #[arg(long, default_value = "profiles/demo.toml")]
-    profile: std::path::PathBuf,
+    /// Profile the Setup view starts from (default: the bundled demo profile).
+    #[arg(long)]
+    profile: Option<std::path::PathBuf>,
     /// Folder of saved profiles (the Profiles view).
     #[arg(long, default_value = "profiles")]
     profiles_dir: std::path::PathBuf,
-    /// Folder of bundled models and data offered in Setup.
-    #[arg(long, default_value = "assets")]
-    assets_dir: std::path::PathBuf,
+    /// Folder of models and data offered in Setup beside the search paths (default: the
+    /// bundled demo model and data).
+    #[arg(long)]
+    assets_dir: Option<std::path::PathBuf>,
     /// More folders to look for models and data files in (repeatable; also
     /// `LORS_SEARCH_PATH`, colon-separated).
     #[arg(long = "search", value_name = "DIR")]
@@ -87,15 +88,16 @@ fn tui(args: TuiArgs) -> Result<()> {
     if let Some(paths) = std::env::var_os("LORS_SEARCH_PATH") {
         extra.extend(std::env::split_paths(&paths).filter(|p| !p.as_os_str().is_empty()));
     }
+    let bundled = cli::bundled_default()?;
     lors::tui::run(&lors::tui::TuiOptions {
         search: lors::tui::catalog::SearchPaths {
-            assets: args.assets_dir,
+            assets: args.assets_dir.unwrap_or(bundled.assets),
             runs: args.runs_dir.clone(),
             extra,
             hf_cache: Some(lors::sources::hub::cache_dir()).filter(|d| d.is_dir()),
         },
         runs_dir: args.runs_dir,
-        profile: args.profile,
+        profile: args.profile.unwrap_or(bundled.profile),
         profiles_dir: args.profiles_dir,
         stats: args.stats,
     })?;
@@ -238,6 +240,7 @@ mod tests {
             Cli::try_parse_from(["lors", "--search", "/d", "train", "--profile", "p"]).is_err()
         );
         let plain = Cli::try_parse_from(["lors"]).unwrap();
-        assert_eq!(plain.tui.profile, PathBuf::from("profiles/demo.toml"));
+        assert_eq!(plain.tui.profile, None, "the bundled default");
+        assert_eq!(plain.tui.runs_dir, PathBuf::from("runs"));
     }
 }

@@ -1,6 +1,6 @@
 //! The bundled default: the profiles parse (sweep profiles with every value their axes take),
-//! the demo profile trains and exports, and
-//! `assets/` is exactly what its generator writes.
+//! the demo profile trains and exports, `assets/` is exactly what its generator writes, and
+//! the binary trains the default compiled into it from an empty folder.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -71,7 +71,7 @@ fn same_files(a: &Path, b: &Path) {
     for f in ["config.json", "model.safetensors", "tokenizer.json"] {
         assert!(
             std::fs::read(a.join(f)).unwrap() == std::fs::read(b.join(f)).unwrap(),
-            "assets/demo-model/{f} differs from what examples/make_demo_assets.rs writes"
+            "assets/demo-model/{f} differs from what `lors random-model` writes (assets/README.md)"
         );
     }
 }
@@ -84,4 +84,40 @@ fn demo_model_is_what_the_generator_writes() {
         random_weights(&config, 2026, Some(Pattern::Unstructured { sparsity: 0.5 })).unwrap();
     write_checkpoint(tmp.path(), &config, &weights).unwrap();
     same_files(tmp.path(), &repo().join("assets/demo-model"));
+}
+
+/// `lors train` without a profile, in an empty folder with a fresh cache, trains the bundled
+/// default (compiled into the binary, written under the cache) into the folder's `runs/`.
+#[test]
+fn train_without_a_profile_runs_the_bundled_default_anywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (here, cache) = (tmp.path().join("empty"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&here).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lors"))
+        .args([
+            "train",
+            "--set",
+            "train.max_steps=3",
+            "--set",
+            "train.eval_every=0",
+        ])
+        .current_dir(&here)
+        .env("XDG_CACHE_HOME", &cache)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let runs: Vec<PathBuf> = std::fs::read_dir(here.join("runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let run = RunDir::open(&runs[0]).unwrap();
+    assert_eq!(run.read_status().unwrap().state, RunState::Finished);
+    let p = Profile::load(&run.profile_path(), &[]).unwrap();
+    assert!(p.model.path.starts_with(cache.join("lors/bundled")));
+    assert_eq!(p.train.max_steps, Some(3));
 }

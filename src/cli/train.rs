@@ -12,8 +12,8 @@ use lors::train::{self, Event, MetricRow, Profile, RunDir, RunOutcome, Start};
 
 #[derive(Args)]
 pub struct TrainArgs {
-    /// Profile (TOML) to run.
-    #[arg(long, required_unless_present = "resume")]
+    /// Profile (TOML) to run (default: the bundled demo profile).
+    #[arg(long)]
     pub profile: Option<PathBuf>,
     /// Override a profile value, e.g. `--set adapter.rank=16` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
@@ -121,9 +121,10 @@ pub fn train(args: TrainArgs) -> Result<()> {
         run_with_progress(&profile, &run, start)?;
         return Ok(());
     }
-    let path = args
-        .profile
-        .expect("clap requires --profile without --resume");
+    let path = match args.profile {
+        Some(path) => path,
+        None => super::bundled_default()?.profile,
+    };
     let mut profile = Profile::load(&path, &args.overrides)?;
     if let Some(init) = args.init_from {
         profile.adapter.init_from = Some(init);

@@ -591,16 +591,11 @@ fn converted_dir(file: &Path) -> Result<PathBuf> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
     let stem = file
         .file_stem()
         .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
-    Ok(cache
-        .join("lors/gguf")
+    Ok(crate::io::cache_dir()
+        .join("gguf")
         .join(format!("{stem}-{}-{mtime}", meta.len())))
 }
 
