@@ -38,20 +38,26 @@ fn search(runs: &Path) -> SearchPaths {
 /// blocking threads) and return the other effects.
 fn settle(app: &mut App, effects: Vec<Effect>) -> Vec<Effect> {
     let mut rest = Vec::new();
-    for e in effects {
+    let mut queue = std::collections::VecDeque::from(effects);
+    while let Some(e) = queue.pop_front() {
         match e {
             Effect::InspectModel(p) => {
                 let r = catalog::inspect_model_at(&p, &mut |_| {});
-                app.set_model(&p, r);
+                queue.extend(app.set_model(&p, r));
             }
             Effect::InspectData(key, req) => {
                 let r = catalog::inspect_data(&req);
-                app.set_data(key, &req, r);
+                queue.extend(app.set_data(key, &req, r));
             }
             other => rest.push(other),
         }
     }
     rest
+}
+
+/// One key through the state machine, its inspections left in flight (returned).
+fn press_unsettled(app: &mut App, code: KeyCode) -> Vec<Effect> {
+    app.on_key(KeyEvent::new(code, KeyModifiers::NONE))
 }
 
 fn demo_app(runs: &Path) -> App {
@@ -164,7 +170,11 @@ fn setup_edits_validates_and_launches() {
     press(&mut app, KeyCode::Enter);
     type_text(&mut app, "abc");
     press(&mut app, KeyCode::Enter);
-    assert!(app.setup.error.as_deref().unwrap().contains("max_steps"));
+    let err = app.setup.error.clone().unwrap();
+    assert!(
+        err.contains("expected usize in `train.max_steps`") && !err.contains('\n'),
+        "one readable line: {err}"
+    );
     select_field(&mut app, "steps");
     press(&mut app, KeyCode::Enter);
     for _ in 0..6 {
@@ -212,6 +222,55 @@ fn setup_edits_validates_and_launches() {
     );
 }
 
+/// `l` pressed while the Setup's data check is in flight waits for it: an invalid value it
+/// finds blocks the launch, a valid one launches when its check arrives; a second launch of
+/// the same profile is refused while the first run is starting.
+#[test]
+fn a_launch_waits_for_the_checks_in_flight() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = demo_app(tmp.path());
+    select_field(&mut app, "seq_len");
+    press(&mut app, KeyCode::Enter);
+    type_text(&mut app, "000000");
+    let checks = press_unsettled(&mut app, KeyCode::Enter);
+    assert!(!checks.is_empty());
+    let s = render(&app, 80, 24, true);
+    assert!(
+        s.contains("checking the data... (l launches once it passes)") && !s.contains("ready"),
+        "not ready while a check is in flight:\n{s}"
+    );
+    assert!(press_unsettled(&mut app, KeyCode::Char('l')).is_empty());
+    assert_eq!(
+        app.notice.as_deref(),
+        Some("launching once the data is checked...")
+    );
+    assert!(settle(&mut app, checks).is_empty(), "the data is too short");
+    let notice = app.notice.clone().unwrap();
+    assert!(
+        notice.starts_with("cannot launch") && notice.contains("too little text"),
+        "{notice}"
+    );
+    press(&mut app, KeyCode::Enter);
+    for _ in 0..10 {
+        press(&mut app, KeyCode::Backspace);
+    }
+    type_text(&mut app, "32");
+    let checks = press_unsettled(&mut app, KeyCode::Enter);
+    assert!(press_unsettled(&mut app, KeyCode::Char('l')).is_empty());
+    let effects = settle(&mut app, checks);
+    let [Effect::Launch(p)] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(p.data.seq_len, 32);
+    app.starting = Some((p.clone(), tmp.path().join("starting-run")));
+    press(&mut app, KeyCode::Char('1'));
+    assert!(press(&mut app, KeyCode::Char('l')).is_empty());
+    assert_eq!(
+        app.notice.as_deref(),
+        Some("already launching this profile: wait for its run")
+    );
+}
+
 #[test]
 fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     let tmp = tempfile::tempdir().unwrap();
@@ -237,21 +296,27 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
         }
         other => panic!("{other:?}"),
     }
-    // Pick the 2:4 model from the list.
+    // Pick the 2:4 model: typing filters the list (fuzzy, best first), Enter takes the entry
+    // under the cursor; typed letters are never commands (`l` would launch in Setup).
     select_field(&mut app, "model");
     press(&mut app, KeyCode::Enter);
-    let Some(Modal::Picker(picker)) = app.modal.clone() else {
-        panic!("a picker opens on a path field")
-    };
-    let i = picker
-        .items
-        .iter()
-        .position(|c| c.label.ends_with("stories260K-wanda-2of4"))
-        .unwrap();
-    let current = picker.selected;
-    for _ in 0..(i + picker.items.len() + 1 - current) % (picker.items.len() + 1) {
-        press(&mut app, KeyCode::Down);
+    assert!(
+        matches!(app.modal, Some(Modal::Picker(_))),
+        "a picker opens on a path field"
+    );
+    for c in "wanda2of4".chars() {
+        assert!(press(&mut app, KeyCode::Char(c)).is_empty());
     }
+    let Some(Modal::Picker(picker)) = app.modal.clone() else {
+        panic!("typing keeps the picker open")
+    };
+    let shown = picker.shown();
+    assert!(
+        shown[0].label.ends_with("stories260K-wanda-2of4"),
+        "{shown:?}"
+    );
+    assert!(shown.len() < picker.items.len(), "the filter leaves fewer");
+    assert_eq!(picker.selected, 0);
     press(&mut app, KeyCode::Enter);
     assert_eq!(app.modal, None);
     assert!(value(&app, FieldId::Model).ends_with("stories260K-wanda-2of4"));
@@ -275,23 +340,20 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
         Some(Modal::Picker(p)) => (p.items.len(), p.selected),
         other => panic!("no picker: {other:?}"),
     };
+    // A typed path is the entry after the matches; Down stops there (no wrap to the top).
+    type_text(&mut app, dense.to_str().unwrap());
     let n = picked(&app).0;
-    for _ in 0..n + 1 {
-        if picked(&app).1 == n {
-            break;
-        }
+    for _ in 0..n + 3 {
         press(&mut app, KeyCode::Down);
     }
+    let Some(Modal::Picker(picker)) = app.modal.clone() else {
+        panic!("no picker")
+    };
+    assert_eq!(picker.selected, picker.shown().len(), "on the typed entry");
+    assert_eq!(picker.filter.value(), dense.to_str().unwrap());
     press(&mut app, KeyCode::Enter);
-    assert!(
-        matches!(app.modal, Some(Modal::Editing(_))),
-        "the last entry types a path"
-    );
-    for _ in 0..300 {
-        press(&mut app, KeyCode::Backspace);
-    }
-    type_text(&mut app, dense.to_str().unwrap());
-    press(&mut app, KeyCode::Enter);
+    assert_eq!(app.modal, None);
+    assert_eq!(value(&app, FieldId::Model), dense.to_str().unwrap());
     assert!(matches!(&app.setup.model, Some(Ok(m)) if m.is_dense()));
     let s = render(&app, 120, 40, false);
     assert!(s.contains("DENSE model"), "{s}");
@@ -494,6 +556,68 @@ fn fake_run_of(
     run.path
 }
 
+/// A fake run (as [`fake_run`]) whose status says it started at `started` (Unix seconds).
+fn fake_run_started(root: &Path, name: &str, state: RunState, started: f64) -> PathBuf {
+    let path = fake_run(root, name, state, 0.5, None);
+    let run = RunDir::open(&path).unwrap();
+    let mut status = run.read_status().unwrap();
+    status.updated_at = started + status.elapsed_s;
+    run.write_status(&status).unwrap();
+    path
+}
+
+/// `R` in the Runs view resumes a stopped or crashed run (and shows it), and nothing else.
+#[test]
+fn runs_resume_only_stopped_or_crashed_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let stopped = fake_run(tmp.path(), "a-stopped", RunState::Stopped, 0.5, None);
+    fake_run(tmp.path(), "b-finished", RunState::Finished, 0.5, None);
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    press(&mut app, KeyCode::Char('3'));
+    assert_eq!(
+        press(&mut app, KeyCode::Char('R')),
+        vec![Effect::ResumeRun(stopped.clone())]
+    );
+    assert_eq!((app.view, app.focused.clone()), (View::Run, Some(stopped)));
+    press(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Down);
+    assert!(press(&mut app, KeyCode::Char('R')).is_empty());
+    assert_eq!(
+        app.notice.as_deref(),
+        Some("only a stopped or crashed run resumes")
+    );
+}
+
+/// Re-attaching opens the Run view on the newest run still going, not the last by name;
+/// with none going, on the newest.
+#[test]
+fn the_run_view_opens_on_the_running_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_run_started(tmp.path(), "a-newest-finished", RunState::Finished, 300.0);
+    let running = fake_run_started(tmp.path(), "b-running", RunState::Running, 200.0);
+    fake_run_started(tmp.path(), "z-oldest-finished", RunState::Finished, 100.0);
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    assert_eq!(app.focused, Some(running.clone()));
+    RunDir::open(&running)
+        .unwrap()
+        .write_status(&Status {
+            state: RunState::Finished,
+            ..RunDir::open(&running).unwrap().read_status().unwrap()
+        })
+        .unwrap();
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    assert_eq!(app.focused, Some(tmp.path().join("a-newest-finished")));
+}
+
 #[test]
 fn run_and_runs_views_send_controls_and_confirm_destructive_ones() {
     let tmp = tempfile::tempdir().unwrap();
@@ -598,6 +722,39 @@ fn render(app: &App, w: u16, h: u16, ascii: bool) -> String {
         .collect()
 }
 
+/// Confirm dialogs wrap to the screen: at 80x24 the question, what it acts on (a deletion's
+/// whole path) and the keys that answer it are all on screen.
+#[test]
+fn confirm_dialogs_show_what_and_which_keys_at_80_columns() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fake_run(
+        tmp.path(),
+        "run-with-a-long-name",
+        RunState::Running,
+        0.5,
+        None,
+    );
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    app.view = View::Run;
+    let full = path.display().to_string();
+    for (confirm, what) in [
+        (
+            Confirm::Stop(path.clone()),
+            "Stop run-with-a-long-name? It checkpoints first.",
+        ),
+        (Confirm::Delete(path.clone()), full.as_str()),
+    ] {
+        app.modal = Some(Modal::Confirm(confirm));
+        let s = render(&app, 80, 24, true);
+        for want in [what, "y: yes", "any other key (n, Esc, Enter): no"] {
+            assert!(s.contains(want), "lacks {want:?}:\n{s}");
+        }
+    }
+}
+
 #[test]
 fn every_view_renders_what_it_must_at_80x24_and_120x40() {
     let tmp = tempfile::tempdir().unwrap();
@@ -680,6 +837,11 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
                 "DRIFT: 1 of 2 layers",
                 "1.k_proj     0.500 -> 0.930",
             ],
+        );
+        let finished = render(&app, width, height, ascii);
+        assert!(
+            !finished.contains("ETA"),
+            "a finished run has no ETA:\n{finished}"
         );
         // Before the first step the header shows the initialisation's progress.
         app.focused = Some(tmp.path().join("run-a"));
@@ -987,6 +1149,28 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     ] {
         assert!(s.contains(want), "{want:?}:\n{s}");
     }
+    // A trial that finished while no scheduler recorded it (state.json still says running)
+    // shows as finished: its own run's status owns the truth.
+    let running = RunDir::open(&sweep.state.trials[2].run_dir).unwrap();
+    let status = running.read_status().unwrap();
+    running
+        .write_status(&Status {
+            state: RunState::Finished,
+            ..status.clone()
+        })
+        .unwrap();
+    let mut w = Watcher::new(runs);
+    w.refresh();
+    app.set_runs(w.runs.clone());
+    let s = render(&app, 80, 24, true);
+    assert!(
+        s.contains("sweep-x: 3/6 done, 0 running, 1 stopped early"),
+        "{s}"
+    );
+    running.write_status(&status).unwrap();
+    let mut w = Watcher::new(runs);
+    w.refresh();
+    app.set_runs(w.runs.clone());
     // Its scheduler (this test process, which set it up) is alive: nothing to resume. Once
     // the recorded process is gone, the title says so and R resumes it.
     assert!(press(&mut app, KeyCode::Char('R')).is_empty());

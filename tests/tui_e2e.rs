@@ -15,6 +15,16 @@ struct Tmux {
 
 impl Tmux {
     fn start(session: &'static str, cwd: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(session, cwd, &[], args)
+    }
+
+    /// [`start`](Self::start) with `env` set for the program.
+    fn start_with_env(
+        session: &'static str,
+        cwd: &Path,
+        env: &[(&str, &Path)],
+        args: &[&str],
+    ) -> Self {
         let socket = format!("lors-e2e-{}-{session}", std::process::id());
         let mut cmd = Command::new("tmux");
         cmd.args([
@@ -28,11 +38,14 @@ impl Tmux {
             "24",
             "-s",
             session,
-            "-c",
-        ])
-        .arg(cwd)
-        .arg(env!("CARGO_BIN_EXE_lors"))
-        .args(args);
+        ]);
+        for (name, value) in env {
+            cmd.arg("-e").arg(format!("{name}={}", value.display()));
+        }
+        cmd.arg("-c")
+            .arg(cwd)
+            .arg(env!("CARGO_BIN_EXE_lors"))
+            .args(args);
         assert!(cmd.status().expect("tmux must be installed").success());
         Self { socket, session }
     }
@@ -268,6 +281,85 @@ fn a_run_outlives_its_tui_and_the_next_tui_reattaches() {
     run.request(ControlRequest::Stop).unwrap();
     second.wait_for("stopped step", 60);
     assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+}
+
+/// A run killed without a word (`kill -9`) shows as crashed in the Runs view, and `R` resumes
+/// it there from its newest checkpoint: it trains again, past the step it died at.
+#[test]
+fn a_killed_run_is_resumed_from_the_workbench() {
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let profile = demo_profile(tmp.path(), 100_000);
+    let p = Profile::load(&profile, &["train.save_every=3".into()]).unwrap();
+    std::fs::write(&profile, p.to_toml()).unwrap();
+    let t = Tmux::start("resume", &repo(), &tui_args(&runs, &profile, &[]));
+    t.wait_for("ready to launch", 30);
+    t.send("l");
+    t.wait_for("running step", 120);
+    let run = only_run(&runs);
+    let start = Instant::now();
+    while run.latest_checkpoint().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(60), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let died = run.read_status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", &died.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    t.send("3");
+    keep_screen("runs-crashed", &t.wait_for("crashed", 30));
+    t.send("R");
+    t.wait_for("running step", 120);
+    let start = Instant::now();
+    loop {
+        let s = run.read_status().unwrap();
+        if s.state == RunState::Running && s.pid != died.pid && s.step > died.step {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "not resumed: {s:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    run.request(ControlRequest::Stop).unwrap();
+    t.wait_for("stopped step", 60);
+}
+
+/// With no checkout around it (an empty folder, a fresh cache), plain `lors` opens on the
+/// bundled default, written under the cache, and launches into the folder's own `runs/`.
+#[test]
+fn the_workbench_starts_in_an_empty_folder_on_the_bundled_default() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (here, cache) = (tmp.path().join("empty"), tmp.path().join("cache"));
+    std::fs::create_dir_all(&here).unwrap();
+    let t = Tmux::start_with_env("empty", &here, &[("XDG_CACHE_HOME", &cache)], &[]);
+    keep_screen("empty-folder-setup", &t.wait_for("ready to launch", 60));
+    t.send("l");
+    t.wait_for("running step", 120);
+    let run = only_run(&here.join("runs"));
+    run.request(ControlRequest::Stop).unwrap();
+    t.wait_for("stopped step", 60);
+    t.send("q");
+    let p = Profile::load(&run.profile_path(), &[]).unwrap();
+    let bundled = cache.join("lors/bundled");
+    assert!(
+        p.model.path.starts_with(&bundled),
+        "{}",
+        p.model.path.display()
+    );
+    assert!(
+        p.data.train.starts_with(&bundled),
+        "{}",
+        p.data.train.display()
+    );
+    assert_eq!(
+        std::fs::read_dir(&here).unwrap().count(),
+        1,
+        "only runs/ is written here"
+    );
 }
 
 /// A run whose profile has `[eval]` shows each task's accuracy before and after training in

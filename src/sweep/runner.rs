@@ -58,6 +58,22 @@ pub struct TrialRecord {
     pub note: Option<String>,
 }
 
+impl TrialRecord {
+    /// The trial's state given its run's own (`run`): the sweep's record, unless that says
+    /// `running` and the run has ended since (a scheduler that died could not record it;
+    /// the run's status owns the truth).
+    pub fn current_state(&self, run: Option<RunState>) -> TrialState {
+        match (self.state, run) {
+            (TrialState::Running, Some(RunState::Finished)) => TrialState::Finished,
+            (
+                TrialState::Running,
+                Some(RunState::Failed | RunState::Crashed | RunState::Stopped),
+            ) => TrialState::Failed,
+            (recorded, _) => recorded,
+        }
+    }
+}
+
 /// An early-stopping report, in the order the sweep saw them (replayed on resume).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Report {

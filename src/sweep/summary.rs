@@ -16,11 +16,12 @@ pub struct TrialRow {
 impl TrialRow {
     /// The row of `record`, from its run directory.
     pub fn read(record: &TrialRecord) -> Self {
+        let run = RunSummary::read(&record.run_dir);
         Self {
             index: record.trial.index,
             label: record.trial.label(),
-            state: record.state,
-            run: RunSummary::read(&record.run_dir),
+            state: record.current_state(run.state),
+            run,
         }
     }
 }

@@ -394,9 +394,14 @@ impl Profile {
         for o in overrides {
             apply_override(&mut value, o)?;
         }
-        let profile: Profile = value
-            .try_into()
-            .map_err(|e: toml::de::Error| LorsError::parse(Path::new("profile"), e.to_string()))?;
+        // toml puts the key on a line of its own (`expected usize\nin `adapter.rank``): one
+        // line reads better in the workbench and the terminal.
+        let profile: Profile = value.try_into().map_err(|e: toml::de::Error| {
+            LorsError::parse(
+                Path::new("profile"),
+                e.to_string().trim().replace('\n', " "),
+            )
+        })?;
         profile.validate()?;
         Ok(profile)
     }

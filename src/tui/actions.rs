@@ -1,5 +1,7 @@
 //! What each view does with an [`Action`] from the key table.
 
+use std::path::PathBuf;
+
 use super::app::{App, Confirm, EditTarget, Effect, Modal, Picker, View};
 use super::keys::Action;
 use super::setup::{FieldId, Kind, PickFrom};
@@ -43,24 +45,29 @@ impl App {
                     PickFrom::Models => self.models.clone(),
                     PickFrom::Datasets => self.datasets.clone(),
                 };
-                let value = std::path::Path::new(self.setup.value(id));
-                let selected = items
-                    .iter()
-                    .position(|c| c.path == value)
-                    .unwrap_or(items.len());
-                self.modal = Some(Modal::Picker(Picker {
-                    field: id,
-                    items,
-                    selected,
-                }));
+                let current = std::path::Path::new(self.setup.value(id));
+                self.modal = Some(Modal::Picker(Picker::new(id, items, current)));
             }
             Kind::Choice | Kind::Bool => {}
             _ => self.start_editing(EditTarget::Setup(id)),
         }
     }
 
-    fn launch(&mut self) -> Vec<Effect> {
+    /// Launch the Setup's run, once the model and data checks of the current values are in
+    /// (until then the launch waits and happens when they arrive), and not while the same
+    /// profile's previous launch is still starting.
+    pub(super) fn launch(&mut self) -> Vec<Effect> {
+        if let Some(what) = self.setup.checking(&self.base) {
+            self.launch_waiting = true;
+            self.notice = Some(format!("launching once {what} is checked..."));
+            return Vec::new();
+        }
+        self.launch_waiting = false;
         match self.setup.profile(&self.base) {
+            Ok(p) if self.still_starting(&p) => {
+                self.notice = Some("already launching this profile: wait for its run".into());
+                Vec::new()
+            }
             Ok(p) => {
                 self.setup.error = None;
                 self.focused = None;
@@ -154,6 +161,7 @@ impl App {
                 self.view = View::Run;
             }
             Action::Replay => return vec![Effect::Replay(path)],
+            Action::Resume => return self.resume_run(path),
             Action::EditProfile => {
                 if let Some(p) = self.runs[self.selected_run].profile.clone() {
                     return self.open_in_setup(p);
@@ -171,6 +179,22 @@ impl App {
             _ => {}
         }
         Vec::new()
+    }
+
+    /// Resume the selected run from its newest checkpoint (a detached `lors train --resume`)
+    /// and show it, if it stopped or crashed.
+    fn resume_run(&mut self, path: PathBuf) -> Vec<Effect> {
+        let state = self.runs[self.selected_run]
+            .status
+            .as_ref()
+            .map(|s| s.state);
+        if !matches!(state, Some(RunState::Stopped | RunState::Crashed)) {
+            self.notice = Some("only a stopped or crashed run resumes".into());
+            return Vec::new();
+        }
+        self.focused = Some(path.clone());
+        self.view = View::Run;
+        vec![Effect::ResumeRun(path)]
     }
 
     /// Score the selected run's `[eval]` tasks (or those of the workbench's profile) in the
@@ -210,7 +234,7 @@ impl App {
                 return Vec::new();
             }
             Action::NextSweep => self.board.next_sweep(&self.sweeps),
-            Action::ResumeSweep => return self.resume_sweep(),
+            Action::Resume => return self.resume_sweep(),
             Action::ChartMode => self.board.next_chart(),
             Action::Smooth => {
                 self.board.smooth(step);

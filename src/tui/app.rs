@@ -7,8 +7,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use fuzzy_matcher::skim::SkimMatcherV2;
+use fuzzy_matcher::FuzzyMatcher;
 
 use super::catalog::{Candidate, DataRequest, ProfileEntry};
+use super::input::TextInput;
 use super::keys::{self, Action, Scope};
 use super::setup::FieldId;
 use super::setup::Setup;
@@ -17,7 +20,7 @@ use super::watch::RunInfo;
 use crate::data::DataSummary;
 use crate::model::ModelSummary;
 use crate::sources::hub::Download;
-use crate::train::{ControlRequest, Profile};
+use crate::train::{ControlRequest, Profile, RunState};
 
 /// The views, in Tab order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +61,8 @@ pub enum Effect {
     LaunchSweep(Box<Profile>, toml::Table),
     /// Start a detached `lors sweep --resume` on this sweep directory.
     ResumeSweep(PathBuf),
+    /// Start a detached `lors train --resume` on this run directory.
+    ResumeRun(PathBuf),
     /// Send a control request to a run.
     Control(PathBuf, ControlRequest),
     /// Delete a run directory.
@@ -76,12 +81,48 @@ pub enum Effect {
     SaveProfile(String, Box<Profile>),
 }
 
-/// A list of candidates for a path field, with "type a path" as the last entry.
+/// A list of candidates for a path field, filtered by what is typed (fuzzy, best first);
+/// the entry after the candidates takes the typed text itself as the path or hub id.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Picker {
     pub field: FieldId,
     pub items: Vec<Candidate>,
+    /// The typed text: the filter, and the last entry's path.
+    pub filter: TextInput,
+    /// The entry under the cursor among [`shown`](Self::shown) and the typed entry after them.
     pub selected: usize,
+}
+
+impl Picker {
+    /// A picker over `items` with the cursor on `current`'s entry (or the typed one).
+    pub fn new(field: FieldId, items: Vec<Candidate>, current: &Path) -> Self {
+        let selected = items
+            .iter()
+            .position(|c| c.path == current)
+            .unwrap_or(items.len());
+        Self {
+            field,
+            items,
+            filter: TextInput::default(),
+            selected,
+        }
+    }
+
+    /// The candidates that match the filter, best first (all, in order, without one).
+    pub fn shown(&self) -> Vec<&Candidate> {
+        let pattern = self.filter.value();
+        if pattern.is_empty() {
+            return self.items.iter().collect();
+        }
+        let matcher = SkimMatcherV2::default();
+        let mut scored: Vec<(i64, &Candidate)> = self
+            .items
+            .iter()
+            .filter_map(|c| Some((matcher.fuzzy_match(&c.label, pattern)?, c)))
+            .collect();
+        scored.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
+        scored.into_iter().map(|(_, c)| c).collect()
+    }
 }
 
 /// A question waiting for y/n.
@@ -95,7 +136,7 @@ pub enum Confirm {
 /// A profile name being typed, and the profile it will save.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Naming {
-    pub text: String,
+    pub input: TextInput,
     pub profile: Box<Profile>,
 }
 
@@ -110,7 +151,7 @@ pub enum EditTarget {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Editing {
     pub target: EditTarget,
-    pub text: String,
+    pub input: TextInput,
 }
 
 /// The one thing in front of the views that takes the keys, if any.
@@ -198,6 +239,10 @@ pub struct App {
     pub zoom_last: Option<usize>,
     /// One line of feedback in the footer.
     pub notice: Option<String>,
+    /// A launch asked for while the Setup's checks were running: it happens when they end.
+    pub launch_waiting: bool,
+    /// The profile of the newest launch and its run directory, while that run is starting.
+    pub starting: Option<(Box<Profile>, PathBuf)>,
     pub quit: bool,
 }
 
@@ -232,6 +277,8 @@ impl App {
             log_scale: false,
             zoom_last: None,
             notice: None,
+            launch_waiting: false,
+            starting: None,
             quit: false,
         }
     }
@@ -249,9 +296,9 @@ impl App {
     }
 
     /// The text being typed into `target`, while it is being edited.
-    pub fn edit_text(&self, target: EditTarget) -> Option<&str> {
+    pub fn edit_text(&self, target: EditTarget) -> Option<&TextInput> {
         match &self.modal {
-            Some(Modal::Editing(e)) if e.target == target => Some(&e.text),
+            Some(Modal::Editing(e)) if e.target == target => Some(&e.input),
             _ => None,
         }
     }
@@ -289,8 +336,24 @@ impl App {
         self.marked
             .retain(|m| self.runs.iter().any(|r| &r.path == m));
         if self.focused.is_none() {
-            self.focused = self.runs.last().map(|r| r.path.clone());
+            self.focused = default_focus(&self.runs);
         }
+        if let Some((_, dir)) = &self.starting {
+            let started = self.runs.iter().any(|r| {
+                &r.path == dir
+                    && r.status
+                        .as_ref()
+                        .is_some_and(|s| s.state != RunState::Initializing)
+            });
+            if started {
+                self.starting = None;
+            }
+        }
+    }
+
+    /// Whether `p` is the profile of a launch whose run has not started training yet.
+    pub(super) fn still_starting(&self, p: &Profile) -> bool {
+        self.starting.as_ref().is_some_and(|(q, _)| **q == *p)
     }
 
     /// New sweep data from the watcher; the Sweeps view shows the newest sweep until the
@@ -326,13 +389,13 @@ impl App {
     }
 
     /// The description of the model at `path`, if it is still the one in Setup.
-    pub fn set_model(&mut self, path: &Path, result: Result<ModelSummary, String>) {
+    pub fn set_model(&mut self, path: &Path, result: Result<ModelSummary, String>) -> Vec<Effect> {
         if self.setup.model_path() != path {
-            return;
+            return Vec::new();
         }
         self.setup.download = None;
         self.setup.model = Some(result);
-        self.revalidate();
+        self.checked()
     }
 
     /// The count of a data file, if the request still matches the Setup.
@@ -341,17 +404,26 @@ impl App {
         field: FieldId,
         req: &DataRequest,
         result: Result<DataSummary, String>,
-    ) {
+    ) -> Vec<Effect> {
         let current = self.setup.data_requests(&self.base);
         if !current.contains(&(field, req.clone())) {
-            return;
+            return Vec::new();
         }
         self.setup.data.retain(|(f, _)| *f != field);
         self.setup.data.push((field, result));
         self.setup
             .data
             .sort_by_key(|(f, _)| *f != FieldId::TrainData);
+        self.checked()
+    }
+
+    /// A check came in: re-validate, and launch if a launch was waiting for the checks.
+    fn checked(&mut self) -> Vec<Effect> {
         self.revalidate();
+        if self.launch_waiting && self.setup.checking(&self.base).is_none() {
+            return self.launch();
+        }
+        Vec::new()
     }
 
     pub(super) fn revalidate(&mut self) {
@@ -369,6 +441,7 @@ impl App {
 
     /// A field changed value: re-validate, and re-inspect what depends on it.
     pub(super) fn field_changed(&mut self, id: FieldId) -> Vec<Effect> {
+        self.launch_waiting = false;
         self.revalidate();
         match id {
             FieldId::Model => {
@@ -393,7 +466,7 @@ impl App {
             return Vec::new();
         }
         if let Some(modal) = self.modal.take() {
-            return self.modal_key(modal, key.code);
+            return self.modal_key(modal, key);
         }
         match keys::action_for(self.scope(), key.code) {
             Some((action, nth)) => self.perform(action, nth),
@@ -431,10 +504,10 @@ impl App {
     }
 
     /// A key for the open modal; the modal stays open unless the key closes it.
-    fn modal_key(&mut self, modal: Modal, key: KeyCode) -> Vec<Effect> {
+    fn modal_key(&mut self, modal: Modal, key: KeyEvent) -> Vec<Effect> {
         match modal {
             Modal::Help => Vec::new(),
-            Modal::Confirm(c) => self.confirm_key(c, key),
+            Modal::Confirm(c) => self.confirm_key(c, key.code),
             Modal::Naming(n) => self.naming_key(n, key),
             Modal::Editing(e) => self.edit_key(e, key),
             Modal::Picker(p) => self.picker_key(p, key),
@@ -456,20 +529,16 @@ impl App {
     /// Start typing a name to save `profile` under in the profiles folder.
     pub(super) fn start_naming(&mut self, profile: Profile) {
         self.modal = Some(Modal::Naming(Naming {
-            text: String::new(),
+            input: TextInput::default(),
             profile: Box::new(profile),
         }));
     }
 
-    fn naming_key(&mut self, mut n: Naming, key: KeyCode) -> Vec<Effect> {
-        match key {
-            KeyCode::Char(c) => n.text.push(c),
-            KeyCode::Backspace => {
-                n.text.pop();
-            }
+    fn naming_key(&mut self, mut n: Naming, key: KeyEvent) -> Vec<Effect> {
+        match key.code {
             KeyCode::Esc => return Vec::new(),
             KeyCode::Enter => {
-                let name = n.text.trim().trim_end_matches(".toml").to_string();
+                let name = n.input.value().trim().trim_end_matches(".toml").to_string();
                 if !valid_profile_name(&name) {
                     self.notice = Some(format!(
                         "`{name}` is not a profile name (letters, digits, - _ .)"
@@ -482,32 +551,43 @@ impl App {
                 }
                 return vec![Effect::SaveProfile(name, n.profile)];
             }
-            _ => {}
+            _ => {
+                n.input.key(key);
+            }
         }
         self.modal = Some(Modal::Naming(n));
         Vec::new()
     }
 
-    fn picker_key(&mut self, mut p: Picker, key: KeyCode) -> Vec<Effect> {
-        let n = p.items.len() + 1;
-        match key {
-            KeyCode::Up => p.selected = (p.selected + n - 1) % n,
-            KeyCode::Down => p.selected = (p.selected + 1) % n,
+    /// Up/Down move (without wrapping), typing filters, Enter picks the entry under the
+    /// cursor: a candidate, the typed text, or with nothing typed an edit of the current value.
+    fn picker_key(&mut self, mut p: Picker, key: KeyEvent) -> Vec<Effect> {
+        let last = p.shown().len();
+        match key.code {
+            KeyCode::Up => p.selected = p.selected.saturating_sub(1),
+            KeyCode::Down => p.selected = (p.selected + 1).min(last),
             KeyCode::Esc => return Vec::new(),
             KeyCode::Enter => {
                 self.setup.select(p.field);
-                return match p.items.get(p.selected) {
-                    Some(c) => {
-                        self.setup.set(p.field, &c.path.display().to_string());
-                        self.field_changed(p.field)
-                    }
-                    None => {
+                let picked = match p.shown().get(p.selected) {
+                    Some(c) => c.path.display().to_string(),
+                    None if p.filter.value().is_empty() => {
                         self.start_editing(EditTarget::Setup(p.field));
-                        Vec::new()
+                        return Vec::new();
                     }
+                    None => p.filter.value().trim().to_string(),
                 };
+                if picked == self.setup.value(p.field) {
+                    return Vec::new();
+                }
+                self.setup.set(p.field, &picked);
+                return self.field_changed(p.field);
             }
-            _ => {}
+            _ => {
+                if p.filter.key(key) {
+                    p.selected = 0;
+                }
+            }
         }
         self.modal = Some(Modal::Picker(p));
         Vec::new()
@@ -523,18 +603,19 @@ impl App {
                 .as_ref()
                 .map_or(String::new(), |form| form.text(f)),
         };
-        self.modal = Some(Modal::Editing(Editing { target, text }));
+        self.modal = Some(Modal::Editing(Editing {
+            target,
+            input: TextInput::new(&text),
+        }));
     }
 
-    fn edit_key(&mut self, mut e: Editing, key: KeyCode) -> Vec<Effect> {
-        match key {
-            KeyCode::Char(c) => e.text.push(c),
-            KeyCode::Backspace => {
-                e.text.pop();
-            }
+    fn edit_key(&mut self, mut e: Editing, key: KeyEvent) -> Vec<Effect> {
+        match key.code {
             KeyCode::Esc => return Vec::new(),
             KeyCode::Enter => return self.finish_edit(e),
-            _ => {}
+            _ => {
+                e.input.key(key);
+            }
         }
         self.modal = Some(Modal::Editing(e));
         Vec::new()
@@ -542,18 +623,36 @@ impl App {
 
     fn finish_edit(&mut self, e: Editing) -> Vec<Effect> {
         match e.target {
-            EditTarget::Setup(id) if self.setup.value(id) != e.text => {
-                self.setup.set(id, &e.text);
+            EditTarget::Setup(id) if self.setup.value(id) != e.input.value() => {
+                self.setup.set(id, e.input.value());
                 self.field_changed(id)
             }
             EditTarget::Setup(_) => Vec::new(),
             EditTarget::Sweep(f) => {
                 if let Some(slot) = self.board.form.as_mut().and_then(|form| form.text_mut(f)) {
-                    *slot = e.text;
+                    *slot = e.input.value().to_string();
                 }
                 self.check_sweep_form();
                 Vec::new()
             }
         }
     }
+}
+
+/// The run the Run view opens on: the newest one still going (re-attaching after an SSH
+/// drop lands on it), else the newest. A run's start is its status's last write less its
+/// elapsed time; one without a status yet is just being created, so it counts as newest.
+fn default_focus(runs: &[RunInfo]) -> Option<PathBuf> {
+    let started = |r: &&RunInfo| {
+        r.status
+            .as_ref()
+            .map_or(f64::INFINITY, |s| s.updated_at - s.elapsed_s)
+    };
+    let newest = |runs: Vec<&RunInfo>| {
+        runs.into_iter()
+            .max_by(|a, b| started(a).total_cmp(&started(b)))
+            .map(|r| r.path.clone())
+    };
+    let active = |r: &&RunInfo| r.status.as_ref().is_some_and(|s| s.state.is_active());
+    newest(runs.iter().filter(active).collect()).or_else(|| newest(runs.iter().collect()))
 }

@@ -18,6 +18,17 @@ pub enum Scope {
 }
 
 impl Scope {
+    /// Every scope, global first (the order of the help and the docs).
+    pub const ALL: [Scope; 7] = [
+        Scope::Global,
+        Scope::Setup,
+        Scope::Run,
+        Scope::Runs,
+        Scope::Sweeps,
+        Scope::SweepForm,
+        Scope::Profiles,
+    ];
+
     pub fn title(self) -> &'static str {
         match self {
             Scope::Global => "everywhere",
@@ -70,7 +81,8 @@ pub enum Action {
     Smooth,
     NextParam,
     Promote,
-    ResumeSweep,
+    /// Resume a stopped or crashed run, or a sweep whose scheduler is gone.
+    Resume,
     Back,
 }
 
@@ -138,6 +150,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Runs, &[Char('r')], A::Replay, "replay", "replay (same profile and seed)"),
     bind(S::Runs, &[Char('e')], A::EditProfile, "edit", "open its profile in Setup"),
     bind(S::Runs, &[Char('d')], A::Delete, "delete", "delete (asks)"),
+    bind(S::Runs, &[Char('R')], A::Resume, "resume", "resume a stopped or crashed run"),
     bind(S::Sweeps, UP_DOWN, A::Move, "", "select a trial"),
     bind(S::Sweeps, &[Char('f')], A::NextSweep, "sweep", "show the next sweep"),
     bind(S::Sweeps, &[Char('s')], A::SortNext, "sort", "sort by the next column"),
@@ -149,7 +162,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Sweeps, &[Char('e')], A::EditProfile, "setup", "open the trial in Setup"),
     bind(S::Sweeps, &[Enter], A::Activate, "", "open the trial in Run"),
     bind(S::Sweeps, &[Char('n')], A::NewSweep, "new", "define a new sweep"),
-    bind(S::Sweeps, &[Char('R')], A::ResumeSweep, "", "resume a sweep whose lors sweep is gone"),
+    bind(S::Sweeps, &[Char('R')], A::Resume, "", "resume a sweep whose lors sweep is gone"),
     bind(S::SweepForm, UP_DOWN, A::Move, "", "previous / next field"),
     bind(S::SweepForm, &[Enter], A::Activate, "edit", "edit the field"),
     bind(S::SweepForm, LEFT_RIGHT, A::Cycle, "", "previous / next choice (the `< >` fields)"),
@@ -227,23 +240,35 @@ pub fn help_lines(scope: Scope) -> Vec<String> {
     section(scope).chain(section(Scope::Global)).collect()
 }
 
+/// The key table as Markdown, a table per scope (`docs/workbench.md` holds it, and
+/// `tests/docs.rs` keeps the two equal).
+pub fn markdown() -> String {
+    let mut out = String::new();
+    for scope in Scope::ALL {
+        out.push_str(&format!(
+            "\n**{}**\n\n| keys | what |\n| --- | --- |\n",
+            scope.title()
+        ));
+        for b in BINDINGS.iter().filter(|b| b.scope == scope) {
+            out.push_str(&format!("| `{}` | {} |\n", keys_text(b), b.help));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SCOPES: [Scope; 6] = [
-        Scope::Setup,
-        Scope::Run,
-        Scope::Runs,
-        Scope::Sweeps,
-        Scope::SweepForm,
-        Scope::Profiles,
-    ];
+    /// The views' scopes (all but the global one).
+    fn views() -> impl Iterator<Item = Scope> {
+        Scope::ALL.into_iter().filter(|&s| s != Scope::Global)
+    }
 
     /// No key means two things in one view (its own bindings and the global ones).
     #[test]
     fn no_key_is_bound_twice_in_a_scope() {
-        for scope in SCOPES {
+        for scope in views() {
             let mut seen = Vec::new();
             for b in BINDINGS
                 .iter()
@@ -260,7 +285,7 @@ mod tests {
     /// The footer keeps whole hints within its width; at 80 columns Setup's all fit.
     #[test]
     fn the_footer_fits_whole_hints() {
-        for scope in SCOPES {
+        for scope in views() {
             assert!(footer(scope, 79).chars().count() <= 79, "{scope:?}");
         }
         let setup = footer(Scope::Setup, 79);

@@ -68,8 +68,19 @@ pub fn sweep(base: &Profile, sweep: &toml::Table, runs_dir: &Path) -> Result<Pat
 /// Resume the sweep in `dir` whose `lors sweep` is gone (`lors sweep --resume`); returns its
 /// log, `<dir>/resume-<stamp>.log`.
 pub fn resume_sweep(dir: &Path) -> Result<PathBuf> {
+    resume("sweep", dir)
+}
+
+/// Resume the stopped or crashed run in `dir` from its newest checkpoint (`lors train
+/// --resume`); returns its log, `<dir>/resume-<stamp>.log`.
+pub fn resume_run(dir: &Path) -> Result<PathBuf> {
+    resume("train", dir)
+}
+
+/// `lors <command> --resume <dir>`, detached, logging to `<dir>/resume-<stamp>.log`.
+fn resume(command: &str, dir: &Path) -> Result<PathBuf> {
     let log = dir.join(format!("resume-{}.log", stamp()));
-    spawn_detached(&["sweep".into(), "--resume".into(), dir.into()], &log)?;
+    spawn_detached(&[command.into(), "--resume".into(), dir.into()], &log)?;
     Ok(log)
 }
 

@@ -12,6 +12,7 @@
 mod actions;
 pub mod app;
 pub mod catalog;
+pub mod input;
 pub mod keys;
 pub mod launch;
 pub mod plot;
@@ -22,7 +23,7 @@ pub mod theme;
 pub mod views;
 pub mod watch;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossterm::event::{Event, EventStream, KeyEventKind};
@@ -66,10 +67,14 @@ pub enum Update {
 }
 
 impl Update {
-    /// Hand the result to the state machine.
-    pub fn apply(self, app: &mut App) {
+    /// Hand the result to the state machine; returns what it asks for next (a launch that
+    /// waited for this check).
+    pub fn apply(self, app: &mut App) -> Vec<Effect> {
         match self {
-            Update::Download(path, d) => app.set_download(&path, d),
+            Update::Download(path, d) => {
+                app.set_download(&path, d);
+                Vec::new()
+            }
             Update::Model(path, r) => app.set_model(&path, r),
             Update::Data(key, req, r) => app.set_data(key, &req, r),
         }
@@ -117,6 +122,9 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
         Effect::SaveProfile(name, profile) => save_profile(app, opts, &name, &profile),
         Effect::Launch(p) => {
             let dir = started(app, launch::launch(&p, runs), "launched", "launch failed");
+            if let Some(dir) = &dir {
+                app.starting = Some((p, dir.clone()));
+            }
             app.focused = dir.or(app.focused.take());
         }
         Effect::Replay(run) => {
@@ -134,12 +142,8 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
                 app.board.sweep = Some(dir);
             }
         }
-        Effect::ResumeSweep(dir) => {
-            app.notice = Some(match launch::resume_sweep(&dir) {
-                Ok(log) => format!("resuming {} (log: {})", dir.display(), log.display()),
-                Err(e) => format!("resume failed: {e}"),
-            })
-        }
+        Effect::ResumeSweep(dir) => resumed(app, &dir, launch::resume_sweep(&dir)),
+        Effect::ResumeRun(dir) => resumed(app, &dir, launch::resume_run(&dir)),
         Effect::Evaluate(run, suite) => {
             app.notice = Some(match launch::evaluate(&run, &suite) {
                 Ok(progress) => format!(
@@ -189,6 +193,14 @@ fn inspect_model(path: PathBuf, tx: UnboundedSender<Update>) {
 
 /// Say in the footer whether a detached process started into its directory; the directory
 /// when it did.
+/// Say where a resume of `dir` logs, or why it did not start.
+fn resumed(app: &mut App, dir: &Path, log: Result<PathBuf>) {
+    app.notice = Some(match log {
+        Ok(log) => format!("resuming {} (log: {})", dir.display(), log.display()),
+        Err(e) => format!("resume failed: {e}"),
+    });
+}
+
 fn started(app: &mut App, result: Result<PathBuf>, done: &str, failed: &str) -> Option<PathBuf> {
     match result {
         Ok(dir) => {
@@ -252,7 +264,9 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
                     _ => {}
                 },
                 Some(update) = rx.recv() => {
-                    update.apply(&mut app);
+                    for effect in update.apply(&mut app) {
+                        apply(&mut app, effect, opts, &tx);
+                    }
                     dirty = true;
                 }
                 _ = tick.tick() => {

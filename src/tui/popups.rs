@@ -1,11 +1,12 @@
 //! The popups in front of the views, one per [`Modal`]: help, the path picker, the profile
 //! name, and y/n questions. A text edit is drawn in place by its view.
 
-use ratatui::layout::Rect;
-use ratatui::widgets::{Clear, List, ListItem, ListState, Paragraph};
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::widgets::{Clear, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, Confirm, Modal, Picker};
+use super::input::TextInput;
 use super::keys;
 use super::theme::Theme;
 
@@ -16,27 +17,30 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Some(Modal::Help) => draw_help(f, area, app, theme),
         Some(Modal::Picker(p)) => draw_picker(f, area, p, theme),
         Some(Modal::Naming(n)) => {
-            let r = centered(area, 60, 3);
-            f.render_widget(Clear, r);
-            f.render_widget(
-                Paragraph::new(format!("{}_", n.text)).block(theme.block(&format!(
-                    "save profile as {}/<name>.toml",
-                    app.profiles_dir.display()
-                ))),
-                r,
-            );
+            let title = format!("save profile as {}/<name>.toml", app.profiles_dir.display());
+            draw_input(f, centered(area, 60, 3), &n.input, &title, theme);
         }
-        Some(Modal::Confirm(c)) => {
-            let text = match c {
-                Confirm::Stop(p) => format!("Stop {}? It checkpoints first. (y/n)", name(p)),
-                Confirm::Delete(p) => format!("Delete {} and all its files? (y/n)", name(p)),
-                Confirm::Overwrite(n, _) => format!("Profile {n} exists. Overwrite it? (y/n)"),
-            };
-            let r = centered(area, 60, 3);
-            f.render_widget(Clear, r);
-            f.render_widget(Paragraph::new(text).block(theme.block("confirm")), r);
-        }
+        Some(Modal::Confirm(c)) => draw_confirm(f, area, c, theme),
     }
+}
+
+/// The keys that answer a [`Modal::Confirm`].
+const CONFIRM_KEYS: &str = "y: yes   any other key (n, Esc, Enter): no";
+
+/// A yes/no question, wrapped to the screen, naming what it acts on (a deletion its whole
+/// path) and the keys that answer it.
+fn draw_confirm(f: &mut Frame, area: Rect, c: &Confirm, theme: Theme) {
+    let question = match c {
+        Confirm::Stop(p) => format!("Stop {}? It checkpoints first.", name(p)),
+        Confirm::Delete(p) => format!("Delete {} and all its files?", p.display()),
+        Confirm::Overwrite(n, _) => format!("Profile {n} exists. Overwrite it?"),
+    };
+    let text = Paragraph::new(format!("{question}\n\n{CONFIRM_KEYS}")).wrap(Wrap { trim: true });
+    let width = area.width.min(72);
+    let height = text.line_count(width.saturating_sub(2)) as u16 + 2;
+    let r = centered(area, width, height);
+    f.render_widget(Clear, r);
+    f.render_widget(text.block(theme.block("confirm")), r);
 }
 
 /// The footer's hints while a modal takes the keys.
@@ -44,9 +48,11 @@ pub fn hints(app: &App) -> Option<String> {
     Some(
         match app.modal.as_ref()? {
             Modal::Help => "any key closes the help",
-            Modal::Picker(_) => "Up/Dn choose  Enter pick  Esc cancel",
-            Modal::Naming(_) | Modal::Editing(_) => "type  Enter ok  Esc cancel",
-            Modal::Confirm(_) => "y yes  any other key no",
+            Modal::Picker(_) => "type to filter  Up/Dn choose  Enter pick  Esc cancel",
+            Modal::Naming(_) | Modal::Editing(_) => {
+                "type  Lt/Rt Home/End move  ^U ^W delete  Enter ok  Esc cancel"
+            }
+            Modal::Confirm(_) => CONFIRM_KEYS,
         }
         .to_string(),
     )
@@ -70,25 +76,40 @@ pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
     )
 }
 
+/// A one-line text box in `r` with its title, the terminal's cursor at the input's.
+fn draw_input(f: &mut Frame, r: Rect, input: &TextInput, title: &str, theme: Theme) {
+    f.render_widget(Clear, r);
+    f.render_widget(Paragraph::new(input.value()).block(theme.block(title)), r);
+    let x = (r.x + 1 + input.cursor() as u16).min(r.right().saturating_sub(2));
+    f.set_cursor_position((x, r.y + 1));
+}
+
+/// The typed filter above the candidates it leaves, best first, and the typed entry.
 fn draw_picker(f: &mut Frame, area: Rect, p: &Picker, theme: Theme) {
     let mut items: Vec<ListItem> = p
-        .items
+        .shown()
         .iter()
         .map(|c| ListItem::new(format!("{} [{}]", c.label, c.origin)))
         .collect();
-    items.push(ListItem::new("(type a path or hub id...)"));
+    items.push(ListItem::new(match p.filter.value() {
+        "" => "(type to filter, or a path or hub id; Enter here edits the value)".to_string(),
+        typed => format!("use \"{typed}\" as typed"),
+    }));
     let r = centered(
         area,
         area.width.saturating_sub(8),
         area.height.saturating_sub(6),
     );
-    f.render_widget(Clear, r);
+    let [filter, list] = Layout::vertical([Constraint::Length(3), Constraint::Min(1)]).areas(r);
+    let title = format!("pick {}: type to filter", p.field.label());
+    draw_input(f, filter, &p.filter, &title, theme);
+    f.render_widget(Clear, list);
     let mut state = ListState::default().with_selected(Some(p.selected));
     f.render_stateful_widget(
         List::new(items)
-            .block(theme.block(&format!("pick {} (Enter, Esc)", p.field.label())))
+            .block(theme.block("Up/Dn, Enter picks, Esc cancels"))
             .highlight_style(theme.selected()),
-        r,
+        list,
         &mut state,
     );
 }

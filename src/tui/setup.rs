@@ -328,6 +328,19 @@ impl Setup {
         Ok(p)
     }
 
+    /// What is still being checked for the current values (the model, or a data file), if
+    /// anything: until it is in, [`profile`](Self::profile) cannot know they are valid.
+    pub fn checking(&self, base: &Profile) -> Option<&'static str> {
+        if self.model.is_none() {
+            return Some("the model");
+        }
+        let counted = |id: FieldId| self.data.iter().any(|(f, _)| *f == id);
+        self.data_requests(base)
+            .iter()
+            .any(|(id, _)| !counted(*id))
+            .then_some("the data")
+    }
+
     /// The model must be readable and the rank must fit its smallest adapted layer.
     fn check_rank(&self, p: &Profile) -> Result<(), String> {
         let m = match &self.model {

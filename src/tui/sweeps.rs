@@ -54,10 +54,11 @@ impl SweepInfo {
         }
     }
 
-    /// `4/6 done, 1 running, 1 stopped early`, and whether it lost its scheduler.
-    pub fn progress(&self) -> String {
-        let s = &self.state;
-        let ended = s.trials.len() - s.count(TrialState::Pending) - s.count(TrialState::Running);
+    /// `4/6 done, 1 running, 1 stopped early` over `rows` (the trials as their runs report
+    /// them), and whether the sweep lost its scheduler.
+    pub fn progress(&self, rows: &[TrialView]) -> String {
+        let count = |state: TrialState| rows.iter().filter(|r| r.state() == state).count();
+        let ended = rows.len() - count(TrialState::Pending) - count(TrialState::Running);
         let orphan = if self.orphaned() {
             "; its lors sweep is gone: R resumes"
         } else {
@@ -65,9 +66,9 @@ impl SweepInfo {
         };
         format!(
             "{ended}/{} done, {} running, {} stopped early{orphan}",
-            s.trials.len(),
-            s.count(TrialState::Running),
-            s.count(TrialState::StoppedEarly)
+            rows.len(),
+            count(TrialState::Running),
+            count(TrialState::StoppedEarly)
         )
     }
 
@@ -150,6 +151,12 @@ enum SortValue {
 }
 
 impl<'a> TrialView<'a> {
+    /// The trial's state, its own run's where the sweep's record is behind.
+    pub fn state(&self) -> TrialState {
+        let run = self.run.and_then(|r| r.status.as_ref()).map(|s| s.state);
+        self.record.current_state(run)
+    }
+
     /// The cell of `column` (`axes` names the swept keys).
     pub fn cell(&self, column: Column, axes: &[String]) -> String {
         let num = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
@@ -160,7 +167,7 @@ impl<'a> TrialView<'a> {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
             }),
-            Column::State => self.record.state.to_string(),
+            Column::State => self.state().to_string(),
             Column::BestVal => self
                 .best_val()
                 .map_or("-".into(), |b| format!("{b:.3}/{:.1}", b.exp())),

@@ -14,6 +14,7 @@ use ratatui::widgets::{List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, View};
+use super::input::TextInput;
 use super::keys;
 use super::plot::{self, Plot, Series};
 use super::popups;
@@ -119,20 +120,19 @@ fn view_points(pts: &[(usize, f64)], start: f64, log: bool) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Curves on shared axes, the `i`th with the `i`th symbol and colour (as the tables mark
-/// their rows); lines, or points only.
+/// Curves on shared axes, each `(key, points)` drawn with the `key`th symbol and colour (as
+/// the tables mark their rows); lines, or points only.
 fn draw_overlay(
     f: &mut Frame,
     area: Rect,
     title: &str,
-    curves: &[Vec<(f64, f64)>],
+    curves: &[(usize, Vec<(f64, f64)>)],
     line: bool,
     theme: Theme,
 ) {
     let series = curves
         .iter()
-        .enumerate()
-        .map(|(i, points)| Series {
+        .map(|&(i, ref points)| Series {
             symbol: SYMBOLS[i % SYMBOLS.len()],
             style: theme.fg(theme.series_color(i)),
             points,
@@ -152,11 +152,11 @@ struct FormLine<'a> {
     label: String,
     value: String,
     choice: bool,
-    typed: Option<&'a str>,
+    typed: Option<&'a TextInput>,
 }
 
-/// A form as a list, `label value` per line (labels padded to `width`): the typed text with a
-/// cursor while a field is edited, `< value >` for choices.
+/// A form as a list, `label value` per line (labels padded to `width`): the typed text with
+/// the terminal's cursor in it while a field is edited, `< value >` for choices.
 fn draw_fields<'a>(
     f: &mut Frame,
     area: Rect,
@@ -166,10 +166,15 @@ fn draw_fields<'a>(
     width: usize,
     theme: Theme,
 ) {
+    let mut cursor = None;
     let items: Vec<ListItem> = lines
-        .map(|l| {
+        .enumerate()
+        .map(|(row, l)| {
             let shown = match l.typed {
-                Some(text) => format!("{text}_"),
+                Some(input) => {
+                    cursor = Some((row, input.cursor()));
+                    input.value().to_string()
+                }
                 None if l.choice => format!("< {} >", l.value),
                 None => l.value,
             };
@@ -184,4 +189,10 @@ fn draw_fields<'a>(
         area,
         &mut state,
     );
+    if let Some((row, column)) = cursor {
+        let x = area.x as usize + 1 + width + 1 + column;
+        let y = (area.y as usize + 1 + row).saturating_sub(state.offset());
+        let right = area.right().saturating_sub(2) as usize;
+        f.set_cursor_position((x.min(right) as u16, y as u16));
+    }
 }

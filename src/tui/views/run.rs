@@ -31,9 +31,17 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Constraint::Length(bottom_h),
     ])
     .areas(area);
-    let (step, total, eta, elapsed) = run.status.as_ref().map_or((0, 0, None, 0.0), |s| {
-        (s.step, s.total_steps, s.eta_s, s.elapsed_s)
-    });
+    let (step, total, elapsed) = run
+        .status
+        .as_ref()
+        .map_or((0, 0, 0.0), |s| (s.step, s.total_steps, s.elapsed_s));
+    // An ETA only while the run is running: a stopped, crashed or paused one has none.
+    let eta = run
+        .status
+        .as_ref()
+        .filter(|s| s.state == RunState::Running)
+        .and_then(|s| s.eta_s)
+        .map_or(String::new(), |e| format!("  ETA {e:.0}s"));
     let ratio = if total > 0 {
         step as f64 / total as f64
     } else {
@@ -47,11 +55,9 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         // Pruning or gradient-init progress before the first step.
         Some(m) => format!("initializing: {m}  elapsed {elapsed:.0}s"),
         None => format!(
-            "{} {} step {step}/{total}  elapsed {:.0}s  ETA {}",
+            "{} {} step {step}/{total}  elapsed {elapsed:.0}s{eta}",
             ascii_bar(ratio, (head.width as usize / 4).clamp(5, 30)),
             state_text(run),
-            elapsed,
-            eta.map_or("-".into(), |e| format!("{e:.0}s"))
         ),
     };
     f.render_widget(Paragraph::new(text).block(theme.block(&run.name)), head);

@@ -124,9 +124,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if overlay.is_empty() {
         return;
     }
-    let curves: Vec<Vec<(f64, f64)>> = overlay
+    let curves: Vec<(usize, Vec<(f64, f64)>)> = overlay
         .iter()
-        .map(|r| view_points(&r.summary.train_curve, f64::MIN, app.log_scale))
+        .enumerate()
+        .map(|(i, r)| {
+            (
+                i,
+                view_points(&r.summary.train_curve, f64::MIN, app.log_scale),
+            )
+        })
         .collect();
     let title = "train loss of the marked runs (symbol in the run column)";
     draw_overlay(f, chart_area, title, &curves, true, theme);

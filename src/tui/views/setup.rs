@@ -124,9 +124,14 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
             Err(e) => Line::styled(format!("{label}: {e}"), theme.fg(Color::Red)),
         });
     }
-    match &s.error {
-        Some(e) => lines.push(Line::styled(format!("invalid: {e}"), theme.fg(Color::Red))),
-        None => lines.push(Line::styled("ready to launch (l)", theme.fg(Color::Green))),
+    // Ready only once the checks are in: until then `l` waits for them.
+    match (&s.error, s.checking(&app.base)) {
+        (Some(e), _) => lines.push(Line::styled(format!("invalid: {e}"), theme.fg(Color::Red))),
+        (None, Some(what)) => lines.push(Line::styled(
+            format!("checking {what}... (l launches once it passes)"),
+            theme.fg(Color::Yellow),
+        )),
+        (None, None) => lines.push(Line::styled("ready to launch (l)", theme.fg(Color::Green))),
     }
     lines
 }

@@ -85,8 +85,8 @@ impl Shown<'_> {
             .collect();
         let body: Vec<Row> = rows
             .iter()
-            .enumerate()
-            .map(|(i, r)| {
+            .map(|r| {
+                let i = r.record.trial.index;
                 let cells = columns.iter().map(|c| {
                     let text = r.cell(*c, &sweep.axes);
                     match c {
@@ -100,7 +100,7 @@ impl Shown<'_> {
                 Row::new(cells)
             })
             .collect();
-        let title = format!("{}: {}", sweep.name, sweep.progress());
+        let title = format!("{}: {}", sweep.name, sweep.progress(rows));
         let table = Table::new(body, columns.iter().map(|c| Constraint::Length(width(*c))))
             .header(Row::new(header).style(theme.fg(Color::Cyan)))
             .row_highlight_style(theme.selected())
@@ -111,19 +111,26 @@ impl Shown<'_> {
 
     fn draw_chart(&self, f: &mut Frame, area: Rect) {
         let (board, rows, theme) = (self.board, &self.rows, self.theme);
-        let summaries = rows.iter().map(|r| r.run.map(|run| &run.summary));
+        // Each trial keeps its symbol and colour (by its index) however the table is sorted.
+        let summaries = rows
+            .iter()
+            .map(|r| (r.record.trial.index, r.run.map(|run| &run.summary)));
         match board.chart {
             ChartMode::Valid => {
-                let curves: Vec<Vec<(f64, f64)>> = summaries
-                    .map(|s| s.map_or(Vec::new(), |s| view_points(&s.eval_curve, f64::MIN, false)))
+                let curves: Vec<(usize, Vec<(f64, f64)>)> = summaries
+                    .map(|(i, s)| {
+                        let points =
+                            s.map_or(Vec::new(), |s| view_points(&s.eval_curve, f64::MIN, false));
+                        (i, points)
+                    })
                     .collect();
                 let title = "validation loss per step (c: chart)";
                 draw_overlay(f, area, title, &curves, true, theme);
             }
             ChartMode::Train => {
                 let w = board.smoothing();
-                let curves: Vec<Vec<(f64, f64)>> = summaries
-                    .map(|s| s.map_or(Vec::new(), |s| ema(&s.train_curve, w)))
+                let curves: Vec<(usize, Vec<(f64, f64)>)> = summaries
+                    .map(|(i, s)| (i, s.map_or(Vec::new(), |s| ema(&s.train_curve, w))))
                     .collect();
                 let title = format!("train loss, EMA {w} ([ ] smoothing, c: chart)");
                 draw_overlay(f, area, &title, &curves, true, theme);
@@ -137,22 +144,24 @@ impl Shown<'_> {
         let Some(key) = self.sweep.axes.get(self.board.param) else {
             return;
         };
-        let values: Vec<Option<(f64, f64)>> = self
+        let values: Vec<(usize, Option<(f64, f64)>)> = self
             .rows
             .iter()
             .map(|r| {
-                let x = numeric(r.record.trial.values.get(key)?)?;
-                Some((x, r.best_val()?))
+                let point = (|| {
+                    let x = numeric(r.record.trial.values.get(key)?)?;
+                    Some((x, r.best_val()?))
+                })();
+                (r.record.trial.index, point)
             })
             .collect();
-        let xs: Vec<f64> = values.iter().flatten().map(|p| p.0).collect();
+        let xs: Vec<f64> = values.iter().filter_map(|(_, p)| p.map(|p| p.0)).collect();
         let log = log_axis(&xs);
-        let points: Vec<Vec<(f64, f64)>> = values
+        let points: Vec<(usize, Vec<(f64, f64)>)> = values
             .iter()
-            .map(|p| {
-                p.map(|(x, y)| (if log { x.log10() } else { x }, y))
-                    .into_iter()
-                    .collect()
+            .map(|&(i, p)| {
+                let point = p.map(|(x, y)| (if log { x.log10() } else { x }, y));
+                (i, point.into_iter().collect())
             })
             .collect();
         let title = format!(
