@@ -9,7 +9,7 @@ use candle_core::{Tensor, TensorId, Var};
 use super::{Linear, ModuleId};
 use crate::error::Result;
 
-/// Gradients gathered by [`CausalLm::backward`](super::CausalLm) passes.
+/// Gradients gathered by [`CausalLm::loss_and_grads`](super::CausalLm::loss_and_grads) passes.
 #[derive(Debug, Default)]
 pub struct Gradients {
     adapters: HashMap<TensorId, Tensor>,

@@ -1,6 +1,21 @@
-//! The run directory: `profile.toml`, `metrics.jsonl`, `status.json`, `checkpoints/`. Other
-//! processes (the TUI) read these while the run goes on: status is replaced atomically and
-//! metrics are appended one whole line at a time.
+//! The run directory, the contract other processes (the workbench, sweeps, `lors report`)
+//! read while the run goes on. Its entries:
+//!
+//! - `profile.toml`: every setting, paths made absolute;
+//! - `status.json`: state, step, ETA, error, pid (replaced atomically);
+//! - `metrics.jsonl`: one JSON row per step, evaluation, init and task score (appended one
+//!   whole line at a time; cut back to the checkpoint on resume);
+//! - `checkpoints/step-N/`: adapter in PEFT naming, optimiser state, trainer state, the
+//!   profile trained with, and `manifest.json` (sizes and SHA-256, written last);
+//! - `control.json`: requests to the running process (pause, checkpoint, stop);
+//! - `.lock`: the advisory lock of the process that owns the run;
+//! - `pruned/`: the model of a profile's `[prune]` step; `merged/`: the merged export with
+//!   `sparsity.json`; `adapter/`: SoRA's rank-lowered PEFT adapter; `eval/`: detached
+//!   evaluations' results; `merge.log` and `resume-<time>.log`: the output of a detached
+//!   merge and of resumes started from the workbench.
+//!
+//! A runs folder also holds `.launch/`, the profiles and logs of the workbench's detached
+//! launches.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
