@@ -638,6 +638,7 @@ fn another_process_can_pause_resume_checkpoint_and_stop_a_run() {
     let paused = wait("pause", &|s| {
         s.state == RunState::Paused && s.control_ack == id
     });
+    let paused_at = Instant::now();
     std::thread::sleep(Duration::from_millis(400));
     let still = run.read_status().unwrap();
     assert_eq!(
@@ -653,9 +654,17 @@ fn another_process_can_pause_resume_checkpoint_and_stop_a_run() {
         .join(format!("checkpoints/step-{:06}", paused.step))
         .is_dir());
     let id = run.request(ControlRequest::Resume).unwrap();
-    wait("resume", &|s| {
+    let resumed = wait("resume", &|s| {
         s.control_ack == id && s.step > paused.step + 2
     });
+    // The pause (over 0.4 s) is not counted in the elapsed time: between the two statuses
+    // less time elapsed than the wall clock saw, by at least the pause.
+    let wall = paused_at.elapsed().as_secs_f64();
+    let counted = resumed.elapsed_s - paused.elapsed_s;
+    assert!(
+        counted > 0.0 && counted <= wall - 0.35,
+        "elapsed {counted:.3} s over {wall:.3} s of wall time with a 0.4 s pause"
+    );
     run.request(ControlRequest::Stop).unwrap();
     let outcome = worker.join().unwrap().unwrap();
     assert_eq!(outcome.state, RunState::Stopped);

@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use candle_core::{DType, Tensor, Var};
 use rand::SeedableRng;
@@ -207,13 +207,29 @@ struct Loop<'a> {
     run: &'a RunDir,
     status: Status,
     started: Instant,
+    /// Time spent paused (excluded from elapsed times and the ETA), and the current pause.
+    paused: Duration,
+    pause_began: Option<Instant>,
 }
 
 impl Loop<'_> {
+    /// Seconds since the start, pauses left out.
+    fn active_s(&self) -> f64 {
+        let now = self.pause_began.map_or(Duration::ZERO, |t| t.elapsed());
+        let paused = self.paused + now;
+        self.started.elapsed().saturating_sub(paused).as_secs_f64()
+    }
+
+    /// The start moved later by the pauses so far: its `elapsed()` is the active time while
+    /// not paused (as during a step).
+    fn active_clock(&self) -> Instant {
+        self.started + self.paused
+    }
+
     fn set_status(&mut self, state: RunState, step: usize, message: Option<String>) -> Result<()> {
         self.status.state = state;
         self.status.step = step;
-        self.status.elapsed_s = self.started.elapsed().as_secs_f64();
+        self.status.elapsed_s = self.active_s();
         self.status.updated_at = now_s();
         if message.is_some() {
             self.status.message = message;
@@ -254,7 +270,10 @@ impl Loop<'_> {
             if let Some(c) = new {
                 let step = self.status.step;
                 match c.request {
-                    ControlRequest::Pause => paused = true,
+                    ControlRequest::Pause => {
+                        paused = true;
+                        self.pause_began.get_or_insert_with(Instant::now);
+                    }
                     ControlRequest::Resume => paused = false,
                     ControlRequest::Stop => {
                         stop.store(true, Ordering::SeqCst);
@@ -271,6 +290,9 @@ impl Loop<'_> {
                 self.set_status(state, step, Some(message.into()))?;
             }
             if !paused || stop.load(Ordering::SeqCst) {
+                if let Some(began) = self.pause_began.take() {
+                    self.paused += began.elapsed();
+                }
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(100));
@@ -334,6 +356,8 @@ pub fn train(
             control_ack: 0,
         },
         started: Instant::now(),
+        paused: Duration::ZERO,
+        pause_began: None,
     };
     lp.status.control_ack = run.read_control()?.map_or(0, |c| c.id);
     lp.run.write_status(&lp.status)?;
@@ -743,7 +767,8 @@ impl<'a> Session<'a> {
         checkpoint::Snapshot::capture(&self.state, &self.p.model, &self.opt, &self.rounds)
     }
 
-    /// One optimiser step, returning its metrics row (`elapsed_s` counted from `started`).
+    /// One optimiser step, returning its metrics row (`elapsed_s` counted from `started`,
+    /// which the loop moves later by the time spent paused).
     /// A non-finite loss or gradient norm is an error, after `save` kept the last finite
     /// step's parameters.
     fn step(
@@ -830,7 +855,7 @@ fn train_inner(
         let tok = &s.p.tokenizer;
         evaluate_tasks(lp, profile, &model, tok, EvalStage::Before, step, on_event)?;
     }
-    let (first_step, loop_start) = (s.state.step, Instant::now());
+    let (first_step, loop_start) = (s.state.step, lp.active_s());
     let mut last_eval = None;
     let profile_toml = lp.profile.to_toml();
     let run = lp.run;
@@ -850,7 +875,7 @@ fn train_inner(
             let step = s.state.step;
             return end_run(lp, RunState::Stopped, step, "stopped by request", last_eval);
         }
-        let row = s.step(lp.started, &mut |snap| save(snap, &mut *on_event))?;
+        let row = s.step(lp.active_clock(), &mut |snap| save(snap, &mut *on_event))?;
         lp.run.append_metric(&row)?;
         if let MetricRow::Train { loss, .. } = row {
             lp.status.last_loss = Some(loss);
@@ -858,7 +883,8 @@ fn train_inner(
         on_event(&Event::Metric(row));
         let step = s.state.step;
         let done = (step - first_step) as f64;
-        lp.status.eta_s = Some(loop_start.elapsed().as_secs_f64() / done * (s.total - step) as f64);
+        let active = lp.active_s() - loop_start;
+        lp.status.eta_s = Some(active / done * (s.total - step) as f64);
         let due = |every: usize| (every > 0 && step.is_multiple_of(every)) || step == s.total;
         if due(t.eval_every) {
             last_eval = evaluate_step(lp, &s.p, &mut s.state, on_event)?.or(last_eval);
