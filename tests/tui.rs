@@ -408,6 +408,39 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     assert!(matches!(app.setup.model, Some(Err(_))));
 }
 
+/// The bundled sweep profile is listed as a sweep (not as invalid), and `l` on it launches
+/// its sweep from the Profiles view; on a plain profile `l` says what to do instead.
+#[test]
+fn a_sweep_profile_launches_from_profiles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = demo_app(tmp.path());
+    press(&mut app, KeyCode::Char('5'));
+    let at = |app: &App, name: &str| app.profiles.iter().position(|p| p.name == name).unwrap();
+    let sweep = at(&app, "sweep-demo");
+    let summary = app.profiles[sweep].summary();
+    assert!(
+        summary.starts_with("sweep of 6 trials (l): lors r4"),
+        "{summary}"
+    );
+    assert!(render(&app, 120, 40, false).contains("sweep of 6 trials"));
+    app.selected_profile = sweep;
+    let effects = press(&mut app, KeyCode::Char('l'));
+    let [Effect::LaunchSweep(base, table)] = effects.as_slice() else {
+        panic!("{effects:?}")
+    };
+    assert_eq!(table["adapter"]["rank"].to_string(), "[4, 8]");
+    assert_eq!(base.adapter.method.name(), "lors");
+    assert_eq!(app.view, View::Sweeps);
+    press(&mut app, KeyCode::Char('5'));
+    app.selected_profile = at(&app, "demo");
+    assert!(press(&mut app, KeyCode::Char('l')).is_empty());
+    assert!(app
+        .notice
+        .as_deref()
+        .unwrap()
+        .contains("demo is not a sweep"));
+}
+
 #[test]
 fn profiles_are_saved_listed_and_loaded() {
     let tmp = tempfile::tempdir().unwrap();

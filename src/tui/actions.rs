@@ -363,6 +363,23 @@ impl App {
                     Err(e) => self.notice = Some(format!("cannot load {}: {e}", entry.name)),
                 }
             }
+            Action::Launch => {
+                let entry = &self.profiles[self.selected_profile];
+                match (&entry.profile, &entry.sweep) {
+                    (Ok(base), Some((table, _))) => {
+                        self.view = View::Sweeps;
+                        let launch = Effect::LaunchSweep(Box::new(base.clone()), table.clone());
+                        return vec![launch];
+                    }
+                    (Err(e), _) => self.notice = Some(format!("cannot launch {}: {e}", entry.name)),
+                    (Ok(_), None) => {
+                        self.notice = Some(format!(
+                            "{} is not a sweep: Enter loads it, l in Setup launches it",
+                            entry.name
+                        ))
+                    }
+                }
+            }
             _ => {}
         }
         Vec::new()

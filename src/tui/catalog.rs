@@ -25,16 +25,22 @@ pub struct Candidate {
 pub struct ProfileEntry {
     pub path: PathBuf,
     pub name: String,
-    /// The parsed profile, or why it does not parse.
+    /// The parsed profile (a sweep profile's base), or why it does not parse.
     pub profile: Result<Profile, String>,
+    /// A sweep profile's `[sweep]` table and its number of trials.
+    pub sweep: Option<(toml::Table, usize)>,
 }
 
 impl ProfileEntry {
     /// One line: method, rank, init, steps and model.
     pub fn summary(&self) -> String {
+        let sweep = self
+            .sweep
+            .as_ref()
+            .map_or(String::new(), |(_, n)| format!("sweep of {n} trials (l): "));
         match &self.profile {
             Ok(p) => format!(
-                "{} r{} {} {} steps, {}",
+                "{sweep}{} r{} {} {} steps, {}",
                 p.adapter.method,
                 p.adapter.rank,
                 p.adapter.init.name(),
@@ -191,15 +197,33 @@ pub fn list_profiles(dir: &Path) -> Vec<ProfileEntry> {
     children(dir)
         .into_iter()
         .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("toml"))
-        .map(|path| ProfileEntry {
-            name: path
-                .file_stem()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default(),
-            profile: Profile::load(&path, &[]).map_err(|e| e.to_string()),
-            path,
-        })
+        .map(|path| read_profile_entry(&path))
         .collect()
+}
+
+/// A saved profile: a plain one, or a sweep profile (its base and its `[sweep]`).
+fn read_profile_entry(path: &Path) -> ProfileEntry {
+    let is_sweep = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|text| toml::from_str::<toml::Table>(&text).ok())
+        .is_some_and(|t| t.contains_key("sweep"));
+    let (profile, sweep) = if is_sweep {
+        match crate::sweep::runner::load_profile(path, &[]) {
+            Ok((base, table, spec)) => (Ok(base), Some((table, spec.trials().len()))),
+            Err(e) => (Err(e.to_string()), None),
+        }
+    } else {
+        (Profile::load(path, &[]).map_err(|e| e.to_string()), None)
+    };
+    ProfileEntry {
+        name: path
+            .file_stem()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        profile,
+        sweep,
+        path: path.to_path_buf(),
+    }
 }
 
 /// Describe the model at `path` (architecture, size, dtype, per-layer sparsity). A hub id is

@@ -169,7 +169,8 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::SweepForm, &[Char('l')], A::Launch, "launch", "launch the sweep (detached)"),
     bind(S::SweepForm, &[Esc], A::Back, "back", "back to the trials"),
     bind(S::Profiles, UP_DOWN, A::Move, "", "select a profile"),
-    bind(S::Profiles, &[Enter], A::Activate, "load", "load into Setup"),
+    bind(S::Profiles, &[Enter], A::Activate, "load", "load into Setup (a sweep's base)"),
+    bind(S::Profiles, &[Char('l')], A::Launch, "launch", "launch a sweep profile's sweep"),
     bind(S::Profiles, &[Char('w')], A::Save, "save", "save Setup as a profile"),
 ];
 
