@@ -1204,6 +1204,11 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     let mut w = Watcher::new(runs);
     w.refresh();
     app.set_runs(w.runs.clone());
+    // The Runs view names the trial ASHA stopped as such, not as a user's stop.
+    app.view = View::Runs;
+    let s = render(&app, 80, 24, true);
+    assert_eq!(s.matches("stopped early").count(), 1, "{s}");
+    app.view = View::Sweeps;
     // Its scheduler (this test process, which set it up) is alive: nothing to resume. Once
     // the recorded process is gone, the title says so and R resumes it.
     assert!(press(&mut app, KeyCode::Char('R')).is_empty());

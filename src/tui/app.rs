@@ -20,6 +20,7 @@ use super::watch::RunInfo;
 use crate::data::DataSummary;
 use crate::model::ModelSummary;
 use crate::sources::hub::Download;
+use crate::sweep::TrialState;
 use crate::train::{ControlRequest, Profile, RunState};
 
 /// The views, in Tab order.
@@ -349,6 +350,14 @@ impl App {
                 self.starting = None;
             }
         }
+    }
+
+    /// Whether the run at `run` is a sweep trial that early stopping ended (runs and trials
+    /// are matched by folder name, as the Sweeps view does).
+    pub fn stopped_early(&self, run: &Path) -> bool {
+        self.sweeps.iter().flat_map(|s| &s.state.trials).any(|t| {
+            t.state == TrialState::StoppedEarly && t.run_dir.file_name() == run.file_name()
+        })
     }
 
     /// Whether `p` is the profile of a launch whose run has not started training yet.

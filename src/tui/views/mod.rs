@@ -20,6 +20,7 @@ use super::plot::{self, Plot, Series};
 use super::popups;
 use super::theme::{Theme, SYMBOLS};
 use super::watch::RunInfo;
+use crate::train::RunState;
 
 /// Draw the whole screen.
 pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
@@ -75,11 +76,14 @@ fn draw_tabs(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-pub(crate) fn state_text(r: &RunInfo) -> String {
-    r.status
-        .as_ref()
-        .map(|s| s.state.to_string())
-        .unwrap_or_else(|| "starting".into())
+/// A run's state as its status says, with a sweep trial that early stopping ended named
+/// `stopped early` (its status alone says `stopped`, as for a stop the user asked for).
+pub(crate) fn state_text(app: &App, r: &RunInfo) -> String {
+    match r.status.as_ref().map(|s| s.state) {
+        Some(RunState::Stopped) if app.stopped_early(&r.path) => "stopped early".into(),
+        Some(state) => state.to_string(),
+        None => "starting".into(),
+    }
 }
 
 /// `[#####.....]` of `width` characters.

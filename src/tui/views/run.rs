@@ -57,7 +57,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         None => format!(
             "{} {} step {step}/{total}  elapsed {elapsed:.0}s{eta}",
             ascii_bar(ratio, (head.width as usize / 4).clamp(5, 30)),
-            state_text(run),
+            state_text(app, run),
         ),
     };
     f.render_widget(Paragraph::new(text).block(theme.block(&run.name)), head);

@@ -33,13 +33,13 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
                 .iter()
                 .position(|o| o.path == r.path)
                 .map_or(' ', |i| SYMBOLS[i % SYMBOLS.len()]);
-            run_row(r, mark, &tasks)
+            run_row(app, r, mark, &tasks)
         })
         .collect();
     let mut widths = vec![
         Constraint::Min(14),
-        Constraint::Length(8),
-        Constraint::Length(14),
+        Constraint::Length(13),
+        Constraint::Length(12),
         Constraint::Length(3),
         Constraint::Length(8),
         Constraint::Length(12),
@@ -61,7 +61,7 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
 
 /// One run's row: name (with its overlay symbol), state, method, rank, init, best
 /// validation loss/perplexity, mean accuracy after training, time, and each task's accuracy.
-fn run_row(r: &RunInfo, mark: char, tasks: &[crate::eval::Task]) -> Row<'static> {
+fn run_row(app: &App, r: &RunInfo, mark: char, tasks: &[crate::eval::Task]) -> Row<'static> {
     let (method, rank, init) = r.profile.as_ref().map_or(("?".into(), 0, "?".into()), |p| {
         (
             p.method_label(),
@@ -79,7 +79,7 @@ fn run_row(r: &RunInfo, mark: char, tasks: &[crate::eval::Task]) -> Row<'static>
     let state = match r.eval_job.as_ref().filter(|_| eval_job_text(r).is_some()) {
         Some(j) if j.total > 0 => format!("eval {}%", 100 * j.done / j.total),
         Some(_) => "eval".into(),
-        None => state_text(r),
+        None => state_text(app, r),
     };
     let accuracy = r.task_accuracy();
     let mut cells = vec![
