@@ -323,11 +323,15 @@ fn hub_references_parse_like_the_hub_names_them() {
     ] {
         assert_eq!(HubRef::parse(bad), None, "{bad}");
     }
-    // An existing local path is never a hub id.
+    // An existing local path is never a hub id, nor a missing one in a folder that exists
+    // here (the tests run in the crate's folder, which has `src/`); a missing `org/name`
+    // whose `org` is no local folder is one.
     assert_eq!(
         HubRef::from_path(&shared().join("models/stories260K")),
         None
     );
+    assert_eq!(HubRef::from_path(Path::new("src/no-such-model")), None);
+    assert!(HubRef::from_path(Path::new("no-such-org/model")).is_some());
 }
 
 #[test]

@@ -77,9 +77,14 @@ impl HubRef {
         })
     }
 
-    /// The reference a path stands for: a path that exists locally is never a hub id.
+    /// The reference a path stands for: a path that exists locally is never a hub id, nor
+    /// is a missing one inside a folder that exists here (`runs/model` with a `runs/`): that
+    /// is a local path not written yet, whose error should say so, not a network error.
     pub fn from_path(path: &Path) -> Option<Self> {
-        if path.exists() {
+        let in_local_folder = path
+            .parent()
+            .is_some_and(|p| !p.as_os_str().is_empty() && p.is_dir());
+        if path.exists() || in_local_folder {
             return None;
         }
         Self::parse(path.to_str()?)
