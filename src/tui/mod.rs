@@ -241,6 +241,7 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
         let mut events = EventStream::new();
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         let mut ticks = 0u64;
+        let mut notices = NoticeClock::default();
         let mut dirty = true;
         let mut last_draw = Instant::now() - Duration::from_secs(1);
         while !app.quit {
@@ -271,6 +272,9 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
+                    if notices.expire(&mut app.notice, Instant::now()) {
+                        dirty = true;
+                    }
                     if watcher.refresh() {
                         app.set_runs(watcher.runs.clone());
                         app.set_sweeps(watcher.sweeps.clone());
@@ -294,4 +298,58 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
         crate::io::write_json_atomic(path, &stats)?;
     }
     result.map_err(|e| LorsError::io(&opts.runs_dir, e))
+}
+
+/// How long a footer notice stays before the key hints come back.
+const NOTICE_FOR: Duration = Duration::from_secs(8);
+
+/// When the footer's current notice appeared, so that it can expire.
+#[derive(Debug, Default)]
+struct NoticeClock {
+    shown: Option<(String, Instant)>,
+}
+
+impl NoticeClock {
+    /// Clear `notice` once it has been shown for [`NOTICE_FOR`] (a new text starts the clock
+    /// again); true when it cleared it.
+    fn expire(&mut self, notice: &mut Option<String>, now: Instant) -> bool {
+        let Some(text) = notice.as_ref() else {
+            self.shown = None;
+            return false;
+        };
+        match &self.shown {
+            Some((seen, since)) if seen == text => {
+                if now.duration_since(*since) < NOTICE_FOR {
+                    return false;
+                }
+                *notice = None;
+                self.shown = None;
+                true
+            }
+            _ => {
+                self.shown = Some((text.clone(), now));
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A notice lasts [`NOTICE_FOR`] from when it first showed; a new one starts over.
+    #[test]
+    fn notices_expire_after_their_time() {
+        let (mut clock, t0) = (NoticeClock::default(), Instant::now());
+        let mut notice = Some("launched".to_string());
+        assert!(!clock.expire(&mut notice, t0));
+        assert!(!clock.expire(&mut notice, t0 + NOTICE_FOR / 2));
+        notice = Some("merged".into());
+        assert!(!clock.expire(&mut notice, t0 + NOTICE_FOR / 2));
+        assert!(!clock.expire(&mut notice, t0 + NOTICE_FOR));
+        assert!(clock.expire(&mut notice, t0 + NOTICE_FOR * 3 / 2));
+        assert_eq!(notice, None);
+        assert!(!clock.expire(&mut notice, t0 + NOTICE_FOR * 2));
+    }
 }
