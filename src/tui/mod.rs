@@ -214,6 +214,28 @@ fn started(app: &mut App, result: Result<PathBuf>, done: &str, failed: &str) -> 
     }
 }
 
+/// The periodic work (every 250 ms tick): expire the footer notice, re-read runs and sweeps,
+/// and, as they change rarely, every 8th tick the saved profiles and candidates; true when
+/// something shown changed.
+fn on_tick(
+    app: &mut App,
+    watcher: &mut watch::Watcher,
+    notices: &mut NoticeClock,
+    tick: u64,
+    opts: &TuiOptions,
+) -> bool {
+    let mut changed = notices.expire(&mut app.notice, Instant::now());
+    if watcher.refresh() {
+        app.set_runs(watcher.runs.clone());
+        app.set_sweeps(watcher.sweeps.clone());
+        changed = true;
+    }
+    if tick.is_multiple_of(8) && refresh_catalog(app, opts) {
+        changed = true;
+    }
+    changed
+}
+
 /// Run the workbench until the user quits. The terminal is restored on every exit path
 /// (ratatui's init installs a panic hook that restores it too).
 pub fn run(opts: &TuiOptions) -> Result<()> {
@@ -272,18 +294,7 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
                 }
                 _ = tick.tick() => {
                     ticks += 1;
-                    if notices.expire(&mut app.notice, Instant::now()) {
-                        dirty = true;
-                    }
-                    if watcher.refresh() {
-                        app.set_runs(watcher.runs.clone());
-                        app.set_sweeps(watcher.sweeps.clone());
-                        dirty = true;
-                    }
-                    // Saved profiles and candidates change rarely: every 2 s is enough.
-                    if ticks.is_multiple_of(8) && refresh_catalog(&mut app, opts) {
-                        dirty = true;
-                    }
+                    dirty |= on_tick(&mut app, &mut watcher, &mut notices, ticks, opts);
                 }
             }
         }
