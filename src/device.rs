@@ -1,77 +1,209 @@
-//! Compute devices: `cpu`, `cuda` and `cuda:N` as profiles and the CLI name them, and GPU
-//! memory readings for the metrics, the memory panel and the benchmarks.
+//! Compute devices (`cpu`, `cuda`, `cuda:N`) and dtypes as profiles and the CLI name them,
+//! the one rule of which dtype computes where, and GPU memory readings for the metrics, the memory panel and the benchmarks.
 
-use candle_core::Device;
+use std::fmt;
+use std::str::FromStr;
+
+use candle_core::{DType, Device};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LorsError, Result};
 
-/// The GPU ordinal a device name selects (`None` for `cpu`), checking only its spelling.
-pub fn cuda_ordinal(name: &str) -> Result<Option<usize>> {
-    match name {
-        "cpu" => Ok(None),
-        "cuda" => Ok(Some(0)),
-        other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
-            Some(Ok(n)) => Ok(Some(n)),
-            _ => Err(LorsError::invalid(
+/// A compute device as profiles and flags name it: `cpu`, `cuda` (GPU 0) or `cuda:N`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum DeviceSpec {
+    #[default]
+    Cpu,
+    Cuda(usize),
+}
+
+impl FromStr for DeviceSpec {
+    type Err = LorsError;
+
+    /// `cpu`, `cuda` or `cuda:N`, checking only the spelling.
+    fn from_str(name: &str) -> Result<Self> {
+        match name {
+            "cpu" => Ok(Self::Cpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            other => match other.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(n)) => Ok(Self::Cuda(n)),
+                _ => Err(LorsError::invalid(
+                    "device",
+                    format!("`{other}` is not cpu, cuda or cuda:N"),
+                )),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DeviceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+crate::serde_as_text!(DeviceSpec);
+
+impl DeviceSpec {
+    pub fn is_cpu(self) -> bool {
+        self == Self::Cpu
+    }
+
+    /// The device it names. CUDA needs a binary built with the `cuda` feature and a working
+    /// driver; otherwise the error says which is missing.
+    pub fn open(self) -> Result<Device> {
+        let Self::Cuda(ordinal) = self else {
+            return Ok(Device::Cpu);
+        };
+        if !cfg!(feature = "cuda") {
+            return Err(LorsError::invalid(
                 "device",
-                format!("`{other}` is not cpu, cuda or cuda:N"),
+                format!(
+                    "`{self}`: this binary was built without CUDA; build it with \
+                     `cargo build --release --features cuda` (see scripts/cuda-build.sh)"
+                ),
+            ));
+        }
+        Device::new_cuda(ordinal).map_err(|e| {
+            LorsError::invalid(
+                "device",
+                format!(
+                    "`{self}` is not available: {e}. The CUDA build needs the NVIDIA driver \
+                     (libcuda.so.1) and CUDA 13 libraries (libcublas, libcublasLt, libcurand, \
+                     libnvrtc) on LD_LIBRARY_PATH, and a GPU with that ordinal"
+                ),
+            )
+        })
+    }
+
+    /// The spec of an open device (`cpu` or `cuda:N`; `None` for other backends).
+    pub fn of(device: &Device) -> Option<Self> {
+        match device.location() {
+            candle_core::DeviceLocation::Cpu => Some(Self::Cpu),
+            candle_core::DeviceLocation::Cuda { gpu_id } => Some(Self::Cuda(gpu_id)),
+            candle_core::DeviceLocation::Metal { .. } => None,
+        }
+    }
+
+    /// The devices this process can train on: `cpu`, then `cuda:N` for each GPU the driver
+    /// reports (CUDA builds only). Counted once.
+    pub fn available() -> &'static [DeviceSpec] {
+        static SPECS: std::sync::OnceLock<Vec<DeviceSpec>> = std::sync::OnceLock::new();
+        SPECS.get_or_init(|| {
+            #[cfg(feature = "cuda")]
+            let gpus = candle_core::cuda_backend::cudarc::driver::CudaContext::device_count()
+                .unwrap_or(0)
+                .max(0) as usize;
+            #[cfg(not(feature = "cuda"))]
+            let gpus = 0;
+            std::iter::once(Self::Cpu)
+                .chain((0..gpus).map(Self::Cuda))
+                .collect()
+        })
+    }
+}
+
+/// The dtype a model computes in, as profiles and flags name it (`f32`, or `float32` as
+/// Hugging Face configs write it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum ComputeDtype {
+    #[default]
+    F32,
+    F16,
+    Bf16,
+    F64,
+}
+
+impl FromStr for ComputeDtype {
+    type Err = LorsError;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Self::F32),
+            "f16" | "float16" => Ok(Self::F16),
+            "bf16" | "bfloat16" => Ok(Self::Bf16),
+            "f64" | "float64" => Ok(Self::F64),
+            other => Err(LorsError::invalid(
+                "dtype",
+                format!("`{other}` is not f32, f16, bf16 or f64"),
             )),
-        },
+        }
     }
 }
 
-/// The device a name selects: `cpu`, `cuda` (GPU 0) or `cuda:N`. CUDA needs a binary built
-/// with the `cuda` feature and a working driver; otherwise the error says which is missing.
-pub fn parse_device(name: &str) -> Result<Device> {
-    let Some(ordinal) = cuda_ordinal(name)? else {
-        return Ok(Device::Cpu);
-    };
-    if !cfg!(feature = "cuda") {
-        return Err(LorsError::invalid(
-            "device",
-            format!(
-                "`{name}`: this binary was built without CUDA; build it with \
-                 `cargo build --release --features cuda` (see scripts/cuda-build.sh)"
-            ),
-        ));
+impl fmt::Display for ComputeDtype {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::F32 => "f32",
+            Self::F16 => "f16",
+            Self::Bf16 => "bf16",
+            Self::F64 => "f64",
+        })
     }
-    Device::new_cuda(ordinal).map_err(|e| {
-        LorsError::invalid(
-            "device",
-            format!(
-                "`{name}` is not available: {e}. The CUDA build needs the NVIDIA driver \
-                 (libcuda.so.1) and CUDA 13 libraries (libcublas, libcublasLt, libcurand, \
-                 libnvrtc) on LD_LIBRARY_PATH, and a GPU with that ordinal"
-            ),
-        )
-    })
 }
 
-/// The device names this process can train on: `cpu`, then `cuda:N` for each GPU the driver
-/// reports (CUDA builds only). Counted once.
-pub fn available_devices() -> &'static [&'static str] {
-    static NAMES: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
-    NAMES.get_or_init(|| {
-        #[cfg(feature = "cuda")]
-        let gpus = candle_core::cuda_backend::cudarc::driver::CudaContext::device_count()
-            .unwrap_or(0)
-            .max(0);
-        #[cfg(not(feature = "cuda"))]
-        let gpus = 0;
-        std::iter::once("cpu")
-            .chain((0..gpus).map(|n| &*Box::leak(format!("cuda:{n}").into_boxed_str())))
-            .collect()
-    })
+impl From<ComputeDtype> for DType {
+    fn from(d: ComputeDtype) -> DType {
+        match d {
+            ComputeDtype::F32 => DType::F32,
+            ComputeDtype::F16 => DType::F16,
+            ComputeDtype::Bf16 => DType::BF16,
+            ComputeDtype::F64 => DType::F64,
+        }
+    }
 }
 
-/// A short name for `device`: `cpu` or `cuda:N`.
-pub fn device_name(device: &Device) -> String {
-    match device.location() {
-        candle_core::DeviceLocation::Cpu => "cpu".into(),
-        candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
-        candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
+crate::serde_as_text!(ComputeDtype);
+
+impl ComputeDtype {
+    pub fn dtype(self) -> DType {
+        self.into()
     }
+}
+
+/// The dtypes the engine computes in on a CPU (`cpu`) or a CUDA device: candle's CPU
+/// backend has no bf16 matmul, and the CUDA mask kernels are built for f32 and bf16. The one
+/// rule behind profile validation, the benches and the ops.
+pub fn compute_dtypes(cpu: bool) -> &'static [DType] {
+    if cpu {
+        &[DType::F16, DType::F32, DType::F64]
+    } else {
+        &[DType::F32, DType::BF16]
+    }
+}
+
+/// Whether the engine computes in `dtype` on a CPU (`cpu`) or a CUDA device.
+pub fn computes_in(dtype: DType, cpu: bool) -> bool {
+    compute_dtypes(cpu).contains(&dtype)
+}
+
+/// [`compute_dtypes`] for messages: `f16, f32 or f64 on the CPU`.
+pub fn compute_dtypes_text(cpu: bool) -> String {
+    let names: Vec<&str> = compute_dtypes(cpu).iter().map(|d| d.as_str()).collect();
+    let (last, rest) = names
+        .split_last()
+        .expect("each device computes in some dtype");
+    let on = if cpu { "the CPU" } else { "CUDA" };
+    format!("{} or {last} on {on}", rest.join(", "))
+}
+
+/// [`computes_in`] as an error naming `field`.
+pub fn check_compute(dtype: ComputeDtype, device: DeviceSpec, field: &str) -> Result<()> {
+    if computes_in(dtype.dtype(), device.is_cpu()) {
+        return Ok(());
+    }
+    let mut reason = format!(
+        "`{dtype}` on {device}: the engine computes in {}",
+        compute_dtypes_text(device.is_cpu())
+    );
+    if device.is_cpu() && dtype == ComputeDtype::Bf16 {
+        reason += " (candle has no bf16 matmul there; bf16 checkpoints load fine with \
+                   dtype = \"f32\", or compute in bf16 on CUDA)";
+    }
+    Err(LorsError::invalid(field, reason))
 }
 
 /// GPU memory as the driver reports it.
@@ -180,17 +312,43 @@ mod cuda {
 mod tests {
     use super::*;
 
+    fn open(name: &str) -> Result<Device> {
+        name.parse::<DeviceSpec>()?.open()
+    }
+
     #[test]
     fn names_parse_or_explain() {
-        assert!(parse_device("cpu").unwrap().is_cpu());
-        let bad = parse_device("gpu0").unwrap_err().to_string();
+        assert!(open("cpu").unwrap().is_cpu());
+        let bad = open("gpu0").unwrap_err().to_string();
         assert!(bad.contains("not cpu, cuda or cuda:N"), "{bad}");
         if !cfg!(feature = "cuda") {
-            let e = parse_device("cuda:0").unwrap_err().to_string();
+            let e = open("cuda:0").unwrap_err().to_string();
             assert!(e.contains("built without CUDA"), "{e}");
         }
-        assert_eq!(device_name(&Device::Cpu), "cpu");
-        assert_eq!(available_devices()[0], "cpu");
+        assert_eq!(DeviceSpec::of(&Device::Cpu), Some(DeviceSpec::Cpu));
+        assert_eq!(DeviceSpec::available()[0], DeviceSpec::Cpu);
+        assert_eq!("cuda".parse::<DeviceSpec>().unwrap().to_string(), "cuda:0");
         assert!(gpu_memory(&Device::Cpu).unwrap().is_none());
+    }
+
+    #[test]
+    fn one_rule_says_which_dtype_computes_where() {
+        for (dtype, cpu, gpu) in [
+            (ComputeDtype::F32, true, true),
+            (ComputeDtype::F16, true, false),
+            (ComputeDtype::F64, true, false),
+            (ComputeDtype::Bf16, false, true),
+        ] {
+            let on_cpu = check_compute(dtype, DeviceSpec::Cpu, "model.dtype");
+            let on_gpu = check_compute(dtype, DeviceSpec::Cuda(0), "model.dtype");
+            assert_eq!((on_cpu.is_ok(), on_gpu.is_ok()), (cpu, gpu), "{dtype}");
+        }
+        let e = check_compute(ComputeDtype::Bf16, DeviceSpec::Cpu, "model.dtype").unwrap_err();
+        assert!(e.to_string().contains("f16, f32 or f64 on the CPU"), "{e}");
+        assert_eq!(
+            "bfloat16".parse::<ComputeDtype>().unwrap(),
+            ComputeDtype::Bf16
+        );
+        assert_eq!(ComputeDtype::Bf16.to_string(), "bf16");
     }
 }

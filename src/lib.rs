@@ -15,6 +15,7 @@ pub mod gguf;
 pub mod io;
 pub mod memory;
 pub mod model;
+pub mod names;
 pub mod prune;
 pub mod report;
 pub mod sources;

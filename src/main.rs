@@ -6,7 +6,8 @@ use clap::{Args, Parser, Subcommand};
 mod cli;
 
 use lors::bench::layer::{self, LayerBenchConfig};
-use lors::sparsity::Pattern;
+use lors::device::{check_compute, ComputeDtype, DeviceSpec};
+use lors::sparsity::Layout;
 
 #[derive(Parser)]
 #[command(
@@ -132,13 +133,13 @@ struct LayerArgs {
     density: f64,
     /// `unstructured` or N:M such as `2:4`.
     #[arg(long, default_value = "unstructured")]
-    pattern: String,
+    pattern: Layout,
     /// f32, f16 or f64 on the CPU; bf16 or f32 on CUDA.
     #[arg(long, default_value = "f32")]
-    dtype: String,
+    dtype: ComputeDtype,
     /// `cpu`, `cuda` or `cuda:N`.
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: DeviceSpec,
     /// First compare every method on the device with an f64 CPU reference (small layer).
     #[arg(long)]
     verify: bool,
@@ -157,30 +158,24 @@ struct LayerArgs {
 }
 
 fn bench_layer(args: LayerArgs) -> Result<()> {
-    let pattern = if args.pattern == "unstructured" {
-        Pattern::Unstructured {
-            sparsity: 1.0 - args.density,
-        }
-    } else {
-        args.pattern.parse::<Pattern>()?
-    };
-    let device = lors::device::parse_device(&args.device)?;
-    let dtype = layer::parse_dtype(&args.dtype, &device)?;
+    let pattern = args.pattern.with_sparsity(1.0 - args.density)?;
+    check_compute(args.dtype, args.device, "--dtype")?;
+    let device = args.device.open()?;
     let config = LayerBenchConfig {
         in_features: args.in_features,
         out_features: args.out_features,
         tokens: args.tokens,
         rank: args.rank,
-        pattern: args.pattern.clone(),
+        pattern: args.pattern,
         density: pattern.density(),
-        dtype: args.dtype.clone(),
-        device: lors::device::device_name(&device),
+        dtype: args.dtype,
+        device: args.device,
         memory: if device.is_cpu() { "heap" } else { "gpu pool" }.into(),
         runs: args.runs,
         threads: candle_core::utils::get_num_threads(),
         seed: args.seed,
     };
-    let report = layer::run(&config, pattern, dtype, &device, args.verify)
+    let report = layer::run(&config, pattern, args.dtype.dtype(), &device, args.verify)
         .context("layer benchmark failed")?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

@@ -219,7 +219,7 @@ const MASKS: [MaskKind; 3] = [
 #[test]
 fn gradients_match_finite_differences_for_every_method_and_mask() {
     for (k, kind) in MASKS.into_iter().enumerate() {
-        for method in Method::ALL {
+        for &method in Method::ALL {
             let c = case(method, kind, 100 + k as u64);
             let [gx, ga, gb] = analytic(&c);
             let label = |p: &str| format!("{method} {kind:?} grad_{p}");
@@ -348,7 +348,7 @@ fn approx_and_exact_agree_without_pruning_and_differ_with_it() {
 #[test]
 fn forward_equals_dense_reference() {
     for kind in MASKS {
-        for method in Method::ALL {
+        for &method in Method::ALL {
             let c = case(method, kind, 300);
             let [(_, a), (_, b)] = c.layer.trainable();
             let reference: RefFn = match method {
@@ -420,7 +420,7 @@ fn zero_bits(t: &Tensor) -> BitMask {
 fn merge_keeps_zero_pattern_bit_for_bit() {
     for dtype in [DType::F32, DType::BF16] {
         for kind in [MaskKind::Unstructured50, MaskKind::TwoFour] {
-            for method in Method::ALL.into_iter().filter(|m| m.is_masked()) {
+            for method in Method::ALL.iter().copied().filter(|m| m.is_masked()) {
                 let mut rng = ChaCha8Rng::seed_from_u64(11);
                 let config = AdapterConfig {
                     method,
@@ -458,7 +458,7 @@ fn merge_keeps_zero_pattern_bit_for_bit() {
 
 #[test]
 fn merged_forward_equals_adapted_forward() {
-    for method in Method::ALL {
+    for &method in Method::ALL {
         let c = case(method, MaskKind::Unstructured50, 21);
         let (merged, _) = c.layer.merge().unwrap();
         let y_merged = SparseLinear::new(merged, None, None)
@@ -559,7 +559,7 @@ fn bad_input_is_a_typed_error() {
     let err = SparseLinear::new(randn(&mut rng, &[2, 3, 4]), None, None).unwrap_err();
     assert!(matches!(err, LorsError::Shape { .. }), "{err}");
 
-    for method in Method::ALL {
+    for &method in Method::ALL {
         let layer = AdaptedLinear::new(
             base(),
             &AdapterConfig {
@@ -598,7 +598,7 @@ fn bad_input_is_a_typed_error() {
         matches!(err, LorsError::InvalidValue { ref field, .. } if field == "alpha"),
         "{err}"
     );
-    assert!("5:4".parse::<Pattern>().is_err());
+    assert!("5:4".parse::<lors::sparsity::Layout>().is_err());
     assert!("lors-fast".parse::<Method>().is_err());
 }
 

@@ -46,10 +46,7 @@ fn adapted_model(dir: &ModelDir, method: Method, dtype: DType, variant: Variant)
             init: Init::Standard,
             sora: variant.sora,
         },
-        targets: lors::model::Proj::ALL
-            .iter()
-            .map(|p| p.name().to_string())
-            .collect(),
+        targets: lors::model::Proj::ALL.to_vec(),
         frozen_blocks: variant.frozen_blocks,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(3);
@@ -143,7 +140,7 @@ fn check_methods(
         let (loss, _) = causal_lm_loss(&logits, &ids, &mask).unwrap();
         let store = loss.backward().unwrap();
         let loss = values(&loss)[0];
-        for recompute in Recompute::ALL {
+        for &recompute in Recompute::ALL {
             let mut grads = Gradients::new();
             let (sum, count) = model
                 .loss_and_grads(&ids, &mask, 1.0, recompute, &mut grads)
@@ -237,7 +234,7 @@ fn frozen_leading_blocks_have_no_adapters_and_exact_gradients() {
     eprintln!("largest difference: {worst:e}");
     let spec = AdapterSpec {
         config: AdapterConfig::default(),
-        targets: vec!["q_proj".into()],
+        targets: vec![lors::model::Proj::Q],
         frozen_blocks: 5,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(0);

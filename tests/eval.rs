@@ -64,7 +64,7 @@ fn every_task_matches_lm_evaluation_harness_on_stories260k() {
     let model = CausalLm::load_frozen(&dir).unwrap();
     let tok = dir.tokenizer().unwrap();
     let reference = reference();
-    for task in Task::ALL {
+    for &task in Task::ALL {
         let items = load_items(task, &repo(&format!("assets/tasks/{task}.jsonl")), None).unwrap();
         let (score, scores) = score_task(&model, &tok, task, &items, &mut |_| {}).unwrap();
         assert_eq!(score.items, items.len());

@@ -102,7 +102,7 @@ fn calib_file(path: &Path) {
 fn settings(method: PruneMethod, pattern: &str, calib: Option<&Path>) -> PruneSettings {
     PruneSettings {
         method,
-        pattern: pattern.into(),
+        pattern: pattern.parse().unwrap(),
         sparsity: 0.5,
         calib: calib.map(Path::to_path_buf),
         nsamples: 16,

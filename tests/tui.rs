@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use lors::model::LayerSparsity;
+use lors::model::{LayerSparsity, Proj};
 use lors::train::{ControlRequest, MetricRow, Profile, RunDir, RunState, Status};
 use lors::tui::app::{App, Confirm, Effect, Modal, View};
 use lors::tui::catalog::{self, SearchPaths};
@@ -206,7 +206,7 @@ fn setup_edits_validates_and_launches() {
         (p.adapter.rank, p.train.max_steps, p.adapter.method.name()),
         (2, Some(7), "lora")
     );
-    assert_eq!(p.adapter.target_modules, ["q_proj", "v_proj"]);
+    assert_eq!(p.adapter.target_modules, [Proj::Q, Proj::V]);
     assert_eq!(p.prune, None);
     assert_eq!(app.view, View::Run);
     // A seq_len the data cannot fill blocks the launch with the file's error.

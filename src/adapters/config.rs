@@ -1,15 +1,13 @@
 //! Adapter settings shared by every method.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
+use strum::{IntoStaticStr, VariantArray};
 
 use crate::error::{LorsError, Result};
 
 /// Fine-tuning method.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, IntoStaticStr, VariantArray)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Method {
     /// LoRS with the paper's rearranged (approximate) adapter gradient.
     Lors,
@@ -24,68 +22,28 @@ pub enum Method {
 }
 
 impl Method {
-    /// Every method, flagship first.
-    pub const ALL: [Method; 5] = [
-        Method::Lors,
-        Method::LorsExact,
-        Method::Sqft,
-        Method::Spp,
-        Method::Lora,
-    ];
-
-    /// The name used in profiles, the CLI and reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            Method::Lors => "lors",
-            Method::LorsExact => "lors-exact",
-            Method::Sqft => "sqft",
-            Method::Spp => "spp",
-            Method::Lora => "lora",
-        }
-    }
-
     /// Whether the merged weight keeps the base's sparsity.
     pub fn is_masked(self) -> bool {
         self != Method::Lora
     }
 }
 
-impl fmt::Display for Method {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-impl FromStr for Method {
-    type Err = LorsError;
-
-    fn from_str(s: &str) -> Result<Self> {
-        Method::ALL
-            .into_iter()
-            .find(|m| m.name() == s)
-            .ok_or_else(|| {
-                LorsError::invalid(
-                    "method",
-                    format!("`{s}` is not one of lors, lors-exact, sqft, spp, lora"),
-                )
-            })
-    }
-}
+crate::named!(Method, "method");
 
 /// How the adapter starts (`B`, or SPP's column scale, starts at zero except with
-/// `orthogonal`, where `B·A = 0` with both nonzero).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+/// `orthogonal`, where `B·A = 0` with both nonzero), listed LoRS's own first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, IntoStaticStr, VariantArray)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Init {
+    /// LoRS's gradient-based start: the training engine sets `A` from the top right singular
+    /// vectors of the calibration gradient (`train::gradient_init`); a layer built alone starts
+    /// as `standard`.
+    Gradient,
     /// `A` kaiming-uniform (PEFT's default, bound `1/sqrt(in)`).
     #[default]
     Standard,
     /// `A ~ N(0, 1/r²)` (PEFT's `init_lora_weights="gaussian"`).
     Gaussian,
-    /// LoRS's gradient-based start: the training engine sets `A` from the top right singular
-    /// vectors of the calibration gradient (`train::gradient_init`); a layer built alone starts
-    /// as `standard`.
-    Gradient,
     /// PEFT's `init_lora_weights="orthogonal"`: `A` and `B` from the odd and even rows of one
     /// random orthogonal r×r matrix (times Gaussian factors, over 10), so `B·A = 0` (to
     /// rounding) while both are nonzero. Needs an even rank.
@@ -98,27 +56,7 @@ pub enum Init {
     Olora,
 }
 
-impl Init {
-    /// Every start, LoRS's own first.
-    pub const ALL: [Init; 5] = [
-        Init::Gradient,
-        Init::Standard,
-        Init::Gaussian,
-        Init::Orthogonal,
-        Init::Olora,
-    ];
-
-    /// The name used in profiles.
-    pub fn name(self) -> &'static str {
-        match self {
-            Init::Standard => "standard",
-            Init::Gaussian => "gaussian",
-            Init::Gradient => "gradient",
-            Init::Orthogonal => "orthogonal",
-            Init::Olora => "olora",
-        }
-    }
-}
+crate::named!(Init, "adapter.init");
 
 /// Settings of one adapter.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

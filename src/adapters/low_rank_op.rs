@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use candle_core::backend::BackendStorage;
 use candle_core::{
-    CpuStorage, CustomOp2, CustomOp3, DType, Device, InplaceOp1, Layout, Result, Shape, Storage,
-    Tensor, WithDType,
+    CpuStorage, CustomOp2, CustomOp3, Device, InplaceOp1, Layout, Result, Shape, Storage, Tensor,
+    WithDType,
 };
 
 use super::rank_r_grads::rank_r_grads;
@@ -564,16 +564,6 @@ impl CustomOp3 for LowRankOp {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (grad_x, grad_a, grad_b) = self.backward(x, a, b, grad_y, x.track_op())?;
         Ok((grad_x, Some(grad_a), Some(grad_b)))
-    }
-}
-
-/// Dtypes the ops compute in on `device`: the CPU has no bf16 matmul in candle, and the CUDA
-/// mask kernels are built for f32 and bf16.
-pub(crate) fn op_supports(dtype: DType, device: &Device) -> bool {
-    if device.is_cpu() {
-        matches!(dtype, DType::F16 | DType::F32 | DType::F64)
-    } else {
-        matches!(dtype, DType::F32 | DType::BF16)
     }
 }
 

@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use candle_core::{DType, Tensor};
 
-use super::low_rank_op::{op_supports, FrozenLinearOp, OpMask};
+use super::low_rank_op::{FrozenLinearOp, OpMask};
+use crate::device::{compute_dtypes_text, computes_in};
 use crate::error::{LorsError, Result};
 use crate::sparsity::BitMask;
 
@@ -111,13 +112,13 @@ impl SparseLinear {
                 format!("{:?}", x.dims()),
             ));
         }
-        if x.dtype() != self.weight.dtype() || !op_supports(x.dtype(), x.device()) {
+        if x.dtype() != self.weight.dtype() || !computes_in(x.dtype(), x.device().is_cpu()) {
             return Err(LorsError::UnsupportedDType {
                 dtype: x.dtype(),
                 what: format!(
-                    "a layer input (the weight is {:?}; compute needs f16, f32 or f64 on the \
-                     CPU, f32 or bf16 on CUDA)",
-                    self.weight.dtype()
+                    "a layer input (the weight is {:?}; compute needs {})",
+                    self.weight.dtype(),
+                    compute_dtypes_text(x.device().is_cpu())
                 ),
             });
         }

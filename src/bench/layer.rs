@@ -18,10 +18,10 @@ use serde::Serialize;
 
 use super::median;
 use crate::adapters::{normal, AdaptedLinear, AdapterConfig, Method, SparseLinear};
-use crate::device::{gpu_memory, reset_gpu_peak};
+use crate::device::{gpu_memory, reset_gpu_peak, ComputeDtype, DeviceSpec};
 use crate::error::{LorsError, Result};
 use crate::memory;
-use crate::sparsity::{magnitude_mask, Pattern};
+use crate::sparsity::{magnitude_mask, Layout, Pattern};
 
 /// Shape and settings of the benchmarked layer.
 #[derive(Debug, Clone, Serialize)]
@@ -30,11 +30,10 @@ pub struct LayerBenchConfig {
     pub out_features: usize,
     pub tokens: usize,
     pub rank: usize,
-    pub pattern: String,
+    pub pattern: Layout,
     pub density: f64,
-    pub dtype: String,
-    /// `cpu` or `cuda:N`.
-    pub device: String,
+    pub dtype: ComputeDtype,
+    pub device: DeviceSpec,
     /// What the byte figures count: `heap` (CPU) or `gpu pool` (CUDA).
     pub memory: String,
     pub runs: usize,
@@ -89,41 +88,6 @@ struct Sample {
     time_ms: f64,
     kept_bytes: usize,
     peak_bytes: usize,
-}
-
-/// Parse the dtype names the CLI accepts on `device`: f32, f16 or f64 on the CPU, bf16 or
-/// f32 on CUDA.
-pub fn parse_dtype(s: &str, device: &Device) -> Result<DType> {
-    let dtype = match s {
-        "f32" => DType::F32,
-        "f16" => DType::F16,
-        "f64" => DType::F64,
-        "bf16" => DType::BF16,
-        other => {
-            return Err(LorsError::invalid(
-                "dtype",
-                format!("`{other}` is not f32, f16, bf16 or f64"),
-            ))
-        }
-    };
-    let ok = if device.is_cpu() {
-        dtype != DType::BF16
-    } else {
-        matches!(dtype, DType::BF16 | DType::F32)
-    };
-    if !ok {
-        return Err(LorsError::UnsupportedDType {
-            dtype,
-            what: if device.is_cpu() {
-                "matmul on the CPU (candle's CPU backend has no bf16 matmul; use f32 here and \
-                 bf16 on CUDA)"
-                    .into()
-            } else {
-                "the CUDA kernels (bf16 or f32)".into()
-            },
-        });
-    }
-    Ok(dtype)
 }
 
 /// Bytes live now and the peak since the last reset, on the heap (CPU) or in the GPU's pool;
@@ -211,7 +175,7 @@ impl Problem {
         )?)?)?;
         let upstream = put(normal((tokens, out_f), 1.0, DType::F64, &cpu, &mut rng)?)?;
         let mut layers = Vec::new();
-        for method in Method::ALL {
+        for &method in Method::ALL {
             let base = SparseLinear::new(weight.clone(), None, Some(mask.clone()))?;
             let adapter = AdapterConfig {
                 method,

@@ -7,8 +7,9 @@ use clap::Args;
 
 use lors::adapters::Method;
 use lors::bench::train as bench_train;
+use lors::device::ComputeDtype;
 use lors::model::random::{random_weights, small_config, write_checkpoint};
-use lors::sparsity::Pattern;
+use lors::sparsity::Layout;
 use lors::train::Profile;
 
 #[derive(Args)]
@@ -66,7 +67,7 @@ pub struct RandomModelArgs {
     pub vocab: Option<usize>,
     /// Storage dtype of the weights: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: ComputeDtype,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
 }
@@ -111,8 +112,7 @@ pub fn train(args: TrainBenchArgs) -> Result<()> {
 pub fn random_model(args: RandomModelArgs) -> Result<()> {
     let prune = match args.prune.as_str() {
         "none" => None,
-        "unstructured" => Some(Pattern::Unstructured { sparsity: 0.5 }),
-        other => Some(other.parse::<Pattern>()?),
+        other => Some(other.parse::<Layout>()?.with_sparsity(0.5)?),
     };
     let mut config = small_config(
         args.hidden,
@@ -130,7 +130,7 @@ pub fn random_model(args: RandomModelArgs) -> Result<()> {
         );
         config.vocab_size = vocab;
     }
-    let dtype = lors::model::parse_dtype(&args.dtype)?;
+    let dtype = args.dtype.dtype();
     config.torch_dtype = Some(lors::model::storage_dtype_name(dtype, "random-model")?.into());
     let weights = random_weights(&config, args.seed, prune)?
         .into_iter()

@@ -9,6 +9,7 @@ use lors::eval::perplexity_of_file;
 use lors::io::check_output_dir;
 use lors::model::{inspect_model, CausalLm, ModelDir};
 use lors::prune::{prune_to_dir, PruneSettings};
+use lors::sparsity::Layout;
 
 #[derive(Args)]
 pub struct PruneArgs {
@@ -23,7 +24,7 @@ pub struct PruneArgs {
     pub sparsity: f64,
     /// `unstructured` or N:M such as `2:4`.
     #[arg(long, default_value = "unstructured")]
-    pub pattern: String,
+    pub pattern: Layout,
     /// Calibration data (JSONL/JSON records or plain text); not needed for magnitude.
     #[arg(long)]
     pub calib: Option<PathBuf>,
@@ -54,7 +55,7 @@ pub struct InspectArgs {
 pub fn prune(args: PruneArgs) -> Result<()> {
     let settings = PruneSettings {
         method: args.method.parse()?,
-        pattern: args.pattern.clone(),
+        pattern: args.pattern,
         sparsity: args.sparsity,
         calib: args.calib.clone(),
         nsamples: args.nsamples,

@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use lors::device::ComputeDtype;
 use lors::io::check_output_dir;
-use lors::model::parse_dtype;
 use lors::sources::hub::Download;
 use lors::sources::{convert_gguf, fetch_file, fetch_model, HubRef, HubSettings};
 
@@ -86,11 +86,11 @@ pub struct ConvertArgs {
     pub force: bool,
     /// Dtype of the dequantised weights: f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    pub dtype: ComputeDtype,
 }
 
 pub fn convert(args: ConvertArgs) -> Result<()> {
-    let dtype = parse_dtype(&args.dtype)?;
+    let dtype = args.dtype.dtype();
     let out = check_output_dir(&args.out, args.force, &[("GGUF file", &args.gguf)])?;
     let r = convert_gguf(&args.gguf, &out, dtype)?;
     println!(

@@ -43,7 +43,7 @@ impl TaskSuite {
         if self.tasks.is_empty() {
             return Err(LorsError::invalid(
                 "eval.tasks",
-                format!("no tasks (some of: {})", Task::names()),
+                format!("no tasks (some of: {})", Task::choices()),
             ));
         }
         if let Some(t) = self

@@ -4,14 +4,24 @@
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::error::{LorsError, Result};
 
 /// A multiple-choice task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
+#[strum(serialize_all = "snake_case")]
 pub enum Task {
     Boolq,
     Rte,
@@ -22,33 +32,12 @@ pub enum Task {
     Openbookqa,
 }
 
+crate::named!(Task, "tasks");
+
 /// Why a row does not make an item (names the column).
 type RowResult<T> = std::result::Result<T, String>;
 
 impl Task {
-    pub const ALL: [Task; 7] = [
-        Task::Boolq,
-        Task::Rte,
-        Task::Hellaswag,
-        Task::Winogrande,
-        Task::ArcEasy,
-        Task::ArcChallenge,
-        Task::Openbookqa,
-    ];
-
-    /// lm-evaluation-harness's task name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Task::Boolq => "boolq",
-            Task::Rte => "rte",
-            Task::Hellaswag => "hellaswag",
-            Task::Winogrande => "winogrande",
-            Task::ArcEasy => "arc_easy",
-            Task::ArcChallenge => "arc_challenge",
-            Task::Openbookqa => "openbookqa",
-        }
-    }
-
     /// A name of at most five characters, for table columns.
     pub fn short_name(self) -> &'static str {
         match self {
@@ -62,29 +51,13 @@ impl Task {
         }
     }
 
-    pub fn from_name(name: &str) -> Option<Task> {
-        Task::ALL.into_iter().find(|t| t.name() == name)
-    }
-
     /// Tasks from a comma-separated list of names; an unknown name is an error listing them.
     pub fn parse_list(list: &str) -> Result<Vec<Task>> {
         list.split(',')
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .map(|name| {
-                Task::from_name(name).ok_or_else(|| {
-                    LorsError::invalid(
-                        "tasks",
-                        format!("unknown task `{name}` (one of: {})", Task::names()),
-                    )
-                })
-            })
+            .map(str::parse)
             .collect()
-    }
-
-    /// Every task's name, comma-separated.
-    pub fn names() -> String {
-        Task::ALL.map(Task::name).join(", ")
     }
 
     /// The hub dataset (and configuration) and split lm-evaluation-harness scores.
@@ -157,12 +130,6 @@ impl Task {
                 Item::same_context(row.str("question_stem")?.to_string(), choices, gold)
             }
         }
-    }
-}
-
-impl std::fmt::Display for Task {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
     }
 }
 

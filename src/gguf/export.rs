@@ -22,8 +22,8 @@ use crate::model::{Architecture, ModelConfig};
 use crate::sparsity::BitMask;
 
 /// A GGUF tensor type that keeps an exact zero.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "snake_case")]
 pub enum GgufType {
     F32,
     F16,
@@ -32,19 +32,10 @@ pub enum GgufType {
     Q4_0,
 }
 
+crate::named!(@names GgufType);
+crate::serde_as_text!(GgufType);
+
 impl GgufType {
-    pub const ALL: [GgufType; 5] = [Self::F32, Self::F16, Self::Bf16, Self::Q8_0, Self::Q4_0];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::F32 => "f32",
-            Self::F16 => "f16",
-            Self::Bf16 => "bf16",
-            Self::Q8_0 => "q8_0",
-            Self::Q4_0 => "q4_0",
-        }
-    }
-
     /// The ggml type of 2-D weights.
     pub fn ggml(self) -> GgmlDType {
         match self {
@@ -68,12 +59,6 @@ impl GgufType {
     }
 }
 
-impl std::fmt::Display for GgufType {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// ggml types with an offset or a minimum per block (`d·q − m`), whose zero is not exact
 /// (measured in the GGUF tests: every zero of a 50%-sparse weight reads back nonzero).
 const OFFSET_TYPES: [&str; 6] = ["q4_1", "q5_1", "q8_1", "q2_k", "q4_k", "q5_k"];
@@ -87,10 +72,10 @@ impl FromStr for GgufType {
 
     fn from_str(s: &str) -> std::result::Result<Self, String> {
         let lower = s.to_ascii_lowercase();
-        if let Some(t) = Self::ALL.into_iter().find(|t| t.name() == lower) {
+        if let Some(t) = Self::ALL.iter().copied().find(|t| t.name() == lower) {
             return Ok(t);
         }
-        let choices = Self::ALL.map(Self::name).join(", ");
+        let choices = Self::choices();
         if OFFSET_TYPES.contains(&lower.as_str()) || lower.starts_with("iq") {
             return Err(format!(
                 "GGUF type `{s}` cannot keep the model's zeros: its blocks dequantise with an \
@@ -383,7 +368,7 @@ mod tests {
 
     #[test]
     fn types_that_lose_zeros_are_refused_with_the_reason() {
-        for t in GgufType::ALL {
+        for &t in GgufType::ALL {
             assert_eq!(t.name().parse::<GgufType>(), Ok(t));
             assert_eq!(t.name().to_uppercase().parse::<GgufType>(), Ok(t));
         }
@@ -416,7 +401,7 @@ mod tests {
             })
             .collect();
         let w = Tensor::from_vec(values, (4, 64), &Device::Cpu).unwrap();
-        for ty in GgufType::ALL {
+        for &ty in GgufType::ALL {
             let q = quantise_weight("w", &w, ty.ggml()).unwrap();
             assert_eq!(q.zeros, 128, "{ty}");
             assert_eq!(q.negative_zeros_cleared, 64, "{ty}");

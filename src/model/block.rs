@@ -3,7 +3,6 @@
 //! kept ([`Recompute::Selective`]) or recomputed from the block's input ([`Recompute::Block`]).
 
 use candle_core::Tensor;
-use serde::{Deserialize, Serialize};
 
 use super::attention::{chunk_for, Attention};
 use super::fused::{rms_norm_backward, swap_middle, swiglu, swiglu_backward};
@@ -12,8 +11,8 @@ use super::{Gradients, Linear, ModelConfig, ModuleId, Proj};
 use crate::error::Result;
 
 /// What the training step keeps of each block's forward for its backward.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
 pub enum Recompute {
     /// Keep every product of a matrix multiplication the backward needs (the block input,
     /// rotated q and k, v, the attention output, the residual after attention, gate and up);
@@ -25,17 +24,7 @@ pub enum Recompute {
     Block,
 }
 
-impl Recompute {
-    pub const ALL: [Recompute; 2] = [Recompute::Selective, Recompute::Block];
-
-    /// The profile's spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Recompute::Selective => "selective",
-            Recompute::Block => "block",
-        }
-    }
-}
+crate::named!(Recompute, "train.recompute");
 
 /// The keys and values of one layer's earlier positions. A cache of batch 1 can be extended
 /// by a batch of several rows (continuations of one shared prefix): it is broadcast to them.

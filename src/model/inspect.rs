@@ -42,7 +42,7 @@ pub fn inspect_model(dir: &ModelDir) -> Result<ModelSummary> {
     let mut layers = Vec::new();
     let mut dtype = String::from("?");
     for i in 0..dir.config.num_layers {
-        for proj in Proj::ALL {
+        for &proj in Proj::ALL {
             let path = ModuleId { layer: i, proj }.to_string();
             let w = source.tensor(&format!("{path}.weight"))?;
             dtype = format!("{:?}", w.dtype());

@@ -20,7 +20,7 @@ use crate::error::{LorsError, Result};
 pub struct AdapterSpec {
     pub config: AdapterConfig,
     /// Short module names (`q_proj`, ...) to adapt.
-    pub targets: Vec<String>,
+    pub targets: Vec<Proj>,
     /// The first this many decoder blocks get no adapter (and a training step no backward
     /// through them).
     pub frozen_blocks: usize,
@@ -41,7 +41,7 @@ impl AdapterSpec {
         Ok(self.frozen_blocks)
     }
 
-    /// The projections named by `targets`, or an error naming the unknown one.
+    /// The projections named by `targets`; an error when there are none.
     fn projections(&self) -> Result<Vec<Proj>> {
         if self.targets.is_empty() {
             return Err(LorsError::invalid(
@@ -49,21 +49,7 @@ impl AdapterSpec {
                 "names no layer to adapt",
             ));
         }
-        self.targets
-            .iter()
-            .map(|t| {
-                Proj::from_name(t).ok_or_else(|| {
-                    let all: Vec<&str> = Proj::ALL.iter().map(|p| p.name()).collect();
-                    LorsError::invalid(
-                        "adapter.target_modules",
-                        format!(
-                            "no layer is named `{t}` (this model has {})",
-                            all.join(", ")
-                        ),
-                    )
-                })
-            })
-            .collect()
+        Ok(self.targets.clone())
     }
 }
 
@@ -125,7 +111,7 @@ impl CausalLm {
         let mut blocks = Vec::with_capacity(c.num_layers);
         for layer in 0..c.num_layers {
             let mut linears = Vec::with_capacity(Proj::ALL.len());
-            for proj in Proj::ALL {
+            for &proj in Proj::ALL {
                 let module = ModuleId { layer, proj };
                 let (out_f, in_f) = proj.shape(c);
                 let weight = load(&format!("{module}.weight"), &[out_f, in_f])?;
@@ -208,7 +194,8 @@ impl CausalLm {
             .enumerate()
             .flat_map(|(layer, b)| {
                 Proj::ALL
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .zip(&b.linears)
                     .map(move |(proj, l)| (ModuleId { layer, proj }, l))
             })
@@ -230,7 +217,8 @@ impl CausalLm {
             .enumerate()
             .flat_map(|(layer, b)| {
                 Proj::ALL
-                    .into_iter()
+                    .iter()
+                    .copied()
                     .zip(b.linears.iter_mut())
                     .filter_map(move |(proj, l)| match l {
                         Linear::Adapted(a) => Some((ModuleId { layer, proj }, a)),
@@ -414,7 +402,7 @@ impl CausalLm {
 
     /// Whether block `layer` has an adapter or a probed layer, i.e. gradients to compute.
     fn block_trains(&self, layer: usize, grads: &Gradients) -> bool {
-        Proj::ALL.into_iter().any(|proj| {
+        Proj::ALL.iter().copied().any(|proj| {
             self.blocks[layer].linears[proj.index()].adapted().is_some()
                 || grads.is_probed(ModuleId { layer, proj })
         })
@@ -428,7 +416,8 @@ impl CausalLm {
         grads: &Gradients,
     ) -> impl FnMut(Proj, &Linear, &Tensor) -> Result<Tensor> {
         let probed: Vec<Proj> = Proj::ALL
-            .into_iter()
+            .iter()
+            .copied()
             .filter(|&proj| grads.is_probed(ModuleId { layer, proj }))
             .collect();
         move |proj, l, x| {

@@ -6,47 +6,40 @@ use std::fmt;
 use super::ModelConfig;
 
 /// A linear projection of a Llama-family decoder block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Its name is PEFT's (`q_proj`, ...), also the `adapter.target_modules` entry; listed in
+/// checkpoint order.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    strum::IntoStaticStr,
+    strum::VariantArray,
+)]
 pub enum Proj {
+    #[strum(serialize = "q_proj")]
     Q,
+    #[strum(serialize = "k_proj")]
     K,
+    #[strum(serialize = "v_proj")]
     V,
+    #[strum(serialize = "o_proj")]
     O,
+    #[strum(serialize = "gate_proj")]
     Gate,
+    #[strum(serialize = "up_proj")]
     Up,
+    #[strum(serialize = "down_proj")]
     Down,
 }
 
+crate::named!(Proj, "adapter.target_modules");
+
 impl Proj {
-    /// Every projection, in checkpoint order.
-    pub const ALL: [Proj; 7] = [
-        Proj::Q,
-        Proj::K,
-        Proj::V,
-        Proj::O,
-        Proj::Gate,
-        Proj::Up,
-        Proj::Down,
-    ];
-
-    /// PEFT's short name (`q_proj`, ...), also the `adapter.target_modules` entry.
-    pub fn name(self) -> &'static str {
-        match self {
-            Proj::Q => "q_proj",
-            Proj::K => "k_proj",
-            Proj::V => "v_proj",
-            Proj::O => "o_proj",
-            Proj::Gate => "gate_proj",
-            Proj::Up => "up_proj",
-            Proj::Down => "down_proj",
-        }
-    }
-
-    /// The projection of a short name.
-    pub fn from_name(name: &str) -> Option<Proj> {
-        Proj::ALL.into_iter().find(|p| p.name() == name)
-    }
-
     /// The block's submodule holding it (`self_attn` or `mlp`).
     pub fn group(self) -> &'static str {
         match self {
@@ -72,7 +65,7 @@ impl Proj {
         c.qkv_bias && matches!(self, Proj::Q | Proj::K | Proj::V)
     }
 
-    /// Its position in [`Proj::ALL`].
+    /// Its position in `Proj::ALL`.
     pub fn index(self) -> usize {
         self as usize
     }
@@ -104,8 +97,8 @@ mod tests {
 
     #[test]
     fn names_round_trip_and_paths_follow_hugging_face() {
-        for p in Proj::ALL {
-            assert_eq!(Proj::from_name(p.name()), Some(p));
+        for &p in Proj::ALL {
+            assert_eq!(p.name().parse::<Proj>().unwrap(), p);
             assert_eq!(Proj::ALL[p.index()], p);
         }
         let id = ModuleId {

@@ -142,7 +142,7 @@ pub fn random_weights(
         let p = format!("model.layers.{l}");
         t.insert(format!("{p}.input_layernorm.weight"), ones(h)?);
         t.insert(format!("{p}.post_attention_layernorm.weight"), ones(h)?);
-        for proj in Proj::ALL {
+        for &proj in Proj::ALL {
             let module = ModuleId { layer: l, proj };
             let dims = proj.shape(&c);
             let mut w = randn(dims, fan_in(dims))?;

@@ -185,17 +185,3 @@ pub fn storage_dtype_name(dtype: DType, what: &str) -> Result<&'static str> {
         }),
     }
 }
-
-/// Parse a dtype name as used in configs and profiles (`f32`, `float32`, ...).
-pub fn parse_dtype(s: &str) -> Result<DType> {
-    match s {
-        "f32" | "float32" => Ok(DType::F32),
-        "f16" | "float16" => Ok(DType::F16),
-        "bf16" | "bfloat16" => Ok(DType::BF16),
-        "f64" | "float64" => Ok(DType::F64),
-        other => Err(LorsError::invalid(
-            "dtype",
-            format!("`{other}` is not f32, f16, bf16 or f64"),
-        )),
-    }
-}

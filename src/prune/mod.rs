@@ -20,11 +20,11 @@ pub use sparsegpt::sparsegpt;
 use crate::data::{Batch, Block};
 use crate::error::{LorsError, Result};
 use crate::model::{write_model_dir, CausalLm, ModelDir, ModuleId, Proj, WeightSource};
-use crate::sparsity::{mask_from_scores, BitMask, Pattern};
+use crate::sparsity::{mask_from_scores, BitMask, Layout, Pattern};
 
 /// Pruning algorithm.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
 pub enum PruneMethod {
     /// `|W|`.
     Magnitude,
@@ -34,43 +34,7 @@ pub enum PruneMethod {
     SparseGpt,
 }
 
-impl PruneMethod {
-    pub const ALL: [PruneMethod; 3] = [
-        PruneMethod::Magnitude,
-        PruneMethod::Wanda,
-        PruneMethod::SparseGpt,
-    ];
-
-    /// The name used in profiles.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Magnitude => "magnitude",
-            Self::Wanda => "wanda",
-            Self::SparseGpt => "sparsegpt",
-        }
-    }
-}
-
-impl std::str::FromStr for PruneMethod {
-    type Err = LorsError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "magnitude" => Ok(Self::Magnitude),
-            "wanda" => Ok(Self::Wanda),
-            "sparsegpt" => Ok(Self::SparseGpt),
-            other => Err(LorsError::invalid(
-                "prune.method",
-                format!("`{other}` is not magnitude, wanda or sparsegpt"),
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for PruneMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+crate::named!(PruneMethod, "prune.method");
 
 /// Density of one pruned layer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -299,8 +263,8 @@ pub fn write_pruned(
 pub struct PruneSettings {
     pub method: PruneMethod,
     /// `unstructured` or N:M such as `2:4`.
-    #[serde(default = "default_pattern")]
-    pub pattern: String,
+    #[serde(default)]
+    pub pattern: Layout,
     /// Unstructured sparsity in (0, 1).
     #[serde(default = "default_sparsity")]
     pub sparsity: f64,
@@ -315,9 +279,6 @@ pub struct PruneSettings {
     pub seed: u64,
 }
 
-fn default_pattern() -> String {
-    "unstructured".into()
-}
 fn default_sparsity() -> f64 {
     0.5
 }
@@ -331,15 +292,7 @@ fn default_seq_len() -> usize {
 impl PruneSettings {
     /// The sparsity pattern these settings ask for.
     pub fn pattern(&self) -> Result<Pattern> {
-        let p = if self.pattern == "unstructured" {
-            Pattern::Unstructured {
-                sparsity: self.sparsity,
-            }
-        } else {
-            self.pattern.parse()?
-        };
-        p.check()?;
-        Ok(p)
+        self.pattern.with_sparsity(self.sparsity)
     }
 
     /// Check the values that do not need the model.

@@ -4,7 +4,7 @@ mod mask;
 mod pattern;
 
 pub use mask::{BitMask, PatternCheck};
-pub use pattern::{magnitude_mask, mask_from_scores, Pattern};
+pub use pattern::{magnitude_mask, mask_from_scores, Layout, Pattern};
 
 use serde::{Deserialize, Serialize};
 

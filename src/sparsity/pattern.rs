@@ -78,23 +78,57 @@ impl fmt::Display for Pattern {
     }
 }
 
-impl FromStr for Pattern {
+/// A pattern's layout as profiles and flags name it: `unstructured` (with its sparsity given
+/// beside it) or `N:M` such as `2:4`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    #[default]
+    Unstructured,
+    NofM {
+        n: usize,
+        m: usize,
+    },
+}
+
+impl Layout {
+    /// The pattern: this layout, at `sparsity` when unstructured (ignored for N:M), checked.
+    pub fn with_sparsity(self, sparsity: f64) -> Result<Pattern> {
+        let pattern = match self {
+            Layout::Unstructured => Pattern::Unstructured { sparsity },
+            Layout::NofM { n, m } => Pattern::NofM { n, m },
+        };
+        pattern.check()?;
+        Ok(pattern)
+    }
+}
+
+impl FromStr for Layout {
     type Err = LorsError;
 
-    /// `"2:4"` (any `N:M`) or `"unstructured"` (sparsity 0.5; use the struct form for others).
+    /// `"unstructured"` or `"N:M"` with `0 < N < M`.
     fn from_str(s: &str) -> Result<Self> {
         if s == "unstructured" {
-            return Ok(Pattern::Unstructured { sparsity: 0.5 });
+            return Ok(Layout::Unstructured);
         }
         let bad = || LorsError::invalid("pattern", format!("`{s}` is not `unstructured` or N:M"));
         let (n, m) = s.split_once(':').ok_or_else(bad)?;
         let n: usize = n.trim().parse().map_err(|_| bad())?;
         let m: usize = m.trim().parse().map_err(|_| bad())?;
-        let pattern = Pattern::NofM { n, m };
-        pattern.check()?;
-        Ok(pattern)
+        Pattern::NofM { n, m }.check()?;
+        Ok(Layout::NofM { n, m })
     }
 }
+
+impl fmt::Display for Layout {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Layout::Unstructured => f.write_str("unstructured"),
+            Layout::NofM { n, m } => write!(f, "{n}:{m}"),
+        }
+    }
+}
+
+crate::serde_as_text!(Layout);
 
 /// Keep the largest-magnitude weights of each group (each row, or each `m` inputs for N:M).
 /// Ties go to the lower index, so the result is deterministic.
@@ -203,10 +237,10 @@ mod tests {
             assert!(magnitude_mask(&weight, p).is_err(), "{p}");
         }
         assert_eq!(
-            "2:4".parse::<Pattern>().unwrap(),
+            "2:4".parse::<Layout>().unwrap().with_sparsity(0.9).unwrap(),
             Pattern::NofM { n: 2, m: 4 }
         );
-        assert!("4:4".parse::<Pattern>().is_err());
-        assert!("2-4".parse::<Pattern>().is_err());
+        assert!("4:4".parse::<Layout>().is_err());
+        assert!("2-4".parse::<Layout>().is_err());
     }
 }

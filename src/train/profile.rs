@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::optim::OptimizerName;
 use crate::adapters::{AdapterConfig, Init, Method};
 use crate::data::{BlockOptions, DataFormat};
+use crate::device::{check_compute, ComputeDtype, DeviceSpec};
 use crate::error::{LorsError, Result};
 use crate::model::{Proj, Recompute};
 
@@ -19,12 +20,8 @@ pub struct ModelSection {
     pub path: PathBuf,
     /// Compute dtype: `f32` (or `f16`) on the CPU, `bf16` or `f32` on CUDA; the checkpoint's
     /// storage dtype is converted on load. Adapters and optimiser state stay f32.
-    #[serde(default = "default_dtype")]
-    pub dtype: String,
-}
-
-fn default_dtype() -> String {
-    "f32".into()
+    #[serde(default)]
+    pub dtype: ComputeDtype,
 }
 
 /// Packing of tokenised records into sequences.
@@ -109,7 +106,7 @@ pub struct AdapterSection {
     #[serde(default = "default_stable_gamma")]
     pub stable_gamma: f64,
     #[serde(default = "default_targets")]
-    pub target_modules: Vec<String>,
+    pub target_modules: Vec<Proj>,
     /// Start from this adapter (PEFT safetensors) instead of an initialiser.
     #[serde(default)]
     pub init_from: Option<PathBuf>,
@@ -196,8 +193,8 @@ fn default_init_samples() -> usize {
 fn default_stable_gamma() -> f64 {
     1.0
 }
-fn default_targets() -> Vec<String> {
-    Proj::ALL.iter().map(|p| p.name().to_string()).collect()
+fn default_targets() -> Vec<Proj> {
+    Proj::ALL.to_vec()
 }
 
 impl Default for AdapterSection {
@@ -230,27 +227,16 @@ impl AdapterSection {
 }
 
 /// Learning-rate schedule after warm-up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "kebab-case")]
 pub enum Schedule {
-    Constant,
-    Linear,
     #[default]
     Cosine,
+    Linear,
+    Constant,
 }
 
-impl Schedule {
-    pub const ALL: [Schedule; 3] = [Schedule::Cosine, Schedule::Linear, Schedule::Constant];
-
-    /// The name used in profiles.
-    pub fn name(self) -> &'static str {
-        match self {
-            Schedule::Constant => "constant",
-            Schedule::Linear => "linear",
-            Schedule::Cosine => "cosine",
-        }
-    }
-}
+crate::named!(Schedule, "optim.schedule");
 
 /// The optimiser and the schedule.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -320,8 +306,8 @@ pub struct TrainSection {
     #[serde(default)]
     pub save_every: usize,
     /// `cpu`, `cuda` or `cuda:N` (CUDA needs a `--features cuda` build).
-    #[serde(default = "default_device")]
-    pub device: String,
+    #[serde(default)]
+    pub device: DeviceSpec,
     #[serde(default = "default_output")]
     pub output_dir: PathBuf,
     /// Name of the run directory (default: method, rank and a timestamp).
@@ -341,9 +327,6 @@ fn default_batch() -> usize {
 }
 fn one() -> usize {
     1
-}
-fn default_device() -> String {
-    "cpu".into()
 }
 fn default_output() -> PathBuf {
     PathBuf::from("runs")
@@ -437,8 +420,6 @@ impl Profile {
     /// Check values; errors name the key.
     pub fn validate(&self) -> Result<()> {
         let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
-        let dtype = crate::model::parse_dtype(&self.model.dtype)
-            .map_err(|e| LorsError::invalid("model.dtype", e.to_string()))?;
         if self.data.seq_len < 2 {
             return bad(
                 "data.seq_len",
@@ -459,7 +440,8 @@ impl Profile {
         if self.optim.name == OptimizerName::LoraRite && self.adapter.method == Method::Spp {
             return bad("optim.name", format!("lora-rite {NEEDS_A_PAIR}"));
         }
-        validate_train(&self.train, dtype, &self.model.dtype)?;
+        check_compute(self.model.dtype, self.train.device, "model.dtype")?;
+        validate_train(&self.train)?;
         if let Some(e) = &self.eval {
             e.validate()?;
         }
@@ -573,18 +555,9 @@ fn validate_adapter(a: &AdapterSection) -> Result<()> {
 /// Why an option on the low-rank pair does not apply to `spp`.
 const NEEDS_A_PAIR: &str = "works on a low-rank pair A, B, which spp does not have";
 
-/// Steps, batches, the run name, and a compute dtype the device can use (`dtype`, spelled
-/// `dtype_name` in the profile).
-fn validate_train(t: &TrainSection, dtype: candle_core::DType, dtype_name: &str) -> Result<()> {
+/// Steps, batches and the run name.
+fn validate_train(t: &TrainSection) -> Result<()> {
     let bad = |k: &str, r: String| Err(LorsError::invalid(k, r));
-    if dtype == candle_core::DType::BF16 && t.device == "cpu" {
-        return bad(
-            "model.dtype",
-            "bf16 compute needs CUDA (candle has no bf16 matmul on the CPU); bf16 \
-             checkpoints load fine with dtype = \"f32\""
-                .into(),
-        );
-    }
     match (t.max_steps, t.epochs) {
         (None, None) => return bad("train.max_steps", "give max_steps or epochs".into()),
         (Some(_), Some(_)) => {
@@ -604,18 +577,6 @@ fn validate_train(t: &TrainSection, dtype: candle_core::DType, dtype_name: &str)
     }
     if let Some(name) = &t.run_name {
         check_run_name(name)?;
-    }
-    let on_gpu = crate::device::cuda_ordinal(&t.device)
-        .map_err(|e| LorsError::invalid("train.device", e.to_string()))?
-        .is_some();
-    if on_gpu && !matches!(dtype, candle_core::DType::F32 | candle_core::DType::BF16) {
-        return bad(
-            "model.dtype",
-            format!(
-                "`{}` on {}: the CUDA kernels compute in bf16 or f32",
-                dtype_name, t.device
-            ),
-        );
     }
     Ok(())
 }

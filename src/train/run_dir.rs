@@ -28,8 +28,8 @@ use crate::io::{process_alive, write_atomic, write_json_atomic};
 use crate::model::LayerSparsity;
 
 /// Life cycle of a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
 pub enum RunState {
     Initializing,
     Running,
@@ -41,19 +41,7 @@ pub enum RunState {
     Crashed,
 }
 
-impl std::fmt::Display for RunState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            RunState::Initializing => "initializing",
-            RunState::Running => "running",
-            RunState::Paused => "paused",
-            RunState::Finished => "finished",
-            RunState::Failed => "failed",
-            RunState::Stopped => "stopped",
-            RunState::Crashed => "crashed",
-        })
-    }
-}
+crate::named!(RunState, "state");
 
 impl RunState {
     /// Whether a process should be working on the run.
@@ -153,21 +141,14 @@ pub enum MetricRow {
 }
 
 /// When a run scores its `[eval]` tasks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
 pub enum EvalStage {
     Before,
     After,
 }
 
-impl std::fmt::Display for EvalStage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            EvalStage::Before => "before",
-            EvalStage::After => "after",
-        })
-    }
-}
+crate::named!(EvalStage, "stage");
 
 /// A run directory.
 #[derive(Debug, Clone)]

@@ -19,11 +19,11 @@ use crate::adapters::{flat_ramp, FlatNoise, Init};
 use crate::data::{
     load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, TextTokenizer,
 };
-use crate::device::{gpu_memory, parse_device, reset_gpu_peak};
+use crate::device::{gpu_memory, reset_gpu_peak};
 use crate::error::{LorsError, Result};
 use crate::eval::{evaluate, EvalResult};
 use crate::memory;
-use crate::model::{merged_sparsity, parse_dtype, AdapterSpec, CausalLm, Gradients, ModelDir};
+use crate::model::{merged_sparsity, AdapterSpec, CausalLm, Gradients, ModelDir};
 
 /// Something that happened during a run, for progress displays.
 #[derive(Debug, Clone)]
@@ -96,8 +96,8 @@ fn load_with(
     CausalLm::from_source(
         &model_dir.config,
         &model_dir.weights()?,
-        parse_dtype(&profile.model.dtype)?,
-        &parse_device(&profile.train.device)?,
+        profile.model.dtype.dtype(),
+        &profile.train.device.open()?,
         spec,
         &mut rng,
     )

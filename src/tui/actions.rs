@@ -6,6 +6,8 @@ use super::app::{App, Confirm, EditTarget, Effect, Modal, Picker, View};
 use super::keys::Action;
 use super::setup::{FieldId, Kind, PickFrom};
 use super::sweeps::{ChartMode, SweepForm};
+use crate::prune::PruneMethod;
+use crate::sparsity::Layout;
 use crate::train::{ControlRequest, RunState};
 
 /// `i` moved by `step` in `0..n`, wrapping.
@@ -21,8 +23,10 @@ impl App {
             Action::Activate => self.activate_field(),
             Action::AddPrune => {
                 // The offer of the dense-model warning: prune with Wanda to 50% first.
-                self.setup.set(FieldId::PruneMethod, "wanda");
-                self.setup.set(FieldId::PrunePattern, "unstructured");
+                self.setup
+                    .set(FieldId::PruneMethod, PruneMethod::Wanda.name());
+                self.setup
+                    .set(FieldId::PrunePattern, &Layout::Unstructured.to_string());
                 self.setup.set(FieldId::PruneSparsity, "0.5");
                 self.setup.select(FieldId::PruneMethod);
                 self.notice = Some("prune step: wanda, 50% unstructured".into());

@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 use super::catalog::DataRequest;
 use crate::adapters::{Init, Method};
 use crate::data::DataSummary;
+use crate::device::DeviceSpec;
 use crate::model::ModelSummary;
 use crate::model::Recompute;
 use crate::prune::PruneMethod;
 use crate::sources::hub::Download;
+use crate::sparsity::Layout;
 use crate::train::optim::OptimizerName;
 use crate::train::profile::Schedule;
 use crate::train::Profile;
@@ -108,18 +110,21 @@ const DEFAULT_STEPS: usize = 100;
 
 impl FieldId {
     /// The values Left/Right cycle through, if any.
-    pub fn choices(self) -> Vec<&'static str> {
+    pub fn choices(self) -> Vec<String> {
+        fn names<T: ToString>(all: &[T]) -> Vec<String> {
+            all.iter().map(T::to_string).collect()
+        }
         match self {
-            FieldId::PruneMethod => std::iter::once(NO_PRUNE)
-                .chain(PruneMethod::ALL.iter().map(|m| m.name()))
+            FieldId::PruneMethod => std::iter::once(NO_PRUNE.to_string())
+                .chain(names(PruneMethod::ALL))
                 .collect(),
-            FieldId::Method => Method::ALL.iter().map(|m| m.name()).collect(),
-            FieldId::Init => Init::ALL.iter().map(|i| i.name()).collect(),
-            FieldId::Optimizer => OptimizerName::ALL.iter().map(|o| o.name()).collect(),
-            FieldId::Schedule => Schedule::ALL.iter().map(|s| s.name()).collect(),
-            FieldId::Recompute => Recompute::ALL.iter().map(|r| r.name()).collect(),
-            FieldId::Device => crate::device::available_devices().to_vec(),
-            _ if self.kind() == Kind::Bool => vec!["true", "false"],
+            FieldId::Method => names(Method::ALL),
+            FieldId::Init => names(Init::ALL),
+            FieldId::Optimizer => names(OptimizerName::ALL),
+            FieldId::Schedule => names(Schedule::ALL),
+            FieldId::Recompute => names(Recompute::ALL),
+            FieldId::Device => names(DeviceSpec::available()),
+            _ if self.kind() == Kind::Bool => names(&[true, false]),
             _ => Vec::new(),
         }
     }
@@ -132,7 +137,7 @@ impl FieldId {
         match self {
             FieldId::Model => path(&p.model.path),
             FieldId::PruneMethod => prune.map_or(NO_PRUNE.into(), |s| s.method.to_string()),
-            FieldId::PrunePattern => prune.map_or("unstructured".into(), |s| s.pattern.clone()),
+            FieldId::PrunePattern => prune.map_or(Layout::default(), |s| s.pattern).to_string(),
             FieldId::PruneSparsity => prune.map_or("0.5".into(), |s| s.sparsity.to_string()),
             FieldId::TrainData => path(&p.data.train),
             FieldId::ValidData => p.data.valid.as_deref().map(path).unwrap_or_default(),
@@ -144,7 +149,12 @@ impl FieldId {
             FieldId::Init => a.init.name().into(),
             FieldId::InitSamples => a.init_samples.to_string(),
             FieldId::StableGamma => format!("{:?}", a.stable_gamma),
-            FieldId::Targets => a.target_modules.join(","),
+            FieldId::Targets => a
+                .target_modules
+                .iter()
+                .map(|p| p.name())
+                .collect::<Vec<_>>()
+                .join(","),
             FieldId::FrozenBlocks => a.frozen_blocks.to_string(),
             FieldId::OrthReg => format!("{:?}", a.orth_reg),
             FieldId::RankKeep => a.rank_keep.to_string(),
@@ -161,7 +171,7 @@ impl FieldId {
             FieldId::Accum => p.train.grad_accum.to_string(),
             FieldId::Recompute => p.train.recompute.name().into(),
             FieldId::Seed => p.train.seed.to_string(),
-            FieldId::Device => p.train.device.clone(),
+            FieldId::Device => p.train.device.to_string(),
         }
     }
 
@@ -270,7 +280,7 @@ impl Setup {
             .iter()
             .position(|c| *c == self.value(id))
             .unwrap_or(0) as isize;
-        let next = choices[(i + step).rem_euclid(choices.len() as isize) as usize];
+        let next = &choices[(i + step).rem_euclid(choices.len() as isize) as usize];
         self.set(id, next);
         true
     }

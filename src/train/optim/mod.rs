@@ -8,7 +8,6 @@ mod sora;
 use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
-use serde::{Deserialize, Serialize};
 
 pub use adamw::AdamW;
 pub use lora_rite::LoraRite;
@@ -18,8 +17,8 @@ use super::profile::{OptimSection, Schedule};
 use crate::error::{LorsError, Result};
 
 /// Which optimiser updates the adapters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "kebab-case")]
 pub enum OptimizerName {
     /// Decoupled-weight-decay Adam, element-wise.
     #[default]
@@ -29,18 +28,7 @@ pub enum OptimizerName {
     LoraRite,
 }
 
-impl OptimizerName {
-    /// Every optimiser, the default first.
-    pub const ALL: [OptimizerName; 2] = [OptimizerName::Adamw, OptimizerName::LoraRite];
-
-    /// The name used in profiles.
-    pub fn name(self) -> &'static str {
-        match self {
-            OptimizerName::Adamw => "adamw",
-            OptimizerName::LoraRite => "lora-rite",
-        }
-    }
-}
+crate::named!(OptimizerName, "optim.name");
 
 /// The optimiser a profile names over the `A`/`B` pairs, and SoRA's gate step when the
 /// adapters have gates.

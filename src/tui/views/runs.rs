@@ -17,7 +17,8 @@ const TASK_COLUMN: u16 = 6;
 /// The Runs table: a row per run, with a column per scored task where the width allows.
 fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) -> Table<'a> {
     let mut tasks: Vec<crate::eval::Task> = crate::eval::Task::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|t| {
             app.runs
                 .iter()

@@ -93,16 +93,14 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
     let mut lines = model_lines(s, theme);
     if s.pruning() {
         let pattern = s.value(FieldId::PrunePattern);
+        let unstructured = pattern.parse::<crate::sparsity::Layout>().ok()
+            == Some(crate::sparsity::Layout::Unstructured);
         let sparsity = s.value(FieldId::PruneSparsity);
         lines.push(Line::from(format!(
             "prune step: {} {} {} before training, calibrated on the train data",
             s.value(FieldId::PruneMethod),
             pattern,
-            if pattern == "unstructured" {
-                sparsity
-            } else {
-                ""
-            }
+            if unstructured { sparsity } else { "" }
         )));
     }
     for (id, info) in &s.data {
