@@ -42,9 +42,13 @@ fn demo_profile_trains_and_exports_a_still_sparse_model() {
     let mut p = Profile::load(
         &repo().join("profiles/demo.toml"),
         &[
-            "train.max_steps=4".into(),
-            "train.eval_every=2".into(),
-            format!("train.output_dir=\"{out}\""),
+            "train.max_steps=4"
+                .parse::<lors::train::Override>()
+                .unwrap(),
+            "train.eval_every=2"
+                .parse::<lors::train::Override>()
+                .unwrap(),
+            lors::train::Override::new("train.output_dir", out),
         ],
     )
     .unwrap();

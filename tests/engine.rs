@@ -303,7 +303,8 @@ fn sora_lowers_ranks_and_exports_a_folded_peft_adapter() {
         ("adapter.sora=true", "adapter.sora"),
         ("optim.name=\"lora-rite\"", "optim.name"),
     ] {
-        let sets = ["adapter.method=\"spp\"", "adapter.init=\"standard\"", set].map(String::from);
+        let sets = ["adapter.method=\"spp\"", "adapter.init=\"standard\"", set]
+            .map(|s| s.parse::<lors::train::Override>().unwrap());
         let err = Profile::parse(&fixture::profile_text(&f), &sets)
             .unwrap_err()
             .to_string();
@@ -495,7 +496,11 @@ fn bad_input_names_the_file_line_key_or_tensor() {
 
     // Profiles: unknown keys and bad values name the key.
     let base = profile(&f, &[]).to_toml();
-    let err = Profile::parse(&base, &["adapter.rnak=4".into()]).unwrap_err();
+    let err = Profile::parse(
+        &base,
+        &["adapter.rnak=4".parse::<lors::train::Override>().unwrap()],
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("rnak"), "{err}");
     for (set, key) in [
         ("adapter.rank=0", "adapter.rank"),
@@ -505,13 +510,18 @@ fn bad_input_names_the_file_line_key_or_tensor() {
         ("adapter.method=\"lors-fast\"", "method"),
         ("model.dtype=\"bf16\"", "model.dtype"),
     ] {
-        let err = Profile::parse(&base, &[set.into()]).unwrap_err();
+        let err =
+            Profile::parse(&base, &[set.parse::<lors::train::Override>().unwrap()]).unwrap_err();
         assert!(err.to_string().contains(key), "{set}: {err}");
     }
     // CUDA computes in bf16 or f32 only.
     let set = [
-        "train.device=\"cuda:0\"".into(),
-        "model.dtype=\"f16\"".into(),
+        "train.device=\"cuda:0\""
+            .parse::<lors::train::Override>()
+            .unwrap(),
+        "model.dtype=\"f16\""
+            .parse::<lors::train::Override>()
+            .unwrap(),
     ];
     let err = Profile::parse(&base, &set).unwrap_err();
     assert!(err.to_string().contains("model.dtype"), "{err}");
@@ -872,10 +882,17 @@ fn profile_values_must_be_finite_in_range_and_run_names_plain() {
         ("train.run_name=\"..\"", "train.run_name"),
         ("train.run_name=\"\"", "train.run_name"),
     ] {
-        let err = Profile::parse(&text, &[set.to_string()]).unwrap_err();
+        let err =
+            Profile::parse(&text, &[set.parse::<lors::train::Override>().unwrap()]).unwrap_err();
         assert!(err.to_string().contains(key), "{set}: {err}");
     }
-    Profile::parse(&text, &["train.run_name=\"my-run_2\"".into()]).unwrap();
+    Profile::parse(
+        &text,
+        &["train.run_name=\"my-run_2\""
+            .parse::<lors::train::Override>()
+            .unwrap()],
+    )
+    .unwrap();
 }
 
 #[test]
@@ -1108,8 +1125,13 @@ fn recompute_policies_give_identical_runs() {
         assert!(curves[0].len() >= 8, "{method}: {:?}", curves[0]);
         assert_eq!(curves[0], curves[1], "{method}");
     }
-    let err =
-        Profile::parse(&fixture::profile_text(&f), &["train.recompute=all".into()]).unwrap_err();
+    let err = Profile::parse(
+        &fixture::profile_text(&f),
+        &["train.recompute=all"
+            .parse::<lors::train::Override>()
+            .unwrap()],
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("recompute"), "{err}");
 }
 

@@ -433,7 +433,7 @@ fn a_run_with_an_eval_section_scores_before_and_after() {
         "eval.limit=6",
         "eval.tasks=[\"hellaswag\", \"boolq\"]",
     ]
-    .map(String::from);
+    .map(|s| s.parse::<lors::train::Override>().unwrap());
     let mut p = Profile::load(&repo("profiles/stories-wanda50-lors.toml"), &sets).unwrap();
     p.resolve_paths(&repo("."));
     let run = RunDir::create(&tmp.path().join("run"), &p).unwrap();

@@ -105,7 +105,7 @@ fn repo() -> PathBuf {
 fn demo_profile(dir: &Path, steps: usize) -> PathBuf {
     let mut p = Profile::load(
         &repo().join("profiles/demo.toml"),
-        &[format!("train.max_steps={steps}")],
+        &[lors::train::Override::new("train.max_steps", steps as i64)],
     )
     .unwrap();
     p.resolve_paths(&repo());
@@ -290,7 +290,13 @@ fn a_killed_run_is_resumed_from_the_workbench() {
     let tmp = tempfile::tempdir().unwrap();
     let runs = tmp.path().join("runs");
     let profile = demo_profile(tmp.path(), 100_000);
-    let p = Profile::load(&profile, &["train.save_every=3".into()]).unwrap();
+    let p = Profile::load(
+        &profile,
+        &["train.save_every=3"
+            .parse::<lors::train::Override>()
+            .unwrap()],
+    )
+    .unwrap();
     std::fs::write(&profile, p.to_toml()).unwrap();
     let t = Tmux::start("resume", &repo(), &tui_args(&runs, &profile, &[]));
     t.wait_for("ready to launch", 30);

@@ -10,7 +10,7 @@ use lors::bench::train as bench_train;
 use lors::device::ComputeDtype;
 use lors::model::random::{random_weights, small_config, write_checkpoint};
 use lors::sparsity::Layout;
-use lors::train::Profile;
+use lors::train::{Override, Profile};
 
 #[derive(Args)]
 pub struct TrainBenchArgs {
@@ -19,7 +19,7 @@ pub struct TrainBenchArgs {
     pub profile: PathBuf,
     /// Override a profile value (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
+    pub overrides: Vec<Override>,
     /// Measured steps per method.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,

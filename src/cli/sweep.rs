@@ -8,6 +8,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use lors::sweep::{summary, Sweep, SweepState, TrialState};
+use lors::train::Override;
 
 #[derive(Args)]
 pub struct SweepArgs {
@@ -16,7 +17,7 @@ pub struct SweepArgs {
     pub profile: Option<PathBuf>,
     /// Override a base profile value, e.g. `--set train.max_steps=60` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
+    pub overrides: Vec<Override>,
     /// Sweep directory (default: `<train.output_dir>/sweep-<time>`); trial runs go beside it.
     #[arg(long, conflicts_with = "resume")]
     pub out: Option<PathBuf>,

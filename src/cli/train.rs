@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lors::train::{self, Event, MetricRow, Profile, RunDir, RunOutcome, Start};
+use lors::train::{self, Event, MetricRow, Override, Profile, RunDir, RunOutcome, Start};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -17,7 +17,7 @@ pub struct TrainArgs {
     pub profile: Option<PathBuf>,
     /// Override a profile value, e.g. `--set adapter.rank=16` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
-    pub overrides: Vec<String>,
+    pub overrides: Vec<Override>,
     /// Run directory (default: <train.output_dir>/<run_name or method-rank-time>).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,

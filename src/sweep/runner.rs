@@ -18,7 +18,7 @@ use super::asha::{Asha, Decision};
 use super::spec::{SweepSpec, Trial};
 use crate::error::{LorsError, Result};
 use crate::io::{spawn_detached, write_atomic, write_json_atomic};
-use crate::train::{ControlRequest, MetricRow, Profile, RunDir, RunState};
+use crate::train::{ControlRequest, MetricRow, Override, Profile, RunDir, RunState};
 
 /// Where a trial stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -146,7 +146,7 @@ fn split_sweep(path: &Path, text: &str) -> Result<(toml::Table, String)> {
 /// parsed, with every axis value checked against the base (errors name `sweep.<key>`).
 pub fn load_profile(
     path: &Path,
-    overrides: &[String],
+    overrides: &[Override],
 ) -> Result<(Profile, toml::Table, SweepSpec)> {
     let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
     let (sweep_table, base_text) = split_sweep(path, &text)?;
@@ -159,9 +159,11 @@ pub fn load_profile(
 /// `sweep.<key>`).
 pub fn check_sweep(base: &Profile, sweep_table: &toml::Table) -> Result<SweepSpec> {
     let spec = SweepSpec::from_table(sweep_table)?;
-    let base_text = base.to_toml();
+    let base_table =
+        toml::Table::try_from(base).map_err(|e| LorsError::invalid("sweep", e.to_string()))?;
     for (key, value) in spec.probe_values() {
-        Profile::parse(&base_text, &[format!("{key}={value}")])
+        let probe = Override::new(&key, value.clone());
+        Profile::from_table(base_table.clone(), &[probe])
             .map_err(|e| LorsError::invalid(format!("sweep.{key}"), format!("`{value}`: {e}")))?;
     }
     Ok(spec)
@@ -180,7 +182,7 @@ impl Sweep {
     /// Set up a new sweep from the profile at `profile_path` (with `overrides` applied to
     /// the base) in `dir` (default: `<train.output_dir>/sweep-<time>`); every axis value is
     /// checked against the profile first, and errors name the key.
-    pub fn create(profile_path: &Path, overrides: &[String], dir: Option<&Path>) -> Result<Self> {
+    pub fn create(profile_path: &Path, overrides: &[Override], dir: Option<&Path>) -> Result<Self> {
         let (mut base, sweep_table, spec) = load_profile(profile_path, overrides)?;
         let cwd = std::env::current_dir().map_err(|e| LorsError::io(Path::new("."), e))?;
         base.resolve_paths(&cwd);

@@ -22,6 +22,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LorsError, Result};
+use crate::train::Override;
 
 /// How trials are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -87,11 +88,11 @@ pub struct Trial {
 }
 
 impl Trial {
-    /// The `key=value` overrides that make the trial's profile from the base.
-    pub fn overrides(&self) -> Vec<String> {
+    /// The overrides that make the trial's profile from the base.
+    pub fn overrides(&self) -> Vec<Override> {
         self.values
             .iter()
-            .map(|(k, v)| format!("{k}={v}"))
+            .map(|(k, v)| Override::new(k, v.clone()))
             .collect()
     }
 
@@ -360,7 +361,10 @@ mod tests {
         assert_eq!(trials.len(), 6);
         assert_eq!(
             trials[1].overrides(),
-            vec!["adapter.rank=4".to_string(), "optim.lr=0.002".into()]
+            [
+                Override::new("adapter.rank", 4),
+                Override::new("optim.lr", 0.002)
+            ]
         );
         assert_eq!(trials[5].label(), "rank=8 lr=5.00e-3");
         let capped = spec("[sweep]\ntrials = 4\nadapter.rank = [4, 8]\noptim.lr = [1, 2, 3]\n");

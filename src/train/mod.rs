@@ -6,11 +6,13 @@ pub mod checkpoint;
 pub mod grad_init;
 pub mod loss;
 pub mod optim;
+pub mod overrides;
 pub mod profile;
 pub mod rank_reg;
 pub mod run_dir;
 mod trainer;
 
+pub use overrides::Override;
 pub use profile::Profile;
 pub use run_dir::{Control, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
 pub use trainer::{

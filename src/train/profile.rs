@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::optim::OptimizerName;
+use super::Override;
 use crate::adapters::{AdapterConfig, Init, Method};
 use crate::data::{BlockOptions, DataFormat};
 use crate::device::{check_compute, ComputeDtype, DeviceSpec};
@@ -352,8 +353,8 @@ pub struct Profile {
 }
 
 impl Profile {
-    /// Read a profile file, applying `key=value` overrides (`adapter.rank=16`).
-    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+    /// Read a profile file, applying `overrides` (`adapter.rank=16`).
+    pub fn load(path: &Path, overrides: &[Override]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
         Self::parse(&text, overrides).map_err(|e| match e {
             LorsError::InvalidValue { field, reason } => {
@@ -365,9 +366,14 @@ impl Profile {
     }
 
     /// Parse profile text with overrides, and validate it.
-    pub fn parse(text: &str, overrides: &[String]) -> Result<Self> {
-        let mut value: toml::Table = toml::from_str(text)
+    pub fn parse(text: &str, overrides: &[Override]) -> Result<Self> {
+        let table: toml::Table = toml::from_str(text)
             .map_err(|e| LorsError::parse(Path::new("profile"), e.to_string()))?;
+        Self::from_table(table, overrides)
+    }
+
+    /// A profile's table with overrides, validated.
+    pub fn from_table(mut value: toml::Table, overrides: &[Override]) -> Result<Self> {
         if value.contains_key("sweep") {
             return Err(LorsError::invalid(
                 "sweep",
@@ -375,7 +381,7 @@ impl Profile {
             ));
         }
         for o in overrides {
-            apply_override(&mut value, o)?;
+            o.apply(&mut value)?;
         }
         // toml puts the key on a line of its own (`expected usize\nin `adapter.rank``): one
         // line reads better in the workbench and the terminal.
@@ -621,29 +627,5 @@ fn check_run_name(name: &str) -> Result<()> {
             format!("`{name}` must be a plain name (no `/`, `..` or absolute path)"),
         ));
     }
-    Ok(())
-}
-
-/// Apply `section.key=value`; the value is read as TOML (so `16`, `true`, `"x"`, `[..]`),
-/// and as a plain string when it is not valid TOML.
-fn apply_override(table: &mut toml::Table, spec: &str) -> Result<()> {
-    let (key, raw) = spec
-        .split_once('=')
-        .ok_or_else(|| LorsError::invalid("--set", format!("`{spec}` is not key=value")))?;
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
-    let parts: Vec<&str> = key.trim().split('.').collect();
-    let (last, sections) = parts.split_last().expect("split gives one part");
-    let mut cur = table;
-    for s in sections {
-        cur = cur
-            .entry(s.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
-            .as_table_mut()
-            .ok_or_else(|| LorsError::invalid(key, format!("`{s}` is not a section")))?;
-    }
-    cur.insert(last.to_string(), value);
     Ok(())
 }

@@ -14,8 +14,9 @@ use crate::prune::PruneMethod;
 use crate::sources::hub::Download;
 use crate::sparsity::Layout;
 use crate::train::optim::OptimizerName;
+use crate::train::overrides::toml_value;
 use crate::train::profile::Schedule;
-use crate::train::Profile;
+use crate::train::{Override, Profile};
 
 /// Which candidates a path field offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,12 +177,12 @@ impl FieldId {
     }
 
     /// `value` as a TOML value for a `key=value` override.
-    pub fn toml_value(self, value: &str) -> String {
+    pub fn toml_value(self, value: &str) -> toml::Value {
         match self.kind() {
-            Kind::Text | Kind::Path(_) | Kind::Choice => {
-                toml::Value::String(value.into()).to_string()
+            Kind::Text | Kind::Path(_) | Kind::Choice => toml::Value::String(value.into()),
+            Kind::Number | Kind::Bool => {
+                toml_value(value).unwrap_or_else(|| toml::Value::String(value.into()))
             }
-            Kind::Number | Kind::Bool => value.into(),
             Kind::List => toml::Value::Array(
                 value
                     .split(',')
@@ -189,8 +190,7 @@ impl FieldId {
                     .filter(|s| !s.is_empty())
                     .map(|s| toml::Value::String(s.into()))
                     .collect(),
-            )
-            .to_string(),
+            ),
         }
     }
 
@@ -289,24 +289,28 @@ impl Setup {
         self.value(FieldId::PruneMethod) != NO_PRUNE
     }
 
-    /// The `key=value` overrides the form stands for. The prune keys count only when a prune
-    /// method is chosen; they calibrate on the training data at the training `seq_len`.
-    pub fn overrides(&self) -> Vec<String> {
+    /// The overrides the form stands for. The prune keys count only when a prune method is
+    /// chosen; they calibrate on the training data at the training `seq_len`.
+    pub fn overrides(&self) -> Vec<Override> {
         let prune_keys = [
             FieldId::PruneMethod,
             FieldId::PrunePattern,
             FieldId::PruneSparsity,
         ];
-        let mut out: Vec<String> = self
+        let mut out: Vec<Override> = self
             .fields()
             .filter(|(id, v)| !(*id == FieldId::ValidData && v.is_empty()))
             .filter(|(id, _)| self.pruning() || !prune_keys.contains(id))
-            .map(|(id, v)| format!("{}={}", id.key(), id.toml_value(v)))
+            .map(|(id, v)| Override::new(id.key(), id.toml_value(v)))
             .collect();
         if self.pruning() {
-            let calib = toml::Value::String(self.value(FieldId::TrainData).into());
-            out.push(format!("prune.calib={calib}"));
-            out.push(format!("prune.seq_len={}", self.value(FieldId::SeqLen)));
+            let train = self.value(FieldId::TrainData);
+            out.push(Override::new("prune.calib", train));
+            let seq_len = self.value(FieldId::SeqLen);
+            out.push(Override::new(
+                "prune.seq_len",
+                FieldId::SeqLen.toml_value(seq_len),
+            ));
         }
         out
     }
@@ -328,7 +332,7 @@ impl Setup {
             }
         }
         text.remove("prune");
-        let p = Profile::parse(&text.to_string(), &self.overrides()).map_err(|e| e.to_string())?;
+        let p = Profile::from_table(text, &self.overrides()).map_err(|e| e.to_string())?;
         self.check_rank(&p)?;
         for (id, info) in &self.data {
             if let Err(e) = info {

@@ -11,7 +11,8 @@ use super::watch::RunInfo;
 use crate::sweep::runner::TrialRecord;
 use crate::sweep::spec::Search;
 use crate::sweep::{summary, Sweep, SweepState, TrialState};
-use crate::train::Profile;
+use crate::train::overrides::toml_value;
+use crate::train::{Override, Profile};
 
 /// A sweep directory as last read.
 #[derive(Debug, Clone)]
@@ -526,7 +527,9 @@ impl SweepForm {
             number(FormField::Concurrency, &self.concurrency)?,
         );
         for (id, values) in self.axes.iter().filter_map(|(id, v)| Some(((*id)?, v))) {
-            insert_dotted(&mut t, id.key(), axis_values(values));
+            Override::new(id.key(), axis_values(values))
+                .apply(&mut t)
+                .map_err(|e| e.to_string())?;
         }
         if !self.rungs.trim().is_empty() {
             let rungs = number(FormField::Rungs, &format!("[{}]", self.rungs))?;
@@ -543,20 +546,15 @@ impl SweepForm {
 
 /// `text` read as a TOML value (a number, or a list of them), or an error naming `field`.
 fn number(field: FormField, text: &str) -> Result<toml::Value, String> {
-    parse_value(text).ok_or_else(|| format!("{}: `{text}` is not a number", field.label().trim()))
-}
-
-fn parse_value(text: &str) -> Option<toml::Value> {
-    let mut t: toml::Table = toml::from_str(&format!("v = {text}")).ok()?;
-    t.remove("v")
+    toml_value(text).ok_or_else(|| format!("{}: `{text}` is not a number", field.label().trim()))
 }
 
 /// An axis's values: a TOML list or range as typed, else a bare comma list (`4, 8`), else a
 /// list of words (`lors, lors-exact`).
 fn axis_values(text: &str) -> toml::Value {
-    parse_value(text)
+    toml_value(text)
         .filter(|v| v.is_array() || v.is_table())
-        .or_else(|| parse_value(&format!("[{text}]")))
+        .or_else(|| toml_value(&format!("[{text}]")))
         .unwrap_or_else(|| {
             toml::Value::Array(
                 text.split(',')
@@ -566,23 +564,6 @@ fn axis_values(text: &str) -> toml::Value {
                     .collect(),
             )
         })
-}
-
-/// Insert `value` at the dotted `key` (`adapter.rank`) as nested tables, as TOML reads it.
-fn insert_dotted(t: &mut toml::Table, key: &str, value: toml::Value) {
-    match key.split_once('.') {
-        Some((head, rest)) => {
-            let sub = t
-                .entry(head.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            if let toml::Value::Table(sub) = sub {
-                insert_dotted(sub, rest, value);
-            }
-        }
-        None => {
-            t.insert(key.to_string(), value);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -88,6 +88,6 @@ output_dir = "{root}/runs"
 /// [`profile_text`] with `key=value` overrides.
 pub fn profile(f: &Fixture, extra: &[&str]) -> Profile {
     let text = profile_text(f);
-    let overrides: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+    let overrides: Vec<lors::train::Override> = extra.iter().map(|s| s.parse().unwrap()).collect();
     Profile::parse(&text, &overrides).unwrap()
 }
