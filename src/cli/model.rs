@@ -91,7 +91,7 @@ pub fn merge(args: MergeArgs) -> Result<()> {
                 ("base model", &model_dir.path),
             ],
         )?,
-        None => run.path.join("merged"),
+        None => run.merged_path(),
     };
     let report = export_merged(model, model_dir, &out)?;
     println!(

@@ -8,7 +8,9 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use lors::train::{self, Event, MetricRow, Override, Profile, RunDir, RunOutcome, Start};
+use lors::train::{
+    self, Event, MetricRow, Override, Profile, RunDir, RunOutcome, RunsFolder, Start,
+};
 
 #[derive(Args)]
 pub struct TrainArgs {
@@ -60,15 +62,7 @@ fn stop_flag() -> Result<Arc<AtomicBool>> {
 }
 
 fn default_run_dir(profile: &Profile) -> PathBuf {
-    let name = profile.train.run_name.clone().unwrap_or_else(|| {
-        format!(
-            "{}-r{}-{}",
-            profile.adapter.method,
-            profile.adapter.rank,
-            train::run_dir::now_s() as u64
-        )
-    });
-    profile.train.output_dir.join(name)
+    RunsFolder::new(&profile.train.output_dir).new_run(profile)
 }
 
 /// Run with a progress bar; prints evaluations and the outcome.
@@ -139,13 +133,8 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
     let original = RunDir::open(&args.run)?;
     let profile = Profile::load(&original.profile_path(), &[])?;
     let out = args.out.unwrap_or_else(|| {
-        let name = args
-            .run
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "run".into());
-        args.run
-            .with_file_name(format!("{name}-replay-{}", train::run_dir::now_s() as u64))
+        let beside = args.run.parent().unwrap_or(std::path::Path::new("."));
+        RunsFolder::new(beside).new_replay(&args.run)
     });
     let (profile, run) = start(profile, Some(out))?;
     println!(

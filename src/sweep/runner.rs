@@ -18,7 +18,7 @@ use super::asha::{Asha, Decision};
 use super::spec::{SweepSpec, Trial};
 use crate::error::{LorsError, Result};
 use crate::io::{spawn_detached, write_atomic, write_json_atomic};
-use crate::train::{ControlRequest, MetricRow, Override, Profile, RunDir, RunState};
+use crate::train::{ControlRequest, MetricRow, Override, Profile, RunDir, RunState, RunsFolder};
 
 /// Where a trial stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -189,10 +189,7 @@ impl Sweep {
         let base_text = base.to_toml();
         let dir = match dir {
             Some(d) => d.to_path_buf(),
-            None => base.train.output_dir.join(format!(
-                "sweep-{}",
-                (crate::train::run_dir::now_s() * 1000.0) as u64
-            )),
+            None => RunsFolder::new(&base.train.output_dir).new_sweep(&base),
         };
         if dir.join(STATE_FILE).exists() {
             return Err(LorsError::invalid(

@@ -14,7 +14,9 @@ mod trainer;
 
 pub use overrides::Override;
 pub use profile::Profile;
-pub use run_dir::{Control, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
+pub use run_dir::{
+    Control, ControlRequest, EvalStage, MetricRow, RunDir, RunState, RunsFolder, Status,
+};
 pub use trainer::{
     load_adapted, load_trained, prepare, profile_differences, train, Event, Prepared, RunOutcome,
     Start, TrainedModel,

@@ -14,8 +14,9 @@
 //!   evaluations' results; `merge.log` and `resume-<time>.log`: the output of a detached
 //!   merge and of resumes started from the workbench.
 //!
-//! A runs folder also holds `.launch/`, the profiles and logs of the workbench's detached
-//! launches.
+//! A runs folder ([`RunsFolder`]) holds runs, sweeps, and `.launch/`, the profiles and logs
+//! of the workbench's detached launches. A run's default name is the model, method, rank and
+//! local time ([`RunDir::default_name`]).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -166,6 +167,84 @@ pub struct RunLock {
 /// How long [`RunDir::lock`] waits for a lock held briefly by a watcher's liveness check.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
+/// The last part of a model path or hub id (`stories260K` for `../shared/models/stories260K`).
+fn model_name(path: &Path) -> String {
+    path.file_name()
+        .map_or_else(|| "model".into(), |n| n.to_string_lossy().into_owned())
+}
+
+/// The local time as `MMDD-HHMM-SS`: short, sortable within a year, readable.
+pub fn local_stamp() -> String {
+    chrono::Local::now().format("%m%d-%H%M-%S").to_string()
+}
+
+/// A folder of runs (`train.output_dir`): run directories, sweep directories, and
+/// `.launch/`, the profiles and logs of the workbench's detached launches.
+#[derive(Debug, Clone)]
+pub struct RunsFolder {
+    pub path: PathBuf,
+}
+
+impl RunsFolder {
+    pub fn new(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// `.launch/`.
+    pub fn launch_dir(&self) -> PathBuf {
+        self.path.join(".launch")
+    }
+
+    /// `.launch/<name>.<ext>`.
+    pub fn launch_file(&self, name: &str, ext: &str) -> PathBuf {
+        self.launch_dir().join(format!("{name}.{ext}"))
+    }
+
+    /// `<folder>/<name>`, or `<name>-2`, `<name>-3`, ... when that is taken.
+    pub fn fresh(&self, name: &str) -> PathBuf {
+        let taken = |p: &Path| p.exists() || self.launch_file(&file_name(p), "toml").exists();
+        let first = self.path.join(name);
+        if !taken(&first) {
+            return first;
+        }
+        (2..)
+            .map(|n| self.path.join(format!("{name}-{n}")))
+            .find(|p| !taken(p))
+            .expect("some suffix is free")
+    }
+
+    /// A new run's directory: the profile's `train.run_name`, else its default name.
+    pub fn new_run(&self, profile: &super::Profile) -> PathBuf {
+        match &profile.train.run_name {
+            Some(name) => self.path.join(name),
+            None => self.fresh(&RunDir::default_name(profile)),
+        }
+    }
+
+    /// A replay of `run` beside it: `<run>-replay-<local time>`.
+    pub fn new_replay(&self, run: &Path) -> PathBuf {
+        let name = file_name(run);
+        let name = if name.is_empty() { "run".into() } else { name };
+        self.fresh(&format!("{name}-replay-{}", local_stamp()))
+    }
+
+    /// A new sweep's directory: `sweep-<model>-<local time>`.
+    pub fn new_sweep(&self, base: &super::Profile) -> PathBuf {
+        self.fresh(&format!(
+            "sweep-{}-{}",
+            model_name(&base.model.path),
+            local_stamp()
+        ))
+    }
+}
+
+fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+}
+
 /// Seconds since the Unix epoch.
 pub fn now_s() -> f64 {
     std::time::SystemTime::now()
@@ -224,6 +303,49 @@ impl RunDir {
     }
     pub fn lock_path(&self) -> PathBuf {
         self.path.join(".lock")
+    }
+    /// The model a profile's `[prune]` step wrote.
+    pub fn pruned_path(&self) -> PathBuf {
+        self.path.join("pruned")
+    }
+    /// The merged export.
+    pub fn merged_path(&self) -> PathBuf {
+        self.path.join("merged")
+    }
+    /// SoRA's rank-lowered adapter.
+    pub fn adapter_path(&self) -> PathBuf {
+        self.path.join("adapter")
+    }
+    /// Detached evaluations' suites, progress, results and logs.
+    pub fn eval_path(&self) -> PathBuf {
+        self.path.join("eval")
+    }
+    /// The output of a detached merge.
+    pub fn merge_log_path(&self) -> PathBuf {
+        self.path.join("merge.log")
+    }
+    /// The output of a resume started at `stamp`.
+    pub fn resume_log_path(&self, stamp: &str) -> PathBuf {
+        self.path.join(format!("resume-{stamp}.log"))
+    }
+
+    /// The paths of the run at `path`, whether or not it exists yet.
+    pub fn at(path: &Path) -> Self {
+        Self {
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// A run's name when its profile names none: the model, the method and rank, and the
+    /// local time, e.g. `stories260K-lors-r8-1204-2215-07`.
+    pub fn default_name(profile: &super::Profile) -> String {
+        format!(
+            "{}-{}-r{}-{}",
+            model_name(&profile.model.path),
+            profile.adapter.method,
+            profile.adapter.rank,
+            local_stamp()
+        )
     }
 
     fn open_lock_file(&self) -> Result<std::fs::File> {
@@ -499,4 +621,41 @@ pub fn compare_metrics(original: &RunDir, other: &RunDir) -> Result<usize> {
         ));
     }
     Ok(a.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_names_read_model_method_rank_and_time_and_never_collide() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut profile: crate::train::Profile = toml::from_str(
+            "[model]\npath = \"../shared/models/stories260K\"\n[data]\ntrain = \"x.jsonl\"\n\
+             [train]\nmax_steps = 1",
+        )
+        .unwrap();
+        profile.adapter.rank = 4;
+        let name = RunDir::default_name(&profile);
+        assert!(name.starts_with("stories260K-lors-r4-"), "{name}");
+        let stamp = name.trim_start_matches("stories260K-lors-r4-");
+        assert_eq!(stamp.len(), "1204-2215-07".len(), "{name}");
+
+        let runs = RunsFolder::new(tmp.path());
+        let first = runs.fresh("x");
+        assert_eq!(first, tmp.path().join("x"));
+        std::fs::create_dir(&first).unwrap();
+        assert_eq!(runs.fresh("x"), tmp.path().join("x-2"));
+        // A launch in flight (its profile written, its directory not yet) is taken too.
+        std::fs::create_dir_all(runs.launch_dir()).unwrap();
+        std::fs::write(runs.launch_file("x-2", "toml"), "").unwrap();
+        assert_eq!(runs.fresh("x"), tmp.path().join("x-3"));
+        profile.train.run_name = Some("mine".into());
+        assert_eq!(runs.new_run(&profile), tmp.path().join("mine"));
+        let sweep = runs.new_sweep(&profile);
+        assert!(
+            file_name(&sweep).starts_with("sweep-stories260K-"),
+            "{sweep:?}"
+        );
+    }
 }

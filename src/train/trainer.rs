@@ -392,7 +392,7 @@ fn prune_stage(lp: &mut Loop, on_event: &mut dyn FnMut(&Event)) -> Result<Profil
     let Some(settings) = lp.profile.prune.clone() else {
         return Ok(lp.profile.clone());
     };
-    let out = lp.run.path.join("pruned");
+    let out = lp.run.pruned_path();
     if !out.join("sparsity.json").is_file() {
         let label = format!("pruning ({})", settings.method);
         lp.set_status(RunState::Initializing, 0, Some(label.clone()))?;
@@ -908,10 +908,10 @@ fn finish(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<()> {
     if profile.adapter.sora {
-        let dir = lp.run.path.join("adapter");
+        let dir = lp.run.adapter_path();
         checkpoint::export_folded_adapter(&s.p.model, profile, &dir)?;
     }
-    let merged = lp.run.path.join("merged");
+    let merged = lp.run.merged_path();
     if profile.train.merge_at_end {
         let msg = Some("exporting merged model".into());
         lp.set_status(RunState::Running, s.state.step, msg)?;
@@ -989,7 +989,7 @@ pub fn load_trained(run: &RunDir, checkpoint: Option<&Path>) -> Result<TrainedMo
             .ok_or_else(|| LorsError::parse(&run.path, "the run has no checkpoint yet"))?,
     };
     let base = if profile.prune.is_some() {
-        run.path.join("pruned")
+        run.pruned_path()
     } else {
         profile.model.path.clone()
     };

@@ -8,7 +8,7 @@ use crate::data::{summarize_file, DataSummary};
 use crate::model::{inspect_model, ModelDir, ModelSummary};
 use crate::sources::hub::Download;
 use crate::sources::{fetch_model, HubRef, HubSettings};
-use crate::train::Profile;
+use crate::train::{Profile, RunDir};
 
 /// A model directory or data file the user can pick.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,9 +113,10 @@ impl SearchPaths {
             out.push(candidate(d, "assets"));
         }
         for run in children(&self.runs) {
-            for sub in ["pruned", "merged"] {
-                if is_model_dir(&run.join(sub)) {
-                    out.push(candidate(run.join(sub), "runs"));
+            let run = RunDir::at(&run);
+            for model in [run.pruned_path(), run.merged_path()] {
+                if is_model_dir(&model) {
+                    out.push(candidate(model, "runs"));
                 }
             }
         }

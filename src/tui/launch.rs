@@ -7,25 +7,29 @@ use std::path::{Path, PathBuf};
 use crate::error::{LorsError, Result};
 use crate::io::spawn_detached;
 use crate::train::run_dir::now_s;
-use crate::train::Profile;
+use crate::train::{Profile, RunDir, RunsFolder};
 
-fn stamp() -> u64 {
-    (now_s() * 1000.0) as u64
+/// Milliseconds since the epoch: distinct names for a run's logs and evaluations.
+fn stamp() -> String {
+    ((now_s() * 1000.0) as u64).to_string()
 }
 
-/// Write `text` to `runs_dir/.launch/<name>.toml` and start `lors <command> --profile FILE
-/// <out_flag> <out>` detached, its output going to `runs_dir/.launch/<name>.log`.
+/// Write `text` to `.launch/<name>.toml` in `runs` and start `lors <command> --profile FILE
+/// <out_flag> <out>` detached, its output going to `.launch/<name>.log`.
 fn launch_profile(
-    runs_dir: &Path,
-    name: &str,
+    runs: &RunsFolder,
+    out: &Path,
     text: &str,
     command: &str,
     out_flag: &str,
-    out: &Path,
 ) -> Result<()> {
-    let launch_dir = runs_dir.join(".launch");
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let launch_dir = runs.launch_dir();
     std::fs::create_dir_all(&launch_dir).map_err(|e| LorsError::io(&launch_dir, e))?;
-    let profile_path = launch_dir.join(format!("{name}.toml"));
+    let profile_path = runs.launch_file(&name, "toml");
     crate::io::write_atomic(&profile_path, text.as_bytes())?;
     spawn_detached(
         &[
@@ -35,22 +39,17 @@ fn launch_profile(
             out_flag.into(),
             out.into(),
         ],
-        &launch_dir.join(format!("{name}.log")),
+        &runs.launch_file(&name, "log"),
     )
 }
 
-/// Launch `profile` into a new run directory under `runs_dir`; returns that directory. The
-/// profile and the process's output go to `runs_dir/.launch/<run>.{toml,log}`.
+/// Launch `profile` into a new run directory under `runs_dir` (its `train.run_name`, else
+/// its default name); returns that directory. The profile and the process's output go to
+/// `runs_dir/.launch/<run>.{toml,log}`.
 pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
-    let name = format!(
-        "{}-r{}-{}",
-        profile.adapter.method,
-        profile.adapter.rank,
-        stamp()
-    );
-    let run_dir = runs_dir.join(&name);
-    let text = profile.to_toml();
-    launch_profile(runs_dir, &name, &text, "train", "--run-dir", &run_dir)?;
+    let runs = RunsFolder::new(runs_dir);
+    let run_dir = runs.new_run(profile);
+    launch_profile(&runs, &run_dir, &profile.to_toml(), "train", "--run-dir")?;
     Ok(run_dir)
 }
 
@@ -58,10 +57,10 @@ pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
 /// directory under `runs_dir` (its trials go beside it); returns that directory. The sweep
 /// profile and the sweep process's output go to `runs_dir/.launch/<sweep>.{toml,log}`.
 pub fn sweep(base: &Profile, sweep: &toml::Table, runs_dir: &Path) -> Result<PathBuf> {
-    let name = format!("sweep-{}", stamp());
-    let dir = runs_dir.join(&name);
+    let runs = RunsFolder::new(runs_dir);
+    let dir = runs.new_sweep(base);
     let text = crate::sweep::sweep_profile_text(base, sweep)?;
-    launch_profile(runs_dir, &name, &text, "sweep", "--out", &dir)?;
+    launch_profile(&runs, &dir, &text, "sweep", "--out")?;
     Ok(dir)
 }
 
@@ -79,7 +78,7 @@ pub fn resume_run(dir: &Path) -> Result<PathBuf> {
 
 /// `lors <command> --resume <dir>`, detached, logging to `<dir>/resume-<stamp>.log`.
 fn resume(command: &str, dir: &Path) -> Result<PathBuf> {
-    let log = dir.join(format!("resume-{}.log", stamp()));
+    let log = RunDir::at(dir).resume_log_path(&stamp());
     spawn_detached(&[command.into(), "--resume".into(), dir.into()], &log)?;
     Ok(log)
 }
@@ -87,13 +86,12 @@ fn resume(command: &str, dir: &Path) -> Result<PathBuf> {
 /// Replay `run` (same profile and seed) into a new run beside it; `lors replay` compares the
 /// curves bit for bit when done and reports the result in its log.
 pub fn replay(run: &Path, runs_dir: &Path) -> Result<PathBuf> {
-    let name = format!(
-        "{}-replay-{}",
-        run.file_name()
-            .map_or_else(|| "run".into(), |n| n.to_string_lossy()),
-        stamp()
-    );
-    let out = runs_dir.join(&name);
+    let runs = RunsFolder::new(runs_dir);
+    let out = runs.new_replay(run);
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     spawn_detached(
         &[
             "replay".into(),
@@ -101,14 +99,14 @@ pub fn replay(run: &Path, runs_dir: &Path) -> Result<PathBuf> {
             "--out".into(),
             out.clone().into(),
         ],
-        &runs_dir.join(".launch").join(format!("{name}.log")),
+        &runs.launch_file(&name, "log"),
     )?;
     Ok(out)
 }
 
 /// Export `run`'s merged model to `<run>/merged`; returns the log file.
 pub fn merge(run: &Path) -> Result<PathBuf> {
-    let log = run.join("merge.log");
+    let log = RunDir::at(run).merge_log_path();
     spawn_detached(&["merge".into(), "--run".into(), run.into()], &log)?;
     Ok(log)
 }
@@ -117,14 +115,14 @@ pub fn merge(run: &Path) -> Result<PathBuf> {
 /// else its newest checkpoint's adapter on the base model. Everything goes to
 /// `<run>/eval/eval-<stamp>.{toml,json,progress.json,log}`; returns the progress file.
 pub fn evaluate(run: &Path, suite: &crate::eval::TaskSuite) -> Result<PathBuf> {
-    let dir = run.join("eval");
+    let dir = RunDir::at(run).eval_path();
     std::fs::create_dir_all(&dir).map_err(|e| LorsError::io(&dir, e))?;
     let name = format!("eval-{}", stamp());
     let suite_path = dir.join(format!("{name}.toml"));
     let text =
         toml::to_string_pretty(suite).map_err(|e| LorsError::parse(&suite_path, e.to_string()))?;
     crate::io::write_atomic(&suite_path, text.as_bytes())?;
-    let merged = run.join("merged");
+    let merged = RunDir::at(run).merged_path();
     let model = if merged.join("config.json").is_file() {
         merged
     } else {

@@ -158,7 +158,7 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
             app.notice = Some(match launch::merge(&run) {
                 Ok(log) => format!(
                     "exporting to {} (log: {})",
-                    run.join("merged").display(),
+                    RunDir::at(&run).merged_path().display(),
                     log.display()
                 ),
                 Err(e) => format!("merge failed: {e}"),

@@ -106,7 +106,7 @@ impl RunInfo {
     /// Read the newest workbench evaluation's progress (and its report once finished) when
     /// its file changed; true when it did.
     fn refresh_eval_job(&mut self) -> bool {
-        let Ok(entries) = std::fs::read_dir(self.path.join("eval")) else {
+        let Ok(entries) = std::fs::read_dir(RunDir::at(&self.path).eval_path()) else {
             return false;
         };
         let newest = entries
