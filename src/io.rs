@@ -3,6 +3,8 @@
 //! named `.<name>.tmp-<pid>` (and `.<name>.old-<pid>` while a directory is being replaced), so
 //! those of dead processes can be found and cleaned up ([`clean_stale_temps`]). Outputs the
 //! user names are checked first ([`check_output_dir`]): nothing is replaced unless asked.
+//! Also the checkpoint file-format helpers every reader shares ([`index_shards`],
+//! [`storage_dtype_name`]).
 
 use std::collections::HashMap;
 use std::ffi::OsString;
@@ -10,7 +12,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 
 use crate::error::{LorsError, Result};
 
@@ -309,6 +311,38 @@ pub fn spawn_detached(args: &[OsString], log: &Path) -> Result<()> {
     // Reap the child if it ends while the TUI still runs.
     std::thread::spawn(move || child.wait());
     Ok(())
+}
+
+/// The shard files a `model.safetensors.index.json` names, sorted and without repeats.
+pub fn index_shards(index: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(index).map_err(|e| LorsError::io(index, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| LorsError::parse(index, e.to_string()))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| LorsError::parse(index, "no `weight_map` object"))?;
+    let mut files: Vec<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+/// The `torch_dtype` name of a checkpoint storage dtype (f32, f16 or bf16); `what` names the
+/// operation in the error for others.
+pub fn storage_dtype_name(dtype: DType, what: &str) -> Result<&'static str> {
+    match dtype {
+        DType::F32 => Ok("float32"),
+        DType::F16 => Ok("float16"),
+        DType::BF16 => Ok("bfloat16"),
+        other => Err(LorsError::UnsupportedDType {
+            dtype: other,
+            what: format!("{what} (f32, f16 or bf16)"),
+        }),
+    }
 }
 
 #[cfg(test)]

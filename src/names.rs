@@ -4,6 +4,8 @@
 
 use strum::VariantArray;
 
+use crate::error::LorsError;
+
 /// The bounds strum's derives give an enum named this way.
 pub trait Named: Copy + PartialEq + Into<&'static str> + VariantArray + 'static {}
 
@@ -18,6 +20,15 @@ pub fn choices<T: Named>() -> String {
     }
 }
 
+/// Why a value is invalid, without the field a [`LorsError::InvalidValue`] names (where the
+/// caller names it already).
+pub fn reason(e: LorsError) -> String {
+    match e {
+        LorsError::InvalidValue { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}
+
 /// The variant named `s`, or why not (the choices).
 pub fn from_name<T: Named>(s: &str) -> std::result::Result<T, String> {
     T::VARIANTS
@@ -27,11 +38,11 @@ pub fn from_name<T: Named>(s: &str) -> std::result::Result<T, String> {
         .ok_or_else(|| format!("`{s}` is not {}", choices::<T>()))
 }
 
-/// `Serialize` as `Display` and `Deserialize` through `FromStr` (its error as the message),
-/// for types that profiles and files spell as one string.
+/// `Serialize` as `Display` and `Deserialize` through `FromStr` (its reason as the message:
+/// the deserializer names the key), for types that profiles and files spell as one string.
 #[macro_export]
 macro_rules! serde_as_text {
-    ($t:ty) => {
+    (@serialize $t:ty) => {
         impl serde::Serialize for $t {
             fn serialize<S: serde::Serializer>(
                 &self,
@@ -40,12 +51,16 @@ macro_rules! serde_as_text {
                 s.collect_str(self)
             }
         }
+    };
+    ($t:ty) => {
+        $crate::serde_as_text!(@serialize $t);
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(
                 d: D,
             ) -> std::result::Result<Self, D::Error> {
                 let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                s.parse().map_err(serde::de::Error::custom)
+                s.parse()
+                    .map_err(|e| serde::de::Error::custom($crate::names::reason(e)))
             }
         }
     };

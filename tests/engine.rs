@@ -531,10 +531,13 @@ fn bad_input_names_the_file_line_key_or_tensor() {
         let err = train::prepare(&p).err().expect("no CUDA in this build");
         assert!(err.to_string().contains("--features cuda"), "{err}");
     }
-    // A layer name that matches nothing.
-    let p = profile(&f, &["adapter.target_modules=[\"qkv\"]"]);
-    let err = train::prepare(&p).err().expect("no layer named qkv");
-    assert!(err.to_string().contains("qkv"), "{err}");
+    // A layer name that matches nothing: the profile is refused, naming it and the key.
+    let qkv = "adapter.target_modules=[\"qkv\"]".parse().unwrap();
+    let err = Profile::parse(&base, &[qkv]).unwrap_err().to_string();
+    assert!(
+        err.contains("qkv") && err.contains("adapter.target_modules"),
+        "{err}"
+    );
     // Rank above what a layer allows.
     let p = profile(&f, &["adapter.rank=40"]);
     let err = train::prepare(&p).err().expect("rank too large");
@@ -843,7 +846,7 @@ fn divergence_keeps_the_last_finite_step_and_merge_refuses_non_finite_adapters()
     let model_dir = ModelDir::open(&f.root.join("model")).unwrap();
     let model = train::load_adapted(&p, &model_dir).unwrap();
     let adapter = ckpt.join("adapter_model.safetensors");
-    lors::train::checkpoint::load_adapter(&adapter, &model).unwrap();
+    lors::train::peft::load_adapter(&adapter, &model).unwrap();
     // The same checkpoint with one NaN is refused, naming the tensor.
     let mut tensors = candle_core::safetensors::load(&adapter, &Device::Cpu).unwrap();
     let name = tensors.keys().next().unwrap().clone();
@@ -852,7 +855,7 @@ fn divergence_keeps_the_last_finite_step_and_merge_refuses_non_finite_adapters()
     tensors.insert(name.clone(), nan);
     let poisoned = f.root.join("poisoned.safetensors");
     candle_core::safetensors::save(&tensors, &poisoned).unwrap();
-    let err = lors::train::checkpoint::load_adapter(&poisoned, &model).unwrap_err();
+    let err = lors::train::peft::load_adapter(&poisoned, &model).unwrap_err();
     assert!(
         err.to_string().contains(&name) && err.to_string().contains("NaN"),
         "{err}"

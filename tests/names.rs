@@ -11,7 +11,7 @@ use lors::model::{Proj, Recompute};
 use lors::prune::PruneMethod;
 use lors::sparsity::Layout;
 use lors::train::optim::OptimizerName;
-use lors::train::profile::Schedule;
+use lors::train::optim::Schedule;
 use lors::train::{EvalStage, RunState};
 use serde::de::DeserializeOwned;
 use serde::Serialize;

@@ -131,7 +131,7 @@ pub fn random_model(args: RandomModelArgs) -> Result<()> {
         config.vocab_size = vocab;
     }
     let dtype = args.dtype.dtype();
-    config.torch_dtype = Some(lors::model::storage_dtype_name(dtype, "random-model")?.into());
+    config.torch_dtype = Some(lors::io::storage_dtype_name(dtype, "random-model")?.into());
     let weights = random_weights(&config, args.seed, prune)?
         .into_iter()
         .map(|(name, t)| Ok((name, t.to_dtype(dtype)?)))

@@ -33,7 +33,7 @@ pub enum GgufType {
 }
 
 crate::named!(@names GgufType);
-crate::serde_as_text!(GgufType);
+crate::serde_as_text!(@serialize GgufType);
 
 impl GgufType {
     /// The ggml type of 2-D weights.

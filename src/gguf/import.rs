@@ -474,7 +474,7 @@ fn read_gguf_unguarded(
     let tied = !content.tensor_infos.contains_key("output.weight");
     let (tensors, tensor_types) =
         dequantized_tensors(&content, reader, file, &arch, (heads, kv_heads), dtype)?;
-    let dtype_name = crate::model::storage_dtype_name(dtype, "GGUF conversion")?;
+    let dtype_name = crate::io::storage_dtype_name(dtype, "GGUF conversion")?;
     let mut config = hf_config(&meta, &arch, (hidden, heads, kv_heads), vocab_size, tied)?;
     config["torch_dtype"] = json!(dtype_name);
     let report = GgufReport {

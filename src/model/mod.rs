@@ -34,4 +34,4 @@ pub use linear::Linear;
 pub use llama::{AdapterSpec, CausalLm, DecodeCache};
 pub(crate) use ops::accumulation;
 pub use proj::{ModuleId, Proj};
-pub use weights::{index_shards, storage_dtype_name, ModelDir, SafetensorsSource, WeightSource};
+pub use weights::{ModelDir, SafetensorsSource, WeightSource};

@@ -4,10 +4,11 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use super::ModelConfig;
 use crate::error::{LorsError, Result};
+use crate::io::index_shards;
 
 /// A Hugging Face model directory: `config.json`, `model.safetensors` (or shards with
 /// `model.safetensors.index.json`) and `tokenizer.json`.
@@ -151,37 +152,5 @@ impl WeightSource for HashMap<String, Tensor> {
         let mut names: Vec<String> = self.keys().cloned().collect();
         names.sort();
         names
-    }
-}
-
-/// The shard files a `model.safetensors.index.json` names, sorted and without repeats.
-pub fn index_shards(index: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(index).map_err(|e| LorsError::io(index, e))?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| LorsError::parse(index, e.to_string()))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| LorsError::parse(index, "no `weight_map` object"))?;
-    let mut files: Vec<String> = map
-        .values()
-        .filter_map(|v| v.as_str().map(str::to_string))
-        .collect();
-    files.sort();
-    files.dedup();
-    Ok(files)
-}
-
-/// The `torch_dtype` name of a checkpoint storage dtype (f32, f16 or bf16); `what` names the
-/// operation in the error for others.
-pub fn storage_dtype_name(dtype: DType, what: &str) -> Result<&'static str> {
-    match dtype {
-        DType::F32 => Ok("float32"),
-        DType::F16 => Ok("float16"),
-        DType::BF16 => Ok("bfloat16"),
-        other => Err(LorsError::UnsupportedDType {
-            dtype: other,
-            what: format!("{what} (f32, f16 or bf16)"),
-        }),
     }
 }

@@ -15,7 +15,7 @@ use hf_hub::api::Progress;
 use hf_hub::{Cache, Repo, RepoType};
 
 use crate::error::{LorsError, Result};
-use crate::model::index_shards;
+use crate::io::index_shards;
 
 /// Files of a model repo that a run reads besides the weights, if the repo has them.
 const MODEL_FILES: [&str; 5] = [

@@ -2,7 +2,7 @@
 //! outcomes read from its run directory, best validation loss first.
 
 use super::runner::{SweepState, TrialRecord, TrialState};
-use crate::report::{table_header, RunSummary};
+use crate::train::summary::{table_header, RunSummary};
 
 /// What one trial achieved.
 #[derive(Debug, Clone, PartialEq)]

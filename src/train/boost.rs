@@ -11,7 +11,7 @@ use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::checkpoint::adapter_tensors;
+use super::peft::{adapter_tensors, set_adapter_tensors};
 use crate::error::{LorsError, Result};
 use crate::model::CausalLm;
 
@@ -38,7 +38,7 @@ pub fn end_round(model: &mut CausalLm, seed: u64, round: usize) -> Result<Booste
 /// left holding the last booster; load the current adapter after this).
 pub fn replay(model: &mut CausalLm, rounds: &[Booster]) -> Result<()> {
     for booster in rounds {
-        super::checkpoint::set_adapter_tensors(booster, model, "boosters")?;
+        set_adapter_tensors(booster, model, "boosters")?;
         for (_, layer) in model.adapted_mut() {
             layer.fold_into_base()?;
         }

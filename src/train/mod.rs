@@ -7,9 +7,11 @@ pub mod grad_init;
 pub mod loss;
 pub mod optim;
 pub mod overrides;
+pub mod peft;
 pub mod profile;
 pub mod rank_reg;
 pub mod run_dir;
+pub mod summary;
 mod trainer;
 
 pub use overrides::Override;
@@ -17,6 +19,7 @@ pub use profile::Profile;
 pub use run_dir::{
     Control, ControlRequest, EvalStage, MetricRow, RunDir, RunState, RunsFolder, Status,
 };
+pub use summary::RunSummary;
 pub use trainer::{
     load_adapted, load_trained, prepare, profile_differences, train, Event, Prepared, RunOutcome,
     Start, TrainedModel,

@@ -12,6 +12,7 @@ use super::boost::{self, Booster};
 use super::checkpoint::{self, TrainerState};
 use super::grad_init::{gradient_init, GradInitReport, InitProgress};
 use super::optim::{lr_at, Optimizer};
+use super::peft;
 use super::profile::{Profile, TrainSection};
 use super::rank_reg::RankRegularizer;
 use super::run_dir::{now_s, ControlRequest, EvalStage, MetricRow, RunDir, RunState, Status};
@@ -172,10 +173,10 @@ fn trainable(model: &CausalLm) -> (Named, Named) {
     let (mut pairs, mut gates) = (Vec::new(), Vec::new());
     for (m, l) in model.adapted() {
         for (part, v) in l.trainable() {
-            pairs.push((checkpoint::peft_name(&m, part), v.clone()));
+            pairs.push((peft::peft_name(&m, part), v.clone()));
         }
         if let Some(g) = l.gate() {
-            gates.push((checkpoint::peft_name(&m, checkpoint::GATE_PART), g.clone()));
+            gates.push((peft::peft_name(&m, peft::GATE_PART), g.clone()));
         }
     }
     (pairs, gates)
@@ -484,7 +485,7 @@ fn init_adapters(
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<()> {
     if let Some(path) = &profile.adapter.init_from {
-        return checkpoint::load_adapter(path, &p.model);
+        return peft::load_adapter(path, &p.model);
     }
     if profile.adapter.init != Init::Gradient {
         return Ok(());
@@ -909,7 +910,7 @@ fn finish(
 ) -> Result<()> {
     if profile.adapter.sora {
         let dir = lp.run.adapter_path();
-        checkpoint::export_folded_adapter(&s.p.model, profile, &dir)?;
+        peft::export_folded_adapter(&s.p.model, profile, &dir)?;
     }
     let merged = lp.run.merged_path();
     if profile.train.merge_at_end {
@@ -996,7 +997,7 @@ pub fn load_trained(run: &RunDir, checkpoint: Option<&Path>) -> Result<TrainedMo
     let base = ModelDir::open(&base)?;
     let mut model = load_adapted(&profile, &base)?;
     boost::replay(&mut model, &checkpoint::read_boosters(&checkpoint)?)?;
-    checkpoint::load_adapter(&checkpoint.join("adapter_model.safetensors"), &model)?;
+    peft::load_adapter(&checkpoint.join(peft::ADAPTER_FILE), &model)?;
     Ok(TrainedModel {
         model,
         base,

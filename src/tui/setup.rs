@@ -14,8 +14,8 @@ use crate::prune::PruneMethod;
 use crate::sources::hub::Download;
 use crate::sparsity::Layout;
 use crate::train::optim::OptimizerName;
+use crate::train::optim::Schedule;
 use crate::train::overrides::toml_value;
-use crate::train::profile::Schedule;
 use crate::train::{Override, Profile};
 
 /// Which candidates a path field offers.

@@ -3,91 +3,32 @@
 //! form that defines a new sweep from the Setup's settings.
 
 use std::cmp::Ordering;
-use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::path::PathBuf;
 
 use super::setup::FieldId;
-use super::watch::RunInfo;
+use super::watch::{RunInfo, SweepInfo};
 use crate::sweep::runner::TrialRecord;
 use crate::sweep::spec::Search;
-use crate::sweep::{summary, Sweep, SweepState, TrialState};
+use crate::sweep::{summary, TrialState};
 use crate::train::overrides::toml_value;
 use crate::train::{Override, Profile};
 
-/// A sweep directory as last read.
-#[derive(Debug, Clone)]
-pub struct SweepInfo {
-    pub dir: PathBuf,
-    pub name: String,
-    /// The swept keys, in the sweep's order.
-    pub axes: Vec<String>,
-    pub state: SweepState,
-    mtime: Option<SystemTime>,
-}
-
-impl SweepInfo {
-    /// Read the sweep in `dir`.
-    pub fn read(dir: &Path) -> Result<Self, String> {
-        let sweep = Sweep::open(dir).map_err(|e| e.to_string())?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            name: dir
-                .file_name()
-                .map_or("sweep".into(), |n| n.to_string_lossy().into_owned()),
-            axes: sweep.spec.axes.iter().map(|(k, _)| k.clone()).collect(),
-            state: sweep.state,
-            mtime: state_mtime(dir),
-        })
-    }
-
-    /// Re-read the state when its file changed; true when it did.
-    pub fn refresh(&mut self) -> bool {
-        let m = state_mtime(&self.dir);
-        if m == self.mtime {
-            return false;
-        }
-        match Self::read(&self.dir) {
-            Ok(fresh) => {
-                *self = fresh;
-                true
-            }
-            Err(_) => false,
-        }
-    }
-
-    /// `4/6 done, 1 running, 1 stopped early` over `rows` (the trials as their runs report
-    /// them), and whether the sweep lost its scheduler.
-    pub fn progress(&self, rows: &[TrialView]) -> String {
-        let count = |state: TrialState| rows.iter().filter(|r| r.state() == state).count();
-        let ended = rows.len() - count(TrialState::Pending) - count(TrialState::Running);
-        let orphan = if self.orphaned() {
-            "; its lors sweep is gone: R resumes"
-        } else {
-            ""
-        };
-        format!(
-            "{ended}/{} done, {} running, {} stopped early{orphan}",
-            rows.len(),
-            count(TrialState::Running),
-            count(TrialState::StoppedEarly)
-        )
-    }
-
-    /// Whether trials are left but no process schedules them (it crashed or was killed).
-    pub fn orphaned(&self) -> bool {
-        !self.state.is_done() && !self.state.scheduler_alive()
-    }
-}
-
-fn state_mtime(dir: &Path) -> Option<SystemTime> {
-    std::fs::metadata(dir.join("state.json"))
-        .and_then(|m| m.modified())
-        .ok()
-}
-
-/// Whether `dir` holds a sweep.
-pub fn is_sweep_dir(dir: &Path) -> bool {
-    dir.join("sweep.toml").is_file() && dir.join("state.json").is_file()
+/// `4/6 done, 1 running, 1 stopped early` over `rows` (the trials of `sweep` as their runs
+/// report them), and whether the sweep lost its scheduler.
+pub fn progress(sweep: &SweepInfo, rows: &[TrialView]) -> String {
+    let count = |state: TrialState| rows.iter().filter(|r| r.state() == state).count();
+    let ended = rows.len() - count(TrialState::Pending) - count(TrialState::Running);
+    let orphan = if sweep.orphaned() {
+        "; its lors sweep is gone: R resumes"
+    } else {
+        ""
+    };
+    format!(
+        "{ended}/{} done, {} running, {} stopped early{orphan}",
+        rows.len(),
+        count(TrialState::Running),
+        count(TrialState::StoppedEarly)
+    )
 }
 
 /// A column of the trial table.
@@ -191,7 +132,7 @@ impl<'a> TrialView<'a> {
         self.record.trial.values.get(axes.get(i)?)
     }
 
-    fn summary(&self, f: impl Fn(&crate::report::RunSummary) -> Option<f64>) -> Option<f64> {
+    fn summary(&self, f: impl Fn(&crate::train::RunSummary) -> Option<f64>) -> Option<f64> {
         self.run.and_then(|r| f(&r.summary))
     }
 

@@ -1,15 +1,15 @@
-//! Watching run directories: status and profile re-read when they change, metrics tailed
-//! from the last complete line. Works for runs started by the TUI, headless, or before the
+//! Watching run and sweep directories: status and profile re-read when they change, metrics
+//! tailed from the last complete line. Works for runs started by the TUI, headless, or before the
 //! TUI was opened.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::sweeps::{is_sweep_dir, SweepInfo};
 use crate::eval::{EvalProgress, EvalReport, Task, TaskScore};
 use crate::model::LayerSparsity;
-use crate::report::RunSummary;
+use crate::sweep::{Sweep, SweepState};
+use crate::train::RunSummary;
 use crate::train::{EvalStage, MetricRow, Profile, RunDir, Status};
 
 /// What the TUI knows of one run.
@@ -370,4 +370,62 @@ impl Watcher {
         }
         changed
     }
+}
+
+/// A sweep directory as last read.
+#[derive(Debug, Clone)]
+pub struct SweepInfo {
+    pub dir: PathBuf,
+    pub name: String,
+    /// The swept keys, in the sweep's order.
+    pub axes: Vec<String>,
+    pub state: SweepState,
+    mtime: Option<SystemTime>,
+}
+
+impl SweepInfo {
+    /// Read the sweep in `dir`.
+    pub fn read(dir: &Path) -> Result<Self, String> {
+        let sweep = Sweep::open(dir).map_err(|e| e.to_string())?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            name: dir
+                .file_name()
+                .map_or("sweep".into(), |n| n.to_string_lossy().into_owned()),
+            axes: sweep.spec.axes.iter().map(|(k, _)| k.clone()).collect(),
+            state: sweep.state,
+            mtime: state_mtime(dir),
+        })
+    }
+
+    /// Re-read the state when its file changed; true when it did.
+    pub fn refresh(&mut self) -> bool {
+        let m = state_mtime(&self.dir);
+        if m == self.mtime {
+            return false;
+        }
+        match Self::read(&self.dir) {
+            Ok(fresh) => {
+                *self = fresh;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Whether trials are left but no process schedules them (it crashed or was killed).
+    pub fn orphaned(&self) -> bool {
+        !self.state.is_done() && !self.state.scheduler_alive()
+    }
+}
+
+fn state_mtime(dir: &Path) -> Option<SystemTime> {
+    std::fs::metadata(dir.join("state.json"))
+        .and_then(|m| m.modified())
+        .ok()
+}
+
+/// Whether `dir` holds a sweep.
+pub fn is_sweep_dir(dir: &Path) -> bool {
+    dir.join("sweep.toml").is_file() && dir.join("state.json").is_file()
 }

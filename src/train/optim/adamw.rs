@@ -4,8 +4,8 @@ use std::collections::HashMap;
 
 use candle_core::{Tensor, Var};
 
+use super::OptimSection;
 use crate::error::Result;
-use crate::train::profile::OptimSection;
 
 /// Decoupled-weight-decay Adam over named variables.
 pub struct AdamW {

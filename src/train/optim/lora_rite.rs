@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use candle_core::{DType, Device, Tensor, Var};
 use nalgebra::DMatrix;
 
+use super::OptimSection;
 use crate::error::{LorsError, Result};
-use crate::train::profile::OptimSection;
 
 type Mat = DMatrix<f64>;
 

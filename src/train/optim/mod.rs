@@ -3,6 +3,7 @@
 
 mod adamw;
 mod lora_rite;
+mod section;
 mod sora;
 
 use std::collections::HashMap;
@@ -11,9 +12,9 @@ use candle_core::{Tensor, Var};
 
 pub use adamw::AdamW;
 pub use lora_rite::LoraRite;
+pub use section::{OptimSection, Schedule};
 pub use sora::SoraGates;
 
-use super::profile::{OptimSection, Schedule};
 use crate::error::{LorsError, Result};
 
 /// Which optimiser updates the adapters.
@@ -29,6 +30,12 @@ pub enum OptimizerName {
 }
 
 crate::named!(OptimizerName, "optim.name");
+
+impl OptimizerName {
+    fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
 
 /// The optimiser a profile names over the `A`/`B` pairs, and SoRA's gate step when the
 /// adapters have gates.

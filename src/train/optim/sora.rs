@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use candle_core::{Tensor, Var};
 
 use super::AdamW;
+use super::OptimSection;
 use crate::error::{LorsError, Result};
-use crate::train::profile::OptimSection;
 
 /// Adam plus soft-thresholding over every adapted layer's gate.
 pub struct SoraGates {

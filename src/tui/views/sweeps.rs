@@ -12,8 +12,9 @@ use super::{draw_fields, draw_overlay, view_points, FormLine};
 use crate::report::ema;
 use crate::sweep::summary::{log_axis, numeric};
 use crate::tui::app::{App, EditTarget};
-use crate::tui::sweeps::{Board, ChartMode, Column, FormField, SweepForm, SweepInfo, TrialView};
+use crate::tui::sweeps::{progress, Board, ChartMode, Column, FormField, SweepForm, TrialView};
 use crate::tui::theme::{Theme, SYMBOLS};
+use crate::tui::watch::SweepInfo;
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if let Some(form) = &app.board.form {
@@ -100,7 +101,7 @@ impl Shown<'_> {
                 Row::new(cells)
             })
             .collect();
-        let title = format!("{}: {}", sweep.name, sweep.progress(rows));
+        let title = format!("{}: {}", sweep.name, progress(sweep, rows));
         let table = Table::new(body, columns.iter().map(|c| Constraint::Length(width(*c))))
             .header(Row::new(header).style(theme.fg(Color::Cyan)))
             .row_highlight_style(theme.selected())
