@@ -75,7 +75,8 @@ impl FromStr for GgufType {
         if let Some(t) = Self::ALL.iter().copied().find(|t| t.name() == lower) {
             return Ok(t);
         }
-        let choices = Self::choices();
+        let choices: Vec<&str> = Self::ALL.iter().map(|t| t.name()).collect();
+        let choices = choices.join(", ");
         if OFFSET_TYPES.contains(&lower.as_str()) || lower.starts_with("iq") {
             return Err(format!(
                 "GGUF type `{s}` cannot keep the model's zeros: its blocks dequantise with an \

@@ -15,12 +15,12 @@ pub mod summary;
 mod trainer;
 
 pub use overrides::Override;
+pub use profile::profile_differences;
 pub use profile::Profile;
 pub use run_dir::{
     Control, ControlRequest, EvalStage, MetricRow, RunDir, RunState, RunsFolder, Status,
 };
 pub use summary::RunSummary;
 pub use trainer::{
-    load_adapted, load_trained, prepare, profile_differences, train, Event, Prepared, RunOutcome,
-    Start, TrainedModel,
+    load_adapted, load_trained, prepare, train, Event, Prepared, RunOutcome, Start, TrainedModel,
 };

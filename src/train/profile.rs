@@ -532,6 +532,34 @@ fn validate_train(t: &TrainSection) -> Result<()> {
     Ok(())
 }
 
+/// The dotted keys whose values differ between two profiles.
+pub fn profile_differences(a: &Profile, b: &Profile) -> Vec<String> {
+    fn walk(prefix: &str, a: &toml::Value, b: &toml::Value, out: &mut Vec<String>) {
+        match (a, b) {
+            (toml::Value::Table(x), toml::Value::Table(y)) => {
+                let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+                for k in keys {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    match (x.get(k), y.get(k)) {
+                        (Some(u), Some(v)) => walk(&key, u, v, out),
+                        _ => out.push(key),
+                    }
+                }
+            }
+            _ if a != b => out.push(prefix.to_string()),
+            _ => {}
+        }
+    }
+    let value = |p: &Profile| toml::Value::try_from(p).expect("profiles serialize");
+    let mut out = Vec::new();
+    walk("", &value(a), &value(b), &mut out);
+    out
+}
+
 /// A run name must be one plain path component, so the run stays inside `output_dir`.
 fn check_run_name(name: &str) -> Result<()> {
     let mut parts = Path::new(name).components();
