@@ -266,6 +266,46 @@ pub fn verify(pattern: Pattern, dtype: DType, device: &Device) -> Result<Vec<Ver
     Ok(out)
 }
 
+/// Each method's median time, throughput and largest memory over its `samples`, and the
+/// ratios against LoRA's.
+fn summarise(
+    config: &LayerBenchConfig,
+    layers: &[AdaptedLinear],
+    samples: &[Vec<Sample>],
+) -> Vec<MethodResult> {
+    let flops = 4.0 * (config.tokens * config.out_features * config.in_features) as f64;
+    let mut results: Vec<MethodResult> = layers
+        .iter()
+        .zip(samples)
+        .map(|(layer, s)| {
+            let times: Vec<f64> = s.iter().map(|s| s.time_ms).collect();
+            let median_ms = median(&times);
+            MethodResult {
+                method: layer.config().method.to_string(),
+                tflops: flops / (median_ms * 1e-3) / 1e12,
+                median_ms,
+                times_ms: times,
+                kept_bytes: s.iter().map(|s| s.kept_bytes).max().unwrap_or(0),
+                peak_bytes: s.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
+                time_vs_lora: f64::NAN,
+                kept_vs_lora: f64::NAN,
+                peak_vs_lora: f64::NAN,
+            }
+        })
+        .collect();
+    let lora = results
+        .iter()
+        .find(|r| r.method == Method::Lora.name())
+        .cloned()
+        .expect("lora is benchmarked");
+    for r in &mut results {
+        r.time_vs_lora = r.median_ms / lora.median_ms;
+        r.kept_vs_lora = r.kept_bytes as f64 / lora.kept_bytes.max(1) as f64;
+        r.peak_vs_lora = r.peak_bytes as f64 / lora.peak_bytes.max(1) as f64;
+    }
+    results
+}
+
 /// Run the benchmark on `device`: `warmup` unmeasured rounds, then `config.runs` measured
 /// rounds, each round running every method once in turn.
 pub fn run(
@@ -313,35 +353,7 @@ pub fn run(
         }
     }
 
-    let mut results: Vec<MethodResult> = layers
-        .iter()
-        .zip(&samples)
-        .map(|(layer, s)| {
-            let times: Vec<f64> = s.iter().map(|s| s.time_ms).collect();
-            let median_ms = median(&times);
-            MethodResult {
-                method: layer.config().method.to_string(),
-                tflops: 4.0 * (config.tokens * out_f * in_f) as f64 / (median_ms * 1e-3) / 1e12,
-                median_ms,
-                times_ms: times,
-                kept_bytes: s.iter().map(|s| s.kept_bytes).max().unwrap_or(0),
-                peak_bytes: s.iter().map(|s| s.peak_bytes).max().unwrap_or(0),
-                time_vs_lora: f64::NAN,
-                kept_vs_lora: f64::NAN,
-                peak_vs_lora: f64::NAN,
-            }
-        })
-        .collect();
-    let lora = results
-        .iter()
-        .find(|r| r.method == Method::Lora.name())
-        .cloned()
-        .expect("lora is benchmarked");
-    for r in &mut results {
-        r.time_vs_lora = r.median_ms / lora.median_ms;
-        r.kept_vs_lora = r.kept_bytes as f64 / lora.kept_bytes.max(1) as f64;
-        r.peak_vs_lora = r.peak_bytes as f64 / lora.peak_bytes.max(1) as f64;
-    }
+    let results = summarise(config, &layers, &samples);
     Ok(LayerBenchReport {
         config: config.clone(),
         weight_bytes: out_f * in_f * dtype.size_in_bytes(),

@@ -184,6 +184,26 @@ fn evaluate(args: &EvalArgs, mut progress: Option<&mut ProgressWriter>) -> Resul
     if let Some(text) = &args.token_logprobs {
         report.token_logprobs = Some(token_logprobs(&loaded, text)?);
     }
+    perplexities(args, &loaded, &mut report)?;
+    if let Some(suite) = &suite {
+        let outcomes = run_tasks(&loaded, suite, progress)?;
+        if let Some(path) = &args.samples {
+            write_samples(path, &outcomes)?;
+        }
+        report.tasks = outcomes.into_iter().map(|o| o.score).collect();
+        report.mean_acc = mean_accuracy(&report.tasks);
+        print_tasks(&report.tasks);
+    }
+    if let Some(out) = &args.out {
+        lors::io::write_json_atomic(out, &report)?;
+        println!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+/// The perplexity of `--data` (windows of `--seq-len`, default 256) and of `--wikitext`
+/// (default: 2048 or the model's context), printed and put in `report`.
+fn perplexities(args: &EvalArgs, loaded: &Loaded, report: &mut EvalReport) -> Result<()> {
     if let Some(data) = &args.data {
         let seq_len = args.seq_len.unwrap_or(256);
         let result = perplexity_of_file(
@@ -214,19 +234,6 @@ fn evaluate(args: &EvalArgs, mut progress: Option<&mut ProgressWriter>) -> Resul
         };
         print_perplexity(&r);
         report.wikitext2 = Some(r);
-    }
-    if let Some(suite) = &suite {
-        let outcomes = run_tasks(&loaded, suite, progress)?;
-        if let Some(path) = &args.samples {
-            write_samples(path, &outcomes)?;
-        }
-        report.tasks = outcomes.into_iter().map(|o| o.score).collect();
-        report.mean_acc = mean_accuracy(&report.tasks);
-        print_tasks(&report.tasks);
-    }
-    if let Some(out) = &args.out {
-        lors::io::write_json_atomic(out, &report)?;
-        println!("wrote {}", out.display());
     }
     Ok(())
 }

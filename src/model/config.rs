@@ -131,14 +131,16 @@ pub struct ModelConfig {
     pub stored_dtype: Option<String>,
 }
 
-/// Supported architectures (all share the Llama block).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+/// Supported architectures (all share the Llama block), named as `model_type` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, strum::IntoStaticStr, strum::VariantArray)]
+#[strum(serialize_all = "lowercase")]
 pub enum Architecture {
     Llama,
     Mistral,
     Qwen2,
 }
+
+crate::named!(Architecture, "model_type");
 
 impl ModelConfig {
     /// Weights in the linear layers a token passes through: the seven projections of every
@@ -198,15 +200,11 @@ impl ModelConfig {
     /// Resolve defaults and check a parsed config.
     pub fn from_raw(raw: RawConfig) -> Result<Self> {
         let architecture = match raw.model_type.as_deref() {
-            Some("llama") | None => Architecture::Llama,
-            Some("mistral") => Architecture::Mistral,
-            Some("qwen2") => Architecture::Qwen2,
-            Some(other) => {
-                return Err(LorsError::invalid(
-                    "model_type",
-                    format!("`{other}` is not supported (llama, mistral, qwen2)"),
-                ))
-            }
+            None => Architecture::Llama,
+            Some(t) => t.parse::<Architecture>().map_err(|e| {
+                let reason = crate::names::reason(e);
+                LorsError::invalid("model_type", format!("not supported: {reason}"))
+            })?,
         };
         if let Some(act) = raw.hidden_act.as_deref() {
             if act != "silu" {
@@ -216,65 +214,9 @@ impl ModelConfig {
                 ));
             }
         }
-        let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
-        if raw.num_attention_heads == 0 || num_kv_heads == 0 {
-            return Err(LorsError::invalid(
-                "num_attention_heads",
-                "must be positive",
-            ));
-        }
-        if !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
-            return Err(LorsError::invalid(
-                "num_key_value_heads",
-                format!(
-                    "{num_kv_heads} does not divide num_attention_heads {}",
-                    raw.num_attention_heads
-                ),
-            ));
-        }
-        let head_dim = raw
-            .head_dim
-            .unwrap_or(raw.hidden_size / raw.num_attention_heads);
-        if head_dim == 0 || !head_dim.is_multiple_of(2) {
-            return Err(LorsError::invalid(
-                "head_dim",
-                format!("{head_dim} must be a positive even number"),
-            ));
-        }
+        let (num_kv_heads, head_dim) = head_counts(&raw)?;
         check_sizes(&raw, num_kv_heads, head_dim)?;
-        let rope = raw.rope_parameters.clone().or(raw.rope_scaling.clone());
-        let rope_theta = raw
-            .rope_theta
-            .or(rope.as_ref().and_then(|r| r.rope_theta))
-            .unwrap_or(10_000.0);
-        let rope_llama3 = match rope.as_ref().and_then(|r| r.rope_type.as_deref()) {
-            None | Some("default") => None,
-            Some("llama3") => {
-                let r = rope.as_ref().expect("checked");
-                let need = |v: Option<f64>, name: &str| {
-                    v.ok_or_else(|| LorsError::invalid(format!("rope_scaling.{name}"), "missing"))
-                };
-                Some(Llama3Scaling {
-                    factor: need(r.factor, "factor")?,
-                    low_freq_factor: need(r.low_freq_factor, "low_freq_factor")?,
-                    high_freq_factor: need(r.high_freq_factor, "high_freq_factor")?,
-                    original_max_position_embeddings: r
-                        .original_max_position_embeddings
-                        .ok_or_else(|| {
-                            LorsError::invalid(
-                                "rope_scaling.original_max_position_embeddings",
-                                "missing",
-                            )
-                        })?,
-                })
-            }
-            Some(other) => {
-                return Err(LorsError::invalid(
-                    "rope_scaling.rope_type",
-                    format!("`{other}` is not supported (default, llama3)"),
-                ))
-            }
-        };
+        let (rope_theta, rope_llama3) = rope_of(&raw)?;
         Ok(Self {
             architecture,
             hidden_size: raw.hidden_size,
@@ -295,6 +237,76 @@ impl ModelConfig {
             stored_dtype: raw.torch_dtype,
         })
     }
+}
+
+/// The key-value heads (default: one per attention head) and the head size (default:
+/// hidden size over heads), checked: heads positive, kv heads dividing them, an even head size.
+fn head_counts(raw: &RawConfig) -> Result<(usize, usize)> {
+    let num_kv_heads = raw.num_key_value_heads.unwrap_or(raw.num_attention_heads);
+    if raw.num_attention_heads == 0 || num_kv_heads == 0 {
+        return Err(LorsError::invalid(
+            "num_attention_heads",
+            "must be positive",
+        ));
+    }
+    if !raw.num_attention_heads.is_multiple_of(num_kv_heads) {
+        return Err(LorsError::invalid(
+            "num_key_value_heads",
+            format!(
+                "{num_kv_heads} does not divide num_attention_heads {}",
+                raw.num_attention_heads
+            ),
+        ));
+    }
+    let head_dim = raw
+        .head_dim
+        .unwrap_or(raw.hidden_size / raw.num_attention_heads);
+    if head_dim == 0 || !head_dim.is_multiple_of(2) {
+        return Err(LorsError::invalid(
+            "head_dim",
+            format!("{head_dim} must be a positive even number"),
+        ));
+    }
+    Ok((num_kv_heads, head_dim))
+}
+
+/// RoPE's base (default 10000) and Llama 3's frequency scaling, from `rope_parameters` or
+/// `rope_scaling` (`default` or `llama3`).
+fn rope_of(raw: &RawConfig) -> Result<(f64, Option<Llama3Scaling>)> {
+    let rope = raw.rope_parameters.clone().or(raw.rope_scaling.clone());
+    let rope_theta = raw
+        .rope_theta
+        .or(rope.as_ref().and_then(|r| r.rope_theta))
+        .unwrap_or(10_000.0);
+    let rope_llama3 = match rope.as_ref().and_then(|r| r.rope_type.as_deref()) {
+        None | Some("default") => None,
+        Some("llama3") => {
+            let r = rope.as_ref().expect("checked");
+            let need = |v: Option<f64>, name: &str| {
+                v.ok_or_else(|| LorsError::invalid(format!("rope_scaling.{name}"), "missing"))
+            };
+            Some(Llama3Scaling {
+                factor: need(r.factor, "factor")?,
+                low_freq_factor: need(r.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(r.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: r.original_max_position_embeddings.ok_or_else(
+                    || {
+                        LorsError::invalid(
+                            "rope_scaling.original_max_position_embeddings",
+                            "missing",
+                        )
+                    },
+                )?,
+            })
+        }
+        Some(other) => {
+            return Err(LorsError::invalid(
+                "rope_scaling.rope_type",
+                format!("`{other}` is not supported (default, llama3)"),
+            ))
+        }
+    };
+    Ok((rope_theta, rope_llama3))
 }
 
 /// Sizes must be positive where a layer needs them, their products addressable, and the
