@@ -1232,6 +1232,11 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
         press(&mut app, KeyCode::Char('R')),
         vec![Effect::ResumeSweep(dir.clone())]
     );
+    // p writes the shown sweep's report (`lors report`, detached).
+    assert_eq!(
+        press(&mut app, KeyCode::Char('p')),
+        vec![Effect::Report(dir.clone())]
+    );
     // Sort by best validation loss (s steps through the columns), then the other way.
     while app.board.sort != Some(Column::BestVal) {
         press(&mut app, KeyCode::Char('s'));
@@ -1270,4 +1275,69 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     press(&mut app, KeyCode::Char('e'));
     assert_eq!(app.view, View::Setup);
     assert_eq!(value(&app, FieldId::Rank), winner.adapter.rank.to_string());
+}
+
+/// A replay's verdict and a finished merge reach the run's events and title, and, when they
+/// appear while the workbench watches, the footer; what a run already held when first read is
+/// not news.
+#[test]
+fn replay_verdicts_and_finished_merges_are_shown() {
+    let tmp = tempfile::tempdir().unwrap();
+    let original = fake_run(tmp.path(), "a", RunState::Finished, 0.5, None);
+    let replay = fake_run(
+        tmp.path(),
+        "a-replay-1204-2215-07",
+        RunState::Finished,
+        0.5,
+        None,
+    );
+    let run = RunDir::open(&replay).unwrap();
+    run.write_replay(&lors::train::ReplayVerdict {
+        original: original.clone(),
+        rows: 6,
+        difference: None,
+    })
+    .unwrap();
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    assert!(w.take_news().is_empty(), "held at the first read: not news");
+    let info = w.runs.iter().find(|r| r.path == replay).unwrap();
+    assert!(info
+        .events
+        .iter()
+        .any(|e| e == "replay: same bits as a (6 metric rows)"));
+
+    // A merge of `a` finishes while the workbench watches.
+    let merged = RunDir::open(&original).unwrap().merged_path();
+    std::fs::create_dir_all(&merged).unwrap();
+    let report = lors::model::SparsityReport {
+        method: "lors".into(),
+        density_before: 0.5,
+        density_after: 0.5,
+        pattern_preserved: true,
+        layers: Vec::new(),
+    };
+    std::fs::write(
+        merged.join("sparsity.json"),
+        serde_json::to_string(&report).unwrap(),
+    )
+    .unwrap();
+    assert!(w.refresh());
+    let news = w.take_news();
+    assert_eq!(news.len(), 1, "{news:?}");
+    assert!(
+        news[0].starts_with("a: merge finished:") && news[0].contains("zeros kept"),
+        "{news:?}"
+    );
+    assert!(!w.refresh() && w.take_news().is_empty(), "said once");
+
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    app.focused = Some(replay.clone());
+    press(&mut app, KeyCode::Char('2'));
+    let screen = render(&app, 120, 40, false);
+    assert!(
+        screen.contains("a-replay-1204-2215-07 · replay: same bits as a"),
+        "{screen}"
+    );
 }

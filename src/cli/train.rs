@@ -143,8 +143,15 @@ pub fn replay(args: ReplayArgs) -> Result<()> {
         run.path.display()
     );
     run_with_progress(&profile, &run, Start::Fresh)?;
-    let rows = train::run_dir::compare_metrics(&original, &run)?;
-    println!("metrics match bit for bit ({rows} rows of loss, lr, grad_norm and eval loss)");
+    let verdict = train::run_dir::replay_verdict(&original, &run)?;
+    run.write_replay(&verdict)?;
+    match verdict.difference {
+        None => println!(
+            "metrics match bit for bit ({} rows of loss, lr, grad_norm and eval loss)",
+            verdict.rows
+        ),
+        Some(d) => anyhow::bail!("replay: {d}"),
+    }
     Ok(())
 }
 

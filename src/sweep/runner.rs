@@ -6,8 +6,9 @@
 //! watched again, dead ones resume from their checkpoints.
 //!
 //! A sweep directory `<runs>/<name>/` holds `sweep.toml` (the profile with its `[sweep]`),
-//! `state.json`, and each trial's profile and log (`t000.toml`, `t000.log`); the trials' run
-//! directories are `<runs>/<name>-t000`, … beside it, so the workbench lists them as runs.
+//! `state.json`, each trial's profile and log (`t000.toml`, `t000.log`), and once asked from
+//! the workbench, `report/` and `report.log` (`lors report`); the trials' run directories are
+//! `<runs>/<name>-t000`, … beside it, so the workbench lists them as runs.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -18,7 +18,8 @@ pub use overrides::Override;
 pub use profile::profile_differences;
 pub use profile::Profile;
 pub use run_dir::{
-    Control, ControlRequest, EvalStage, MetricRow, RunDir, RunState, RunsFolder, Status,
+    Control, ControlRequest, EvalStage, MetricRow, ReplayVerdict, RunDir, RunState, RunsFolder,
+    Status,
 };
 pub use summary::RunSummary;
 pub use trainer::{

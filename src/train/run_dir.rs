@@ -12,7 +12,9 @@
 //! - `pruned/`: the model of a profile's `[prune]` step; `merged/`: the merged export with
 //!   `sparsity.json`; `adapter/`: SoRA's rank-lowered PEFT adapter; `eval/`: detached
 //!   evaluations' results; `merge.log` and `resume-<time>.log`: the output of a detached
-//!   merge and of resumes started from the workbench.
+//!   merge and of resumes started from the workbench;
+//! - `replay.json`: in a replay, its verdict against the original ([`ReplayVerdict`]), written
+//!   when the replay ends.
 //!
 //! A runs folder ([`RunsFolder`]) holds runs, sweeps, and `.launch/`, the profiles and logs
 //! of the workbench's detached launches. A run's default name is the model, method, rank and
@@ -150,6 +152,30 @@ pub enum EvalStage {
 }
 
 crate::named!(EvalStage, "stage");
+
+/// `replay.json`: whether a replay reproduced its original's metrics bit for bit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReplayVerdict {
+    pub original: PathBuf,
+    /// The metric rows compared (timings and memory readings left out).
+    pub rows: usize,
+    /// The first difference, if any.
+    pub difference: Option<String>,
+}
+
+impl ReplayVerdict {
+    /// `same bits as <original> (N rows)` or `DIFFERS from <original>: ...`.
+    pub fn summary(&self) -> String {
+        let name = self.original.file_name().map_or_else(
+            || self.original.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        match &self.difference {
+            None => format!("replay: same bits as {name} ({} metric rows)", self.rows),
+            Some(d) => format!("replay: DIFFERS from {name}: {d}"),
+        }
+    }
+}
 
 /// A run directory.
 #[derive(Debug, Clone)]
@@ -327,6 +353,21 @@ impl RunDir {
     /// The output of a resume started at `stamp`.
     pub fn resume_log_path(&self, stamp: &str) -> PathBuf {
         self.path.join(format!("resume-{stamp}.log"))
+    }
+
+    /// A replay's verdict.
+    pub fn replay_path(&self) -> PathBuf {
+        self.path.join("replay.json")
+    }
+
+    pub fn write_replay(&self, verdict: &ReplayVerdict) -> Result<()> {
+        write_json_atomic(&self.replay_path(), verdict)
+    }
+
+    /// The replay verdict, if this run is a finished replay.
+    pub fn read_replay(&self) -> Option<ReplayVerdict> {
+        let text = std::fs::read_to_string(self.replay_path()).ok()?;
+        serde_json::from_str(&text).ok()
     }
 
     /// The paths of the run at `path`, whether or not it exists yet.
@@ -600,27 +641,35 @@ fn comparable(run: &RunDir) -> Result<Vec<serde_json::Value>> {
 }
 
 /// Compare two runs' loss, lr, grad-norm and eval-loss curves bit for bit; the number of
-/// rows compared when they are equal.
+/// rows compared when they are equal, else an error saying where they differ.
 pub fn compare_metrics(original: &RunDir, other: &RunDir) -> Result<usize> {
+    let verdict = replay_verdict(original, other)?;
+    match verdict.difference {
+        None => Ok(verdict.rows),
+        Some(d) => Err(LorsError::invalid("replay", d)),
+    }
+}
+
+/// [`compare_metrics`] as the verdict a replay records.
+pub fn replay_verdict(original: &RunDir, other: &RunDir) -> Result<ReplayVerdict> {
     let a = comparable(original)?;
     let b = comparable(other)?;
-    if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
-        return Err(LorsError::invalid(
-            "replay",
-            format!("metrics differ:\n  original: {x}\n  other:    {y}"),
-        ));
-    }
-    if a.len() != b.len() {
-        return Err(LorsError::invalid(
-            "replay",
-            format!(
-                "the original has {} metric rows, the other run {}",
-                a.len(),
-                b.len()
-            ),
-        ));
-    }
-    Ok(a.len())
+    let difference = if let Some((x, y)) = a.iter().zip(&b).find(|(x, y)| x != y) {
+        Some(format!("metrics differ:\n  original: {x}\n  other:    {y}"))
+    } else if a.len() != b.len() {
+        Some(format!(
+            "the original has {} metric rows, the other run {}",
+            a.len(),
+            b.len()
+        ))
+    } else {
+        None
+    };
+    Ok(ReplayVerdict {
+        original: original.path.clone(),
+        rows: a.len().min(b.len()),
+        difference,
+    })
 }
 
 #[cfg(test)]

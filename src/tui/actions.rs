@@ -239,6 +239,10 @@ impl App {
             }
             Action::NextSweep => self.board.next_sweep(&self.sweeps),
             Action::Resume => return self.resume_sweep(),
+            Action::Report => match self.board.current(&self.sweeps) {
+                Some(s) => return vec![Effect::Report(s.dir.clone())],
+                None => self.notice = Some("no sweep shown".into()),
+            },
             Action::ChartMode => self.board.next_chart(),
             Action::Smooth => {
                 self.board.smooth(step);

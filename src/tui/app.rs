@@ -65,6 +65,8 @@ pub enum Effect {
     ResumeSweep(PathBuf),
     /// Start a detached `lors train --resume` on this run directory.
     ResumeRun(PathBuf),
+    /// Write `lors report` of this sweep into its `report/`, detached.
+    Report(PathBuf),
     /// Send a control request to a run.
     Control(PathBuf, ControlRequest),
     /// Delete a run directory.

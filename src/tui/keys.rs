@@ -83,6 +83,8 @@ pub enum Action {
     Promote,
     /// Resume a stopped or crashed run, or a sweep whose scheduler is gone.
     Resume,
+    /// Write the shown sweep's `lors report`.
+    Report,
     Back,
 }
 
@@ -163,6 +165,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Sweeps, &[Enter], A::Activate, "", "open the trial in Run"),
     bind(S::Sweeps, &[Char('n')], A::NewSweep, "new", "define a new sweep"),
     bind(S::Sweeps, &[Char('R')], A::Resume, "", "resume a sweep whose lors sweep is gone"),
+    bind(S::Sweeps, &[Char('p')], A::Report, "", "write the sweep's report (lors report)"),
     bind(S::SweepForm, UP_DOWN, A::Move, "", "previous / next field"),
     bind(S::SweepForm, &[Enter], A::Activate, "edit", "edit the field"),
     bind(S::SweepForm, LEFT_RIGHT, A::Cycle, "", "previous / next choice (the `< >` fields)"),

@@ -104,6 +104,22 @@ pub fn replay(run: &Path, runs_dir: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// Write `lors report` of the sweep in `dir` into `<dir>/report/`, detached; returns the
+/// report's Markdown file and the log, `<dir>/report.log`.
+pub fn report(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (out, log) = (dir.join("report"), dir.join("report.log"));
+    spawn_detached(
+        &[
+            "report".into(),
+            dir.into(),
+            "--out".into(),
+            out.clone().into(),
+        ],
+        &log,
+    )?;
+    Ok((out.join("report.md"), log))
+}
+
 /// Export `run`'s merged model to `<run>/merged`; returns the log file.
 pub fn merge(run: &Path) -> Result<PathBuf> {
     let log = RunDir::at(run).merge_log_path();

@@ -144,6 +144,12 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
         }
         Effect::ResumeSweep(dir) => resumed(app, &dir, launch::resume_sweep(&dir)),
         Effect::ResumeRun(dir) => resumed(app, &dir, launch::resume_run(&dir)),
+        Effect::Report(dir) => {
+            app.notice = Some(match launch::report(&dir) {
+                Ok((md, log)) => format!("writing {} (log: {})", md.display(), log.display()),
+                Err(e) => format!("report failed to start: {e}"),
+            })
+        }
         Effect::Evaluate(run, suite) => {
             app.notice = Some(match launch::evaluate(&run, &suite) {
                 Ok(progress) => format!(
@@ -191,8 +197,6 @@ fn inspect_model(path: PathBuf, tx: UnboundedSender<Update>) {
     });
 }
 
-/// Say in the footer whether a detached process started into its directory; the directory
-/// when it did.
 /// Say where a resume of `dir` logs, or why it did not start.
 fn resumed(app: &mut App, dir: &Path, log: Result<PathBuf>) {
     app.notice = Some(match log {
@@ -201,6 +205,8 @@ fn resumed(app: &mut App, dir: &Path, log: Result<PathBuf>) {
     });
 }
 
+/// Say in the footer whether a detached process started into its directory; the directory
+/// when it did.
 fn started(app: &mut App, result: Result<PathBuf>, done: &str, failed: &str) -> Option<PathBuf> {
     match result {
         Ok(dir) => {
@@ -226,6 +232,9 @@ fn on_tick(
 ) -> bool {
     let mut changed = notices.expire(&mut app.notice, Instant::now());
     if watcher.refresh() {
+        if let Some(news) = watcher.take_news().pop() {
+            app.notice = Some(news);
+        }
         app.set_runs(watcher.runs.clone());
         app.set_sweeps(watcher.sweeps.clone());
         changed = true;

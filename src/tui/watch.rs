@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::eval::{EvalProgress, EvalReport, Task, TaskScore};
-use crate::model::LayerSparsity;
+use crate::model::{LayerSparsity, SparsityReport};
 use crate::sweep::{Sweep, SweepState};
 use crate::train::RunSummary;
-use crate::train::{EvalStage, MetricRow, Profile, RunDir, Status};
+use crate::train::{EvalStage, MetricRow, Profile, ReplayVerdict, RunDir, Status};
 
 /// What the TUI knows of one run.
 #[derive(Debug, Clone, Default)]
@@ -34,8 +34,17 @@ pub struct RunInfo {
     pub eval_job: Option<EvalProgress>,
     pub eval_report: Option<EvalReport>,
     eval_job_mtime: Option<SystemTime>,
+    /// A replay's verdict against its original, once written.
+    pub replay: Option<ReplayVerdict>,
+    /// The merged export's `sparsity.json`, once the export is there.
+    pub merged: Option<SparsityReport>,
     /// Lines for the event log (init, evals, status messages and errors).
     pub events: Vec<String>,
+    /// What finished since the run was first read and deserves the footer (a merge, a
+    /// replay's verdict); the workbench takes them.
+    pub news: Vec<String>,
+    /// Whether the run was read before (what it holds at the first read is not news).
+    read_before: bool,
     offset: u64,
     status_mtime: Option<SystemTime>,
     /// Metrics lines already logged: re-reading a file a resume truncated rebuilds the curves
@@ -164,9 +173,8 @@ impl RunInfo {
 
     /// Read what changed since the last call; true when anything did.
     pub fn refresh(&mut self) -> bool {
-        let run = RunDir {
-            path: self.path.clone(),
-        };
+        let run = RunDir::at(&self.path);
+        let first_read = !std::mem::replace(&mut self.read_before, true);
         // Metrics first, so that a run's last evaluation is logged before its end.
         let mut changed = self.tail_metrics(&run.metrics_path());
         let m = mtime(&run.status_path());
@@ -195,7 +203,46 @@ impl RunInfo {
             }
         }
         changed |= self.refresh_eval_job();
+        changed |= self.refresh_outputs(&run, first_read);
         changed | self.notice_crash(&run)
+    }
+
+    /// Pick up a replay's verdict and a merged export when they appear; after the first read
+    /// they are news as well as events.
+    fn refresh_outputs(&mut self, run: &RunDir, first_read: bool) -> bool {
+        let mut found = Vec::new();
+        if self.replay.is_none() {
+            if let Some(v) = run.read_replay() {
+                found.push(v.summary());
+                self.replay = Some(v);
+            }
+        }
+        if self.merged.is_none() {
+            let report = std::fs::read_to_string(run.merged_path().join("sparsity.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str::<SparsityReport>(&t).ok());
+            if let Some(r) = report {
+                found.push(format!(
+                    "merge finished: {} (density {:.4} -> {:.4}, zeros {})",
+                    run.merged_path().display(),
+                    r.density_before,
+                    r.density_after,
+                    if r.pattern_preserved {
+                        "kept"
+                    } else {
+                        "NOT kept"
+                    }
+                ));
+                self.merged = Some(r);
+            }
+        }
+        if !first_read {
+            self.news
+                .extend(found.iter().map(|f| format!("{}: {f}", self.name)));
+        }
+        let changed = !found.is_empty();
+        self.events.extend(found);
+        changed
     }
 
     /// A run whose status says its process works on it, while that process is gone, is
@@ -369,6 +416,14 @@ impl Watcher {
             changed |= r.refresh();
         }
         changed
+    }
+
+    /// What finished since the last call (see [`RunInfo::news`]), oldest first.
+    pub fn take_news(&mut self) -> Vec<String> {
+        self.runs
+            .iter_mut()
+            .flat_map(|r| std::mem::take(&mut r.news))
+            .collect()
     }
 }
 

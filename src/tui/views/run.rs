@@ -60,7 +60,16 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             state_text(app, run),
         ),
     };
-    f.render_widget(Paragraph::new(text).block(theme.block(&run.name)), head);
+    // A replay says whether it reproduced its original, bit for bit.
+    let title = match &run.replay {
+        Some(v) => format!(
+            "{} · {}",
+            run.name,
+            v.summary().lines().next().unwrap_or("")
+        ),
+        None => run.name.clone(),
+    };
+    f.render_widget(Paragraph::new(text).block(theme.block(&title)), head);
     let side_w = if middle.width >= 100 { 36 } else { 26 };
     let [chart_area, side] =
         Layout::horizontal([Constraint::Min(30), Constraint::Length(side_w)]).areas(middle);
