@@ -1341,3 +1341,44 @@ fn replay_verdicts_and_finished_merges_are_shown() {
         "{screen}"
     );
 }
+
+/// The Runs view lists the newest run first, and from 120 columns on adds each run's model,
+/// progress and local start time.
+#[test]
+fn runs_are_newest_first_with_model_progress_and_start_when_wide() {
+    let tmp = tempfile::tempdir().unwrap();
+    fake_run_started(tmp.path(), "a-old", RunState::Finished, 1_000_000.0);
+    fake_run_started(tmp.path(), "b-new", RunState::Running, 3_000_000.0);
+    fake_run_started(tmp.path(), "c-mid", RunState::Stopped, 2_000_000.0);
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    let names: Vec<&str> = app.runs.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["b-new", "c-mid", "a-old"]);
+    app.view = View::Runs;
+    let narrow = render(&app, 80, 24, true);
+    assert!(
+        narrow.contains("Runs (by newest") && !narrow.contains("started"),
+        "{narrow}"
+    );
+    let wide = render(&app, 120, 40, true);
+    let model = app
+        .base
+        .model
+        .path
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let start = chrono::DateTime::from_timestamp(3_000_000, 0)
+        .unwrap()
+        .with_timezone(&chrono::Local)
+        .format("%m-%d %H:%M")
+        .to_string();
+    let row = wide.lines().find(|l| l.contains("b-new")).unwrap();
+    for want in [model.as_str(), "30%", start.as_str()] {
+        assert!(row.contains(want), "{want:?} in {row:?}\n{wide}");
+    }
+    assert!(wide.contains("model") && wide.contains("started"), "{wide}");
+}

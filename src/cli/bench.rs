@@ -10,7 +10,7 @@ use lors::bench::train as bench_train;
 use lors::device::ComputeDtype;
 use lors::model::random::{random_weights, small_config, write_checkpoint};
 use lors::sparsity::Layout;
-use lors::train::{Override, Profile};
+use lors::train::{Override, Profile, RunsFolder};
 
 #[derive(Args)]
 pub struct TrainBenchArgs {
@@ -32,7 +32,7 @@ pub struct TrainBenchArgs {
         default_value = "lors,lors-exact,sqft,spp,lora",
         value_delimiter = ','
     )]
-    pub methods: Vec<String>,
+    pub methods: Vec<Method>,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -75,14 +75,10 @@ pub struct RandomModelArgs {
 pub fn train(args: TrainBenchArgs) -> Result<()> {
     let mut profile = Profile::load(&args.profile, &args.overrides)?;
     profile.resolve_paths(&std::env::current_dir()?);
-    let methods = args
-        .methods
-        .iter()
-        .map(|m| m.parse::<Method>())
-        .collect::<lors::Result<Vec<_>>>()?;
-    let out = profile.train.output_dir.join(format!(
+    let methods = args.methods;
+    let out = RunsFolder::new(&profile.train.output_dir).fresh(&format!(
         "bench-train-{}",
-        lors::train::run_dir::now_s() as u64
+        lors::train::run_dir::local_stamp()
     ));
     let results = bench_train::run(
         &profile,

@@ -172,8 +172,10 @@ pub enum Modal {
 /// How the Runs view orders its runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RunOrder {
-    /// By directory name (launch time for launched runs).
+    /// Newest first (by start; a run without a status yet is being created: newest).
     #[default]
+    Newest,
+    /// By directory name.
     Name,
     /// Best validation loss first.
     ValidLoss,
@@ -184,6 +186,7 @@ pub enum RunOrder {
 impl RunOrder {
     pub fn name(self) -> &'static str {
         match self {
+            RunOrder::Newest => "newest",
             RunOrder::Name => "name",
             RunOrder::ValidLoss => "validation loss",
             RunOrder::Accuracy => "mean accuracy",
@@ -192,9 +195,10 @@ impl RunOrder {
 
     pub(super) fn next(self) -> Self {
         match self {
-            RunOrder::Name => RunOrder::ValidLoss,
+            RunOrder::Newest => RunOrder::ValidLoss,
             RunOrder::ValidLoss => RunOrder::Accuracy,
             RunOrder::Accuracy => RunOrder::Name,
+            RunOrder::Name => RunOrder::Newest,
         }
     }
 
@@ -202,11 +206,12 @@ impl RunOrder {
     fn sort(self, runs: &mut [RunInfo]) {
         let key = |r: &RunInfo| match self {
             RunOrder::Name => None,
+            RunOrder::Newest => Some(-r.started_at().unwrap_or(f64::INFINITY)),
             RunOrder::ValidLoss => r.best_eval(),
             RunOrder::Accuracy => r.mean_accuracy_after().map(|a| -a),
         };
         runs.sort_by(|a, b| match (key(a), key(b)) {
-            (Some(x), Some(y)) => x.total_cmp(&y),
+            (Some(x), Some(y)) => x.total_cmp(&y).then_with(|| a.path.cmp(&b.path)),
             (Some(_), None) => std::cmp::Ordering::Less,
             (None, Some(_)) => std::cmp::Ordering::Greater,
             (None, None) => a.path.cmp(&b.path),
@@ -652,14 +657,10 @@ impl App {
 }
 
 /// The run the Run view opens on: the newest one still going (re-attaching after an SSH
-/// drop lands on it), else the newest. A run's start is its status's last write less its
-/// elapsed time; one without a status yet is just being created, so it counts as newest.
+/// drop lands on it), else the newest. One without a status yet is just being created, so
+/// it counts as newest.
 fn default_focus(runs: &[RunInfo]) -> Option<PathBuf> {
-    let started = |r: &&RunInfo| {
-        r.status
-            .as_ref()
-            .map_or(f64::INFINITY, |s| s.updated_at - s.elapsed_s)
-    };
+    let started = |r: &&RunInfo| r.started_at().unwrap_or(f64::INFINITY);
     let newest = |runs: Vec<&RunInfo>| {
         runs.into_iter()
             .max_by(|a, b| started(a).total_cmp(&started(b)))

@@ -148,7 +148,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Runs, &[Char(' ')], A::Mark, "mark", "mark for the loss overlay"),
     bind(S::Runs, &[Enter], A::Activate, "open", "open in Run"),
     bind(S::Runs, &[Char('v')], A::Evaluate, "evaluate", "score its [eval] tasks"),
-    bind(S::Runs, &[Char('o')], A::Order, "order", "order by name, val loss, accuracy"),
+    bind(S::Runs, &[Char('o')], A::Order, "order", "order: newest, val loss, accuracy, name"),
     bind(S::Runs, &[Char('r')], A::Replay, "replay", "replay (same profile and seed)"),
     bind(S::Runs, &[Char('e')], A::EditProfile, "edit", "open its profile in Setup"),
     bind(S::Runs, &[Char('d')], A::Delete, "delete", "delete (asks)"),

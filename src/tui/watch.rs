@@ -61,6 +61,11 @@ pub struct TaskAccuracy {
 }
 
 impl RunInfo {
+    /// When the run started (Unix seconds): its status's last write less its elapsed time.
+    pub fn started_at(&self) -> Option<f64> {
+        self.status.as_ref().map(|s| s.updated_at - s.elapsed_s)
+    }
+
     /// Best evaluation loss so far.
     pub fn best_eval(&self) -> Option<f64> {
         self.summary.best_eval_loss()

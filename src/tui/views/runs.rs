@@ -14,6 +14,12 @@ use crate::tui::watch::RunInfo;
 /// Width of a per-task accuracy column of the Runs table.
 const TASK_COLUMN: u16 = 6;
 
+/// The columns every row has, with their gaps.
+const FIXED: u16 = 84;
+/// The model, progress and start columns, with their gaps: shown where the width left after
+/// the task columns (scores come first) holds them.
+const WIDE_COLUMNS: u16 = 16 + 5 + 11 + 3;
+
 /// The Runs table: a row per run, with a column per scored task where the width allows.
 fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) -> Table<'a> {
     let mut tasks: Vec<crate::eval::Task> = crate::eval::Task::ALL
@@ -25,7 +31,8 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
                 .any(|r| r.task_accuracy().iter().any(|a| a.task == *t))
         })
         .collect();
-    tasks.truncate((width.saturating_sub(84) / TASK_COLUMN) as usize);
+    tasks.truncate((width.saturating_sub(FIXED) / TASK_COLUMN) as usize);
+    let wide = width >= FIXED + tasks.len() as u16 * TASK_COLUMN + WIDE_COLUMNS;
     let rows: Vec<Row> = app
         .runs
         .iter()
@@ -34,7 +41,7 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
                 .iter()
                 .position(|o| o.path == r.path)
                 .map_or(' ', |i| SYMBOLS[i % SYMBOLS.len()]);
-            run_row(app, r, mark, &tasks)
+            run_row(app, r, mark, &tasks, wide)
         })
         .collect();
     let mut widths = vec![
@@ -47,12 +54,16 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
         Constraint::Length(4),
         Constraint::Length(5),
     ];
-    widths.extend(tasks.iter().map(|_| Constraint::Length(TASK_COLUMN - 1)));
     let mut header: Vec<String> = [
         "  run", "state", "method", "r", "init", "val/ppl", "acc", "time",
     ]
     .map(String::from)
     .to_vec();
+    if wide {
+        widths.extend([16, 5, 11].map(Constraint::Length));
+        header.extend(["model", "done", "started"].map(String::from));
+    }
+    widths.extend(tasks.iter().map(|_| Constraint::Length(TASK_COLUMN - 1)));
     header.extend(tasks.iter().map(|t| t.short_name().to_string()));
     Table::new(rows, widths)
         .header(Row::new(header).style(theme.fg(Color::Cyan)))
@@ -61,8 +72,15 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
 }
 
 /// One run's row: name (with its overlay symbol), state, method, rank, init, best
-/// validation loss/perplexity, mean accuracy after training, time, and each task's accuracy.
-fn run_row(app: &App, r: &RunInfo, mark: char, tasks: &[crate::eval::Task]) -> Row<'static> {
+/// validation loss/perplexity, mean accuracy after training, time, when `wide` the model,
+/// progress and start, and each task's accuracy.
+fn run_row(
+    app: &App,
+    r: &RunInfo,
+    mark: char,
+    tasks: &[crate::eval::Task],
+    wide: bool,
+) -> Row<'static> {
     let (method, rank, init) = r.profile.as_ref().map_or(("?".into(), 0, "?".into()), |p| {
         (
             p.method_label(),
@@ -93,12 +111,45 @@ fn run_row(app: &App, r: &RunInfo, mark: char, tasks: &[crate::eval::Task]) -> R
         accuracy_text(r.mean_accuracy_after()),
         dur,
     ];
+    if wide {
+        cells.extend(wide_cells(r));
+    }
     cells.extend(
         tasks
             .iter()
             .map(|t| accuracy_text(accuracy.iter().find(|a| a.task == *t).and_then(|a| a.after))),
     );
     Row::new(cells)
+}
+
+/// The model (its folder's name, `+prune` with a prune step), the steps done in percent, and
+/// the local start time.
+fn wide_cells(r: &RunInfo) -> [String; 3] {
+    let model = r.profile.as_ref().map_or("?".into(), |p| {
+        let name = p.model.path.file_name().map_or_else(
+            || p.model.path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        if p.prune.is_some() {
+            format!("{name}+prune")
+        } else {
+            name
+        }
+    });
+    let done = r
+        .status
+        .as_ref()
+        .filter(|s| s.total_steps > 0)
+        .map_or("-".into(), |s| format!("{}%", 100 * s.step / s.total_steps));
+    let started = r
+        .started_at()
+        .and_then(|t| chrono::DateTime::from_timestamp(t as i64, 0))
+        .map_or("-".into(), |t| {
+            t.with_timezone(&chrono::Local)
+                .format("%m-%d %H:%M")
+                .to_string()
+        });
+    [model, done, started]
 }
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
