@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Two builds of lors give the same bits: the bundled demo and the quality profile of each
 # method (stories260K-wanda-50, shortened to STEPS steps, evaluated and merged) are trained with
-# BEFORE and AFTER, and every metrics row (less its timings and memory readings, as `lors
-# replay` compares them), every checkpoint's adapter and every merged weight file must be
+# BEFORE and AFTER, and every metrics row (train, eval, init, sparsity, task scores; less
+# their timings and memory readings), every checkpoint's adapter and every merged weight file must be
 # identical byte for byte. For refactors that must not change a result.
 #
 #   BEFORE=/path/to/old/lors AFTER=target/release/lors scripts/same_bits.sh
@@ -39,10 +39,16 @@ import hashlib, json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 VOLATILE = {"tokens_per_s", "elapsed_s", "live_bytes", "peak_bytes", "step_peak_bytes",
             "rss_bytes", "gpu", "seconds"}
+def strip(v):
+    """`v` without timings and memory readings, at any depth (a task score's `seconds`)."""
+    if isinstance(v, dict):
+        return {k: strip(x) for k, x in v.items() if k not in VOLATILE}
+    if isinstance(v, list):
+        return [strip(x) for x in v]
+    return v
 def rows(run):
     for line in (run / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        yield json.dumps({k: v for k, v in row.items() if k not in VOLATILE}, sort_keys=True)
+        yield json.dumps(strip(json.loads(line)), sort_keys=True)
 def digests(run):
     files = sorted(p for p in run.rglob("*.safetensors"))
     return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
