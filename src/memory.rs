@@ -99,9 +99,31 @@ pub fn reset_peak() {
 
 /// Resident set size of the process in bytes (Linux `/proc/self/statm`), if available.
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    rss_of("self")
+}
+
+/// Resident set size of process `pid` in bytes (Linux), if it runs and can be read.
+pub fn process_rss_bytes(pid: u32) -> Option<u64> {
+    rss_of(&pid.to_string())
+}
+
+fn rss_of(proc_entry: &str) -> Option<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{proc_entry}/statm")).ok()?;
     let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
     Some(pages * page_size())
+}
+
+/// CPU seconds process `pid` has used so far, user and system (Linux), if it can be read:
+/// two readings over a wall-clock interval give its CPU use (100% per busy core).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces; the fields after its `)` are plain.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let (utime, stime): (u64, u64) = (fields.get(11)?.parse().ok()?, fields.get(12)?.parse().ok()?);
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Some((utime + stime) as f64 / ticks.max(1) as f64)
 }
 
 /// Peak resident set size of the process in bytes (Linux `VmHWM`), if available.

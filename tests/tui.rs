@@ -1382,3 +1382,87 @@ fn runs_are_newest_first_with_model_progress_and_start_when_wide() {
     }
     assert!(wide.contains("model") && wide.contains("started"), "{wide}");
 }
+
+/// `o` in the Run view shows the last lines of the run's process output: its newest resume
+/// log, else the workbench launch's; a progress bar's last state is its last piece.
+#[test]
+fn the_run_view_tails_the_run_output() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fake_run(tmp.path(), "run-a", RunState::Running, 0.5, None);
+    let launch = tmp.path().join(".launch");
+    std::fs::create_dir_all(&launch).unwrap();
+    std::fs::write(
+        launch.join("run-a.log"),
+        "loading\n[####      ] 3/10 steps\r[#####     ] 4/10 steps\n",
+    )
+    .unwrap();
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    app.focused = Some(path.clone());
+    press(&mut app, KeyCode::Char('2'));
+    assert!(render(&app, 80, 24, true).contains("Events (o: output)"));
+    press(&mut app, KeyCode::Char('o'));
+    let screen = render(&app, 120, 40, true);
+    assert!(
+        screen.contains("Output (o: events)") && screen.contains("4/10 steps"),
+        "{screen}"
+    );
+    // A resume writes its own log, newer: that one is shown.
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    std::fs::write(path.join("resume-1.log"), "resuming from step-000003\n").unwrap();
+    w.refresh();
+    app.set_runs(w.runs.clone());
+    let screen = render(&app, 120, 40, true);
+    assert!(screen.contains("resuming from step-000003"), "{screen}");
+}
+
+/// While a process works on a run, the Run view shows its CPU use and resident memory as the
+/// OS reads them now; a run no process works on shows none.
+#[test]
+fn the_run_view_reads_the_run_process_cpu_and_memory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fake_run(tmp.path(), "run-a", RunState::Running, 0.5, None);
+    // This test process stands for the run's.
+    let run = RunDir::open(&path).unwrap();
+    let status = run.read_status().unwrap();
+    run.write_status(&Status {
+        pid: std::process::id(),
+        ..status
+    })
+    .unwrap();
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let first = w.runs[0].process.expect("a live process is read");
+    assert!(first.rss_bytes.unwrap() > 1 << 20, "{first:?}");
+    let busy_until = std::time::Instant::now() + std::time::Duration::from_millis(1100);
+    let mut x = 0u64;
+    while std::time::Instant::now() < busy_until {
+        x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+    }
+    w.refresh();
+    let cpu = w.runs[0]
+        .process
+        .unwrap()
+        .cpu_percent
+        .expect("two readings a second apart");
+    assert!(cpu > 20.0 && cpu < 100.0 * 64.0, "{cpu}");
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    app.focused = Some(path.clone());
+    press(&mut app, KeyCode::Char('2'));
+    let screen = render(&app, 120, 40, true);
+    assert!(
+        screen.contains("now  CPU") && screen.contains("%"),
+        "{screen}"
+    );
+    // Once the run has ended, no process reading.
+    run.write_status(&Status {
+        state: RunState::Finished,
+        ..run.read_status().unwrap()
+    })
+    .unwrap();
+    w.refresh();
+    assert!(w.runs[0].process.is_none());
+}

@@ -370,6 +370,25 @@ impl RunDir {
         serde_json::from_str(&text).ok()
     }
 
+    /// The newest output of a process that worked on the run: a resume's log, else the
+    /// workbench launch's (`<runs>/.launch/<run>.log`); none for a run started in a terminal.
+    pub fn newest_log(&self) -> Option<PathBuf> {
+        let name = self.path.file_name()?.to_string_lossy().into_owned();
+        let launch = RunsFolder::new(self.path.parent()?).launch_file(&name, "log");
+        let resumes = std::fs::read_dir(&self.path)
+            .into_iter()
+            .flatten()
+            .flatten();
+        let resumes = resumes.map(|e| e.path()).filter(|p| {
+            let n = file_name(p);
+            n.starts_with("resume-") && n.ends_with(".log")
+        });
+        let modified = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        resumes
+            .chain(launch.is_file().then_some(launch))
+            .max_by_key(modified)
+    }
+
     /// The paths of the run at `path`, whether or not it exists yet.
     pub fn at(path: &Path) -> Self {
         Self {

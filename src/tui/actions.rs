@@ -110,6 +110,7 @@ impl App {
     pub(super) fn run_action(&mut self, action: Action) -> Vec<Effect> {
         match action {
             Action::LogScale => self.log_scale = !self.log_scale,
+            Action::OutputLog => self.show_output = !self.show_output,
             Action::Zoom => {
                 self.zoom_last = match self.zoom_last {
                     None => Some(50),

@@ -244,6 +244,8 @@ pub struct App {
     pub models: Vec<Candidate>,
     pub datasets: Vec<Candidate>,
     pub log_scale: bool,
+    /// The Run view shows the run's output log instead of its events.
+    pub show_output: bool,
     /// Show only the last this many steps of the loss chart (`None`: all).
     pub zoom_last: Option<usize>,
     /// One line of feedback in the footer.
@@ -284,6 +286,7 @@ impl App {
             models: Vec::new(),
             datasets: Vec::new(),
             log_scale: false,
+            show_output: false,
             zoom_last: None,
             notice: None,
             launch_waiting: false,

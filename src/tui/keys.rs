@@ -85,6 +85,8 @@ pub enum Action {
     Resume,
     /// Write the shown sweep's `lors report`.
     Report,
+    /// Show the run's output log instead of its events, or back.
+    OutputLog,
     Back,
 }
 
@@ -144,6 +146,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Run, &[Char('m')], A::Merge, "merge", "merge and export a finished run"),
     bind(S::Run, &[Char('g')], A::LogScale, "log", "log scale"),
     bind(S::Run, &[Char('z')], A::Zoom, "zoom", "only the last 50 steps"),
+    bind(S::Run, &[Char('o')], A::OutputLog, "", "the run's output log instead of its events"),
     bind(S::Runs, UP_DOWN, A::Move, "", "select a run"),
     bind(S::Runs, &[Char(' ')], A::Mark, "mark", "mark for the loss overlay"),
     bind(S::Runs, &[Enter], A::Activate, "open", "open in Run"),

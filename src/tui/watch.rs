@@ -43,6 +43,15 @@ pub struct RunInfo {
     /// What finished since the run was first read and deserves the footer (a merge, a
     /// replay's verdict); the workbench takes them.
     pub news: Vec<String>,
+    /// The last lines of the run's process output ([`RunDir::newest_log`]), and which file
+    /// and version they come from.
+    pub log_tail: Vec<String>,
+    log_seen: Option<(PathBuf, SystemTime)>,
+    log_looked: bool,
+    /// The run's process now, while one works on it: CPU use (100% per busy core, over the
+    /// last second or more) and resident memory.
+    pub process: Option<ProcessReading>,
+    cpu_sample: Option<(f64, std::time::Instant)>,
     /// Whether the run was read before (what it holds at the first read is not news).
     read_before: bool,
     offset: u64,
@@ -51,6 +60,16 @@ pub struct RunInfo {
     /// but does not log their events again.
     logged_rows: std::collections::HashSet<String>,
 }
+
+/// A run's process as the OS sees it now.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct ProcessReading {
+    pub cpu_percent: Option<f64>,
+    pub rss_bytes: Option<u64>,
+}
+
+/// The least time between two CPU readings of a run's process.
+const CPU_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One task's accuracy before and after training.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -157,6 +176,33 @@ impl RunInfo {
     }
 }
 
+/// How much of a log's end the Run view reads.
+const LOG_TAIL_BYTES: u64 = 16 << 10;
+
+/// The complete lines in the last `bytes` of the file at `path`, a progress bar's carriage
+/// returns taken as line ends (the latest state of each bar is its last piece).
+fn tail_lines(path: &Path, bytes: u64) -> Vec<String> {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map_or(0, |m| m.len());
+    let start = len.saturating_sub(bytes);
+    let mut buf = Vec::new();
+    if f.seek(SeekFrom::Start(start)).is_err() || f.read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut lines: Vec<String> = text
+        .split(['\n', '\r'])
+        .map(|l| l.trim_end().to_string())
+        .filter(|l| !l.is_empty())
+        .collect();
+    if start > 0 && !lines.is_empty() {
+        lines.remove(0); // cut in the middle
+    }
+    lines
+}
+
 fn mtime(p: &Path) -> Option<SystemTime> {
     std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
@@ -209,7 +255,58 @@ impl RunInfo {
         }
         changed |= self.refresh_eval_job();
         changed |= self.refresh_outputs(&run, first_read);
+        changed |= self.refresh_log_tail(&run);
+        changed |= self.read_process();
         changed | self.notice_crash(&run)
+    }
+
+    /// Read the CPU use and resident memory of the run's process while it is active (at most
+    /// once per [`CPU_INTERVAL`]); true when the reading changed.
+    fn read_process(&mut self) -> bool {
+        let pid = self
+            .status
+            .as_ref()
+            .filter(|s| s.state.is_active())
+            .map(|s| s.pid);
+        let Some(pid) = pid.filter(|&p| crate::io::process_alive(p)) else {
+            let had = self.process.take().is_some();
+            self.cpu_sample = None;
+            return had;
+        };
+        let now = std::time::Instant::now();
+        if self.cpu_sample.is_some_and(|(_, t)| now - t < CPU_INTERVAL) {
+            return false;
+        }
+        let cpu = crate::memory::process_cpu_seconds(pid);
+        let cpu_percent = match (cpu, self.cpu_sample) {
+            (Some(c), Some((before, t))) => Some(100.0 * (c - before) / (now - t).as_secs_f64()),
+            _ => None,
+        };
+        self.cpu_sample = cpu.map(|c| (c, now));
+        self.process = Some(ProcessReading {
+            cpu_percent: cpu_percent.or(self.process.and_then(|p| p.cpu_percent)),
+            rss_bytes: crate::memory::process_rss_bytes(pid),
+        });
+        true
+    }
+
+    /// Re-read the last lines of the run's process output when it changed (looked for at the
+    /// first read and while a process works on the run); true when it did.
+    fn refresh_log_tail(&mut self, run: &RunDir) -> bool {
+        let active = self.status.as_ref().is_none_or(|s| s.state.is_active());
+        if !active && std::mem::replace(&mut self.log_looked, true) {
+            return false;
+        }
+        let Some(path) = run.newest_log() else {
+            return false;
+        };
+        let seen = mtime(&path).map(|m| (path.clone(), m));
+        if seen.is_none() || seen == self.log_seen {
+            return false;
+        }
+        self.log_seen = seen;
+        self.log_tail = tail_lines(&path, LOG_TAIL_BYTES);
+        true
     }
 
     /// Pick up a replay's verdict and a merged export when they appear; after the first read

@@ -85,13 +85,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             Constraint::Length(30),
         ])
         .areas(bottom);
-        draw_events(f, log, run, theme);
+        draw_log(f, log, app, run, theme);
         draw_sparsity(f, sparsity, run, theme);
         draw_accuracy(f, accuracy, run, theme);
     } else {
         let [log, sparsity] =
             Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
-        draw_events(f, log, run, theme);
+        draw_log(f, log, app, run, theme);
         draw_sparsity(f, sparsity, run, theme);
     }
 }
@@ -230,6 +230,17 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     if let Some(best) = run.best_eval() {
         lines.push(format!("best  {best:.4} ppl {:.2}", best.exp()));
     }
+    if let Some(p) = run.process {
+        // The process as the OS sees it now, between the steps' own readings.
+        mem.insert(
+            0,
+            format!(
+                "now  CPU {} RSS {}",
+                p.cpu_percent.map_or("-".into(), |c| format!("{c:.0}%")),
+                p.rss_bytes.map_or("-".into(), |b| human_bytes(b as f64))
+            ),
+        );
+    }
     if let Some(p) = &run.profile {
         lines.push(format!(
             "{} r{} {}",
@@ -264,25 +275,32 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     );
 }
 
-fn draw_events(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
-    let lines: Vec<Line> = run
-        .events
-        .iter()
-        .rev()
-        .take(area.height.saturating_sub(2) as usize)
-        .rev()
+/// The run's events, or (`o`) the last lines of its process's output.
+fn draw_log(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) {
+    let rows = area.height.saturating_sub(2) as usize;
+    let last = |lines: &[String]| lines[lines.len().saturating_sub(rows)..].to_vec();
+    let (title, lines) = match app.show_output {
+        false => ("Events (o: output)", last(&run.events)),
+        true if run.log_tail.is_empty() => (
+            "Output (o: events)",
+            vec!["no output log: a run started in a terminal writes it there".into()],
+        ),
+        true => ("Output (o: events)", last(&run.log_tail)),
+    };
+    let lines: Vec<Line> = lines
+        .into_iter()
         .map(|e| {
-            if e.starts_with("error") {
-                Line::styled(e.clone(), theme.fg(Color::Red))
+            if e.starts_with("error") || e.starts_with("Error") {
+                Line::styled(e, theme.fg(Color::Red))
             } else {
-                Line::from(e.clone())
+                Line::from(e)
             }
         })
         .collect();
     f.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: true })
-            .block(theme.block("Events")),
+            .block(theme.block(title)),
         area,
     );
 }
