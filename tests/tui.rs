@@ -1466,3 +1466,41 @@ fn the_run_view_reads_the_run_process_cpu_and_memory() {
     w.refresh();
     assert!(w.runs[0].process.is_none());
 }
+
+/// Long run names that differ only at the end (their start time) stay apart in the Runs
+/// table at 60 and 80 columns; 60x20 keeps the columns that matter; below 60x20 the screen
+/// says so.
+#[test]
+fn narrow_terminals_keep_runs_apart_and_say_when_too_small() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = [
+        "stories260K-lors-r8-1204-2215-07",
+        "stories260K-lors-r8-1204-2216-41",
+    ];
+    for name in names {
+        fake_run(tmp.path(), name, RunState::Finished, 0.5, None);
+    }
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    app.view = View::Runs;
+    for (width, height) in [(60, 20), (80, 24)] {
+        let screen = render(&app, width, height, true);
+        let rows: Vec<&str> = screen.lines().filter(|l| l.contains("finished")).collect();
+        assert_eq!(rows.len(), 2, "{screen}");
+        let name_cell = |row: &str| row.split_whitespace().nth(1).unwrap().to_string();
+        assert_ne!(name_cell(rows[0]), name_cell(rows[1]), "{screen}");
+        assert!(
+            rows[0].contains("15-07") || rows[0].contains("16-41"),
+            "{screen}"
+        );
+        assert!(
+            screen.contains("val/ppl") && screen.contains("2.750/15.64"),
+            "{screen}"
+        );
+    }
+    assert!(!render(&app, 60, 20, true).contains("too small"));
+    assert!(render(&app, 59, 20, true).contains("terminal too small (59x20); 60x20 or more"));
+    assert!(render(&app, 60, 19, true).contains("terminal too small"));
+}

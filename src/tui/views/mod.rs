@@ -22,13 +22,18 @@ use super::theme::{Theme, SYMBOLS};
 use super::watch::RunInfo;
 use crate::train::RunState;
 
+/// The smallest terminal the views are laid out for; below it the screen says so.
+pub const MIN_WIDTH: u16 = 60;
+pub const MIN_HEIGHT: u16 = 20;
+
 /// Draw the whole screen.
 pub fn draw(f: &mut Frame, app: &App, theme: Theme) {
     let area = f.area();
-    if area.width < 40 || area.height < 10 {
+    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
         f.render_widget(
             Paragraph::new(format!(
-                "lors: terminal too small ({}x{}); 80x24 or more please. q quits.",
+                "lors: terminal too small ({}x{}); {MIN_WIDTH}x{MIN_HEIGHT} or more please \
+                 (80x24 and up shows everything). q quits.",
                 area.width, area.height
             ))
             .wrap(Wrap { trim: true }),

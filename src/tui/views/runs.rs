@@ -33,6 +33,35 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
         .collect();
     tasks.truncate((width.saturating_sub(FIXED) / TASK_COLUMN) as usize);
     let wide = width >= FIXED + tasks.len() as u16 * TASK_COLUMN + WIDE_COLUMNS;
+    // Below 80 columns only the run, its state, method, rank and validation loss.
+    let keep: &[usize] = if width < 80 {
+        &[0, 1, 2, 3, 5]
+    } else {
+        &[0, 1, 2, 3, 4, 5, 6, 7]
+    };
+    let mut widths: Vec<u16> = [0, 13, 12, 3, 8, 12, 4, 5]
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| keep.contains(i))
+        .map(|(_, w)| *w)
+        .collect();
+    let mut header: Vec<String> = [
+        "  run", "state", "method", "r", "init", "val/ppl", "acc", "time",
+    ]
+    .iter()
+    .enumerate()
+    .filter(|(i, _)| keep.contains(i))
+    .map(|(_, h)| h.to_string())
+    .collect();
+    if wide {
+        widths.extend([16, 5, 11]);
+        header.extend(["model", "done", "started"].map(String::from));
+    }
+    widths.extend(tasks.iter().map(|_| TASK_COLUMN - 1));
+    header.extend(tasks.iter().map(|t| t.short_name().to_string()));
+    // The name column takes what the others leave (borders and one-column gaps aside).
+    let others: u16 = widths.iter().sum::<u16>() + widths.len() as u16 - 1;
+    let name_width = width.saturating_sub(2 + others).max(14);
     let rows: Vec<Row> = app
         .runs
         .iter()
@@ -41,46 +70,34 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
                 .iter()
                 .position(|o| o.path == r.path)
                 .map_or(' ', |i| SYMBOLS[i % SYMBOLS.len()]);
-            run_row(app, r, mark, &tasks, wide)
+            let cells = run_cells(app, r, mark, &tasks, wide, name_width as usize);
+            let cells = cells
+                .into_iter()
+                .enumerate()
+                .filter(|(i, _)| *i >= 8 || keep.contains(i))
+                .map(|(_, c)| c);
+            Row::new(cells.collect::<Vec<_>>())
         })
         .collect();
-    let mut widths = vec![
-        Constraint::Min(14),
-        Constraint::Length(13),
-        Constraint::Length(12),
-        Constraint::Length(3),
-        Constraint::Length(8),
-        Constraint::Length(12),
-        Constraint::Length(4),
-        Constraint::Length(5),
-    ];
-    let mut header: Vec<String> = [
-        "  run", "state", "method", "r", "init", "val/ppl", "acc", "time",
-    ]
-    .map(String::from)
-    .to_vec();
-    if wide {
-        widths.extend([16, 5, 11].map(Constraint::Length));
-        header.extend(["model", "done", "started"].map(String::from));
-    }
-    widths.extend(tasks.iter().map(|_| Constraint::Length(TASK_COLUMN - 1)));
-    header.extend(tasks.iter().map(|t| t.short_name().to_string()));
+    widths[0] = name_width;
+    let widths: Vec<Constraint> = widths.into_iter().map(Constraint::Length).collect();
     Table::new(rows, widths)
         .header(Row::new(header).style(theme.fg(Color::Cyan)))
         .row_highlight_style(theme.selected())
         .block(theme.block(&format!("Runs (by {}; o to change)", app.run_order.name())))
 }
 
-/// One run's row: name (with its overlay symbol), state, method, rank, init, best
-/// validation loss/perplexity, mean accuracy after training, time, when `wide` the model,
-/// progress and start, and each task's accuracy.
-fn run_row(
+/// One run's cells: name (with its overlay symbol, fitted to `name_width`), state, method,
+/// rank, init, best validation loss/perplexity, mean accuracy after training, time, when
+/// `wide` the model, progress and start, and each task's accuracy.
+fn run_cells(
     app: &App,
     r: &RunInfo,
     mark: char,
     tasks: &[crate::eval::Task],
     wide: bool,
-) -> Row<'static> {
+    name_width: usize,
+) -> Vec<String> {
     let (method, rank, init) = r.profile.as_ref().map_or(("?".into(), 0, "?".into()), |p| {
         (
             p.method_label(),
@@ -102,7 +119,10 @@ fn run_row(
     };
     let accuracy = r.task_accuracy();
     let mut cells = vec![
-        format!("{mark} {}", r.name),
+        format!(
+            "{mark} {}",
+            fit_middle(&r.name, name_width.saturating_sub(2))
+        ),
         state,
         method,
         rank.to_string(),
@@ -119,7 +139,24 @@ fn run_row(
             .iter()
             .map(|t| accuracy_text(accuracy.iter().find(|a| a.task == *t).and_then(|a| a.after))),
     );
-    Row::new(cells)
+    cells
+}
+
+/// `name` in at most `width` characters: when longer, its start and its end around `~`, so
+/// names that differ only at the end (a run's time) still read apart.
+pub(crate) fn fit_middle(name: &str, width: usize) -> String {
+    let chars: Vec<char> = name.chars().collect();
+    if chars.len() <= width || width < 5 {
+        return name.to_string();
+    }
+    let tail = (width - 1) * 3 / 5;
+    let head = width - 1 - tail;
+    let (start, end) = (&chars[..head], &chars[chars.len() - tail..]);
+    format!(
+        "{}~{}",
+        start.iter().collect::<String>(),
+        end.iter().collect::<String>()
+    )
 }
 
 /// The model (its folder's name, `+prune` with a prune step), the steps done in percent, and
