@@ -159,6 +159,9 @@ impl From<ComputeDtype> for DType {
 crate::serde_as_text!(ComputeDtype);
 
 impl ComputeDtype {
+    /// Every dtype, the default first.
+    pub const ALL: &'static [ComputeDtype] = &[Self::F32, Self::F16, Self::Bf16, Self::F64];
+
     pub fn dtype(self) -> DType {
         self.into()
     }

@@ -1504,3 +1504,59 @@ fn narrow_terminals_keep_runs_apart_and_say_when_too_small() {
     assert!(render(&app, 59, 20, true).contains("terminal too small (59x20); 60x20 or more"));
     assert!(render(&app, 60, 19, true).contains("terminal too small"));
 }
+
+/// The settings beyond the method's reach the profile from Setup: the run's name (empty:
+/// none, even over a base profile's), evaluation and checkpoint cadence, the merged export,
+/// the compute dtype (checked against the device), gradient clipping, the validation split
+/// and Flat-LoRA.
+#[test]
+fn setup_reaches_run_name_cadence_export_dtype_and_flat_lora() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = demo_app(tmp.path());
+    let edit = |app: &mut App, label: &str, text: &str| {
+        select_field(app, label);
+        press(app, KeyCode::Enter);
+        for _ in 0..20 {
+            press(app, KeyCode::Backspace);
+        }
+        type_text(app, text);
+        press(app, KeyCode::Enter);
+    };
+    edit(&mut app, "run name", "my-run");
+    edit(&mut app, "eval every", "7");
+    edit(&mut app, "save every", "9");
+    edit(&mut app, "grad clip", "0.5");
+    edit(&mut app, "valid fraction", "0.2");
+    edit(&mut app, "Flat-LoRA ρ", "0.1");
+    // Left/Right flip a yes/no setting from the base profile's.
+    let (merge, flat) = (app.base.train.merge_at_end, app.base.adapter.flat);
+    for label in ["merge at end", "Flat-LoRA"] {
+        select_field(&mut app, label);
+        press(&mut app, KeyCode::Right);
+    }
+    let p = app.setup.profile(&app.base).unwrap();
+    assert_eq!(p.train.run_name.as_deref(), Some("my-run"));
+    assert_eq!((p.train.eval_every, p.train.save_every), (7, 9));
+    assert_eq!((p.train.merge_at_end, p.adapter.flat), (!merge, !flat));
+    assert_eq!(
+        (p.optim.grad_clip, p.data.valid_fraction, p.adapter.flat_rho),
+        (0.5, 0.2, 0.1)
+    );
+    // bf16 does not compute on the CPU: the form says so, naming the key.
+    select_field(&mut app, "dtype");
+    while value(&app, FieldId::Dtype) != "bf16" {
+        press(&mut app, KeyCode::Right);
+    }
+    let err = app.setup.error.clone().expect("bf16 on the CPU");
+    assert!(
+        err.contains("model.dtype") && err.contains("on the CPU"),
+        "{err}"
+    );
+    while value(&app, FieldId::Dtype) != "f32" {
+        press(&mut app, KeyCode::Right);
+    }
+    // A cleared name means none, also over a base profile that names its runs.
+    app.base.train.run_name = Some("base-name".into());
+    edit(&mut app, "run name", "");
+    assert_eq!(app.setup.profile(&app.base).unwrap().train.run_name, None);
+}

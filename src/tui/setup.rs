@@ -1,13 +1,14 @@
-//! The Setup form: every setting of a run as a typed field ([`FieldId`]) that reads its value
-//! from a [`Profile`] and writes it back as a `key=value` override, so a profile key is spelled
-//! once, here, and the choice lists come from the enums' `ALL`.
+//! The Setup form: the settings of a run as typed fields ([`FieldId`]) that read their value
+//! from a [`Profile`] and write it back as an [`Override`], so a profile key is spelled once,
+//! here, and the choice lists come from the enums' `ALL`. An optional key left empty (the
+//! validation file, the run name) is not written.
 
 use std::path::{Path, PathBuf};
 
 use super::catalog::DataRequest;
 use crate::adapters::{Init, Method};
 use crate::data::DataSummary;
-use crate::device::DeviceSpec;
+use crate::device::{ComputeDtype, DeviceSpec};
 use crate::model::ModelSummary;
 use crate::model::Recompute;
 use crate::prune::PruneMethod;
@@ -79,6 +80,8 @@ fields! {
     TrainData => "data.train", "train data", Kind::Path(PickFrom::Datasets);
     ValidData => "data.valid", "valid data", Kind::Path(PickFrom::Datasets);
     SeqLen => "data.seq_len", "seq_len", Kind::Number;
+    ValidFraction => "data.valid_fraction", "valid fraction", Kind::Number;
+    Dtype => "model.dtype", "dtype", Kind::Choice;
     Method => "adapter.method", "method", Kind::Choice;
     Rank => "adapter.rank", "rank", Kind::Number;
     Alpha => "adapter.alpha", "alpha", Kind::Number;
@@ -93,18 +96,28 @@ fields! {
     BoostEvery => "adapter.boost_every", "XGBLoRA round", Kind::Number;
     Sora => "adapter.sora", "SoRA gates", Kind::Bool;
     SoraThreshold => "adapter.sora_threshold", "SoRA ξ", Kind::Number;
+    Flat => "adapter.flat", "Flat-LoRA", Kind::Bool;
+    FlatRho => "adapter.flat_rho", "Flat-LoRA ρ", Kind::Number;
     Optimizer => "optim.name", "optimizer", Kind::Choice;
     Lr => "optim.lr", "lr", Kind::Number;
     WeightDecay => "optim.weight_decay", "weight decay", Kind::Number;
     Schedule => "optim.schedule", "schedule", Kind::Choice;
     Warmup => "optim.warmup_steps", "warmup steps", Kind::Number;
+    GradClip => "optim.grad_clip", "grad clip", Kind::Number;
     Steps => "train.max_steps", "steps", Kind::Number;
     Batch => "train.batch_size", "batch", Kind::Number;
     Accum => "train.grad_accum", "accumulation", Kind::Number;
     Recompute => "train.recompute", "recompute", Kind::Choice;
     Seed => "train.seed", "seed", Kind::Number;
     Device => "train.device", "device", Kind::Choice;
+    EvalEvery => "train.eval_every", "eval every", Kind::Number;
+    SaveEvery => "train.save_every", "save every", Kind::Number;
+    MergeAtEnd => "train.merge_at_end", "merge at end", Kind::Bool;
+    RunName => "train.run_name", "run name", Kind::Text;
 }
+
+/// Optional keys: left empty, the form does not write them (the profile's default holds).
+const OPTIONAL: [FieldId; 2] = [FieldId::ValidData, FieldId::RunName];
 
 /// The steps the form shows for a profile counted in epochs.
 const DEFAULT_STEPS: usize = 100;
@@ -125,6 +138,7 @@ impl FieldId {
             FieldId::Schedule => names(Schedule::ALL),
             FieldId::Recompute => names(Recompute::ALL),
             FieldId::Device => names(DeviceSpec::available()),
+            FieldId::Dtype => names(ComputeDtype::ALL),
             _ if self.kind() == Kind::Bool => names(&[true, false]),
             _ => Vec::new(),
         }
@@ -143,6 +157,8 @@ impl FieldId {
             FieldId::TrainData => path(&p.data.train),
             FieldId::ValidData => p.data.valid.as_deref().map(path).unwrap_or_default(),
             FieldId::SeqLen => p.data.seq_len.to_string(),
+            FieldId::ValidFraction => format!("{:?}", p.data.valid_fraction),
+            FieldId::Dtype => p.model.dtype.to_string(),
             FieldId::Method => a.method.name().into(),
             FieldId::Rank => a.rank.to_string(),
             FieldId::Alpha => format!("{:?}", a.alpha),
@@ -162,17 +178,24 @@ impl FieldId {
             FieldId::BoostEvery => a.boost_every.to_string(),
             FieldId::Sora => a.sora.to_string(),
             FieldId::SoraThreshold => format!("{:?}", a.sora_threshold),
+            FieldId::Flat => a.flat.to_string(),
+            FieldId::FlatRho => format!("{:?}", a.flat_rho),
             FieldId::Optimizer => p.optim.name.name().into(),
             FieldId::Lr => format!("{:e}", p.optim.lr),
             FieldId::WeightDecay => format!("{:?}", p.optim.weight_decay),
             FieldId::Schedule => p.optim.schedule.name().into(),
             FieldId::Warmup => p.optim.warmup_steps.to_string(),
+            FieldId::GradClip => format!("{:?}", p.optim.grad_clip),
             FieldId::Steps => p.train.max_steps.unwrap_or(DEFAULT_STEPS).to_string(),
             FieldId::Batch => p.train.batch_size.to_string(),
             FieldId::Accum => p.train.grad_accum.to_string(),
             FieldId::Recompute => p.train.recompute.name().into(),
             FieldId::Seed => p.train.seed.to_string(),
             FieldId::Device => p.train.device.to_string(),
+            FieldId::EvalEvery => p.train.eval_every.to_string(),
+            FieldId::SaveEvery => p.train.save_every.to_string(),
+            FieldId::MergeAtEnd => p.train.merge_at_end.to_string(),
+            FieldId::RunName => p.train.run_name.clone().unwrap_or_default(),
         }
     }
 
@@ -299,7 +322,7 @@ impl Setup {
         ];
         let mut out: Vec<Override> = self
             .fields()
-            .filter(|(id, v)| !(*id == FieldId::ValidData && v.is_empty()))
+            .filter(|(id, v)| !(OPTIONAL.contains(id) && v.is_empty()))
             .filter(|(id, _)| self.pruning() || !prune_keys.contains(id))
             .map(|(id, v)| Override::new(id.key(), id.toml_value(v)))
             .collect();
@@ -325,10 +348,12 @@ impl Setup {
         if let Some(t) = text.get_mut("train").and_then(|t| t.as_table_mut()) {
             t.remove("epochs");
         }
-        // A cleared validation file means none, not the base profile's.
-        if self.value(FieldId::ValidData).is_empty() {
-            if let Some(d) = text.get_mut("data").and_then(|t| t.as_table_mut()) {
-                d.remove("valid");
+        // A cleared optional field (the validation file, the run name) means none, not the
+        // base profile's.
+        for id in OPTIONAL.into_iter().filter(|id| self.value(*id).is_empty()) {
+            let (section, key) = id.key().split_once('.').expect("keys are section.key");
+            if let Some(t) = text.get_mut(section).and_then(|t| t.as_table_mut()) {
+                t.remove(key);
             }
         }
         text.remove("prune");
