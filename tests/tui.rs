@@ -899,8 +899,25 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
         check(
             &app,
             "Runs overlay",
-            &["* run-a", "o run-lora", "train loss of the marked"],
+            &["loss of the marked runs: train (line), validation (points)"],
         );
+        // Each marked run's symbol is the same in its table row and in the legend.
+        let screen = render(&app, width, height, ascii);
+        for name in ["run-a", "run-lora"] {
+            let row = screen
+                .lines()
+                .find(|l| l.contains(&format!(" {name} ")))
+                .unwrap();
+            let symbol = row
+                .trim_start_matches(['|', '│', ' '])
+                .chars()
+                .next()
+                .unwrap();
+            assert!(
+                screen.contains(&format!("{symbol} {name}  ")),
+                "{symbol:?} {name} in the legend:\n{screen}"
+            );
+        }
         app.view = View::Profiles;
         check(&app, "Profiles", &["demo", "lors r4"]);
         app.modal = Some(Modal::Help);
@@ -1559,4 +1576,47 @@ fn setup_reaches_run_name_cadence_export_dtype_and_flat_lora() {
     app.base.train.run_name = Some("base-name".into());
     edit(&mut app, "run name", "");
     assert_eq!(app.setup.profile(&app.base).unwrap().train.run_name, None);
+}
+
+/// A run keeps its overlay symbol whatever the table's order and the other marks, and the
+/// log scale labels its axis in loss, not in ln(loss).
+#[test]
+fn overlay_symbols_are_stable_and_log_axes_read_in_units() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in ["run-a", "run-b", "run-c"] {
+        fake_run(tmp.path(), name, RunState::Finished, 0.5, None);
+    }
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut app = demo_app(tmp.path());
+    app.set_runs(w.runs.clone());
+    app.view = View::Runs;
+    let symbol_of = |app: &App, name: &str| -> char {
+        let screen = render(app, 120, 40, true);
+        let row = screen
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap();
+        row.trim_start_matches(['|', ' ']).chars().next().unwrap()
+    };
+    app.marked = app.runs.iter().map(|r| r.path.clone()).collect();
+    let before = symbol_of(&app, "run-b");
+    assert_ne!(before, ' ');
+    // Unmark another run and re-sort: run-b keeps its symbol.
+    app.marked.remove(&tmp.path().join("run-a"));
+    press(&mut app, KeyCode::Char('o'));
+    assert_eq!(symbol_of(&app, "run-b"), before);
+    // On a log scale the labels are losses (the fake curves run from 3.5 down to 2.5).
+    press(&mut app, KeyCode::Char('2'));
+    app.focused = Some(tmp.path().join("run-b"));
+    press(&mut app, KeyCode::Char('g'));
+    let screen = render(&app, 120, 40, true);
+    assert!(
+        screen.contains("loss (log scale)") && screen.contains("3.50"),
+        "{screen}"
+    );
+    assert!(
+        !screen.contains("1.25"),
+        "ln(3.5) is not a label:\n{screen}"
+    );
 }

@@ -29,6 +29,8 @@ pub struct Series<'a> {
 pub struct Plot<'a> {
     pub block: Block<'a>,
     pub series: Vec<Series<'a>>,
+    /// The y values are natural logarithms: the axis is labelled in the metric's own units.
+    pub log_y: bool,
 }
 
 /// `[min, max]` of the values, widened when empty or flat.
@@ -57,6 +59,11 @@ fn x_label(v: f64) -> String {
     }
 }
 
+/// A y-axis label of `v`, or of `e^v` on a log axis.
+fn y_text(v: f64, log: bool) -> String {
+    y_label(if log { v.exp() } else { v })
+}
+
 fn y_label(v: f64) -> String {
     if v.abs() >= 1000.0 {
         format!("{v:.0}")
@@ -74,7 +81,7 @@ impl Widget for Plot<'_> {
         let all = || self.series.iter().flat_map(|s| s.points.iter());
         let (x0, x1) = range(all().map(|p| p.0));
         let (y0, y1) = range(all().map(|p| p.1));
-        let labels = [y_label(y1), y_label(y0)];
+        let labels = [y_text(y1, self.log_y), y_text(y0, self.log_y)];
         let margin = labels.iter().map(|l| l.len()).max().unwrap_or(0) as u16 + 1;
         if inner.width <= margin + 2 || inner.height < 3 {
             return;
@@ -154,19 +161,21 @@ pub fn render(f: &mut Frame, area: Rect, plot: Plot<'_>, theme: Theme) {
                 .data(s.points)
         })
         .collect();
-    let labels =
-        |lo: f64, hi: f64, fmt: fn(f64) -> String| vec![Span::raw(fmt(lo)), Span::raw(fmt(hi))];
+    let labels = |lo: f64, hi: f64, fmt: &dyn Fn(f64) -> String| {
+        vec![Span::raw(fmt(lo)), Span::raw(fmt(hi))]
+    };
+    let log_y = plot.log_y;
     let chart = Chart::new(datasets)
         .block(plot.block)
         .x_axis(
             Axis::default()
                 .bounds([x0, x1])
-                .labels(labels(x0, x1, x_label)),
+                .labels(labels(x0, x1, &x_label)),
         )
         .y_axis(
             Axis::default()
                 .bounds([y0, y1])
-                .labels(labels(y0, y1, y_label)),
+                .labels(labels(y0, y1, &|v| y_text(v, log_y))),
         );
     f.render_widget(chart, area);
 }

@@ -129,19 +129,22 @@ fn view_points(pts: &[(usize, f64)], start: f64, log: bool) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// Curves on shared axes, each `(key, points)` drawn with the `key`th symbol and colour (as
-/// the tables mark their rows); lines, or points only.
+/// A curve of an overlay: its key (the `key`th symbol and colour, as the tables mark their
+/// rows), its points, and whether they are joined by a line.
+type Curve = (usize, Vec<(f64, f64)>, bool);
+
+/// Curves on shared axes (`log_y`: their y values are logarithms, labelled in units).
 fn draw_overlay(
     f: &mut Frame,
     area: Rect,
     title: &str,
-    curves: &[(usize, Vec<(f64, f64)>)],
-    line: bool,
+    curves: &[Curve],
+    log_y: bool,
     theme: Theme,
 ) {
     let series = curves
         .iter()
-        .map(|&(i, ref points)| Series {
+        .map(|&(i, ref points, line)| Series {
             symbol: SYMBOLS[i % SYMBOLS.len()],
             style: theme.fg(theme.series_color(i)),
             points,
@@ -151,6 +154,7 @@ fn draw_overlay(
     let plot = Plot {
         block: theme.block(title),
         series,
+        log_y,
     };
     plot::render(f, area, plot, theme);
 }

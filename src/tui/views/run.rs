@@ -143,7 +143,7 @@ fn draw_loss(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) 
     let eval = view_points(&run.summary.eval_curve, start, app.log_scale);
     let title = format!(
         "loss{}: {}{}",
-        if app.log_scale { " (ln)" } else { "" },
+        if app.log_scale { " (log scale)" } else { "" },
         if theme.braille() {
             "train (line)  valid (dots)"
         } else {
@@ -178,6 +178,7 @@ fn draw_loss(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) 
                     line: false,
                 },
             ],
+            log_y: app.log_scale,
         },
         theme,
     );

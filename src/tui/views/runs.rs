@@ -3,10 +3,11 @@
 
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::Color;
+use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table, TableState};
 use ratatui::Frame;
 
-use super::{accuracy_text, draw_overlay, eval_job_text, state_text, view_points};
+use super::{accuracy_text, draw_overlay, eval_job_text, state_text, view_points, Curve};
 use crate::tui::app::App;
 use crate::tui::theme::{Theme, SYMBOLS};
 use crate::tui::watch::RunInfo;
@@ -62,14 +63,16 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
     // The name column takes what the others leave (borders and one-column gaps aside).
     let others: u16 = widths.iter().sum::<u16>() + widths.len() as u16 - 1;
     let name_width = width.saturating_sub(2 + others).max(14);
+    let slots = overlay_slots(overlay);
     let rows: Vec<Row> = app
         .runs
         .iter()
         .map(|r| {
             let mark = overlay
                 .iter()
-                .position(|o| o.path == r.path)
-                .map_or(' ', |i| SYMBOLS[i % SYMBOLS.len()]);
+                .zip(&slots)
+                .find(|(o, _)| o.path == r.path)
+                .map_or(' ', |(_, &slot)| SYMBOLS[slot % SYMBOLS.len()]);
             let cells = run_cells(app, r, mark, &tasks, wide, name_width as usize);
             let cells = cells
                 .into_iter()
@@ -213,16 +216,70 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     if overlay.is_empty() {
         return;
     }
-    let curves: Vec<(usize, Vec<(f64, f64)>)> = overlay
+    let slots = overlay_slots(&overlay);
+    let log = app.log_scale;
+    let curves: Vec<Curve> = overlay
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            (
-                i,
-                view_points(&r.summary.train_curve, f64::MIN, app.log_scale),
-            )
+        .zip(&slots)
+        .flat_map(|(r, &slot)| {
+            [
+                (
+                    slot,
+                    view_points(&r.summary.train_curve, f64::MIN, log),
+                    true,
+                ),
+                (
+                    slot,
+                    view_points(&r.summary.eval_curve, f64::MIN, log),
+                    false,
+                ),
+            ]
         })
         .collect();
-    let title = "train loss of the marked runs (symbol in the run column)";
-    draw_overlay(f, chart_area, title, &curves, true, theme);
+    let [chart, legend] =
+        Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(chart_area);
+    let title = format!(
+        "loss{} of the marked runs: train (line), validation (points)",
+        if log { " (log scale)" } else { "" }
+    );
+    draw_overlay(f, chart, &title, &curves, log, theme);
+    let spans: Vec<Span> = overlay
+        .iter()
+        .zip(&slots)
+        .flat_map(|(r, &slot)| {
+            let label = format!("{} {}", SYMBOLS[slot % SYMBOLS.len()], r.name);
+            [
+                Span::styled(label, theme.fg(theme.series_color(slot))),
+                Span::raw("  "),
+            ]
+        })
+        .collect();
+    f.render_widget(Paragraph::new(Line::from(spans)), legend);
+}
+
+/// Each marked run's slot (its symbol and colour) from its path, so a run keeps them whatever
+/// the table's order or the other marks; a run whose slot is taken (two paths hashing alike)
+/// takes the next free one.
+fn overlay_slots(overlay: &[&RunInfo]) -> Vec<usize> {
+    use std::hash::{Hash, Hasher};
+    // Distinct (symbol, colour) pairs: SYMBOLS and the series colours cycle together.
+    const SLOTS: usize = 24;
+    let mut order: Vec<usize> = (0..overlay.len()).collect();
+    order.sort_by(|&a, &b| overlay[a].path.cmp(&overlay[b].path));
+    let mut taken = [false; SLOTS];
+    let mut slots = vec![0; overlay.len()];
+    for i in order {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        overlay[i].path.hash(&mut h);
+        let mut slot = (h.finish() % SLOTS as u64) as usize;
+        for _ in 0..SLOTS {
+            if !taken[slot] {
+                break;
+            }
+            slot = (slot + 1) % SLOTS;
+        }
+        taken[slot] = true;
+        slots[i] = slot;
+    }
+    slots
 }

@@ -8,7 +8,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Cell, Paragraph, Row, Table, TableState, Wrap};
 use ratatui::Frame;
 
-use super::{draw_fields, draw_overlay, view_points, FormLine};
+use super::{draw_fields, draw_overlay, view_points, Curve, FormLine};
 use crate::report::ema;
 use crate::sweep::summary::{log_axis, numeric};
 use crate::tui::app::{App, EditTarget};
@@ -118,23 +118,23 @@ impl Shown<'_> {
             .map(|r| (r.record.trial.index, r.run.map(|run| &run.summary)));
         match board.chart {
             ChartMode::Valid => {
-                let curves: Vec<(usize, Vec<(f64, f64)>)> = summaries
+                let curves: Vec<Curve> = summaries
                     .map(|(i, s)| {
                         let points =
                             s.map_or(Vec::new(), |s| view_points(&s.eval_curve, f64::MIN, false));
-                        (i, points)
+                        (i, points, true)
                     })
                     .collect();
                 let title = "validation loss per step (c: chart)";
-                draw_overlay(f, area, title, &curves, true, theme);
+                draw_overlay(f, area, title, &curves, false, theme);
             }
             ChartMode::Train => {
                 let w = board.smoothing();
-                let curves: Vec<(usize, Vec<(f64, f64)>)> = summaries
-                    .map(|(i, s)| (i, s.map_or(Vec::new(), |s| ema(&s.train_curve, w))))
+                let curves: Vec<Curve> = summaries
+                    .map(|(i, s)| (i, s.map_or(Vec::new(), |s| ema(&s.train_curve, w)), true))
                     .collect();
                 let title = format!("train loss, EMA {w} ([ ] smoothing, c: chart)");
-                draw_overlay(f, area, &title, &curves, true, theme);
+                draw_overlay(f, area, &title, &curves, false, theme);
             }
             ChartMode::Param => self.draw_param_plot(f, area),
         }
@@ -158,11 +158,11 @@ impl Shown<'_> {
             .collect();
         let xs: Vec<f64> = values.iter().filter_map(|(_, p)| p.map(|p| p.0)).collect();
         let log = log_axis(&xs);
-        let points: Vec<(usize, Vec<(f64, f64)>)> = values
+        let points: Vec<Curve> = values
             .iter()
             .map(|&(i, p)| {
                 let point = p.map(|(x, y)| (if log { x.log10() } else { x }, y));
-                (i, point.into_iter().collect())
+                (i, point.into_iter().collect(), false)
             })
             .collect();
         let title = format!(
