@@ -76,6 +76,15 @@ fn demo_app(runs: &Path) -> App {
 }
 
 /// One key through the state machine, with its inspections settled.
+/// The runs under `root` as a watcher reads them, and the workbench showing them.
+fn watched_app(root: &Path) -> (Watcher, App) {
+    let mut w = Watcher::new(root);
+    w.refresh();
+    let mut app = demo_app(root);
+    app.set_runs(w.runs.clone());
+    (w, app)
+}
+
 fn press(app: &mut App, code: KeyCode) -> Vec<Effect> {
     let effects = app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
     settle(app, effects)
@@ -1367,10 +1376,7 @@ fn runs_are_newest_first_with_model_progress_and_start_when_wide() {
     fake_run_started(tmp.path(), "a-old", RunState::Finished, 1_000_000.0);
     fake_run_started(tmp.path(), "b-new", RunState::Running, 3_000_000.0);
     fake_run_started(tmp.path(), "c-mid", RunState::Stopped, 2_000_000.0);
-    let mut w = Watcher::new(tmp.path());
-    w.refresh();
-    let mut app = demo_app(tmp.path());
-    app.set_runs(w.runs.clone());
+    let (_, mut app) = watched_app(tmp.path());
     let names: Vec<&str> = app.runs.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["b-new", "c-mid", "a-old"]);
     app.view = View::Runs;
@@ -1413,10 +1419,7 @@ fn the_run_view_tails_the_run_output() {
         "loading\n[####      ] 3/10 steps\r[#####     ] 4/10 steps\n",
     )
     .unwrap();
-    let mut w = Watcher::new(tmp.path());
-    w.refresh();
-    let mut app = demo_app(tmp.path());
-    app.set_runs(w.runs.clone());
+    let (mut w, mut app) = watched_app(tmp.path());
     app.focused = Some(path.clone());
     press(&mut app, KeyCode::Char('2'));
     assert!(render(&app, 80, 24, true).contains("Events (o: output)"));
@@ -1497,10 +1500,7 @@ fn narrow_terminals_keep_runs_apart_and_say_when_too_small() {
     for name in names {
         fake_run(tmp.path(), name, RunState::Finished, 0.5, None);
     }
-    let mut w = Watcher::new(tmp.path());
-    w.refresh();
-    let mut app = demo_app(tmp.path());
-    app.set_runs(w.runs.clone());
+    let (_, mut app) = watched_app(tmp.path());
     app.view = View::Runs;
     for (width, height) in [(60, 20), (80, 24)] {
         let screen = render(&app, width, height, true);
@@ -1586,10 +1586,7 @@ fn overlay_symbols_are_stable_and_log_axes_read_in_units() {
     for name in ["run-a", "run-b", "run-c"] {
         fake_run(tmp.path(), name, RunState::Finished, 0.5, None);
     }
-    let mut w = Watcher::new(tmp.path());
-    w.refresh();
-    let mut app = demo_app(tmp.path());
-    app.set_runs(w.runs.clone());
+    let (_, mut app) = watched_app(tmp.path());
     app.view = View::Runs;
     let symbol_of = |app: &App, name: &str| -> char {
         let screen = render(app, 120, 40, true);

@@ -202,7 +202,7 @@ fn launch_watch_finish_and_quit_in_a_real_terminal() {
     keep_screen("run", &screen);
     tui.send("3");
     tui.send("Space");
-    let screen = tui.wait_for("train loss of the marked", 10);
+    let screen = tui.wait_for("loss of the marked runs", 10);
     assert!(screen.contains("finished"), "{screen}");
     keep_screen("runs", &screen);
     tui.send("5");
