@@ -75,7 +75,6 @@ fn demo_app(runs: &Path) -> App {
     app
 }
 
-/// One key through the state machine, with its inspections settled.
 /// The runs under `root` as a watcher reads them, and the workbench showing them.
 fn watched_app(root: &Path) -> (Watcher, App) {
     let mut w = Watcher::new(root);
@@ -85,6 +84,7 @@ fn watched_app(root: &Path) -> (Watcher, App) {
     (w, app)
 }
 
+/// One key through the state machine, with its inspections settled.
 fn press(app: &mut App, code: KeyCode) -> Vec<Effect> {
     let effects = app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
     settle(app, effects)
@@ -1372,6 +1372,8 @@ fn replay_verdicts_and_finished_merges_are_shown() {
 /// progress and local start time.
 #[test]
 fn runs_are_newest_first_with_model_progress_and_start_when_wide() {
+    // As the snapshot test does (both read local times; one zone for the whole binary).
+    std::env::set_var("TZ", "UTC");
     let tmp = tempfile::tempdir().unwrap();
     fake_run_started(tmp.path(), "a-old", RunState::Finished, 1_000_000.0);
     fake_run_started(tmp.path(), "b-new", RunState::Running, 3_000_000.0);
@@ -1616,4 +1618,79 @@ fn overlay_symbols_are_stable_and_log_axes_read_in_units() {
         !screen.contains("1.25"),
         "ln(3.5) is not a label:\n{screen}"
     );
+}
+
+/// Every view and popup at 80x24 and 120x40, compared with the screens kept in
+/// `tests/snapshots/` (insta; `INSTA_UPDATE=always cargo test --test tui snapshots` rewrites
+/// them after a deliberate change). Driven by keys over fake run directories, including the
+/// false-state cases: a running run among finished ones (the Run view opens on it) and a
+/// confirm dialog at 80 columns. Paths are the repository's relative ones and times UTC, so
+/// the screens are the same on any machine (the pickers, which list absolute paths, and the
+/// delete dialog, which names a temporary one, have their own tests).
+#[test]
+fn snapshots_of_every_view_and_popup() {
+    std::env::set_var("TZ", "UTC");
+    let tmp = tempfile::tempdir().unwrap();
+    fake_run_started(tmp.path(), "a-finished", RunState::Finished, 1_000_000.0);
+    fake_run_started(tmp.path(), "b-running", RunState::Running, 2_000_000.0);
+    let mut w = Watcher::new(tmp.path());
+    w.refresh();
+    let mut runs = w.runs.clone();
+    // The OS readings of the stand-in process (pid 1) vary: leave them out.
+    runs.iter_mut().for_each(|r| r.process = None);
+    let mut base = Profile::load(&repo().join("profiles/demo.toml"), &[]).unwrap();
+    base.train.output_dir = "runs".into();
+    let mut app = App::new(base);
+    let s = search(tmp.path());
+    app.set_catalog(
+        catalog::list_profiles(&repo().join("profiles")),
+        s.models()
+            .into_iter()
+            .filter(|c| c.path.starts_with(repo().join("assets")))
+            .collect(),
+        s.datasets()
+            .into_iter()
+            .filter(|c| c.path.starts_with(repo().join("assets")))
+            .collect(),
+    );
+    let effects = app.inspections();
+    assert!(settle(&mut app, effects).is_empty());
+    app.set_runs(runs);
+    let mut shots: Vec<(&str, Vec<KeyCode>)> = vec![
+        ("setup", vec![]),
+        ("setup-help", vec![KeyCode::Char('?')]),
+        ("setup-save-name", vec![KeyCode::Char('w')]),
+        ("run", vec![KeyCode::Char('2')]),
+        (
+            "run-stop-confirm",
+            vec![KeyCode::Char('2'), KeyCode::Char('s')],
+        ),
+        ("runs", vec![KeyCode::Char('3')]),
+        (
+            "runs-overlay",
+            vec![
+                KeyCode::Char('3'),
+                KeyCode::Char(' '),
+                KeyCode::Down,
+                KeyCode::Char(' '),
+            ],
+        ),
+        ("sweeps", vec![KeyCode::Char('4')]),
+        ("sweep-form", vec![KeyCode::Char('4'), KeyCode::Char('n')]),
+        ("profiles", vec![KeyCode::Char('5')]),
+    ];
+    let repo_text = repo().display().to_string();
+    let tmp_text = tmp.path().display().to_string();
+    for (name, keys) in shots.drain(..) {
+        for (width, height) in [(80, 24), (120, 40)] {
+            let mut app = app.clone();
+            for k in &keys {
+                press(&mut app, *k);
+            }
+            let screen = render(&app, width, height, width == 80)
+                .replace(&repo_text, "<repo>")
+                .replace(&tmp_text, "<runs>");
+            insta::assert_snapshot!(format!("{name}-{width}x{height}"), screen);
+        }
+    }
 }

@@ -257,20 +257,20 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     f.render_widget(Paragraph::new(Line::from(spans)), legend);
 }
 
-/// Each marked run's slot (its symbol and colour) from its path, so a run keeps them whatever
-/// the table's order or the other marks; a run whose slot is taken (two paths hashing alike)
-/// takes the next free one.
+/// Each marked run's slot (its symbol and colour) from its name, so a run keeps them whatever
+/// the table's order or the other marks (and on any machine); a run whose slot is taken (two
+/// names hashing alike) takes the next free one.
 fn overlay_slots(overlay: &[&RunInfo]) -> Vec<usize> {
     use std::hash::{Hash, Hasher};
     // Distinct (symbol, colour) pairs: SYMBOLS and the series colours cycle together.
     const SLOTS: usize = 24;
     let mut order: Vec<usize> = (0..overlay.len()).collect();
-    order.sort_by(|&a, &b| overlay[a].path.cmp(&overlay[b].path));
+    order.sort_by(|&a, &b| overlay[a].name.cmp(&overlay[b].name));
     let mut taken = [false; SLOTS];
     let mut slots = vec![0; overlay.len()];
     for i in order {
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        overlay[i].path.hash(&mut h);
+        overlay[i].name.hash(&mut h);
         let mut slot = (h.finish() % SLOTS as u64) as usize;
         for _ in 0..SLOTS {
             if !taken[slot] {
