@@ -434,7 +434,7 @@ fn a_sweep_profile_launches_from_profiles() {
     assert!(render(&app, 120, 40, false).contains("sweep of 6 trials"));
     app.selected_profile = sweep;
     let effects = press(&mut app, KeyCode::Char('l'));
-    let [Effect::LaunchSweep(base, table)] = effects.as_slice() else {
+    let [Effect::LaunchSweep(base, table, None)] = effects.as_slice() else {
         panic!("{effects:?}")
     };
     assert_eq!(table["adapter"]["rank"].to_string(), "[4, 8]");
@@ -1161,10 +1161,20 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     assert!(err.contains("sweep.adapter.rank"), "{err}");
     assert!(press(&mut app, KeyCode::Char('l')).is_empty());
     retype(&mut app, "2, 4");
+    // The sweep can be named; a name must stay inside the runs folder.
+    select_form_field(&mut app, "name");
+    retype(&mut app, "../elsewhere");
+    let err = app.board.form.as_ref().unwrap().error.clone().unwrap();
+    assert!(
+        err.contains("`name`") && err.contains("plain name"),
+        "{err}"
+    );
+    retype(&mut app, "rank-vs-lr");
     let effects = press(&mut app, KeyCode::Char('l'));
-    let [Effect::LaunchSweep(base, table)] = effects.as_slice() else {
+    let [Effect::LaunchSweep(base, table, Some(name))] = effects.as_slice() else {
         panic!("{effects:?}")
     };
+    assert_eq!(name, "rank-vs-lr");
     assert_eq!(table["adapter"]["rank"].to_string(), "[2, 4]");
     assert!(app.board.form.is_none());
     // What `lors sweep` would make of it, with three trials run part-way.

@@ -527,7 +527,7 @@ fn validate_train(t: &TrainSection) -> Result<()> {
         return bad("train.grad_accum", "must be at least 1".into());
     }
     if let Some(name) = &t.run_name {
-        check_run_name(name)?;
+        super::run_dir::check_plain_name(name, "train.run_name")?;
     }
     Ok(())
 }
@@ -558,20 +558,4 @@ pub fn profile_differences(a: &Profile, b: &Profile) -> Vec<String> {
     let mut out = Vec::new();
     walk("", &value(a), &value(b), &mut out);
     out
-}
-
-/// A run name must be one plain path component, so the run stays inside `output_dir`.
-fn check_run_name(name: &str) -> Result<()> {
-    let mut parts = Path::new(name).components();
-    let single = matches!(
-        (parts.next(), parts.next()),
-        (Some(std::path::Component::Normal(_)), None)
-    );
-    if !single || name.contains(['/', '\\', '\0']) {
-        return Err(LorsError::invalid(
-            "train.run_name",
-            format!("`{name}` must be a plain name (no `/`, `..` or absolute path)"),
-        ));
-    }
-    Ok(())
 }

@@ -320,12 +320,20 @@ impl App {
     }
 
     /// The form's `[sweep]` over the Setup's profile, checked as `lors sweep` checks it.
-    fn sweep_to_launch(&self) -> Result<(crate::train::Profile, toml::Table), String> {
+    /// The sweep the form stands for: its base profile, `[sweep]` table and name (none: the
+    /// default), or what is wrong.
+    fn sweep_to_launch(
+        &self,
+    ) -> Result<(crate::train::Profile, toml::Table, Option<String>), String> {
         let form = self.board.form.as_ref().ok_or("no sweep form")?;
         let base = self.setup.profile(&self.base)?;
         let table = form.table()?;
         crate::sweep::check_sweep(&base, &table).map_err(|e| e.to_string())?;
-        Ok((base, table))
+        let name = Some(form.name.trim().to_string()).filter(|n| !n.is_empty());
+        if let Some(n) = &name {
+            crate::train::run_dir::check_plain_name(n, "name").map_err(|e| e.to_string())?;
+        }
+        Ok((base, table, name))
     }
 
     /// Show what is wrong with the form, if anything.
@@ -338,11 +346,11 @@ impl App {
 
     fn launch_sweep(&mut self) -> Vec<Effect> {
         match self.sweep_to_launch() {
-            Ok((base, table)) => {
+            Ok((base, table, name)) => {
                 self.board.form = None;
                 self.board.sweep = None;
                 self.notice = Some("launching the sweep...".into());
-                vec![Effect::LaunchSweep(Box::new(base), table)]
+                vec![Effect::LaunchSweep(Box::new(base), table, name)]
             }
             Err(e) => {
                 self.notice = Some(format!("cannot launch the sweep: {e}"));
@@ -377,7 +385,8 @@ impl App {
                 match (&entry.profile, &entry.sweep) {
                     (Ok(base), Some((table, _))) => {
                         self.view = View::Sweeps;
-                        let launch = Effect::LaunchSweep(Box::new(base.clone()), table.clone());
+                        let launch =
+                            Effect::LaunchSweep(Box::new(base.clone()), table.clone(), None);
                         return vec![launch];
                     }
                     (Err(e), _) => self.notice = Some(format!("cannot launch {}: {e}", entry.name)),

@@ -60,7 +60,8 @@ pub enum Effect {
     /// Start a detached training process with this profile.
     Launch(Box<Profile>),
     /// Start a detached `lors sweep` over this base profile with this `[sweep]` table.
-    LaunchSweep(Box<Profile>, toml::Table),
+    /// (With the sweep's name, if given.)
+    LaunchSweep(Box<Profile>, toml::Table, Option<String>),
     /// Start a detached `lors sweep --resume` on this sweep directory.
     ResumeSweep(PathBuf),
     /// Start a detached `lors train --resume` on this run directory.

@@ -54,11 +54,20 @@ pub fn launch(profile: &Profile, runs_dir: &Path) -> Result<PathBuf> {
 }
 
 /// Start `lors sweep` over `base` with `sweep` as its `[sweep]` section, in a new sweep
-/// directory under `runs_dir` (its trials go beside it); returns that directory. The sweep
+/// directory under `runs_dir` named `name` (`-2`, ... when taken; default
+/// `sweep-<model>-<time>`; its trials go beside it); returns that directory. The sweep
 /// profile and the sweep process's output go to `runs_dir/.launch/<sweep>.{toml,log}`.
-pub fn sweep(base: &Profile, sweep: &toml::Table, runs_dir: &Path) -> Result<PathBuf> {
+pub fn sweep(
+    base: &Profile,
+    sweep: &toml::Table,
+    name: Option<&str>,
+    runs_dir: &Path,
+) -> Result<PathBuf> {
     let runs = RunsFolder::new(runs_dir);
-    let dir = runs.new_sweep(base);
+    let dir = match name {
+        Some(n) => runs.fresh(n),
+        None => runs.new_sweep(base),
+    };
     let text = crate::sweep::sweep_profile_text(base, sweep)?;
     launch_profile(&runs, &dir, &text, "sweep", "--out")?;
     Ok(dir)

@@ -136,8 +136,8 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
             );
             app.focused = dir.or(app.focused.take());
         }
-        Effect::LaunchSweep(base, table) => {
-            let launched = launch::sweep(&base, &table, runs);
+        Effect::LaunchSweep(base, table, name) => {
+            let launched = launch::sweep(&base, &table, name.as_deref(), runs);
             if let Some(dir) = started(app, launched, "sweep launched:", "sweep launch failed") {
                 app.board.sweep = Some(dir);
             }

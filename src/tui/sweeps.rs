@@ -302,6 +302,8 @@ impl Board {
 /// A field of the new-sweep form.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FormField {
+    /// The sweep's name (empty: `sweep-<model>-<time>`).
+    Name,
     /// The swept setting of axis 0 or 1.
     Key(usize),
     /// Its values.
@@ -314,7 +316,8 @@ pub enum FormField {
 }
 
 impl FormField {
-    pub const ALL: [FormField; 9] = [
+    pub const ALL: [FormField; 10] = [
+        FormField::Name,
         FormField::Key(0),
         FormField::Values(0),
         FormField::Key(1),
@@ -333,6 +336,7 @@ impl FormField {
 
     pub fn label(self) -> String {
         match self {
+            FormField::Name => "name".into(),
             FormField::Key(i) => format!("axis {}", i + 1),
             FormField::Values(_) => "  values".into(),
             FormField::Search => "search".into(),
@@ -349,6 +353,8 @@ impl FormField {
 /// early stopping. It is checked by the same code as a profile's `[sweep]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepForm {
+    /// The sweep directory's name; empty for the default.
+    pub name: String,
     pub axes: [(Option<FieldId>, String); 2],
     pub search: Search,
     pub trials: String,
@@ -369,6 +375,7 @@ impl SweepForm {
         let lr = base.optim.lr;
         let steps = base.train.max_steps.unwrap_or(100).max(4);
         Self {
+            name: String::new(),
             axes: [
                 (Some(FieldId::Rank), format!("{}, {}", rank / 2, rank)),
                 (
@@ -393,6 +400,8 @@ impl SweepForm {
     /// The field's value as shown.
     pub fn text(&self, f: FormField) -> String {
         match f {
+            FormField::Name if self.name.is_empty() => "(sweep-<model>-<time>)".into(),
+            FormField::Name => self.name.clone(),
             FormField::Key(i) => self.axes[i].0.map_or("(none)", |id| id.label()).into(),
             FormField::Values(i) => self.axes[i].1.clone(),
             FormField::Search => match self.search {
@@ -409,6 +418,7 @@ impl SweepForm {
     /// The text of a typed field (not a choice).
     pub fn text_mut(&mut self, f: FormField) -> Option<&mut String> {
         match f {
+            FormField::Name => Some(&mut self.name),
             FormField::Values(i) => Some(&mut self.axes[i].1),
             FormField::Trials => Some(&mut self.trials),
             FormField::Concurrency => Some(&mut self.concurrency),
