@@ -1704,3 +1704,58 @@ fn snapshots_of_every_view_and_popup() {
         }
     }
 }
+
+/// The Run view's Sparsity list scrolls with Up/Down and its events with PgUp/PgDn, the titles
+/// saying where they are.
+#[test]
+fn the_run_view_panels_scroll() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fake_run(tmp.path(), "run-a", RunState::Finished, 0.5, None);
+    let run = RunDir::open(&path).unwrap();
+    let layers = (0..12)
+        .map(|i| LayerSparsity {
+            name: format!("model.layers.{i}.mlp.down_proj"),
+            density_before: 0.5,
+            density_after: 0.5,
+            pattern_preserved: true,
+            nudged: 0,
+            live_rank: None,
+        })
+        .collect();
+    run.append_metric(&MetricRow::Sparsity { step: 3, layers })
+        .unwrap();
+    for step in 4..30 {
+        run.append_metric(&MetricRow::Eval {
+            step,
+            eval_loss: 2.0,
+            eval_ppl: 2f64.exp(),
+        })
+        .unwrap();
+    }
+    let (_, mut app) = watched_app(tmp.path());
+    app.focused = Some(path);
+    press(&mut app, KeyCode::Char('2'));
+    let screen = render(&app, 80, 24, true);
+    assert!(
+        screen.contains("0.down_proj") && !screen.contains("11.down_proj"),
+        "{screen}"
+    );
+    assert!(screen.contains("step 29: eval loss"), "{screen}");
+    for _ in 0..20 {
+        press(&mut app, KeyCode::Down);
+    }
+    let screen = render(&app, 80, 24, true);
+    assert!(
+        screen.contains("11.down_proj") && !screen.contains(" 0.down_proj"),
+        "{screen}"
+    );
+    assert!(screen.contains("from layer"), "{screen}");
+    press(&mut app, KeyCode::PageUp);
+    let screen = render(&app, 80, 24, true);
+    assert!(
+        screen.contains("5 lines back") && !screen.contains("step 29: eval loss"),
+        "{screen}"
+    );
+    press(&mut app, KeyCode::PageDown);
+    assert!(render(&app, 80, 24, true).contains("step 29: eval loss"));
+}

@@ -107,10 +107,33 @@ impl App {
         }
     }
 
-    pub(super) fn run_action(&mut self, action: Action) -> Vec<Effect> {
+    pub(super) fn run_action(&mut self, action: Action, step: isize) -> Vec<Effect> {
         match action {
             Action::LogScale => self.log_scale = !self.log_scale,
-            Action::OutputLog => self.show_output = !self.show_output,
+            Action::OutputLog => {
+                self.show_output = !self.show_output;
+                self.log_back = 0;
+            }
+            Action::ScrollLayers => {
+                let layers = self.focused_run().and_then(|r| r.sparsity.as_ref());
+                let n = layers.map_or(0, |(_, l)| l.len());
+                self.layers_top = self
+                    .layers_top
+                    .saturating_add_signed(step)
+                    .min(n.saturating_sub(1));
+            }
+            // A page back (PgUp) or on, five lines at a time.
+            Action::ScrollLog => {
+                let run = self.focused_run();
+                let lines = run.map_or(0, |r| {
+                    if self.show_output {
+                        r.log_tail.len()
+                    } else {
+                        r.events.len()
+                    }
+                });
+                self.log_back = self.log_back.saturating_add_signed(-5 * step).min(lines);
+            }
             Action::Zoom => {
                 self.zoom_last = match self.zoom_last {
                     None => Some(50),

@@ -247,6 +247,10 @@ pub struct App {
     pub log_scale: bool,
     /// The Run view shows the run's output log instead of its events.
     pub show_output: bool,
+    /// The Run view's scroll: layers skipped at the top of the Sparsity list, and lines back
+    /// from the end of the events or output.
+    pub layers_top: usize,
+    pub log_back: usize,
     /// Show only the last this many steps of the loss chart (`None`: all).
     pub zoom_last: Option<usize>,
     /// One line of feedback in the footer.
@@ -288,6 +292,8 @@ impl App {
             datasets: Vec::new(),
             log_scale: false,
             show_output: false,
+            layers_top: 0,
+            log_back: 0,
             zoom_last: None,
             notice: None,
             launch_waiting: false,
@@ -512,7 +518,7 @@ impl App {
             _ => {
                 return match self.scope() {
                     Scope::Setup => self.setup_action(action, step),
-                    Scope::Run => self.run_action(action),
+                    Scope::Run => self.run_action(action, step),
                     Scope::Runs => self.runs_action(action, step),
                     Scope::Sweeps => self.sweeps_action(action, step),
                     Scope::SweepForm => self.sweep_form_action(action, step),

@@ -87,6 +87,10 @@ pub enum Action {
     Report,
     /// Show the run's output log instead of its events, or back.
     OutputLog,
+    /// Scroll the Run view's Sparsity list.
+    ScrollLayers,
+    /// Scroll the Run view's events or output back and forth.
+    ScrollLog,
     Back,
 }
 
@@ -118,7 +122,7 @@ const fn bind(
 }
 
 use Action as A;
-use KeyCode::{BackTab, Char, Down, Enter, Esc, Left, Right, Tab, Up, F};
+use KeyCode::{BackTab, Char, Down, Enter, Esc, Left, PageDown, PageUp, Right, Tab, Up, F};
 use Scope as S;
 
 const UP_DOWN: &[KeyCode] = &[Up, Down];
@@ -147,6 +151,8 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Run, &[Char('g')], A::LogScale, "log", "log scale"),
     bind(S::Run, &[Char('z')], A::Zoom, "zoom", "only the last 50 steps"),
     bind(S::Run, &[Char('o')], A::OutputLog, "", "the run's output log instead of its events"),
+    bind(S::Run, UP_DOWN, A::ScrollLayers, "", "scroll the Sparsity panel's layers"),
+    bind(S::Run, &[PageUp, PageDown], A::ScrollLog, "", "scroll the events or output back / on"),
     bind(S::Runs, UP_DOWN, A::Move, "", "select a run"),
     bind(S::Runs, &[Char(' ')], A::Mark, "mark", "mark for the loss overlay"),
     bind(S::Runs, &[Enter], A::Activate, "open", "open in Run"),
@@ -200,6 +206,8 @@ pub fn key_name(key: KeyCode) -> String {
         BackTab => "S-Tab".into(),
         Left => "Lt".into(),
         Right => "Rt".into(),
+        PageUp => "PgUp".into(),
+        PageDown => "PgDn".into(),
         Up => "Up".into(),
         Down => "Dn".into(),
         F(n) => format!("F{n}"),
@@ -302,6 +310,6 @@ mod tests {
             action_for(Scope::Sweeps, KeyCode::Char('3')),
             Some((Action::ShowView, 2))
         );
-        assert_eq!(action_for(Scope::Run, KeyCode::Up), None);
+        assert_eq!(action_for(Scope::Run, KeyCode::Char('x')), None);
     }
 }

@@ -86,13 +86,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         ])
         .areas(bottom);
         draw_log(f, log, app, run, theme);
-        draw_sparsity(f, sparsity, run, theme);
+        draw_sparsity(f, sparsity, app, run, theme);
         draw_accuracy(f, accuracy, run, theme);
     } else {
         let [log, sparsity] =
             Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
         draw_log(f, log, app, run, theme);
-        draw_sparsity(f, sparsity, run, theme);
+        draw_sparsity(f, sparsity, app, run, theme);
     }
 }
 
@@ -263,14 +263,22 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
         numbers,
     );
     let width = spark.width as usize;
-    let data: Vec<u64> = run.memory[run.memory.len().saturating_sub(width)..]
-        .iter()
-        .map(|b| b / 1024)
-        .collect();
+    let shown = &run.memory[run.memory.len().saturating_sub(width)..];
+    // Bars from just below the smallest reading, so the changes show (not a wall from 0).
+    let floor = shown.iter().min().copied().unwrap_or(0);
+    let data: Vec<u64> = shown.iter().map(|b| (b - floor) / 1024 + 1).collect();
+    // Flat memory stays a low line (the scale's top is at least 8 KiB above the floor).
+    let top = data.iter().max().copied().unwrap_or(1).max(8);
+    let bars = if theme.ascii {
+        ASCII_BARS
+    } else {
+        ratatui::symbols::bar::NINE_LEVELS
+    };
     f.render_widget(
         Sparkline::default()
             .data(&data)
-            .bar_set(ASCII_BARS)
+            .max(top)
+            .bar_set(bars)
             .style(theme.fg(Color::Magenta)),
         spark,
     );
@@ -279,14 +287,28 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
 /// The run's events, or (`o`) the last lines of its process's output.
 fn draw_log(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) {
     let rows = area.height.saturating_sub(2) as usize;
-    let last = |lines: &[String]| lines[lines.len().saturating_sub(rows)..].to_vec();
+    // The last `rows` lines, or as many back as PgUp went (the newest line's position).
+    let back = |lines: &[String]| app.log_back.min(lines.len().saturating_sub(rows));
+    let last = |lines: &[String]| {
+        let end = lines.len() - back(lines);
+        lines[end.saturating_sub(rows)..end].to_vec()
+    };
+    let shown = if app.show_output {
+        &run.log_tail
+    } else {
+        &run.events
+    };
+    let scrolled = match back(shown) {
+        0 => String::new(),
+        n => format!(", {n} lines back"),
+    };
     let (title, lines) = match app.show_output {
-        false => ("Events (o: output)", last(&run.events)),
+        false => (format!("Events (o: output{scrolled})"), last(&run.events)),
         true if run.log_tail.is_empty() => (
-            "Output (o: events)",
+            "Output (o: events)".to_string(),
             vec!["no output log: a run started in a terminal writes it there".into()],
         ),
-        true => ("Output (o: events)", last(&run.log_tail)),
+        true => (format!("Output (o: events{scrolled})"), last(&run.log_tail)),
     };
     let lines: Vec<Line> = lines
         .into_iter()
@@ -301,7 +323,7 @@ fn draw_log(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) {
     f.render_widget(
         Paragraph::new(lines)
             .wrap(Wrap { trim: true })
-            .block(theme.block(title)),
+            .block(theme.block(&title)),
         area,
     );
 }
@@ -315,7 +337,7 @@ fn short_layer(name: &str) -> String {
     }
 }
 
-fn draw_sparsity(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
+fn draw_sparsity(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) {
     let Some((step, layers)) = &run.sparsity else {
         f.render_widget(
             Paragraph::new("written when training starts and at each eval")
@@ -360,7 +382,12 @@ fn draw_sparsity(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     by_drift.sort_by(|a, b| {
         (b.density_after - b.density_before).total_cmp(&(a.density_after - a.density_before))
     });
-    for l in by_drift {
+    // Up/Down scroll the layers (the summary lines stay).
+    let rows = (area.height as usize)
+        .saturating_sub(2 + lines.len())
+        .max(1);
+    let top = app.layers_top.min(by_drift.len().saturating_sub(rows));
+    for l in by_drift.into_iter().skip(top) {
         let rank = l.live_rank.map(|r| format!(" r{r}")).unwrap_or_default();
         lines.push(Line::from(format!(
             "{:<12} {:.3} -> {:.3}{rank}",
@@ -369,8 +396,9 @@ fn draw_sparsity(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
             l.density_after
         )));
     }
-    f.render_widget(
-        Paragraph::new(lines).block(theme.block("Sparsity (base -> merged)")),
-        area,
-    );
+    let title = match top {
+        0 => "Sparsity (base -> merged)".to_string(),
+        _ => format!("Sparsity from layer {}", top + 1),
+    };
+    f.render_widget(Paragraph::new(lines).block(theme.block(&title)), area);
 }
