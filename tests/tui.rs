@@ -1759,3 +1759,44 @@ fn the_run_view_panels_scroll() {
     press(&mut app, KeyCode::PageDown);
     assert!(render(&app, 80, 24, true).contains("step 29: eval loss"));
 }
+
+/// The data picker does not offer zero-shot task files (a `tasks` folder, or files named
+/// after a task) as training data.
+#[test]
+fn the_data_picker_leaves_out_task_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let extra = tmp.path().join("data");
+    std::fs::create_dir_all(&extra).unwrap();
+    for f in [
+        "hellaswag-validation.jsonl",
+        "boolq.jsonl",
+        "boolqish.jsonl",
+        "stories.jsonl",
+    ] {
+        std::fs::write(extra.join(f), "{\"text\": \"x\"}\n").unwrap();
+    }
+    let s = SearchPaths {
+        extra: vec![extra],
+        ..search(tmp.path())
+    };
+    let names: Vec<String> = s
+        .datasets()
+        .iter()
+        .map(|c| c.path.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in [
+        "train.jsonl",
+        "valid.jsonl",
+        "boolqish.jsonl",
+        "stories.jsonl",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} in {names:?}");
+    }
+    for task in [
+        "boolq.jsonl",
+        "hellaswag-validation.jsonl",
+        "arc_easy.jsonl",
+    ] {
+        assert!(!names.iter().any(|n| n == task), "{task} in {names:?}");
+    }
+}

@@ -139,19 +139,36 @@ impl SearchPaths {
     pub fn datasets(&self) -> Vec<Candidate> {
         let mut out = Vec::new();
         walk(&self.assets, 2, &mut |p| {
-            if is_data_file(p) && !p.components().any(|c| c.as_os_str() == "demo-model") {
+            let in_model = p.components().any(|c| c.as_os_str() == "demo-model");
+            if is_data_file(p) && !in_model && !is_task_file(p) {
                 out.push(candidate(p.to_path_buf(), "assets"));
             }
         });
         for root in &self.extra {
             walk(root, 2, &mut |p| {
-                if is_data_file(p) && p.parent().is_some_and(|d| !is_model_dir(d)) {
+                let in_model = p.parent().is_some_and(is_model_dir);
+                if is_data_file(p) && !in_model && !is_task_file(p) {
                     out.push(candidate(p.to_path_buf(), "search"));
                 }
             });
         }
         out
     }
+}
+
+/// Whether `p` holds a zero-shot task's items (scored by `[eval]`, not trained on): a file in a
+/// `tasks` folder, or one named after a task (`boolq.jsonl`, `hellaswag-validation.parquet`).
+fn is_task_file(p: &Path) -> bool {
+    let in_tasks = p
+        .parent()
+        .and_then(|d| d.file_name())
+        .is_some_and(|n| n == "tasks");
+    let stem = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    let named = crate::eval::Task::ALL.iter().any(|t| {
+        stem.strip_prefix(t.name())
+            .is_some_and(|rest| rest.starts_with(['.', '-']))
+    });
+    in_tasks || named
 }
 
 /// Visit `root` and everything up to `depth` levels below it (in name order).
