@@ -345,6 +345,23 @@ pub fn storage_dtype_name(dtype: DType, what: &str) -> Result<&'static str> {
     }
 }
 
+/// A run's or sweep's name must be one plain path component, so it stays inside the runs
+/// folder; the error names `field`.
+pub fn check_plain_name(name: &str, field: &str) -> Result<()> {
+    let mut parts = Path::new(name).components();
+    let single = matches!(
+        (parts.next(), parts.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    if !single || name.contains(['/', '\\', '\0']) {
+        return Err(LorsError::invalid(
+            field,
+            format!("`{name}` must be a plain name (no `/`, `..` or absolute path)"),
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -527,7 +527,7 @@ fn validate_train(t: &TrainSection) -> Result<()> {
         return bad("train.grad_accum", "must be at least 1".into());
     }
     if let Some(name) = &t.run_name {
-        super::run_dir::check_plain_name(name, "train.run_name")?;
+        crate::io::check_plain_name(name, "train.run_name")?;
     }
     Ok(())
 }

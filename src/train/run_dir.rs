@@ -193,23 +193,6 @@ pub struct RunLock {
 /// How long [`RunDir::lock`] waits for a lock held briefly by a watcher's liveness check.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// A run's or sweep's name must be one plain path component, so it stays inside the runs
-/// folder; the error names `field`.
-pub fn check_plain_name(name: &str, field: &str) -> Result<()> {
-    let mut parts = Path::new(name).components();
-    let single = matches!(
-        (parts.next(), parts.next()),
-        (Some(std::path::Component::Normal(_)), None)
-    );
-    if !single || name.contains(['/', '\\', '\0']) {
-        return Err(LorsError::invalid(
-            field,
-            format!("`{name}` must be a plain name (no `/`, `..` or absolute path)"),
-        ));
-    }
-    Ok(())
-}
-
 /// The last part of a model path or hub id (`stories260K` for `../shared/models/stories260K`).
 fn model_name(path: &Path) -> String {
     path.file_name()

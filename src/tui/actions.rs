@@ -354,7 +354,7 @@ impl App {
         crate::sweep::check_sweep(&base, &table).map_err(|e| e.to_string())?;
         let name = Some(form.name.trim().to_string()).filter(|n| !n.is_empty());
         if let Some(n) = &name {
-            crate::train::run_dir::check_plain_name(n, "name").map_err(|e| e.to_string())?;
+            crate::io::check_plain_name(n, "name").map_err(|e| e.to_string())?;
         }
         Ok((base, table, name))
     }

@@ -187,60 +187,20 @@ fn draw_loss(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) 
 fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     let [stats, memory] = Layout::vertical([Constraint::Length(7), Constraint::Min(5)]).areas(area);
     let mut lines = Vec::new();
-    let mut mem = Vec::new();
     if let Some(MetricRow::Train {
         loss,
         lr,
         grad_norm,
         tokens_per_s,
-        live_bytes,
-        peak_bytes,
-        rss_bytes,
-        gpu,
         ..
     }) = &run.last
     {
         lines.push(format!("loss  {loss:.4}"));
         lines.push(format!("lr    {lr:.2e}  grad {grad_norm:.2}"));
         lines.push(format!("tok/s {tokens_per_s:.0}"));
-        mem.push(format!(
-            "RSS  {}",
-            rss_bytes.map_or("-".into(), |b| human_bytes(b as f64))
-        ));
-        match gpu {
-            // On a GPU the tensors live in its memory: this process's pool (now, step peak)
-            // and the whole device (used / total), next to the host's RSS.
-            Some(g) => {
-                mem.push(format!(
-                    "GPU  {} pk {}",
-                    human_bytes(g.used_bytes as f64),
-                    human_bytes(g.peak_bytes as f64)
-                ));
-                mem.push(format!(
-                    "dev  {}/{}",
-                    human_bytes(g.device_used_bytes as f64),
-                    human_bytes(g.device_total_bytes as f64)
-                ));
-            }
-            None => {
-                mem.push(format!("live {}", human_bytes(*live_bytes as f64)));
-                mem.push(format!("peak {}", human_bytes(*peak_bytes as f64)));
-            }
-        }
     }
     if let Some(best) = run.best_eval() {
         lines.push(format!("best  {best:.4} ppl {:.2}", best.exp()));
-    }
-    if let Some(p) = run.process {
-        // The process as the OS sees it now, between the steps' own readings.
-        mem.insert(
-            0,
-            format!(
-                "now  CPU {} RSS {}",
-                p.cpu_percent.map_or("-".into(), |c| format!("{c:.0}%")),
-                p.rss_bytes.map_or("-".into(), |b| human_bytes(b as f64))
-            ),
-        );
     }
     if let Some(p) = &run.profile {
         lines.push(format!(
@@ -252,12 +212,59 @@ fn draw_stats(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     }
     let text: Vec<Line> = lines.into_iter().map(Line::from).collect();
     f.render_widget(Paragraph::new(text).block(theme.block("Stats")), stats);
+    draw_memory(f, memory, run, theme);
+}
+
+/// The memory readings: the process now (while one works on the run), then the last step's
+/// (RSS; on a GPU its pool and the device, else the heap), above a sparkline of the steps.
+fn memory_lines(run: &RunInfo) -> Vec<String> {
+    let bytes = |b: Option<u64>| b.map_or("-".into(), |b| human_bytes(b as f64));
+    let mut mem = Vec::new();
+    if let Some(p) = run.process {
+        let cpu = p.cpu_percent.map_or("-".into(), |c| format!("{c:.0}%"));
+        mem.push(format!("now  CPU {cpu} RSS {}", bytes(p.rss_bytes)));
+    }
+    let Some(MetricRow::Train {
+        live_bytes,
+        peak_bytes,
+        rss_bytes,
+        gpu,
+        ..
+    }) = &run.last
+    else {
+        return mem;
+    };
+    mem.push(format!("RSS  {}", bytes(*rss_bytes)));
+    match gpu {
+        // On a GPU the tensors live in its memory: this process's pool (now, step peak)
+        // and the whole device (used / total), next to the host's RSS.
+        Some(g) => {
+            mem.push(format!(
+                "GPU  {} pk {}",
+                bytes(Some(g.used_bytes)),
+                bytes(Some(g.peak_bytes))
+            ));
+            mem.push(format!(
+                "dev  {}/{}",
+                bytes(Some(g.device_used_bytes)),
+                bytes(Some(g.device_total_bytes))
+            ));
+        }
+        None => {
+            mem.push(format!("live {}", bytes(Some(*live_bytes as u64))));
+            mem.push(format!("peak {}", bytes(Some(*peak_bytes as u64))));
+        }
+    }
+    mem
+}
+
+fn draw_memory(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     let block = theme.block("Memory");
-    let inner = block.inner(memory);
-    f.render_widget(block, memory);
-    let n = mem.len() as u16;
+    let inner = block.inner(area);
+    f.render_widget(block, area);
+    let mem = memory_lines(run);
     let [numbers, spark] =
-        Layout::vertical([Constraint::Length(n), Constraint::Min(0)]).areas(inner);
+        Layout::vertical([Constraint::Length(mem.len() as u16), Constraint::Min(0)]).areas(inner);
     f.render_widget(
         Paragraph::new(mem.into_iter().map(Line::from).collect::<Vec<_>>()),
         numbers,
