@@ -323,12 +323,29 @@ fn resume_matches_an_uninterrupted_run(extra: &[&str]) {
     let split = f.root.join("runs/split");
     let stopped = run(&p, &split, Some(3)).unwrap();
     assert_eq!((stopped.state, stopped.step), (RunState::Stopped, 3));
-    assert_eq!(
-        RunDir::open(&split).unwrap().read_status().unwrap().state,
-        RunState::Stopped
-    );
+    let stopped_status = RunDir::open(&split).unwrap().read_status().unwrap();
+    assert_eq!(stopped_status.state, RunState::Stopped);
     let resumed = run(&p, &split, None).unwrap();
     assert_eq!((resumed.state, resumed.step), (RunState::Finished, 6));
+    // The elapsed time goes on from where the stopped process left it, in the status and in
+    // the resumed steps' rows.
+    let split_dir = RunDir::open(&split).unwrap();
+    let after = split_dir.read_status().unwrap().elapsed_s;
+    assert!(
+        after > stopped_status.elapsed_s,
+        "{after} after {}",
+        stopped_status.elapsed_s
+    );
+    let elapsed: Vec<f64> = split_dir
+        .read_metrics()
+        .unwrap()
+        .iter()
+        .filter_map(|r| match r {
+            MetricRow::Train { elapsed_s, .. } => Some(*elapsed_s),
+            _ => None,
+        })
+        .collect();
+    assert!(elapsed.windows(2).all(|w| w[1] >= w[0]), "{elapsed:?}");
 
     let rows = compare_metrics(
         &RunDir::open(&full).unwrap(),

@@ -20,7 +20,7 @@ pub struct TrainArgs {
     /// Override a profile value, e.g. `--set adapter.rank=16` (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub overrides: Vec<Override>,
-    /// Run directory (default: <train.output_dir>/<run_name or method-rank-time>).
+    /// Run directory (default: <train.output_dir>/<run_name or model-method-rank-time>).
     #[arg(long)]
     pub run_dir: Option<PathBuf>,
     /// Start from this adapter (PEFT safetensors, e.g. a checkpoint's adapter_model.safetensors).

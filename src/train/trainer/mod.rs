@@ -96,6 +96,11 @@ pub fn train(
                 previous.pid, previous.step
             ));
         }
+        // A resume's elapsed time goes on from the earlier processes' (their repeated steps
+        // after the checkpoint included: time spent on the run).
+        if matches!(start, Start::Resume { .. }) {
+            rep.continue_from(previous.elapsed_s);
+        }
     }
     rep.status.control_ack = run.read_control()?.map_or(0, |c| c.id);
     run.write_status(&rep.status)?;

@@ -14,6 +14,8 @@ pub(super) struct Reporter<'a> {
     on_event: &'a mut dyn FnMut(&Event),
     pub status: Status,
     started: Instant,
+    /// Active time earlier processes spent on the run (a resume goes on counting from it).
+    earlier: Duration,
     /// Time spent paused (excluded from elapsed times and the ETA), and the current pause.
     paused: Duration,
     pause_began: Option<Instant>,
@@ -43,6 +45,7 @@ impl<'a> Reporter<'a> {
                 control_ack: 0,
             },
             started: Instant::now(),
+            earlier: Duration::ZERO,
             paused: Duration::ZERO,
             pause_began: None,
             stage_error: None,
@@ -98,17 +101,24 @@ impl<'a> Reporter<'a> {
         self.stage_error.take().map_or(Ok(()), Err)
     }
 
-    /// Seconds since the start, pauses left out.
+    /// Count on from `seconds` of active time that earlier processes spent on the run.
+    pub fn continue_from(&mut self, seconds: f64) {
+        self.earlier = Duration::try_from_secs_f64(seconds).unwrap_or_default();
+    }
+
+    /// Seconds of active time on the run: earlier processes', then since this one started,
+    /// pauses left out.
     pub fn active_s(&self) -> f64 {
         let now = self.pause_began.map_or(Duration::ZERO, |t| t.elapsed());
         let paused = self.paused + now;
-        self.started.elapsed().saturating_sub(paused).as_secs_f64()
+        (self.earlier + self.started.elapsed().saturating_sub(paused)).as_secs_f64()
     }
 
-    /// The start moved later by the pauses so far: its `elapsed()` is the active time while
-    /// not paused (as during a step).
+    /// The start moved later by the pauses so far and earlier by the earlier processes'
+    /// time: its `elapsed()` is the active time while not paused (as during a step).
     pub fn active_clock(&self) -> Instant {
-        self.started + self.paused
+        let moved = self.started + self.paused;
+        moved.checked_sub(self.earlier).unwrap_or(moved)
     }
 
     /// A pause begins now (unless one is under way).
