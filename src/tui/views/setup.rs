@@ -29,7 +29,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         choice: !id.choices().is_empty(),
         typed: app.edit_text(EditTarget::Setup(id)),
     });
-    draw_fields(f, form, "Setup", lines, s.selected, 14, theme);
+    // The selected key's section and its place among the fields (the list scrolls).
+    let key = s.selected_field().key();
+    let section = key.split_once('.').map_or(key, |(section, _)| section);
+    let title = format!(
+        "Setup: [{section}] {}/{}",
+        s.selected + 1,
+        crate::tui::setup::FieldId::ALL.len()
+    );
+    draw_fields(f, form, &title, lines, s.selected, 14, theme);
     f.render_widget(
         Paragraph::new(detected_lines(app, theme))
             .wrap(Wrap { trim: true })
