@@ -1800,3 +1800,34 @@ fn the_data_picker_leaves_out_task_files() {
         assert!(!names.iter().any(|n| n == task), "{task} in {names:?}");
     }
 }
+
+/// Left/Right in the Run view move a cursor over the loss chart's steps; its title shows the
+/// losses there.
+#[test]
+fn the_loss_chart_shows_the_values_under_its_cursor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fake_run(tmp.path(), "run-a", RunState::Finished, 0.5, None);
+    let (_, mut app) = watched_app(tmp.path());
+    app.focused = Some(path);
+    press(&mut app, KeyCode::Char('2'));
+    assert!(!render(&app, 120, 40, true).contains("step 3: train"));
+    press(&mut app, KeyCode::Left);
+    let screen = render(&app, 120, 40, true);
+    assert!(
+        screen.contains("step 3: train 2.5000, valid 2.7500"),
+        "{screen}"
+    );
+    press(&mut app, KeyCode::Left);
+    let screen = render(&app, 120, 40, true);
+    // No evaluation at or before step 2: the train loss alone.
+    assert!(
+        screen.contains("step 2: train 3.0000") && !screen.contains("3.0000, valid"),
+        "{screen}"
+    );
+    for _ in 0..5 {
+        press(&mut app, KeyCode::Left);
+    }
+    assert!(render(&app, 120, 40, true).contains("step 1: train 3.5000"));
+    press(&mut app, KeyCode::Right);
+    assert!(render(&app, 120, 40, true).contains("step 2: train 3.0000"));
+}

@@ -114,6 +114,16 @@ impl App {
                 self.show_output = !self.show_output;
                 self.log_back = 0;
             }
+            Action::Cursor => {
+                let n = self
+                    .focused_run()
+                    .map_or(0, |r| r.summary.train_curve.len());
+                // The first press starts at the newest step; then one step per press.
+                let at = self
+                    .cursor
+                    .map_or(n.saturating_sub(1) as isize, |c| c as isize + step);
+                self.cursor = (n > 0).then(|| at.clamp(0, n as isize - 1) as usize);
+            }
             Action::ScrollLayers => {
                 let layers = self.focused_run().and_then(|r| r.sparsity.as_ref());
                 let n = layers.map_or(0, |(_, l)| l.len());

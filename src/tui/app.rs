@@ -251,6 +251,8 @@ pub struct App {
     /// from the end of the events or output.
     pub layers_top: usize,
     pub log_back: usize,
+    /// The loss chart's cursor: an index into the focused run's train steps (none: off).
+    pub cursor: Option<usize>,
     /// Show only the last this many steps of the loss chart (`None`: all).
     pub zoom_last: Option<usize>,
     /// One line of feedback in the footer.
@@ -294,6 +296,7 @@ impl App {
             show_output: false,
             layers_top: 0,
             log_back: 0,
+            cursor: None,
             zoom_last: None,
             notice: None,
             launch_waiting: false,

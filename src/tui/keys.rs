@@ -89,6 +89,8 @@ pub enum Action {
     OutputLog,
     /// Scroll the Run view's Sparsity list.
     ScrollLayers,
+    /// Move the loss chart's cursor a step back or on (its values shown).
+    Cursor,
     /// Scroll the Run view's events or output back and forth.
     ScrollLog,
     Back,
@@ -152,6 +154,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Run, &[Char('z')], A::Zoom, "zoom", "only the last 50 steps"),
     bind(S::Run, &[Char('o')], A::OutputLog, "", "the run's output log instead of its events"),
     bind(S::Run, UP_DOWN, A::ScrollLayers, "", "scroll the Sparsity panel's layers"),
+    bind(S::Run, LEFT_RIGHT, A::Cursor, "", "move the chart's cursor: the losses at a step"),
     bind(S::Run, &[PageUp, PageDown], A::ScrollLog, "", "scroll the events or output back / on"),
     bind(S::Runs, UP_DOWN, A::Move, "", "select a run"),
     bind(S::Runs, &[Char(' ')], A::Mark, "mark", "mark for the loss overlay"),

@@ -134,6 +134,23 @@ fn draw_accuracy(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
     );
 }
 
+/// The losses at the chart's cursor: `step 120: train 2.3101, valid 2.2840` (the validation
+/// loss of the newest evaluation at or before that step).
+fn cursor_text(app: &App, run: &RunInfo) -> Option<String> {
+    let &(step, train) = run.summary.train_curve.get(app.cursor?)?;
+    let valid = run
+        .summary
+        .eval_curve
+        .iter()
+        .rev()
+        .find(|(s, _)| *s <= step);
+    Some(match valid {
+        Some((at, v)) if *at == step => format!("step {step}: train {train:.4}, valid {v:.4}"),
+        Some((at, v)) => format!("step {step}: train {train:.4}, valid {v:.4} (step {at})"),
+        None => format!("step {step}: train {train:.4}"),
+    })
+}
+
 fn draw_loss(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) {
     let start = app.zoom_last.map_or(f64::MIN, |n| {
         let last = run.summary.train_curve.last();
@@ -152,6 +169,10 @@ fn draw_loss(f: &mut Frame, area: Rect, app: &App, run: &RunInfo, theme: Theme) 
         app.zoom_last
             .map_or(String::new(), |n| format!(", last {n} steps"))
     );
+    let title = match cursor_text(app, run) {
+        Some(at) => format!("{title} | {at}"),
+        None => title,
+    };
     if train.is_empty() {
         f.render_widget(
             Paragraph::new("waiting for the first step...").block(theme.block(&title)),
