@@ -34,11 +34,12 @@ fn runs_table<'a>(app: &'a App, overlay: &[&RunInfo], width: u16, theme: Theme) 
         .collect();
     tasks.truncate((width.saturating_sub(FIXED) / TASK_COLUMN) as usize);
     let wide = width >= FIXED + tasks.len() as u16 * TASK_COLUMN + WIDE_COLUMNS;
-    // Below 80 columns only the run, its state, method, rank and validation loss.
-    let keep: &[usize] = if width < 80 {
-        &[0, 1, 2, 3, 5]
-    } else {
-        &[0, 1, 2, 3, 4, 5, 6, 7]
+    // Below 80 columns only the run, its state, method, rank and validation loss; below 100
+    // no init (the Run view shows it), so names get the width.
+    let keep: &[usize] = match width {
+        0..80 => &[0, 1, 2, 3, 5],
+        80..100 => &[0, 1, 2, 3, 5, 6, 7],
+        _ => &[0, 1, 2, 3, 4, 5, 6, 7],
     };
     let mut widths: Vec<u16> = [0, 13, 12, 3, 8, 12, 4, 5]
         .iter()
