@@ -79,15 +79,6 @@ impl DeviceSpec {
         })
     }
 
-    /// The spec of an open device (`cpu` or `cuda:N`; `None` for other backends).
-    pub fn of(device: &Device) -> Option<Self> {
-        match device.location() {
-            candle_core::DeviceLocation::Cpu => Some(Self::Cpu),
-            candle_core::DeviceLocation::Cuda { gpu_id } => Some(Self::Cuda(gpu_id)),
-            candle_core::DeviceLocation::Metal { .. } => None,
-        }
-    }
-
     /// The devices this process can train on: `cpu`, then `cuda:N` for each GPU the driver
     /// reports (CUDA builds only). Counted once.
     pub fn available() -> &'static [DeviceSpec] {
@@ -328,7 +319,6 @@ mod tests {
             let e = open("cuda:0").unwrap_err().to_string();
             assert!(e.contains("built without CUDA"), "{e}");
         }
-        assert_eq!(DeviceSpec::of(&Device::Cpu), Some(DeviceSpec::Cpu));
         assert_eq!(DeviceSpec::available()[0], DeviceSpec::Cpu);
         assert_eq!("cuda".parse::<DeviceSpec>().unwrap().to_string(), "cuda:0");
         assert!(gpu_memory(&Device::Cpu).unwrap().is_none());
