@@ -646,6 +646,9 @@ fn the_run_view_opens_on_the_running_run() {
     let mut app = demo_app(tmp.path());
     app.set_runs(w.runs.clone());
     assert_eq!(app.focused, Some(running.clone()));
+    // Started while it runs, the workbench shows it.
+    app.open_on_active_run();
+    assert_eq!(app.view, View::Run);
     RunDir::open(&running)
         .unwrap()
         .write_status(&Status {
@@ -658,6 +661,8 @@ fn the_run_view_opens_on_the_running_run() {
     let mut app = demo_app(tmp.path());
     app.set_runs(w.runs.clone());
     assert_eq!(app.focused, Some(tmp.path().join("a-newest-finished")));
+    app.open_on_active_run();
+    assert_eq!(app.view, View::Setup, "nothing runs: Setup");
 }
 
 #[test]

@@ -346,6 +346,18 @@ impl App {
         self.runs.iter().find(|r| &r.path == path)
     }
 
+    /// At start: show the Run view when the focused run is still going (re-attaching after
+    /// an SSH drop lands on it), else stay in Setup.
+    pub fn open_on_active_run(&mut self) {
+        if self
+            .focused_run()
+            .and_then(|r| r.status.as_ref())
+            .is_some_and(|s| s.state.is_active())
+        {
+            self.view = View::Run;
+        }
+    }
+
     /// New run data from the watcher; a run launched from here is focused once it appears.
     pub fn set_runs(&mut self, runs: Vec<RunInfo>) {
         let selected = self.runs.get(self.selected_run).map(|r| r.path.clone());

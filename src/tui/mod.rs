@@ -255,6 +255,7 @@ pub fn run(opts: &TuiOptions) -> Result<()> {
     watcher.refresh();
     app.set_runs(watcher.runs.clone());
     app.set_sweeps(watcher.sweeps.clone());
+    app.open_on_active_run();
     refresh_catalog(&mut app, opts);
     let theme = theme::Theme::from_env();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -243,7 +243,8 @@ fn memory_lines(run: &RunInfo) -> Vec<String> {
     let mut mem = Vec::new();
     if let Some(p) = run.process {
         let cpu = p.cpu_percent.map_or("-".into(), |c| format!("{c:.0}%"));
-        mem.push(format!("now  CPU {cpu} RSS {}", bytes(p.rss_bytes)));
+        // 24 columns at 80: `now  CPU 164% 24.0 MiB`.
+        mem.push(format!("now  CPU {cpu} {}", bytes(p.rss_bytes)));
     }
     let Some(MetricRow::Train {
         live_bytes,
