@@ -18,7 +18,7 @@ venv=$root/venv
 mkdir -p "$root"
 if [ ! -x "$venv/bin/nvcc-ok" ]; then
   python3 -m venv "$venv"
-  "$venv/bin/pip" install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-crt==13.0.*" \
+  "$venv/bin/pip" install -q --no-cache-dir "nvidia-cuda-nvcc==13.0.*" "nvidia-cuda-crt==13.0.*" \
     "nvidia-nvvm==13.0.*" "nvidia-cuda-cccl==13.0.*" "nvidia-cuda-runtime==13.0.*" \
     "nvidia-cuda-nvrtc==13.0.*" "nvidia-curand" "nvidia-cublas"
   touch "$venv/bin/nvcc-ok"
