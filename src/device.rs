@@ -147,7 +147,10 @@ impl From<ComputeDtype> for DType {
     }
 }
 
-crate::serde_as_text!(ComputeDtype);
+crate::serde_as_text!(
+    ComputeDtype,
+    ComputeDtype::ALL.iter().map(|d| d.to_string()).collect()
+);
 
 impl ComputeDtype {
     /// Every dtype, the default first.

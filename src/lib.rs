@@ -12,6 +12,7 @@ pub mod device;
 pub mod error;
 pub mod eval;
 pub mod gguf;
+pub mod gpu_monitor;
 pub mod io;
 pub mod memory;
 pub mod model;

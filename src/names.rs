@@ -39,7 +39,8 @@ pub fn from_name<T: Named>(s: &str) -> std::result::Result<T, String> {
 }
 
 /// `Serialize` as `Display` and `Deserialize` through `FromStr` (its reason as the message:
-/// the deserializer names the key), for types that profiles and files spell as one string.
+/// the deserializer names the key), for types that profiles and files spell as one string;
+/// their schema is a string, one of `choices` when given (a `Vec<String>`).
 #[macro_export]
 macro_rules! serde_as_text {
     (@serialize $t:ty) => {
@@ -52,8 +53,30 @@ macro_rules! serde_as_text {
             }
         }
     };
+    (@schema $t:ty, $choices:expr) => {
+        impl schemars::JsonSchema for $t {
+            fn inline_schema() -> bool {
+                true
+            }
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($t).into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                let choices: Vec<String> = $choices;
+                if choices.is_empty() {
+                    schemars::json_schema!({ "type": "string" })
+                } else {
+                    schemars::json_schema!({ "type": "string", "enum": choices })
+                }
+            }
+        }
+    };
     ($t:ty) => {
+        $crate::serde_as_text!($t, Vec::new());
+    };
+    ($t:ty, $choices:expr) => {
         $crate::serde_as_text!(@serialize $t);
+        $crate::serde_as_text!(@schema $t, $choices);
         impl<'de> serde::Deserialize<'de> for $t {
             fn deserialize<D: serde::Deserializer<'de>>(
                 d: D,
@@ -100,6 +123,9 @@ macro_rules! named {
                     .map_err(|reason| $crate::error::LorsError::invalid($key, reason))
             }
         }
-        $crate::serde_as_text!($t);
+        $crate::serde_as_text!(
+            $t,
+            <$t>::ALL.iter().map(|v| v.name().to_string()).collect()
+        );
     };
 }

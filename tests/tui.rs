@@ -5,11 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use lors::data::DataFormat;
+use lors::eval::Task;
 use lors::model::{LayerSparsity, Proj};
 use lors::train::{ControlRequest, MetricRow, Profile, RunDir, RunState, Status};
 use lors::tui::app::{App, Confirm, Effect, Modal, View};
 use lors::tui::catalog::{self, SearchPaths};
-use lors::tui::setup::FieldId;
+use lors::tui::setup::{FieldId, Setup};
 use lors::tui::theme::Theme;
 use lors::tui::views::draw;
 use lors::tui::watch::Watcher;
@@ -96,14 +98,15 @@ fn type_text(app: &mut App, text: &str) {
     }
 }
 
-fn select_field(app: &mut App, label: &str) {
-    for _ in 0..FieldId::ALL.len() {
-        if app.setup.selected_field().label() == label {
+/// Select the field of profile key `key` with Down, as a user would.
+fn select_field(app: &mut App, key: &str) {
+    for _ in 0..FieldId::all().len() {
+        if app.setup.selected_field().key() == key {
             return;
         }
         press(app, KeyCode::Down);
     }
-    panic!("no field {label}");
+    panic!("no field {key}");
 }
 
 fn value(app: &App, id: FieldId) -> String {
@@ -154,14 +157,14 @@ fn setup_edits_validates_and_launches() {
         d.records > 0 && d.tokens > d.records && d.sequences > 0,
         "{d:?}"
     );
-    select_field(&mut app, "method");
+    select_field(&mut app, "adapter.method");
     press(&mut app, KeyCode::Right);
-    assert_eq!(value(&app, FieldId::Method), "lors-exact");
+    assert_eq!(value(&app, FieldId::METHOD), "lors-exact");
     press(&mut app, KeyCode::Left);
     press(&mut app, KeyCode::Left);
-    assert_eq!(value(&app, FieldId::Method), "lora");
+    assert_eq!(value(&app, FieldId::METHOD), "lora");
     // A rank larger than the model allows is shown inline and blocks the launch.
-    select_field(&mut app, "rank");
+    select_field(&mut app, "adapter.rank");
     press(&mut app, KeyCode::Enter);
     press(&mut app, KeyCode::Backspace);
     type_text(&mut app, "100");
@@ -174,8 +177,8 @@ fn setup_edits_validates_and_launches() {
     press(&mut app, KeyCode::Enter);
     type_text(&mut app, "x");
     press(&mut app, KeyCode::Esc);
-    assert_eq!(value(&app, FieldId::Rank), "100");
-    select_field(&mut app, "steps");
+    assert_eq!(value(&app, FieldId::RANK), "100");
+    select_field(&mut app, "train.max_steps");
     press(&mut app, KeyCode::Enter);
     type_text(&mut app, "abc");
     press(&mut app, KeyCode::Enter);
@@ -184,14 +187,14 @@ fn setup_edits_validates_and_launches() {
         err.contains("expected usize in `train.max_steps`") && !err.contains('\n'),
         "one readable line: {err}"
     );
-    select_field(&mut app, "steps");
+    select_field(&mut app, "train.max_steps");
     press(&mut app, KeyCode::Enter);
     for _ in 0..6 {
         press(&mut app, KeyCode::Backspace);
     }
     type_text(&mut app, "7");
     press(&mut app, KeyCode::Enter);
-    select_field(&mut app, "rank");
+    select_field(&mut app, "adapter.rank");
     press(&mut app, KeyCode::Enter);
     for _ in 0..3 {
         press(&mut app, KeyCode::Backspace);
@@ -199,7 +202,7 @@ fn setup_edits_validates_and_launches() {
     type_text(&mut app, "2");
     press(&mut app, KeyCode::Enter);
     // Target modules are a comma list.
-    select_field(&mut app, "targets");
+    select_field(&mut app, "adapter.target_modules");
     press(&mut app, KeyCode::Enter);
     for _ in 0..80 {
         press(&mut app, KeyCode::Backspace);
@@ -220,7 +223,7 @@ fn setup_edits_validates_and_launches() {
     assert_eq!(app.view, View::Run);
     // A seq_len the data cannot fill blocks the launch with the file's error.
     press(&mut app, KeyCode::Char('1'));
-    select_field(&mut app, "seq_len");
+    select_field(&mut app, "data.seq_len");
     press(&mut app, KeyCode::Enter);
     type_text(&mut app, "000000");
     press(&mut app, KeyCode::Enter);
@@ -238,7 +241,7 @@ fn setup_edits_validates_and_launches() {
 fn a_launch_waits_for_the_checks_in_flight() {
     let tmp = tempfile::tempdir().unwrap();
     let mut app = demo_app(tmp.path());
-    select_field(&mut app, "seq_len");
+    select_field(&mut app, "data.seq_len");
     press(&mut app, KeyCode::Enter);
     type_text(&mut app, "000000");
     let checks = press_unsettled(&mut app, KeyCode::Enter);
@@ -307,7 +310,7 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     }
     // Pick the 2:4 model: typing filters the list (fuzzy, best first), Enter takes the entry
     // under the cursor; typed letters are never commands (`l` would launch in Setup).
-    select_field(&mut app, "model");
+    select_field(&mut app, "model.path");
     press(&mut app, KeyCode::Enter);
     assert!(
         matches!(app.modal, Some(Modal::Picker(_))),
@@ -326,9 +329,22 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     );
     assert!(shown.len() < picker.items.len(), "the filter leaves fewer");
     assert_eq!(picker.selected, 0);
+    // The picker read every listed model's sparsity as it opened, and says it per entry.
+    let screen = render(&app, 120, 40, true);
+    let want = "stories260K-wanda-2of4 [search] 2:4, 1.1 MiB";
+    assert!(screen.contains(want), "lacks {want:?}:\n{screen}");
+    let dense = picker
+        .items
+        .iter()
+        .find(|c| c.label.ends_with("models/stories260K"))
+        .expect("the dense model is listed");
+    match app.inspected.get(&dense.path).map(|i| &i.result) {
+        Some(Some(Ok(m))) => assert!(m.is_dense()),
+        other => panic!("{other:?}"),
+    }
     press(&mut app, KeyCode::Enter);
     assert_eq!(app.modal, None);
-    assert!(value(&app, FieldId::Model).ends_with("stories260K-wanda-2of4"));
+    assert!(value(&app, FieldId::MODEL).ends_with("stories260K-wanda-2of4"));
     match &app.setup.model {
         Some(Ok(m)) => {
             assert_eq!(m.pattern(), "2:4");
@@ -343,7 +359,7 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     }
     // The dense model warns and offers the prune step.
     let dense = shared().join("models/stories260K");
-    select_field(&mut app, "model");
+    select_field(&mut app, "model.path");
     press(&mut app, KeyCode::Enter);
     let picked = |app: &App| match &app.modal {
         Some(Modal::Picker(p)) => (p.items.len(), p.selected),
@@ -362,12 +378,12 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     assert_eq!(picker.filter.value(), dense.to_str().unwrap());
     press(&mut app, KeyCode::Enter);
     assert_eq!(app.modal, None);
-    assert_eq!(value(&app, FieldId::Model), dense.to_str().unwrap());
+    assert_eq!(value(&app, FieldId::MODEL), dense.to_str().unwrap());
     assert!(matches!(&app.setup.model, Some(Ok(m)) if m.is_dense()));
     let s = render(&app, 120, 40, false);
     assert!(s.contains("DENSE model"), "{s}");
     press(&mut app, KeyCode::Char('P'));
-    assert_eq!(value(&app, FieldId::PruneMethod), "wanda");
+    assert_eq!(value(&app, FieldId::PRUNE_METHOD), "wanda");
     let p = app.setup.profile(&app.base).unwrap();
     let prune = p.prune.expect("a prune step");
     assert_eq!(prune.method.to_string(), "wanda");
@@ -377,17 +393,17 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     assert!(s.contains("prune step: wanda unstructured 0.5"), "{s}");
     assert!(!s.contains("DENSE model"), "{s}");
     // Back to none: no prune section.
-    select_field(&mut app, "prune first");
+    select_field(&mut app, "prune.method");
     press(&mut app, KeyCode::Left);
     press(&mut app, KeyCode::Left);
-    assert_eq!(value(&app, FieldId::PruneMethod), "none");
+    assert_eq!(value(&app, FieldId::PRUNE_METHOD), "none");
     assert_eq!(app.setup.profile(&app.base).unwrap().prune, None);
     // Clearing the validation file drops it from the launched profile (the base has one).
     assert!(app.base.data.valid.is_some());
-    let kept = value(&app, FieldId::ValidData);
-    app.setup.set(FieldId::ValidData, "");
+    let kept = value(&app, FieldId::VALID_DATA);
+    app.setup.set(FieldId::VALID_DATA, "");
     assert_eq!(app.setup.profile(&app.base).unwrap().data.valid, None);
-    app.setup.set(FieldId::ValidData, &kept);
+    app.setup.set(FieldId::VALID_DATA, &kept);
     assert!(app.setup.profile(&app.base).unwrap().data.valid.is_some());
     // The save popup names the folder profiles go to (`--profiles-dir`).
     app.profiles_dir = "/srv/team-profiles".into();
@@ -400,11 +416,11 @@ fn setup_picks_models_and_data_detects_sparsity_and_offers_pruning() {
     press(&mut app, KeyCode::Esc);
     assert_eq!(app.modal, None);
     // A missing model is an inline error that blocks the launch.
-    select_field(&mut app, "model");
+    select_field(&mut app, "model.path");
     press(&mut app, KeyCode::Enter);
     press(&mut app, KeyCode::Esc);
     assert_eq!(app.modal, None);
-    app.setup.set(FieldId::Model, "/nonexistent/model");
+    app.setup.set(FieldId::MODEL, "/nonexistent/model");
     let effects = app.inspections();
     settle(&mut app, effects);
     let err = app.setup.error.clone().unwrap();
@@ -468,7 +484,7 @@ fn profiles_are_saved_listed_and_loaded() {
     assert!(render(&app, 80, 24, false).contains("No saved profiles yet"));
     // Change the rank, then save the Setup as `quick`.
     press(&mut app, KeyCode::Char('1'));
-    select_field(&mut app, "rank");
+    select_field(&mut app, "adapter.rank");
     press(&mut app, KeyCode::Enter);
     press(&mut app, KeyCode::Backspace);
     type_text(&mut app, "3");
@@ -512,11 +528,11 @@ fn profiles_are_saved_listed_and_loaded() {
         "{s}"
     );
     app.setup = lors::tui::setup::Setup::from_profile(&app.base);
-    assert_eq!(value(&app, FieldId::Rank), "4");
+    assert_eq!(value(&app, FieldId::RANK), "4");
     let effects = press(&mut app, KeyCode::Enter);
     assert!(effects.is_empty(), "inspections were settled: {effects:?}");
     assert_eq!(app.view, View::Setup);
-    assert_eq!(value(&app, FieldId::Rank), "3");
+    assert_eq!(value(&app, FieldId::RANK), "3");
     assert!(matches!(app.setup.model, Some(Ok(_))));
 }
 
@@ -839,13 +855,12 @@ fn every_view_renders_what_it_must_at_80x24_and_120x40() {
             "Setup",
             &[
                 "1:Setup",
-                "model",
-                "rank",
-                "< lors >",
+                "[model]",
+                "[data]",
                 "q quit",
                 "Llama 0.11M params F32",
                 "unstructured 50.0% sparse",
-                "train data: ",
+                "data.train: ",
                 "records (text)",
                 "sequences of 64",
                 "ready to launch",
@@ -1152,8 +1167,8 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     let s = render(&app, 80, 24, true);
     for want in [
         "axis 1",
-        "< rank >",
-        "< lr >",
+        "< adapter.rank >",
+        "< optim.lr >",
         "rungs (steps)",
         "ready: l launches",
     ] {
@@ -1315,7 +1330,7 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     );
     press(&mut app, KeyCode::Char('e'));
     assert_eq!(app.view, View::Setup);
-    assert_eq!(value(&app, FieldId::Rank), winner.adapter.rank.to_string());
+    assert_eq!(value(&app, FieldId::RANK), winner.adapter.rank.to_string());
 }
 
 /// A replay's verdict and a finished merge reach the run's events and title, and, when they
@@ -1494,6 +1509,9 @@ fn the_run_view_reads_the_run_process_cpu_and_memory() {
         screen.contains("now  CPU") && screen.contains("%"),
         "{screen}"
     );
+    // The GPU line says plainly that a CPU build has none (CUDA builds read NVML).
+    #[cfg(not(feature = "cuda"))]
+    assert!(screen.contains("GPU  none (CPU build)"), "{screen}");
     // Once the run has ended, no process reading.
     run.write_status(&Status {
         state: RunState::Finished,
@@ -1501,7 +1519,7 @@ fn the_run_view_reads_the_run_process_cpu_and_memory() {
     })
     .unwrap();
     w.refresh();
-    assert!(w.runs[0].process.is_none());
+    assert!(w.runs[0].process.is_none() && w.runs[0].gpus.is_none());
 }
 
 /// Long run names that differ only at the end (their start time) stay apart in the Runs
@@ -1556,15 +1574,15 @@ fn setup_reaches_run_name_cadence_export_dtype_and_flat_lora() {
         type_text(app, text);
         press(app, KeyCode::Enter);
     };
-    edit(&mut app, "run name", "my-run");
-    edit(&mut app, "eval every", "7");
-    edit(&mut app, "save every", "9");
-    edit(&mut app, "grad clip", "0.5");
-    edit(&mut app, "valid fraction", "0.2");
-    edit(&mut app, "Flat-LoRA ρ", "0.1");
+    edit(&mut app, "train.run_name", "my-run");
+    edit(&mut app, "train.eval_every", "7");
+    edit(&mut app, "train.save_every", "9");
+    edit(&mut app, "optim.grad_clip", "0.5");
+    edit(&mut app, "data.valid_fraction", "0.2");
+    edit(&mut app, "adapter.flat_rho", "0.1");
     // Left/Right flip a yes/no setting from the base profile's.
     let (merge, flat) = (app.base.train.merge_at_end, app.base.adapter.flat);
-    for label in ["merge at end", "Flat-LoRA"] {
+    for label in ["train.merge_at_end", "adapter.flat"] {
         select_field(&mut app, label);
         press(&mut app, KeyCode::Right);
     }
@@ -1577,8 +1595,8 @@ fn setup_reaches_run_name_cadence_export_dtype_and_flat_lora() {
         (0.5, 0.2, 0.1)
     );
     // bf16 does not compute on the CPU: the form says so, naming the key.
-    select_field(&mut app, "dtype");
-    while value(&app, FieldId::Dtype) != "bf16" {
+    select_field(&mut app, "model.dtype");
+    while value(&app, FieldId::DTYPE) != "bf16" {
         press(&mut app, KeyCode::Right);
     }
     let err = app.setup.error.clone().expect("bf16 on the CPU");
@@ -1586,13 +1604,87 @@ fn setup_reaches_run_name_cadence_export_dtype_and_flat_lora() {
         err.contains("model.dtype") && err.contains("on the CPU"),
         "{err}"
     );
-    while value(&app, FieldId::Dtype) != "f32" {
+    while value(&app, FieldId::DTYPE) != "f32" {
         press(&mut app, KeyCode::Right);
     }
     // A cleared name means none, also over a base profile that names its runs.
     app.base.train.run_name = Some("base-name".into());
-    edit(&mut app, "run name", "");
+    edit(&mut app, "train.run_name", "");
     assert_eq!(app.setup.profile(&app.base).unwrap().train.run_name, None);
+    // Keys the old form lacked: betas, format and packing, evaluation batches, [eval].
+    edit(&mut app, "optim.betas", "0.9, 0.95");
+    edit(&mut app, "train.eval_batches", "3");
+    edit(&mut app, "eval.tasks", "arc_easy,hellaswag");
+    edit(&mut app, "eval.limit", "5");
+    edit(&mut app, "eval.data", "arc_easy=a.jsonl, hellaswag=h.jsonl");
+    for (key, want) in [("data.format", "text"), ("data.packing", "pad")] {
+        select_field(&mut app, key);
+        while app.setup.value(FieldId::of(key).unwrap()) != want {
+            press(&mut app, KeyCode::Right);
+        }
+    }
+    let p = app.setup.profile(&app.base).unwrap();
+    assert_eq!(p.optim.betas, [0.9, 0.95]);
+    assert_eq!(p.train.eval_batches, Some(3));
+    let eval = p.eval.expect("tasks make an [eval] section");
+    assert_eq!(eval.tasks, [Task::ArcEasy, Task::Hellaswag]);
+    assert_eq!(eval.limit, Some(5));
+    assert_eq!(eval.data[&Task::Hellaswag], PathBuf::from("h.jsonl"));
+    assert_eq!(p.data.format, DataFormat::Text);
+    // Clearing the tasks drops the section; a bad value names its key.
+    edit(&mut app, "eval.tasks", "");
+    assert_eq!(app.setup.profile(&app.base).unwrap().eval, None);
+    edit(&mut app, "optim.betas", "0.9, x");
+    let err = app.setup.error.clone().expect("a word in betas");
+    assert!(err.contains("optim.betas"), "{err}");
+}
+
+/// Setup lists every key of a profile (but the runs folder, which the workbench owns), in
+/// sections PgUp/PgDn move between, and a profile read into the form comes back unchanged.
+#[test]
+fn every_profile_key_is_a_setup_field_and_profiles_round_trip() {
+    let mut keys: Vec<&str> = lors::train::schema::profile_keys()
+        .iter()
+        .map(|k| k.key.as_str())
+        .filter(|k| *k != "train.output_dir")
+        .collect();
+    let mut fields: Vec<&str> = FieldId::all().iter().map(|f| f.key()).collect();
+    keys.sort();
+    fields.sort();
+    assert_eq!(fields, keys);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut app = demo_app(tmp.path());
+    let mut base = app.base.clone();
+    assert_eq!(Setup::from_profile(&base).profile(&base).unwrap(), base);
+    // With the optional sections and keys a saved profile leaves out.
+    base.prune = Some(toml::from_str("method = \"wanda\"\ncalib = \"c.jsonl\"").unwrap());
+    base.eval = Some(toml::from_str("tasks = [\"boolq\"]\nlimit = 4\ndata_dir = \"t\"").unwrap());
+    base.adapter.flat = true;
+    base.adapter.frozen_blocks = 1;
+    base.train.max_steps = None;
+    base.train.epochs = Some(2);
+    assert_eq!(Setup::from_profile(&base).profile(&base).unwrap(), base);
+    // PgDn walks the sections' first keys; PgUp comes back.
+    let mut firsts = Vec::new();
+    for _ in 0..7 {
+        firsts.push(app.setup.selected_field().key());
+        press(&mut app, KeyCode::PageDown);
+    }
+    assert_eq!(
+        firsts,
+        [
+            "model.path",
+            "data.train",
+            "adapter.method",
+            "optim.name",
+            "train.max_steps",
+            "prune.method",
+            "eval.tasks"
+        ]
+    );
+    assert_eq!(app.setup.selected_field().key(), "model.path");
+    press(&mut app, KeyCode::PageUp);
+    assert_eq!(app.setup.selected_field().key(), "eval.tasks");
 }
 
 /// A run keeps its overlay symbol whatever the table's order and the other marks, and the
@@ -1652,7 +1744,10 @@ fn snapshots_of_every_view_and_popup() {
     w.refresh();
     let mut runs = w.runs.clone();
     // The OS readings of the stand-in process (pid 1) vary: leave them out.
-    runs.iter_mut().for_each(|r| r.process = None);
+    runs.iter_mut().for_each(|r| {
+        r.process = None;
+        r.gpus = None;
+    });
     let mut base = Profile::load(&repo().join("profiles/demo.toml"), &[]).unwrap();
     base.train.output_dir = "runs".into();
     let mut app = App::new(base);
@@ -1675,6 +1770,7 @@ fn snapshots_of_every_view_and_popup() {
         ("setup", vec![]),
         ("setup-help", vec![KeyCode::Char('?')]),
         ("setup-save-name", vec![KeyCode::Char('w')]),
+        ("setup-model-picker", vec![KeyCode::Enter]),
         ("run", vec![KeyCode::Char('2')]),
         (
             "run-stop-confirm",

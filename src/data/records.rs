@@ -9,7 +9,9 @@ use serde_json::value::RawValue;
 use crate::error::{LorsError, Result};
 
 /// How to read records.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum DataFormat {
     /// From the file: `.txt`/`.raw` is plain text; JSON records with `instruction` and

@@ -13,7 +13,7 @@ use crate::error::{LorsError, Result};
 use crate::model::CausalLm;
 
 /// Tasks, their data, and how many items of each to score.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TaskSuite {
     pub tasks: Vec<Task>,
@@ -21,6 +21,7 @@ pub struct TaskSuite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_dir: Option<PathBuf>,
     /// A file (or `hf://datasets/...` reference) per task; before `data_dir`.
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub data: BTreeMap<Task, PathBuf>,
     /// Score only the first N items of each task (all when absent).

@@ -258,7 +258,7 @@ pub fn write_pruned(
 }
 
 /// A prune step: the CLI's arguments, and a profile's `[prune]` section.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PruneSettings {
     pub method: PruneMethod,

@@ -11,6 +11,7 @@ pub mod peft;
 pub mod profile;
 pub mod rank_reg;
 pub mod run_dir;
+pub mod schema;
 pub mod summary;
 mod trainer;
 

@@ -14,7 +14,7 @@ use crate::error::{LorsError, Result};
 use crate::model::{Proj, Recompute};
 
 /// The model to fine-tune.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSection {
     /// A Hugging Face model directory.
@@ -26,7 +26,9 @@ pub struct ModelSection {
 }
 
 /// Packing of tokenised records into sequences.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Packing {
     /// Pack documents, pad instruction records.
@@ -39,19 +41,24 @@ pub enum Packing {
 }
 
 /// Training and validation data.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DataSection {
+    /// Training records (`.jsonl`, `.json`, `.parquet`, `.txt`), or `hf://datasets/...`.
     pub train: PathBuf,
     /// A separate validation file; otherwise `valid_fraction` of the training records.
     #[serde(default)]
     pub valid: Option<PathBuf>,
+    /// Without a `valid` file: hold out this fraction of the training records.
     #[serde(default)]
     pub valid_fraction: f64,
+    /// How to read records: `auto` (by the file and its fields), `text` or `alpaca`.
     #[serde(default)]
     pub format: DataFormat,
+    /// Tokens per training sequence.
     #[serde(default = "default_seq_len")]
     pub seq_len: usize,
+    /// How tokenised records become sequences.
     #[serde(default)]
     pub packing: Packing,
     /// Count the prompt of instruction records in the loss.
@@ -87,17 +94,23 @@ impl DataSection {
 }
 
 /// The adapter and its initialisation.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdapterSection {
+    /// `lors`, `lors-exact`, `sqft`, `spp` or `lora` (dense adapters; the merge is not sparse).
     #[serde(default = "default_method")]
     pub method: Method,
+    /// The adapters' rank r (A is r×in, B is out×r).
     #[serde(default = "default_rank")]
     pub rank: usize,
+    /// The scale numerator: s = alpha/r, or alpha/√r with `rslora`.
     #[serde(default = "default_alpha")]
     pub alpha: f64,
+    /// Rank-stabilised scaling s = alpha/√r (arXiv 2312.03732).
     #[serde(default = "yes")]
     pub rslora: bool,
+    /// How A and B start: `gradient` is LoRS's (from the top singular vectors of the masked
+    /// gradient); the others are PEFT's initialisers.
     #[serde(default)]
     pub init: Init,
     /// Calibration sequences for `init = "gradient"`.
@@ -106,6 +119,7 @@ pub struct AdapterSection {
     /// `A = Vᵣᵀ / stable_gamma` for `init = "gradient"`.
     #[serde(default = "default_stable_gamma")]
     pub stable_gamma: f64,
+    /// The projections that get adapters, by their PEFT names (`q_proj`, ..., `down_proj`).
     #[serde(default = "default_targets")]
     pub target_modules: Vec<Proj>,
     /// Start from this adapter (PEFT safetensors) instead of an initialiser.
@@ -113,24 +127,30 @@ pub struct AdapterSection {
     pub init_from: Option<PathBuf>,
     /// Freeze the first k decoder blocks: no adapters there and no backward through them
     /// (the cheap idea of SHERL, arXiv 2407.07523).
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "is_zero")]
     pub frozen_blocks: usize,
     /// RM-LoRA's orthogonality regulariser `λ(‖AAᵀ − I‖ + ‖BᵀB − I‖)`; 0: off.
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "is_zero_f64")]
     pub orth_reg: f64,
     /// RM-LoRA's random rank masks: per step only this many of the r components get a
     /// gradient; 0: all.
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "is_zero")]
     pub rank_keep: usize,
     /// SoRA (arXiv 2311.11696): a trainable gate per rank component, `s·B·diag(g)·A`, that
     /// a proximal L1 step can zero (the live rank shrinks per layer).
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "is_default")]
     pub sora: bool,
     /// Flat-LoRA (arXiv 2409.14396): train each step against a masked random perturbation
     /// of the merged weight, `σ_i = γ_t·ρ·‖W'_i‖/√in` with a cosine ramp `γ_t`.
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "is_default")]
     pub flat: bool,
     /// Flat-LoRA's ρ.
+    #[schemars(!skip_serializing_if)]
     #[serde(
         default = "default_flat_rho",
         skip_serializing_if = "is_default_flat_rho"
@@ -138,9 +158,11 @@ pub struct AdapterSection {
     pub flat_rho: f64,
     /// XGBLoRA (arXiv 2410.19694): every this many steps, fold the adapter into the frozen
     /// weights through the mask and start a fresh one (0: off).
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "is_zero")]
     pub boost_every: usize,
     /// SoRA's soft-threshold ξ, applied to the gates after each step.
+    #[schemars(!skip_serializing_if)]
     #[serde(
         default = "default_sora_threshold",
         skip_serializing_if = "is_default_sora_threshold"
@@ -228,18 +250,22 @@ impl AdapterSection {
 }
 
 /// Steps, batches, evaluation, checkpoints and output.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TrainSection {
     /// Optimiser steps; or give `epochs`.
     #[serde(default)]
     pub max_steps: Option<usize>,
+    /// Passes over the training data (instead of `max_steps`).
     #[serde(default)]
     pub epochs: Option<usize>,
+    /// Sequences per micro-batch.
     #[serde(default = "default_batch")]
     pub batch_size: usize,
+    /// Micro-batches per optimiser step (the step's batch is `batch_size × grad_accum`).
     #[serde(default = "one")]
     pub grad_accum: usize,
+    /// Seeds initialisation and data order: the same seed gives the same loss curve.
     #[serde(default)]
     pub seed: u64,
     /// Evaluate every this many steps (0: only at the end).
@@ -254,6 +280,7 @@ pub struct TrainSection {
     /// `cpu`, `cuda` or `cuda:N` (CUDA needs a `--features cuda` build).
     #[serde(default)]
     pub device: DeviceSpec,
+    /// Where `lors train` puts run directories (the workbench uses its runs folder).
     #[serde(default = "default_output")]
     pub output_dir: PathBuf,
     /// Name of the run directory (default: method, rank and a timestamp).
@@ -279,7 +306,7 @@ fn default_output() -> PathBuf {
 }
 
 /// A whole run.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     pub model: ModelSection,

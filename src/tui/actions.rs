@@ -2,7 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::app::{App, Confirm, EditTarget, Effect, Modal, Picker, View};
+use super::app::{
+    App, Confirm, EditTarget, Effect, Inspection, Modal, Picker, View, PICKER_INSPECTS_UP_TO,
+};
 use super::keys::Action;
 use super::setup::{FieldId, Kind, PickFrom};
 use super::sweeps::{ChartMode, SweepForm};
@@ -19,16 +21,19 @@ impl App {
     pub(super) fn setup_action(&mut self, action: Action, step: isize) -> Vec<Effect> {
         match action {
             Action::Move => self.setup.move_selection(step),
-            Action::Cycle if self.setup.cycle(step) => self.revalidate(),
-            Action::Activate => self.activate_field(),
+            Action::MoveSection => self.setup.move_section(step),
+            Action::Cycle if self.setup.cycle(step) => {
+                return self.field_changed(self.setup.selected_field())
+            }
+            Action::Activate => return self.activate_field(),
             Action::AddPrune => {
                 // The offer of the dense-model warning: prune with Wanda to 50% first.
                 self.setup
-                    .set(FieldId::PruneMethod, PruneMethod::Wanda.name());
+                    .set(FieldId::PRUNE_METHOD, PruneMethod::Wanda.name());
                 self.setup
-                    .set(FieldId::PrunePattern, &Layout::Unstructured.to_string());
-                self.setup.set(FieldId::PruneSparsity, "0.5");
-                self.setup.select(FieldId::PruneMethod);
+                    .set(FieldId::PRUNE_PATTERN, &Layout::Unstructured.to_string());
+                self.setup.set(FieldId::PRUNE_SPARSITY, "0.5");
+                self.setup.select(FieldId::PRUNE_METHOD);
                 self.notice = Some("prune step: wanda, 50% unstructured".into());
                 self.revalidate();
             }
@@ -40,8 +45,9 @@ impl App {
         Vec::new()
     }
 
-    /// Enter on a Setup field: pick a path, or type text (choices cycle instead).
-    fn activate_field(&mut self) {
+    /// Enter on a Setup field: pick a path, or type text (choices cycle instead). The model
+    /// picker asks for the sparsity of the models it lists (small ones, once per size).
+    fn activate_field(&mut self) -> Vec<Effect> {
         let id = self.setup.selected_field();
         match id.kind() {
             Kind::Path(from) => {
@@ -51,10 +57,35 @@ impl App {
                 };
                 let current = std::path::Path::new(self.setup.value(id));
                 self.modal = Some(Modal::Picker(Picker::new(id, items, current)));
+                if from == PickFrom::Models {
+                    return self.inspect_candidates();
+                }
             }
             Kind::Choice | Kind::Bool => {}
             _ => self.start_editing(EditTarget::Setup(id)),
         }
+        Vec::new()
+    }
+
+    /// Inspections of the listed models not yet asked for at their current size.
+    fn inspect_candidates(&mut self) -> Vec<Effect> {
+        let mut out = Vec::new();
+        for c in &self.models {
+            let small = c.bytes.is_some_and(|b| b <= PICKER_INSPECTS_UP_TO);
+            let asked = self
+                .inspected
+                .get(&c.path)
+                .is_some_and(|i| i.bytes == c.bytes);
+            if small && !asked {
+                let pending = Inspection {
+                    bytes: c.bytes,
+                    result: None,
+                };
+                self.inspected.insert(c.path.clone(), pending);
+                out.push(Effect::InspectModel(c.path.clone()));
+            }
+        }
+        out
     }
 
     /// Launch the Setup's run, once the model and data checks of the current values are in

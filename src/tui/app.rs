@@ -3,7 +3,7 @@
 //! without a terminal. A key goes to the open [`Modal`] if there is one, else through the
 //! binding table ([`super::keys`]) to an [`Action`] of the current view ([`super::actions`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
@@ -85,6 +85,18 @@ pub enum Effect {
     /// Write a profile to the profiles folder under this name (overwriting).
     SaveProfile(String, Box<Profile>),
 }
+
+/// The model picker's knowledge of a model: the size of its weights when the inspection was
+/// asked for (a changed size asks again), and the result once in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Inspection {
+    pub bytes: Option<u64>,
+    pub result: Option<Result<ModelSummary, String>>,
+}
+
+/// Models up to this size are inspected for the picker as it opens (reading their weights);
+/// bigger ones show their size until picked.
+pub const PICKER_INSPECTS_UP_TO: u64 = 2 << 30;
 
 /// A list of candidates for a path field, filtered by what is typed (fuzzy, best first);
 /// the entry after the candidates takes the typed text itself as the path or hub id.
@@ -243,6 +255,9 @@ pub struct App {
     pub profiles: Vec<ProfileEntry>,
     pub selected_profile: usize,
     pub models: Vec<Candidate>,
+    /// What the model picker knows of each model: inspected (or being inspected) at this
+    /// size of its weights, and the result once in.
+    pub inspected: HashMap<PathBuf, Inspection>,
     pub datasets: Vec<Candidate>,
     pub log_scale: bool,
     /// The Run view shows the run's output log instead of its events.
@@ -291,6 +306,7 @@ impl App {
             profiles: Vec::new(),
             selected_profile: 0,
             models: Vec::new(),
+            inspected: HashMap::new(),
             datasets: Vec::new(),
             log_scale: false,
             show_output: false,
@@ -430,8 +446,16 @@ impl App {
         }
     }
 
-    /// The description of the model at `path`, if it is still the one in Setup.
+    /// The description of the model at `path`: for the picker, and for Setup if it is still
+    /// the model there.
     pub fn set_model(&mut self, path: &Path, result: Result<ModelSummary, String>) -> Vec<Effect> {
+        self.inspected
+            .entry(path.to_path_buf())
+            .or_insert(Inspection {
+                bytes: None,
+                result: None,
+            })
+            .result = Some(result.clone());
         if self.setup.model_path() != path {
             return Vec::new();
         }
@@ -455,7 +479,7 @@ impl App {
         self.setup.data.push((field, result));
         self.setup
             .data
-            .sort_by_key(|(f, _)| *f != FieldId::TrainData);
+            .sort_by_key(|(f, _)| *f != FieldId::TRAIN_DATA);
         self.checked()
     }
 
@@ -486,12 +510,13 @@ impl App {
         self.launch_waiting = false;
         self.revalidate();
         match id {
-            FieldId::Model => {
+            FieldId::MODEL => {
                 self.setup.model = None;
                 self.setup.data.clear();
                 self.inspections()
             }
-            FieldId::TrainData | FieldId::ValidData | FieldId::SeqLen => {
+            // The data's count depends on every `[data]` key (format, packing, seq_len...).
+            _ if id.section() == "data" => {
                 self.setup.data.clear();
                 self.revalidate();
                 self.data_inspections()

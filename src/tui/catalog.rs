@@ -18,6 +18,8 @@ pub struct Candidate {
     pub origin: &'static str,
     /// What to show (a hub id for cached hub models, else the path).
     pub label: String,
+    /// Its size: a data file's, or a model's weight files together.
+    pub bytes: Option<u64>,
 }
 
 /// A saved profile in the profiles folder.
@@ -96,9 +98,23 @@ fn is_data_file(p: &Path) -> bool {
 fn candidate(path: PathBuf, origin: &'static str) -> Candidate {
     Candidate {
         label: path.display().to_string(),
+        bytes: size_on_disk(&path),
         path,
         origin,
     }
+}
+
+/// A file's size, or the size of a model directory's `*.safetensors` files (links followed,
+/// as in the hub cache).
+fn size_on_disk(p: &Path) -> Option<u64> {
+    if p.is_file() {
+        return p.metadata().ok().map(|m| m.len());
+    }
+    let weights = children(p)
+        .into_iter()
+        .filter(|f| f.extension().is_some_and(|e| e == "safetensors"))
+        .map(|f| f.metadata().map(|m| m.len()));
+    weights.sum::<std::io::Result<u64>>().ok()
 }
 
 impl SearchPaths {
@@ -201,6 +217,7 @@ fn hub_models(cache: &Path) -> Vec<Candidate> {
                     .unwrap_or_default();
                 out.push(Candidate {
                     label: format!("{id}@{rev}"),
+                    bytes: size_on_disk(&snap),
                     path: snap,
                     origin: "hf-cache",
                 });

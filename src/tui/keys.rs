@@ -55,6 +55,8 @@ pub enum Action {
     Move,
     /// Left/Right: the previous/next choice.
     Cycle,
+    /// PgUp/PgDn in a form: the previous/next section.
+    MoveSection,
     /// Enter: edit, pick, open or load, depending on the view.
     Activate,
     Launch,
@@ -140,6 +142,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Global, &[BackTab], A::PrevView, "", "previous view"),
     bind(S::Global, DIGITS, A::ShowView, "", "show Setup, Run, Runs, Sweeps, Profiles"),
     bind(S::Setup, UP_DOWN, A::Move, "", "previous / next field"),
+    bind(S::Setup, &[PageUp, PageDown], A::MoveSection, "", "previous / next section"),
     bind(S::Setup, &[Enter], A::Activate, "edit", "edit text, or pick a model or data file"),
     bind(S::Setup, LEFT_RIGHT, A::Cycle, "", "previous / next choice (the `< >` fields)"),
     bind(S::Setup, &[Char('l'), F(5)], A::Launch, "launch", "launch a run"),

@@ -19,6 +19,7 @@ pub mod plot;
 pub mod popups;
 pub mod setup;
 pub mod sweeps;
+pub mod text;
 pub mod theme;
 pub mod views;
 pub mod watch;

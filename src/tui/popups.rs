@@ -6,16 +6,19 @@ use ratatui::widgets::{Clear, List, ListItem, ListState, Paragraph, Wrap};
 use ratatui::Frame;
 
 use super::app::{App, Confirm, Modal, Picker};
+use super::catalog::Candidate;
 use super::input::TextInput;
 use super::keys;
+use super::text::fit_middle;
 use super::theme::Theme;
+use crate::memory::human_bytes;
 
 /// Draw the open modal, if any.
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     match &app.modal {
         None | Some(Modal::Editing(_)) => {}
         Some(Modal::Help) => draw_help(f, area, app, theme),
-        Some(Modal::Picker(p)) => draw_picker(f, area, p, theme),
+        Some(Modal::Picker(p)) => draw_picker(f, area, app, p, theme),
         Some(Modal::Naming(n)) => {
             let title = format!("save profile as {}/<name>.toml", app.profiles_dir.display());
             draw_input(f, centered(area, 60, 3), &n.input, &title, theme);
@@ -64,6 +67,19 @@ fn name(p: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
+/// What a picker says about a candidate: a model's sparsity once inspected (its size
+/// until then), a data file's size.
+fn about(app: &App, c: &Candidate) -> String {
+    let size = c.bytes.map_or(String::new(), |b| human_bytes(b as f64));
+    match app.inspected.get(&c.path).map(|i| &i.result) {
+        Some(Some(Ok(m))) if m.is_dense() => format!("dense, {size}"),
+        Some(Some(Ok(m))) => format!("{}, {size}", m.pattern()),
+        Some(Some(Err(_))) => format!("unreadable, {size}"),
+        Some(None) => format!("inspecting..., {size}"),
+        None => size,
+    }
+}
+
 /// A `width`×`height` rectangle in the middle of `area`.
 pub fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let w = width.min(area.width);
@@ -85,23 +101,29 @@ fn draw_input(f: &mut Frame, r: Rect, input: &TextInput, title: &str, theme: The
 }
 
 /// The typed filter above the candidates it leaves, best first, and the typed entry.
-fn draw_picker(f: &mut Frame, area: Rect, p: &Picker, theme: Theme) {
-    let mut items: Vec<ListItem> = p
-        .shown()
-        .iter()
-        .map(|c| ListItem::new(format!("{} [{}]", c.label, c.origin)))
-        .collect();
-    items.push(ListItem::new(match p.filter.value() {
-        "" => "(type to filter, or a path or hub id; Enter here edits the value)".to_string(),
-        typed => format!("use \"{typed}\" as typed"),
-    }));
+fn draw_picker(f: &mut Frame, area: Rect, app: &App, p: &Picker, theme: Theme) {
     let r = centered(
         area,
         area.width.saturating_sub(8),
         area.height.saturating_sub(6),
     );
+    // Each entry's path elided in the middle so that what is known of it stays in view.
+    let inner = r.width.saturating_sub(2) as usize;
+    let mut items: Vec<ListItem> = p
+        .shown()
+        .iter()
+        .map(|c| {
+            let tail = format!(" [{}] {}", c.origin, about(app, c));
+            let room = inner.saturating_sub(tail.chars().count()).max(20);
+            ListItem::new(format!("{}{tail}", fit_middle(&c.label, room)))
+        })
+        .collect();
+    items.push(ListItem::new(match p.filter.value() {
+        "" => "(type to filter, or a path or hub id; Enter here edits the value)".to_string(),
+        typed => format!("use \"{typed}\" as typed"),
+    }));
     let [filter, list] = Layout::vertical([Constraint::Length(3), Constraint::Min(1)]).areas(r);
-    let title = format!("pick {}: type to filter", p.field.label());
+    let title = format!("pick {}: type to filter", p.field.key());
     draw_input(f, filter, &p.filter, &title, theme);
     f.render_widget(Clear, list);
     let mut state = ListState::default().with_selected(Some(p.selected));

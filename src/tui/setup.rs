@@ -1,22 +1,18 @@
-//! The Setup form: the settings of a run as typed fields ([`FieldId`]) that read their value
-//! from a [`Profile`] and write it back as an [`Override`], so a profile key is spelled once,
-//! here, and the choice lists come from the enums' `ALL`. An optional key left empty (the
-//! validation file, the run name) is not written.
+//! The Setup form: every key of a profile ([`profile_keys`], from the profile's own types)
+//! as a field that reads its value from a [`Profile`] and writes it back as an [`Override`].
+//! A field left empty is not written: the profile's default (or none) holds. Whole optional
+//! sections are written only when chosen: `[prune]` with a prune method, `[eval]` with tasks.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::sync::OnceLock;
 
 use super::catalog::DataRequest;
-use crate::adapters::{Init, Method};
 use crate::data::DataSummary;
-use crate::device::{ComputeDtype, DeviceSpec};
+use crate::device::DeviceSpec;
 use crate::model::ModelSummary;
-use crate::model::Recompute;
-use crate::prune::PruneMethod;
 use crate::sources::hub::Download;
-use crate::sparsity::Layout;
-use crate::train::optim::OptimizerName;
-use crate::train::optim::Schedule;
 use crate::train::overrides::toml_value;
+use crate::train::schema::{profile_keys, ProfileKey, ValueType};
 use crate::train::{Override, Profile};
 
 /// Which candidates a path field offers.
@@ -39,195 +35,214 @@ pub enum Kind {
     Choice,
     /// `true`/`false`.
     Bool,
-    /// A comma-separated list, written as a TOML array of strings.
+    /// A comma-separated list, written as a TOML array.
     List,
+    /// Comma-separated `name=value` pairs, written as a TOML table of strings.
+    Table,
 }
 
-/// The `none` choice of the prune step.
+/// The `none` choice of the prune step (no `[prune]` section).
 pub const NO_PRUNE: &str = "none";
 
-macro_rules! fields {
-    ($($id:ident => $key:literal, $label:literal, $kind:expr;)*) => {
-        /// A setting of the Setup form, in display order.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        pub enum FieldId { $($id),* }
+/// Keys the workbench decides itself: its runs folder holds every run it launches.
+const OWNED_BY_THE_WORKBENCH: [&str; 1] = ["train.output_dir"];
 
-        impl FieldId {
-            pub const ALL: &'static [FieldId] = &[$(FieldId::$id),*];
-
-            /// The profile key it sets.
-            pub fn key(self) -> &'static str {
-                match self { $(FieldId::$id => $key),* }
-            }
-
-            /// Its name on screen.
-            pub fn label(self) -> &'static str {
-                match self { $(FieldId::$id => $label),* }
-            }
-
-            pub fn kind(self) -> Kind {
-                match self { $(FieldId::$id => $kind),* }
-            }
-        }
-    };
-}
-
-fields! {
-    Model => "model.path", "model", Kind::Path(PickFrom::Models);
-    PruneMethod => "prune.method", "prune first", Kind::Choice;
-    PrunePattern => "prune.pattern", "prune pattern", Kind::Text;
-    PruneSparsity => "prune.sparsity", "prune sparsity", Kind::Number;
-    TrainData => "data.train", "train data", Kind::Path(PickFrom::Datasets);
-    ValidData => "data.valid", "valid data", Kind::Path(PickFrom::Datasets);
-    SeqLen => "data.seq_len", "seq_len", Kind::Number;
-    ValidFraction => "data.valid_fraction", "valid fraction", Kind::Number;
-    Dtype => "model.dtype", "dtype", Kind::Choice;
-    Method => "adapter.method", "method", Kind::Choice;
-    Rank => "adapter.rank", "rank", Kind::Number;
-    Alpha => "adapter.alpha", "alpha", Kind::Number;
-    Rslora => "adapter.rslora", "rslora", Kind::Bool;
-    Init => "adapter.init", "init", Kind::Choice;
-    InitSamples => "adapter.init_samples", "init samples", Kind::Number;
-    StableGamma => "adapter.stable_gamma", "stable_gamma", Kind::Number;
-    Targets => "adapter.target_modules", "targets", Kind::List;
-    FrozenBlocks => "adapter.frozen_blocks", "frozen blocks", Kind::Number;
-    OrthReg => "adapter.orth_reg", "orth. reg", Kind::Number;
-    RankKeep => "adapter.rank_keep", "rank keep", Kind::Number;
-    BoostEvery => "adapter.boost_every", "XGBLoRA round", Kind::Number;
-    Sora => "adapter.sora", "SoRA gates", Kind::Bool;
-    SoraThreshold => "adapter.sora_threshold", "SoRA ξ", Kind::Number;
-    Flat => "adapter.flat", "Flat-LoRA", Kind::Bool;
-    FlatRho => "adapter.flat_rho", "Flat-LoRA ρ", Kind::Number;
-    Optimizer => "optim.name", "optimizer", Kind::Choice;
-    Lr => "optim.lr", "lr", Kind::Number;
-    WeightDecay => "optim.weight_decay", "weight decay", Kind::Number;
-    Schedule => "optim.schedule", "schedule", Kind::Choice;
-    Warmup => "optim.warmup_steps", "warmup steps", Kind::Number;
-    GradClip => "optim.grad_clip", "grad clip", Kind::Number;
-    Steps => "train.max_steps", "steps", Kind::Number;
-    Batch => "train.batch_size", "batch", Kind::Number;
-    Accum => "train.grad_accum", "accumulation", Kind::Number;
-    Recompute => "train.recompute", "recompute", Kind::Choice;
-    Seed => "train.seed", "seed", Kind::Number;
-    Device => "train.device", "device", Kind::Choice;
-    EvalEvery => "train.eval_every", "eval every", Kind::Number;
-    SaveEvery => "train.save_every", "save every", Kind::Number;
-    MergeAtEnd => "train.merge_at_end", "merge at end", Kind::Bool;
-    RunName => "train.run_name", "run name", Kind::Text;
-}
-
-/// Optional keys: left empty, the form does not write them (the profile's default holds).
-const OPTIONAL: [FieldId; 2] = [FieldId::ValidData, FieldId::RunName];
-
-/// The steps the form shows for a profile counted in epochs.
-const DEFAULT_STEPS: usize = 100;
+/// A setting of the Setup form: one profile key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FieldId(&'static str);
 
 impl FieldId {
+    pub const MODEL: Self = Self("model.path");
+    pub const DTYPE: Self = Self("model.dtype");
+    pub const PRUNE_METHOD: Self = Self("prune.method");
+    pub const PRUNE_PATTERN: Self = Self("prune.pattern");
+    pub const PRUNE_SPARSITY: Self = Self("prune.sparsity");
+    /// Left empty: the training data.
+    pub const PRUNE_CALIB: Self = Self("prune.calib");
+    /// Left empty: the training `seq_len`.
+    pub const PRUNE_SEQ_LEN: Self = Self("prune.seq_len");
+    pub const TRAIN_DATA: Self = Self("data.train");
+    pub const VALID_DATA: Self = Self("data.valid");
+    pub const SEQ_LEN: Self = Self("data.seq_len");
+    pub const METHOD: Self = Self("adapter.method");
+    pub const RANK: Self = Self("adapter.rank");
+    pub const LR: Self = Self("optim.lr");
+    pub const MAX_STEPS: Self = Self("train.max_steps");
+    pub const DEVICE: Self = Self("train.device");
+    pub const RUN_NAME: Self = Self("train.run_name");
+    pub const EVAL_TASKS: Self = Self("eval.tasks");
+
+    /// Every field, in the profile's order but with the optional sections (`[prune]`,
+    /// `[eval]`) after the others.
+    pub fn all() -> &'static [FieldId] {
+        static ALL: OnceLock<Vec<FieldId>> = OnceLock::new();
+        ALL.get_or_init(|| {
+            let mut keys: Vec<&ProfileKey> = profile_keys()
+                .iter()
+                .filter(|k| !OWNED_BY_THE_WORKBENCH.contains(&k.key.as_str()))
+                .collect();
+            keys.sort_by_key(|k| k.optional_section);
+            keys.into_iter().map(|k| FieldId(k.key.as_str())).collect()
+        })
+    }
+
+    /// The field of a profile key, if the form has one.
+    pub fn of(key: &str) -> Option<FieldId> {
+        Self::all().iter().copied().find(|f| f.0 == key)
+    }
+
+    fn spec(self) -> &'static ProfileKey {
+        profile_keys()
+            .iter()
+            .find(|k| k.key == self.0)
+            .expect("fields are profile keys")
+    }
+
+    /// The profile key it sets.
+    pub fn key(self) -> &'static str {
+        self.0
+    }
+
+    /// Its section (the form's heading).
+    pub fn section(self) -> &'static str {
+        self.spec().section
+    }
+
+    /// Its name on screen, under its section's heading.
+    pub fn label(self) -> String {
+        self.spec().name().replace('_', " ")
+    }
+
+    /// Its doc comment.
+    pub fn doc(self) -> &'static str {
+        &self.spec().doc
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            Self::MODEL => return Kind::Path(PickFrom::Models),
+            Self::TRAIN_DATA | Self::VALID_DATA => return Kind::Path(PickFrom::Datasets),
+            Self::DEVICE => return Kind::Choice,
+            _ => {}
+        }
+        match &self.spec().value {
+            ValueType::Bool => Kind::Bool,
+            ValueType::Integer | ValueType::Number => Kind::Number,
+            ValueType::Text => Kind::Text,
+            ValueType::Choice(_) => Kind::Choice,
+            ValueType::List(_) => Kind::List,
+            ValueType::Table(_) => Kind::Table,
+        }
+    }
+
     /// The values Left/Right cycle through, if any.
     pub fn choices(self) -> Vec<String> {
-        fn names<T: ToString>(all: &[T]) -> Vec<String> {
-            all.iter().map(T::to_string).collect()
-        }
-        match self {
-            FieldId::PruneMethod => std::iter::once(NO_PRUNE.to_string())
-                .chain(names(PruneMethod::ALL))
+        match (self, &self.spec().value) {
+            (Self::DEVICE, _) => DeviceSpec::available()
+                .iter()
+                .map(|d| d.to_string())
                 .collect(),
-            FieldId::Method => names(Method::ALL),
-            FieldId::Init => names(Init::ALL),
-            FieldId::Optimizer => names(OptimizerName::ALL),
-            FieldId::Schedule => names(Schedule::ALL),
-            FieldId::Recompute => names(Recompute::ALL),
-            FieldId::Device => names(DeviceSpec::available()),
-            FieldId::Dtype => names(ComputeDtype::ALL),
-            _ if self.kind() == Kind::Bool => names(&[true, false]),
+            (Self::PRUNE_METHOD, ValueType::Choice(names)) => std::iter::once(NO_PRUNE.to_string())
+                .chain(names.clone())
+                .collect(),
+            (_, ValueType::Choice(names)) => names.clone(),
+            (_, ValueType::Bool) => vec!["true".into(), "false".into()],
             _ => Vec::new(),
         }
     }
 
-    /// Its value in `p`, as the form shows it.
-    pub fn read(self, p: &Profile) -> String {
-        let path = |p: &Path| p.display().to_string();
-        let prune = p.prune.as_ref();
-        let a = &p.adapter;
+    /// What an empty value means, as the form shows it.
+    pub fn placeholder(self) -> String {
+        let spec = self.spec();
         match self {
-            FieldId::Model => path(&p.model.path),
-            FieldId::PruneMethod => prune.map_or(NO_PRUNE.into(), |s| s.method.to_string()),
-            FieldId::PrunePattern => prune.map_or(Layout::default(), |s| s.pattern).to_string(),
-            FieldId::PruneSparsity => prune.map_or("0.5".into(), |s| s.sparsity.to_string()),
-            FieldId::TrainData => path(&p.data.train),
-            FieldId::ValidData => p.data.valid.as_deref().map(path).unwrap_or_default(),
-            FieldId::SeqLen => p.data.seq_len.to_string(),
-            FieldId::ValidFraction => format!("{:?}", p.data.valid_fraction),
-            FieldId::Dtype => p.model.dtype.to_string(),
-            FieldId::Method => a.method.name().into(),
-            FieldId::Rank => a.rank.to_string(),
-            FieldId::Alpha => format!("{:?}", a.alpha),
-            FieldId::Rslora => a.rslora.to_string(),
-            FieldId::Init => a.init.name().into(),
-            FieldId::InitSamples => a.init_samples.to_string(),
-            FieldId::StableGamma => format!("{:?}", a.stable_gamma),
-            FieldId::Targets => a
-                .target_modules
-                .iter()
-                .map(|p| p.name())
-                .collect::<Vec<_>>()
-                .join(","),
-            FieldId::FrozenBlocks => a.frozen_blocks.to_string(),
-            FieldId::OrthReg => format!("{:?}", a.orth_reg),
-            FieldId::RankKeep => a.rank_keep.to_string(),
-            FieldId::BoostEvery => a.boost_every.to_string(),
-            FieldId::Sora => a.sora.to_string(),
-            FieldId::SoraThreshold => format!("{:?}", a.sora_threshold),
-            FieldId::Flat => a.flat.to_string(),
-            FieldId::FlatRho => format!("{:?}", a.flat_rho),
-            FieldId::Optimizer => p.optim.name.name().into(),
-            FieldId::Lr => format!("{:e}", p.optim.lr),
-            FieldId::WeightDecay => format!("{:?}", p.optim.weight_decay),
-            FieldId::Schedule => p.optim.schedule.name().into(),
-            FieldId::Warmup => p.optim.warmup_steps.to_string(),
-            FieldId::GradClip => format!("{:?}", p.optim.grad_clip),
-            FieldId::Steps => p.train.max_steps.unwrap_or(DEFAULT_STEPS).to_string(),
-            FieldId::Batch => p.train.batch_size.to_string(),
-            FieldId::Accum => p.train.grad_accum.to_string(),
-            FieldId::Recompute => p.train.recompute.name().into(),
-            FieldId::Seed => p.train.seed.to_string(),
-            FieldId::Device => p.train.device.to_string(),
-            FieldId::EvalEvery => p.train.eval_every.to_string(),
-            FieldId::SaveEvery => p.train.save_every.to_string(),
-            FieldId::MergeAtEnd => p.train.merge_at_end.to_string(),
-            FieldId::RunName => p.train.run_name.clone().unwrap_or_default(),
+            Self::PRUNE_CALIB => "(the train data)".into(),
+            Self::PRUNE_SEQ_LEN => "(the data seq_len)".into(),
+            _ if spec.nullable => "(none)".into(),
+            _ => match &spec.default {
+                Some(v) => format!("(default {})", shown(v)),
+                None => "(required)".into(),
+            },
         }
     }
 
-    /// `value` as a TOML value for a `key=value` override.
+    /// The choices of a list's items, for the help line (`eval.tasks`, `target_modules`).
+    pub fn item_choices(self) -> Option<&'static [String]> {
+        match &self.spec().value {
+            ValueType::List(item) => match &**item {
+                ValueType::Choice(names) => Some(names),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// `value` as the TOML value it stands for.
     pub fn toml_value(self, value: &str) -> toml::Value {
-        match self.kind() {
-            Kind::Text | Kind::Path(_) | Kind::Choice => toml::Value::String(value.into()),
-            Kind::Number | Kind::Bool => {
-                toml_value(value).unwrap_or_else(|| toml::Value::String(value.into()))
+        let scalar = |s: &str, ty: &ValueType| match ty {
+            ValueType::Bool | ValueType::Integer | ValueType::Number => {
+                toml_value(s).unwrap_or_else(|| toml::Value::String(s.into()))
             }
-            Kind::List => toml::Value::Array(
-                value
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(|s| toml::Value::String(s.into()))
+            _ => toml::Value::String(s.into()),
+        };
+        let items = || value.split(',').map(str::trim).filter(|s| !s.is_empty());
+        match &self.spec().value {
+            ValueType::List(item) => toml::Value::Array(items().map(|s| scalar(s, item)).collect()),
+            ValueType::Table(item) => toml::Value::Table(
+                items()
+                    .map(|pair| match pair.split_once('=') {
+                        Some((k, v)) => (k.trim().to_string(), scalar(v.trim(), item)),
+                        None => (pair.to_string(), toml::Value::String(String::new())),
+                    })
                     .collect(),
             ),
+            ty => scalar(value, ty),
         }
     }
 
-    /// Whether a sweep can vary it (paths and lists cannot).
+    /// Whether a sweep can vary it (paths, text and lists cannot).
     pub fn sweepable(self) -> bool {
         matches!(self.kind(), Kind::Number | Kind::Choice | Kind::Bool)
-            && !matches!(self, FieldId::Device | FieldId::PruneMethod)
+            && !matches!(self, FieldId::DEVICE | FieldId::PRUNE_METHOD)
+            && !self.spec().optional_section
+    }
+
+    /// Its value in `profile` (serialised as `table`), as the form shows it.
+    fn read(self, table: &toml::Table) -> String {
+        let spec = self.spec();
+        let in_profile = table.get(spec.section).and_then(|s| s.get(spec.name()));
+        match (self, in_profile) {
+            (_, Some(v)) => shown(v),
+            (Self::PRUNE_METHOD, None) => NO_PRUNE.into(),
+            // Without a prune step, calibrate on the training data at its seq_len.
+            (Self::PRUNE_CALIB | Self::PRUNE_SEQ_LEN, None) => String::new(),
+            (_, None) => spec.default.as_ref().map(shown).unwrap_or_default(),
+        }
+    }
+}
+
+/// A TOML value as a field shows it: strings bare, lists and tables comma-separated, small
+/// and large numbers in exponent form (`2e-4`).
+fn shown(v: &toml::Value) -> String {
+    match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Float(x) if *x != 0.0 && (x.abs() < 1e-2 || x.abs() >= 1e6) => {
+            format!("{x:e}")
+        }
+        toml::Value::Float(x) => format!("{x:?}"),
+        toml::Value::Array(items) => items.iter().map(shown).collect::<Vec<_>>().join(", "),
+        toml::Value::Table(t) => t
+            .iter()
+            .map(|(k, v)| format!("{k}={}", shown(v)))
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
     }
 }
 
 /// The Setup view: every setting of a run, edited in place.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Setup {
-    /// The value of each [`FieldId::ALL`], in that order.
+    /// The value of each of [`FieldId::all`], in that order.
     values: Vec<String>,
     pub selected: usize,
     /// Why the current settings cannot launch (shown inline), if anything.
@@ -243,8 +258,9 @@ pub struct Setup {
 impl Setup {
     /// The form filled from a profile.
     pub fn from_profile(p: &Profile) -> Self {
+        let table = toml::Table::try_from(p).unwrap_or_default();
         Self {
-            values: FieldId::ALL.iter().map(|f| f.read(p)).collect(),
+            values: FieldId::all().iter().map(|f| f.read(&table)).collect(),
             selected: 0,
             error: None,
             model: None,
@@ -255,7 +271,7 @@ impl Setup {
 
     /// The fields with their values, in display order.
     pub fn fields(&self) -> impl Iterator<Item = (FieldId, &str)> {
-        FieldId::ALL
+        FieldId::all()
             .iter()
             .copied()
             .zip(self.values.iter().map(String::as_str))
@@ -263,7 +279,7 @@ impl Setup {
 
     /// The selected field.
     pub fn selected_field(&self) -> FieldId {
-        FieldId::ALL[self.selected]
+        FieldId::all()[self.selected]
     }
 
     pub fn value(&self, id: FieldId) -> &str {
@@ -275,7 +291,7 @@ impl Setup {
     }
 
     fn index(id: FieldId) -> usize {
-        FieldId::ALL
+        FieldId::all()
             .iter()
             .position(|f| *f == id)
             .expect("every field is listed")
@@ -288,8 +304,23 @@ impl Setup {
 
     /// Move the selection by `step` fields, wrapping.
     pub fn move_selection(&mut self, step: isize) {
-        let n = FieldId::ALL.len() as isize;
+        let n = FieldId::all().len() as isize;
         self.selected = (self.selected as isize + step).rem_euclid(n) as usize;
+    }
+
+    /// Select the first field of the next (`step` 1) or previous (-1) section, wrapping.
+    pub fn move_section(&mut self, step: isize) {
+        let all = FieldId::all();
+        let section = all[self.selected].section();
+        let starts: Vec<usize> = (0..all.len())
+            .filter(|&i| i == 0 || all[i].section() != all[i - 1].section())
+            .collect();
+        let here = starts
+            .iter()
+            .position(|&i| all[i].section() == section)
+            .unwrap_or(0) as isize;
+        let next = (here + step).rem_euclid(starts.len() as isize) as usize;
+        self.selected = starts[next];
     }
 
     /// Cycle the selected field's choice by `step`; true when it has choices.
@@ -309,55 +340,43 @@ impl Setup {
     }
 
     pub fn pruning(&self) -> bool {
-        self.value(FieldId::PruneMethod) != NO_PRUNE
+        !matches!(self.value(FieldId::PRUNE_METHOD), NO_PRUNE | "")
     }
 
-    /// The overrides the form stands for. The prune keys count only when a prune method is
-    /// chosen; they calibrate on the training data at the training `seq_len`.
-    pub fn overrides(&self) -> Vec<Override> {
-        let prune_keys = [
-            FieldId::PruneMethod,
-            FieldId::PrunePattern,
-            FieldId::PruneSparsity,
-        ];
-        let mut out: Vec<Override> = self
-            .fields()
-            .filter(|(id, v)| !(OPTIONAL.contains(id) && v.is_empty()))
-            .filter(|(id, _)| self.pruning() || !prune_keys.contains(id))
-            .map(|(id, v)| Override::new(id.key(), id.toml_value(v)))
-            .collect();
-        if self.pruning() {
-            let train = self.value(FieldId::TrainData);
-            out.push(Override::new("prune.calib", train));
-            let seq_len = self.value(FieldId::SeqLen);
-            out.push(Override::new(
-                "prune.seq_len",
-                FieldId::SeqLen.toml_value(seq_len),
-            ));
+    /// Whether an optional section is chosen: `[prune]` with a method, `[eval]` with tasks.
+    fn section_chosen(&self, section: &str) -> bool {
+        match section {
+            "prune" => self.pruning(),
+            "eval" => !self.value(FieldId::EVAL_TASKS).trim().is_empty(),
+            _ => true,
         }
-        out
+    }
+
+    /// The overrides the form stands for: every non-empty field of a chosen section. An
+    /// empty prune calibration file or `seq_len` takes the training data's.
+    pub fn overrides(&self) -> Vec<Override> {
+        let inherited = |id: FieldId| match id {
+            FieldId::PRUNE_CALIB => Some(FieldId::TRAIN_DATA),
+            FieldId::PRUNE_SEQ_LEN => Some(FieldId::SEQ_LEN),
+            _ => None,
+        };
+        self.fields()
+            .filter(|(id, _)| self.section_chosen(id.section()))
+            .filter_map(|(id, v)| match (v.is_empty(), inherited(id)) {
+                (false, _) => Some(Override::new(id.key(), id.toml_value(v))),
+                (true, Some(from)) => {
+                    Some(Override::new(id.key(), from.toml_value(self.value(from))))
+                }
+                (true, None) => None,
+            })
+            .collect()
     }
 
     /// The profile the form describes on top of `base`, or why it is invalid. Besides the
-    /// profile's own checks, the model must be readable and the rank must fit its smallest
-    /// adapted layer.
+    /// profile's own checks, the model must be readable, the rank must fit its smallest
+    /// adapted layer and the data files must have been read.
     pub fn profile(&self, base: &Profile) -> Result<Profile, String> {
-        let mut text = toml::Table::try_from(base).map_err(|e| e.to_string())?;
-        // The form sets max_steps, so a base profile counted in epochs drops that key; the
-        // form owns the prune step and the validation file.
-        if let Some(t) = text.get_mut("train").and_then(|t| t.as_table_mut()) {
-            t.remove("epochs");
-        }
-        // A cleared optional field (the validation file, the run name) means none, not the
-        // base profile's.
-        for id in OPTIONAL.into_iter().filter(|id| self.value(*id).is_empty()) {
-            let (section, key) = id.key().split_once('.').expect("keys are section.key");
-            if let Some(t) = text.get_mut(section).and_then(|t| t.as_table_mut()) {
-                t.remove(key);
-            }
-        }
-        text.remove("prune");
-        let p = Profile::from_table(text, &self.overrides()).map_err(|e| e.to_string())?;
+        let p = self.form_profile(base)?;
         self.check_rank(&p)?;
         for (id, info) in &self.data {
             if let Err(e) = info {
@@ -365,6 +384,25 @@ impl Setup {
             }
         }
         Ok(p)
+    }
+
+    /// The form's values on top of `base` (whose keys the form does not show stay), with
+    /// only the profile's own checks.
+    fn form_profile(&self, base: &Profile) -> Result<Profile, String> {
+        let mut table = toml::Table::try_from(base).map_err(|e| e.to_string())?;
+        // A field left empty means the default (or none), not the base profile's value; a
+        // section not chosen is left out.
+        for (id, v) in self.fields() {
+            let section = id.section();
+            if !self.section_chosen(section) {
+                table.remove(section);
+            } else if v.is_empty() {
+                if let Some(t) = table.get_mut(section).and_then(|t| t.as_table_mut()) {
+                    t.remove(&id.key()[section.len() + 1..]);
+                }
+            }
+        }
+        Profile::from_table(table, &self.overrides()).map_err(|e| e.to_string())
     }
 
     /// What is still being checked for the current values (the model, or a data file), if
@@ -408,17 +446,25 @@ impl Setup {
 
     /// The model path in the form.
     pub fn model_path(&self) -> PathBuf {
-        PathBuf::from(self.value(FieldId::Model))
+        PathBuf::from(self.value(FieldId::MODEL))
     }
 
-    /// Data inspections the current fields call for (train, and valid when given).
+    /// Data inspections the current fields call for (train, and valid when given), read
+    /// with the form's data settings (the base profile's, with the form's `seq_len`, while
+    /// the form does not parse).
     pub fn data_requests(&self, base: &Profile) -> Vec<(FieldId, DataRequest)> {
-        let Ok(seq_len) = self.value(FieldId::SeqLen).parse::<usize>() else {
-            return Vec::new();
+        let options = match self.form_profile(base) {
+            Ok(p) => p.data,
+            Err(_) => {
+                let Ok(seq_len) = self.value(FieldId::SEQ_LEN).parse::<usize>() else {
+                    return Vec::new();
+                };
+                let mut options = base.data.clone();
+                options.seq_len = seq_len;
+                options
+            }
         };
-        let mut options = base.data.clone();
-        options.seq_len = seq_len;
-        [FieldId::TrainData, FieldId::ValidData]
+        [FieldId::TRAIN_DATA, FieldId::VALID_DATA]
             .into_iter()
             .filter(|id| !self.value(*id).is_empty())
             .map(|id| {

@@ -377,9 +377,9 @@ impl SweepForm {
         Self {
             name: String::new(),
             axes: [
-                (Some(FieldId::Rank), format!("{}, {}", rank / 2, rank)),
+                (Some(FieldId::RANK), format!("{}, {}", rank / 2, rank)),
                 (
-                    Some(FieldId::Lr),
+                    Some(FieldId::LR),
                     format!("{:e}, {:e}, {:e}", lr / 2.0, lr, lr * 2.0),
                 ),
             ],
@@ -402,7 +402,7 @@ impl SweepForm {
         match f {
             FormField::Name if self.name.is_empty() => "(sweep-<model>-<time>)".into(),
             FormField::Name => self.name.clone(),
-            FormField::Key(i) => self.axes[i].0.map_or("(none)", |id| id.label()).into(),
+            FormField::Key(i) => self.axes[i].0.map_or("(none)", |id| id.key()).into(),
             FormField::Values(i) => self.axes[i].1.clone(),
             FormField::Search => match self.search {
                 Search::Grid => "grid".into(),
@@ -442,7 +442,7 @@ impl SweepForm {
                     .then_some(None)
                     .into_iter()
                     .chain(
-                        FieldId::ALL
+                        FieldId::all()
                             .iter()
                             .filter(|f| f.sweepable())
                             .map(|f| Some(*f)),

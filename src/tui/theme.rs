@@ -76,6 +76,11 @@ impl Theme {
         Style::default().add_modifier(Modifier::REVERSED)
     }
 
+    /// A form's section heading.
+    pub fn heading(&self) -> Style {
+        self.fg(Color::Cyan).add_modifier(Modifier::BOLD)
+    }
+
     pub fn warn(&self) -> Style {
         self.fg(Color::Yellow).add_modifier(Modifier::BOLD)
     }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::eval::{EvalProgress, EvalReport, Task, TaskScore};
+use crate::gpu_monitor::{read_gpus, GpuStatus};
 use crate::model::{LayerSparsity, SparsityReport};
 use crate::sweep::{Sweep, SweepState};
 use crate::train::RunSummary;
@@ -51,6 +52,8 @@ pub struct RunInfo {
     /// The run's process now, while one works on it: CPU use (100% per busy core, over the
     /// last second or more) and resident memory.
     pub process: Option<ProcessReading>,
+    /// The GPUs while a process works on the run (NVML, in CUDA builds).
+    pub gpus: Option<GpuStatus>,
     cpu_sample: Option<(f64, std::time::Instant)>,
     /// Whether the run was read before (what it holds at the first read is not news).
     read_before: bool,
@@ -270,6 +273,7 @@ impl RunInfo {
             .map(|s| s.pid);
         let Some(pid) = pid.filter(|&p| crate::io::process_alive(p)) else {
             let had = self.process.take().is_some();
+            self.gpus = None;
             self.cpu_sample = None;
             return had;
         };
@@ -287,6 +291,7 @@ impl RunInfo {
             cpu_percent: cpu_percent.or(self.process.and_then(|p| p.cpu_percent)),
             rss_bytes: crate::memory::process_rss_bytes(pid),
         });
+        self.gpus = Some(read_gpus(Some(pid)));
         true
     }
 

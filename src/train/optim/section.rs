@@ -19,10 +19,11 @@ pub enum Schedule {
 crate::named!(Schedule, "optim.schedule");
 
 /// The optimiser and the schedule.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptimSection {
     /// `adamw`, or `lora-rite` (transformation-invariant, per A/B pair; not for spp).
+    #[schemars(!skip_serializing_if)]
     #[serde(default, skip_serializing_if = "OptimizerName::is_default")]
     pub name: OptimizerName,
     #[serde(default = "default_lr")]

@@ -160,16 +160,18 @@ fn draw_overlay(
 }
 
 /// One line of a form: its label and value, whether Left/Right cycle the value, and the text
-/// being typed into it, if it is being edited.
+/// being typed into it, if it is being edited; a heading to show above it, if any.
 struct FormLine<'a> {
+    heading: Option<String>,
     label: String,
     value: String,
     choice: bool,
     typed: Option<&'a TextInput>,
 }
 
-/// A form as a list, `label value` per line (labels padded to `width`): the typed text with
-/// the terminal's cursor in it while a field is edited, `< value >` for choices.
+/// A form as a list, `label value` per line (labels padded to `width`) under their headings:
+/// the typed text with the terminal's cursor in it while a field is edited, `< value >` for
+/// choices. `selected` counts fields, not headings.
 fn draw_fields<'a>(
     f: &mut Frame,
     area: Rect,
@@ -180,21 +182,26 @@ fn draw_fields<'a>(
     theme: Theme,
 ) {
     let mut cursor = None;
-    let items: Vec<ListItem> = lines
-        .enumerate()
-        .map(|(row, l)| {
-            let shown = match l.typed {
-                Some(input) => {
-                    cursor = Some((row, input.cursor()));
-                    input.value().to_string()
-                }
-                None if l.choice => format!("< {} >", l.value),
-                None => l.value,
-            };
-            ListItem::new(format!("{:<width$} {shown}", l.label))
-        })
-        .collect();
-    let mut state = ListState::default().with_selected(Some(selected));
+    let mut items: Vec<ListItem> = Vec::new();
+    let mut selected_row = 0;
+    for (i, l) in lines.enumerate() {
+        if let Some(heading) = l.heading {
+            items.push(ListItem::new(Line::styled(heading, theme.heading())));
+        }
+        if i == selected {
+            selected_row = items.len();
+        }
+        let shown = match l.typed {
+            Some(input) => {
+                cursor = Some((items.len(), input.cursor()));
+                input.value().to_string()
+            }
+            None if l.choice => format!("< {} >", l.value),
+            None => l.value,
+        };
+        items.push(ListItem::new(format!("{:<width$} {shown}", l.label)));
+    }
+    let mut state = ListState::default().with_selected(Some(selected_row));
     f.render_stateful_widget(
         List::new(items)
             .block(theme.block(title))

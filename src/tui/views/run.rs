@@ -246,6 +246,9 @@ fn memory_lines(run: &RunInfo) -> Vec<String> {
         // 24 columns at 80: `now  CPU 164% 24.0 MiB`.
         mem.push(format!("now  CPU {cpu} {}", bytes(p.rss_bytes)));
     }
+    if let Some(gpus) = &run.gpus {
+        mem.extend(gpus.lines(|b| human_bytes(b as f64)));
+    }
     let Some(MetricRow::Train {
         live_bytes,
         peak_bytes,

@@ -9,6 +9,7 @@ use ratatui::Frame;
 
 use super::{accuracy_text, draw_overlay, eval_job_text, state_text, view_points, Curve};
 use crate::tui::app::App;
+use crate::tui::text::fit_middle;
 use crate::tui::theme::{Theme, SYMBOLS};
 use crate::tui::watch::RunInfo;
 
@@ -144,23 +145,6 @@ fn run_cells(
             .map(|t| accuracy_text(accuracy.iter().find(|a| a.task == *t).and_then(|a| a.after))),
     );
     cells
-}
-
-/// `name` in at most `width` characters: when longer, its start and its end around `~`, so
-/// names that differ only at the end (a run's time) still read apart.
-pub(crate) fn fit_middle(name: &str, width: usize) -> String {
-    let chars: Vec<char> = name.chars().collect();
-    if chars.len() <= width || width < 5 {
-        return name.to_string();
-    }
-    let tail = (width - 1) * 3 / 5;
-    let head = width - 1 - tail;
-    let (start, end) = (&chars[..head], &chars[chars.len() - tail..]);
-    format!(
-        "{}~{}",
-        start.iter().collect::<String>(),
-        end.iter().collect::<String>()
-    )
 }
 
 /// The model (its folder's name, `+prune` with a prune step), the steps done in percent, and

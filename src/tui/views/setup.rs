@@ -9,7 +9,7 @@ use ratatui::Frame;
 use super::{draw_fields, FormLine};
 use crate::memory::human_bytes;
 use crate::tui::app::{App, EditTarget};
-use crate::tui::setup::{FieldId, Kind, Setup};
+use crate::tui::setup::{FieldId, Setup};
 use crate::tui::theme::Theme;
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
@@ -19,25 +19,31 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
     } else {
         Layout::vertical([Constraint::Min(5), Constraint::Length(8)]).areas(area)
     };
-    let lines = s.fields().map(|(id, value)| FormLine {
-        label: id.label().into(),
-        value: if matches!(id.kind(), Kind::Path(_)) && value.is_empty() {
-            "(none)".into()
-        } else {
-            value.to_string()
-        },
-        choice: !id.choices().is_empty(),
-        typed: app.edit_text(EditTarget::Setup(id)),
+    let mut previous = "";
+    let lines = s.fields().map(|(id, value)| {
+        let section = id.section();
+        let heading = (section != previous).then(|| format!("[{section}]"));
+        previous = section;
+        FormLine {
+            heading,
+            label: id.label(),
+            value: if value.is_empty() {
+                id.placeholder()
+            } else {
+                value.to_string()
+            },
+            choice: !id.choices().is_empty(),
+            typed: app.edit_text(EditTarget::Setup(id)),
+        }
     });
-    // The selected key's section and its place among the fields (the list scrolls).
-    let key = s.selected_field().key();
-    let section = key.split_once('.').map_or(key, |(section, _)| section);
+    // The selected key and its place among the fields (the list scrolls).
     let title = format!(
-        "Setup: [{section}] {}/{}",
+        "Setup: {} {}/{}",
+        s.selected_field().key(),
         s.selected + 1,
-        crate::tui::setup::FieldId::ALL.len()
+        FieldId::all().len()
     );
-    draw_fields(f, form, &title, lines, s.selected, 14, theme);
+    draw_fields(f, form, &title, lines, s.selected, 20, theme);
     f.render_widget(
         Paragraph::new(detected_lines(app, theme))
             .wrap(Wrap { trim: true })
@@ -95,24 +101,37 @@ fn model_lines(s: &Setup, theme: Theme) -> Vec<Line<'static>> {
     lines
 }
 
+/// The selected field's doc comment (and a list's choices): what the key does.
+fn help_line(id: FieldId, theme: Theme) -> Line<'static> {
+    let mut text = id.doc().to_string();
+    if let Some(names) = id.item_choices() {
+        text = format!("{text} (comma-separated: {})", names.join(", "));
+    }
+    if text.is_empty() {
+        text = id.key().to_string();
+    }
+    Line::styled(text, theme.fg(Color::Cyan))
+}
+
 /// What the Detected panel says about the model, the prune step and the data.
 fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
     let s = &app.setup;
-    let mut lines = model_lines(s, theme);
+    let mut lines = vec![help_line(s.selected_field(), theme)];
+    lines.extend(model_lines(s, theme));
     if s.pruning() {
-        let pattern = s.value(FieldId::PrunePattern);
+        let pattern = s.value(FieldId::PRUNE_PATTERN);
         let unstructured = pattern.parse::<crate::sparsity::Layout>().ok()
             == Some(crate::sparsity::Layout::Unstructured);
-        let sparsity = s.value(FieldId::PruneSparsity);
+        let sparsity = s.value(FieldId::PRUNE_SPARSITY);
         lines.push(Line::from(format!(
             "prune step: {} {} {} before training, calibrated on the train data",
-            s.value(FieldId::PruneMethod),
+            s.value(FieldId::PRUNE_METHOD),
             pattern,
             if unstructured { sparsity } else { "" }
         )));
     }
     for (id, info) in &s.data {
-        let label = id.label();
+        let label = id.key();
         lines.push(match info {
             Ok(d) => Line::from(format!(
                 "{label}: {} records ({}{}), {} tokens = {} sequences of {}",
@@ -125,7 +144,7 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
                 },
                 d.tokens,
                 d.sequences,
-                s.value(FieldId::SeqLen)
+                s.value(FieldId::SEQ_LEN)
             )),
             Err(e) => Line::styled(format!("{label}: {e}"), theme.fg(Color::Red)),
         });

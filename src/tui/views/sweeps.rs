@@ -177,6 +177,7 @@ impl Shown<'_> {
 fn draw_form(f: &mut Frame, area: Rect, app: &App, form: &SweepForm, theme: Theme) {
     let [fields, info] = Layout::vertical([Constraint::Length(11), Constraint::Min(3)]).areas(area);
     let lines = FormField::ALL.iter().map(|field| FormLine {
+        heading: None,
         label: field.label(),
         value: form.text(*field),
         choice: field.is_choice(),
