@@ -1725,6 +1725,23 @@ fn overlay_symbols_are_stable_and_log_axes_read_in_units() {
         !screen.contains("1.25"),
         "ln(3.5) is not a label:\n{screen}"
     );
+    // Left/Right put a cursor on the overlay: each marked run's train loss at that step.
+    press(&mut app, KeyCode::Char('3'));
+    press(&mut app, KeyCode::Left);
+    assert_eq!(
+        app.overlay_step,
+        Some(3),
+        "the first press starts at the newest step"
+    );
+    press(&mut app, KeyCode::Left);
+    let screen = render(&app, 120, 40, true);
+    assert!(screen.contains("at step 2"), "{screen}");
+    // The fake curves are 4.0 - 0.5 * step: 3.0 at step 2.
+    assert!(screen.contains("run-b 3.0000"), "{screen}");
+    for _ in 0..5 {
+        press(&mut app, KeyCode::Left);
+    }
+    assert_eq!(app.overlay_step, Some(1), "it stops at the first step");
 }
 
 /// Every view and popup at 80x24 and 120x40, compared with the screens kept in
@@ -1732,8 +1749,8 @@ fn overlay_symbols_are_stable_and_log_axes_read_in_units() {
 /// them after a deliberate change). Driven by keys over fake run directories, including the
 /// false-state cases: a running run among finished ones (the Run view opens on it) and a
 /// confirm dialog at 80 columns. Paths are the repository's relative ones and times UTC, so
-/// the screens are the same on any machine (the pickers, which list absolute paths, and the
-/// delete dialog, which names a temporary one, have their own tests).
+/// the screens are the same on any machine (the delete dialog, which names a temporary
+/// path, has its own test).
 #[test]
 fn snapshots_of_every_view_and_popup() {
     std::env::set_var("TZ", "UTC");
@@ -1752,11 +1769,17 @@ fn snapshots_of_every_view_and_popup() {
     base.train.output_dir = "runs".into();
     let mut app = App::new(base);
     let s = search(tmp.path());
+    // Labels relative to the checkout, as the picker fits them to its width.
+    let relative = |mut c: catalog::Candidate| {
+        c.label = c.path.strip_prefix(repo()).unwrap().display().to_string();
+        c
+    };
     app.set_catalog(
         catalog::list_profiles(&repo().join("profiles")),
         s.models()
             .into_iter()
             .filter(|c| c.path.starts_with(repo().join("assets")))
+            .map(relative)
             .collect(),
         s.datasets()
             .into_iter()

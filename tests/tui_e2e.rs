@@ -178,16 +178,17 @@ fn launch_watch_finish_and_quit_in_a_real_terminal() {
     assert!(screen.contains("demo-model [assets]"), "{screen}");
     keep_screen("setup-picker", &screen);
     tui.send("Enter");
-    for _ in 0..4 {
-        tui.send("Down");
-    }
+    // PgDn: the next section's first key, `data.train`.
+    tui.send("NPage");
     tui.send("Enter");
-    let screen = tui.wait_for("pick train data", 10);
+    let screen = tui.wait_for("pick data.train", 10);
     assert!(screen.contains("train.jsonl [assets]"), "{screen}");
     tui.send("Enter");
-    let screen = tui.wait_for("sequences of 64", 30);
+    // The picker closes (Setup's footer is back), then the data's check comes in.
+    tui.wait_for("l/F5 launch", 10);
+    let screen = tui.wait_for("ready to launch", 30);
     assert!(
-        screen.contains("unstructured 50.0% sparse") && screen.contains("ready to launch"),
+        screen.contains("unstructured 50.0% sparse") && screen.contains("sequences of 64"),
         "{screen}"
     );
     keep_screen("setup", &screen);
@@ -479,7 +480,9 @@ fn a_sweep_defined_watched_sorted_and_promoted_in_a_real_terminal() {
     tui.send("S");
     let screen = tui.wait_for("new sweep over the Setup", 10);
     assert!(
-        screen.contains("< rank >") && screen.contains("2, 4") && screen.contains("ready: l"),
+        screen.contains("< adapter.rank >")
+            && screen.contains("2, 4")
+            && screen.contains("ready: l"),
         "{screen}"
     );
     keep_screen("sweep-form", &screen);

@@ -213,6 +213,28 @@ impl App {
         }
     }
 
+    /// Move the overlay's cursor one train step (of any marked run) back or on; the first
+    /// press starts at the newest.
+    fn move_overlay_cursor(&mut self, step: isize) {
+        let mut steps: Vec<usize> = self
+            .runs
+            .iter()
+            .filter(|r| self.marked.contains(&r.path))
+            .flat_map(|r| r.summary.train_curve.iter().map(|p| p.0))
+            .collect();
+        steps.sort_unstable();
+        steps.dedup();
+        let Some(last) = steps.len().checked_sub(1) else {
+            self.overlay_step = None;
+            return;
+        };
+        let at = match self.overlay_step {
+            Some(s) => steps.partition_point(|&x| x < s) as isize + step,
+            None => last as isize,
+        };
+        self.overlay_step = Some(steps[at.clamp(0, last as isize) as usize]);
+    }
+
     pub(super) fn runs_action(&mut self, action: Action, step: isize) -> Vec<Effect> {
         let n = self.runs.len();
         if n == 0 {
@@ -229,6 +251,7 @@ impl App {
                 self.focused = Some(path);
                 self.view = View::Run;
             }
+            Action::Cursor => self.move_overlay_cursor(step),
             Action::Replay => return vec![Effect::Replay(path)],
             Action::Resume => return self.resume_run(path),
             Action::EditProfile => {

@@ -268,6 +268,8 @@ pub struct App {
     pub log_back: usize,
     /// The loss chart's cursor: an index into the focused run's train steps (none: off).
     pub cursor: Option<usize>,
+    /// The Runs overlay's cursor: a step among the marked runs' train steps (none: off).
+    pub overlay_step: Option<usize>,
     /// Show only the last this many steps of the loss chart (`None`: all).
     pub zoom_last: Option<usize>,
     /// One line of feedback in the footer.
@@ -313,6 +315,7 @@ impl App {
             layers_top: 0,
             log_back: 0,
             cursor: None,
+            overlay_step: None,
             zoom_last: None,
             notice: None,
             launch_waiting: false,

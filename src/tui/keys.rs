@@ -161,6 +161,7 @@ pub const BINDINGS: &[Binding] = &[
     bind(S::Run, &[PageUp, PageDown], A::ScrollLog, "", "scroll the events or output back / on"),
     bind(S::Runs, UP_DOWN, A::Move, "", "select a run"),
     bind(S::Runs, &[Char(' ')], A::Mark, "mark", "mark for the loss overlay"),
+    bind(S::Runs, LEFT_RIGHT, A::Cursor, "", "move the overlay's cursor: each run's loss at a step"),
     bind(S::Runs, &[Enter], A::Activate, "open", "open in Run"),
     bind(S::Runs, &[Char('v')], A::Evaluate, "evaluate", "score its [eval] tasks"),
     bind(S::Runs, &[Char('o')], A::Order, "order", "order: newest, val loss, accuracy, name"),

@@ -159,6 +159,11 @@ fn draw_overlay(
     plot::render(f, area, plot, theme);
 }
 
+/// A curve's newest point at or before `step`.
+fn at_or_before(curve: &[(usize, f64)], step: usize) -> Option<(usize, f64)> {
+    curve.iter().rev().find(|(s, _)| *s <= step).copied()
+}
+
 /// One line of a form: its label and value, whether Left/Right cycle the value, and the text
 /// being typed into it, if it is being edited; a heading to show above it, if any.
 struct FormLine<'a> {

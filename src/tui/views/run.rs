@@ -7,7 +7,7 @@ use ratatui::text::Line;
 use ratatui::widgets::{Paragraph, Sparkline, Wrap};
 use ratatui::Frame;
 
-use super::{accuracy_text, ascii_bar, eval_job_text, state_text, view_points};
+use super::{accuracy_text, ascii_bar, at_or_before, eval_job_text, state_text, view_points};
 use crate::memory::human_bytes;
 use crate::train::{MetricRow, RunState};
 use crate::tui::app::App;
@@ -138,14 +138,8 @@ fn draw_accuracy(f: &mut Frame, area: Rect, run: &RunInfo, theme: Theme) {
 /// loss of the newest evaluation at or before that step).
 fn cursor_text(app: &App, run: &RunInfo) -> Option<String> {
     let &(step, train) = run.summary.train_curve.get(app.cursor?)?;
-    let valid = run
-        .summary
-        .eval_curve
-        .iter()
-        .rev()
-        .find(|(s, _)| *s <= step);
-    Some(match valid {
-        Some((at, v)) if *at == step => format!("step {step}: train {train:.4}, valid {v:.4}"),
+    Some(match at_or_before(&run.summary.eval_curve, step) {
+        Some((at, v)) if at == step => format!("step {step}: train {train:.4}, valid {v:.4}"),
         Some((at, v)) => format!("step {step}: train {train:.4}, valid {v:.4} (step {at})"),
         None => format!("step {step}: train {train:.4}"),
     })

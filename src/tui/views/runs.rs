@@ -7,7 +7,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Paragraph, Row, Table, TableState};
 use ratatui::Frame;
 
-use super::{accuracy_text, draw_overlay, eval_job_text, state_text, view_points, Curve};
+use super::{
+    accuracy_text, at_or_before, draw_overlay, eval_job_text, state_text, view_points, Curve,
+};
 use crate::tui::app::App;
 use crate::tui::text::fit_middle;
 use crate::tui::theme::{Theme, SYMBOLS};
@@ -223,16 +225,21 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         .collect();
     let [chart, legend] =
         Layout::vertical([Constraint::Min(3), Constraint::Length(1)]).areas(chart_area);
-    let title = format!(
-        "loss{} of the marked runs: train (line), validation (points)",
-        if log { " (log scale)" } else { "" }
-    );
+    let scale = if log { " (log scale)" } else { "" };
+    let title = match app.overlay_step {
+        Some(step) => format!("loss{scale} at step {step} (Left/Right): train, in the legend"),
+        None => format!("loss{scale} of the marked runs: train (line), validation (points)"),
+    };
     draw_overlay(f, chart, &title, &curves, log, theme);
     let spans: Vec<Span> = overlay
         .iter()
         .zip(&slots)
         .flat_map(|(r, &slot)| {
-            let label = format!("{} {}", SYMBOLS[slot % SYMBOLS.len()], r.name);
+            let mut label = format!("{} {}", SYMBOLS[slot % SYMBOLS.len()], r.name);
+            if let Some(step) = app.overlay_step {
+                let at = at_or_before(&r.summary.train_curve, step);
+                label += &at.map_or(" -".into(), |(_, loss)| format!(" {loss:.4}"));
+            }
             [
                 Span::styled(label, theme.fg(theme.series_color(slot))),
                 Span::raw("  "),

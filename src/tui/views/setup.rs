@@ -116,7 +116,11 @@ fn help_line(id: FieldId, theme: Theme) -> Line<'static> {
 /// What the Detected panel says about the model, the prune step and the data.
 fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
     let s = &app.setup;
-    let mut lines = vec![help_line(s.selected_field(), theme)];
+    // Whether it can launch comes first: in a short panel the data counts are cut, not it.
+    let mut lines = vec![
+        launch_line(app, theme),
+        help_line(s.selected_field(), theme),
+    ];
     lines.extend(model_lines(s, theme));
     if s.pruning() {
         let pattern = s.value(FieldId::PRUNE_PATTERN);
@@ -149,14 +153,18 @@ fn detected_lines(app: &App, theme: Theme) -> Vec<Line<'static>> {
             Err(e) => Line::styled(format!("{label}: {e}"), theme.fg(Color::Red)),
         });
     }
-    // Ready only once the checks are in: until then `l` waits for them.
-    match (&s.error, s.checking(&app.base)) {
-        (Some(e), _) => lines.push(Line::styled(format!("invalid: {e}"), theme.fg(Color::Red))),
-        (None, Some(what)) => lines.push(Line::styled(
+    lines
+}
+
+/// Whether the Setup can launch: invalid (why), still checking, or ready. Ready only once the
+/// checks are in: until then `l` waits for them.
+fn launch_line(app: &App, theme: Theme) -> Line<'static> {
+    match (&app.setup.error, app.setup.checking(&app.base)) {
+        (Some(e), _) => Line::styled(format!("invalid: {e}"), theme.fg(Color::Red)),
+        (None, Some(what)) => Line::styled(
             format!("checking {what}... (l launches once it passes)"),
             theme.fg(Color::Yellow),
-        )),
-        (None, None) => lines.push(Line::styled("ready to launch (l)", theme.fg(Color::Green))),
+        ),
+        (None, None) => Line::styled("ready to launch (l)", theme.fg(Color::Green)),
     }
-    lines
 }
