@@ -124,4 +124,13 @@ fn train_without_a_profile_runs_the_bundled_default_anywhere() {
     let p = Profile::load(&run.profile_path(), &[]).unwrap();
     assert!(p.model.path.starts_with(cache.join("lors/bundled")));
     assert_eq!(p.train.max_steps, Some(3));
+    // The live bytes after the gradient init are the tensors' (the demo's model, adapters
+    // and optimiser state are ~7 MiB), not the ~1 GiB per thread of scratch that the
+    // solvers' matrix kernels reserve (and never touch) on the threads they run on.
+    assert_eq!(p.adapter.init, lors::adapters::Init::Gradient);
+    for row in run.read_metrics().unwrap() {
+        if let lors::train::MetricRow::Train { live_bytes, .. } = row {
+            assert!(live_bytes < 64 << 20, "live bytes {live_bytes}");
+        }
+    }
 }

@@ -128,6 +128,7 @@ pub fn gradient_init(
         used += bytes;
     }
     let mut clock = InitClock::new(groups.len() * batches.len(), adapted.len());
+    let solver = solver_threads()?;
     for group in &groups {
         let mut grads = Gradients::probing(group.iter().map(|&i| adapted[i].0));
         for batch in batches {
@@ -142,7 +143,7 @@ pub fn gradient_init(
                 LorsError::invalid("adapter.init", format!("{name} received no gradient"))
             })?;
             let rank = layer.config().rank;
-            let v = top_right_singular_vectors(&g, rank, seed ^ i as u64)?;
+            let v = solver.install(|| top_right_singular_vectors(&g, rank, seed ^ i as u64))?;
             let a = (v / stable_gamma)?;
             let [(_, _), (_, b)] = layer.trainable();
             layer.set_adapter(&a, &b.zeros_like()?)?;
@@ -155,6 +156,19 @@ pub fn gradient_init(
         sequences: batches.iter().map(|b| b.ids.dim(0).unwrap_or(0)).sum(),
         sweeps: groups.len(),
     })
+}
+
+/// Threads of their own for the eigen- and singular-value solvers. faer's matrix kernels keep
+/// a scratch buffer per thread of twice the L3 cache, allocated at their first use and never
+/// touched after (no resident memory, but ~1 GiB each in the counting allocator's live
+/// bytes); on these threads, which end with the init, the buffers go with them, and the live
+/// bytes of the training that follows are its tensors again.
+fn solver_threads() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("lors-init-solver-{i}"))
+        .build()
+        .map_err(|e| LorsError::invalid("adapter.init", format!("solver threads: {e}")))
 }
 
 /// `t` (2-D) as a host f64 matrix.
