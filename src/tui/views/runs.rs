@@ -231,15 +231,25 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         None => format!("loss{scale} of the marked runs: train (line), validation (points)"),
     };
     draw_overlay(f, chart, &title, &curves, log, theme);
+    // Every marked run gets its share of the legend line, its name elided in the middle.
+    let share = (legend.width as usize / overlay.len()).saturating_sub(2);
     let spans: Vec<Span> = overlay
         .iter()
         .zip(&slots)
         .flat_map(|(r, &slot)| {
-            let mut label = format!("{} {}", SYMBOLS[slot % SYMBOLS.len()], r.name);
-            if let Some(step) = app.overlay_step {
-                let at = at_or_before(&r.summary.train_curve, step);
-                label += &at.map_or(" -".into(), |(_, loss)| format!(" {loss:.4}"));
-            }
+            // At the cursor: the train loss there, `-` for a run that did not reach it.
+            let value = app.overlay_step.map(|step| {
+                let curve = &r.summary.train_curve;
+                let reached = curve.last().is_some_and(|&(last, _)| last >= step);
+                match at_or_before(curve, step).filter(|_| reached) {
+                    Some((_, loss)) => format!(" {loss:.4}"),
+                    None => " -".into(),
+                }
+            });
+            let value = value.unwrap_or_default();
+            let room = share.saturating_sub(2 + value.len()).max(8);
+            let name = fit_middle(&r.name, room);
+            let label = format!("{} {name}{value}", SYMBOLS[slot % SYMBOLS.len()]);
             [
                 Span::styled(label, theme.fg(theme.series_color(slot))),
                 Span::raw("  "),
