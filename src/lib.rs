@@ -19,6 +19,7 @@ pub mod model;
 pub mod names;
 pub mod prune;
 pub mod report;
+pub mod slurm;
 pub mod sources;
 pub mod sparsity;
 pub mod sweep;

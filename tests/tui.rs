@@ -609,6 +609,7 @@ fn fake_run_of(
         message: Some("training".into()),
         error: None,
         control_ack: 0,
+        slurm_job: None,
     })
     .unwrap();
     run.path

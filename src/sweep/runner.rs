@@ -16,9 +16,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::asha::{Asha, Decision};
-use super::spec::{SweepSpec, Trial};
+use super::spec::{Executor, SweepSpec, Trial};
 use crate::error::{LorsError, Result};
 use crate::io::{spawn_detached, write_atomic, write_json_atomic};
+use crate::slurm::{self, JobState};
 use crate::train::{ControlRequest, MetricRow, Override, Profile, RunDir, RunState, RunsFolder};
 
 /// Where a trial stands.
@@ -57,6 +58,26 @@ pub struct TrialRecord {
     pub evals: Vec<(usize, f64)>,
     /// Why it failed, or the rung it was stopped at.
     pub note: Option<String>,
+    /// Its SLURM job and that job's last state (executor `slurm`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<TrialJob>,
+}
+
+/// A trial's SLURM job as the sweep last saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialJob {
+    pub id: String,
+    #[serde(flatten)]
+    pub state: JobState,
+}
+
+impl TrialRecord {
+    /// The SLURM job name of the trial: its run directory's name.
+    fn job_name(&self) -> String {
+        self.run_dir
+            .file_name()
+            .map_or("lors-trial".into(), |n| n.to_string_lossy().into_owned())
+    }
 }
 
 impl TrialRecord {
@@ -215,6 +236,7 @@ impl Sweep {
                 state: TrialState::Pending,
                 evals: Vec::new(),
                 note: None,
+                job: None,
             })
             .collect();
         let sweep_text = sweep_profile_text(&base, &sweep_table)?;
@@ -255,10 +277,28 @@ impl Sweep {
             }
         }
         // A trial launched just before a crash whose process never created its run starts
-        // again.
+        // again, unless it is a SLURM job that is still queued or running; a pending trial
+        // whose job was submitted but not recorded takes that job.
+        let slurm = matches!(spec.executor, Executor::Slurm(_));
         for t in &mut state.trials {
-            if t.state == TrialState::Running && !t.run_dir.join("profile.toml").is_file() {
+            let queued = || t.job.as_ref().is_some_and(|j| job_active(&j.id));
+            if t.state == TrialState::Running
+                && !t.run_dir.join("profile.toml").is_file()
+                && !(slurm && queued())
+            {
                 t.state = TrialState::Pending;
+            }
+            if slurm && t.state == TrialState::Pending {
+                if let Some(id) = slurm::active_jobs_named(&t.job_name())?.pop() {
+                    t.job = Some(TrialJob {
+                        id,
+                        state: JobState {
+                            state: "PENDING".into(),
+                            reason: None,
+                        },
+                    });
+                    t.state = TrialState::Running;
+                }
             }
         }
         Ok(Self {
@@ -283,6 +323,9 @@ impl Sweep {
             if every == 0 || e.rungs.iter().any(|r| r % every != 0) {
                 profile.train.eval_every = e.rungs.iter().fold(0, |g, r| gcd(g, *r));
             }
+            // Each trial waits at a rung for its verdict: it stops exactly there, however
+            // fast the sweep looks (the same table locally and on a cluster).
+            profile.train.pause_at = e.rungs.clone();
         }
         Ok(profile)
     }
@@ -305,7 +348,7 @@ impl Sweep {
         self.save()?;
         progress(&self.state);
         while !self.state.is_done() {
-            let mut changed = false;
+            let mut changed = self.refresh_jobs()?;
             for i in 0..self.state.trials.len() {
                 if self.state.trials[i].state == TrialState::Running {
                     changed |= self.watch(i)?;
@@ -329,11 +372,15 @@ impl Sweep {
                 continue;
             }
             let profile = self.trial_profile(i)?;
+            // Locally, per device; on SLURM, jobs in flight (the cluster places them).
+            let local = self.spec.executor == Executor::Local;
             let busy = (0..self.state.trials.len())
                 .filter(|&j| self.state.trials[j].state == TrialState::Running)
                 .filter(|&j| {
-                    self.trial_profile(j)
-                        .is_ok_and(|p| p.train.device == profile.train.device)
+                    !local
+                        || self
+                            .trial_profile(j)
+                            .is_ok_and(|p| p.train.device == profile.train.device)
                 })
                 .count();
             if busy >= self.spec.concurrency {
@@ -366,22 +413,92 @@ impl Sweep {
                 record.run_dir.clone().into(),
             ]
         };
-        spawn_detached(&args, &self.dir.join(format!("{stem}.log")))?;
+        let log = self.dir.join(format!("{stem}.log"));
+        match &self.spec.executor {
+            Executor::Local => spawn_detached(&args, &log)?,
+            Executor::Slurm(settings) => {
+                let cwd = std::env::current_dir().map_err(|e| LorsError::io(&self.dir, e))?;
+                let id = slurm::submit(settings, &record.job_name(), &args, &log, &cwd)?;
+                record.job = Some(TrialJob {
+                    id,
+                    state: JobState {
+                        state: "PENDING".into(),
+                        reason: None,
+                    },
+                });
+            }
+        }
         record.state = TrialState::Running;
         Ok(())
+    }
+
+    /// Read the SLURM states of the running trials' jobs (one `squeue`); whether any changed.
+    fn refresh_jobs(&mut self) -> Result<bool> {
+        if self.spec.executor == Executor::Local {
+            return Ok(false);
+        }
+        let running = |t: &&mut TrialRecord| t.state == TrialState::Running;
+        let ids: Vec<String> = self
+            .state
+            .trials
+            .iter_mut()
+            .filter(running)
+            .filter_map(|t| Some(t.job.as_ref()?.id.clone()))
+            .collect();
+        let states = slurm::states(&ids)?;
+        let mut changed = false;
+        for t in self.state.trials.iter_mut().filter(running) {
+            let Some(job) = t.job.as_mut() else { continue };
+            // A job neither squeue nor scontrol knows has long ended.
+            let now = states.get(&job.id).cloned().unwrap_or(JobState {
+                state: "GONE".into(),
+                reason: None,
+            });
+            changed |= job.state != now;
+            job.state = now;
+        }
+        Ok(changed)
     }
 
     /// Look at running trial `i`: new evaluations go to early stopping, an ended run ends
     /// the trial, a dead one is resumed from its checkpoint. Whether anything changed.
     fn watch(&mut self, i: usize) -> Result<bool> {
         let run_dir = self.state.trials[i].run_dir.clone();
+        // On SLURM, whether the trial's job still lives (as of this round's `squeue`).
+        let job_ended = self.state.trials[i]
+            .job
+            .as_ref()
+            .map(|j| !j.state.is_active());
+        let interrupted = self.state.trials[i].job.as_ref().is_some_and(|j| {
+            ["CANCELLED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "GONE"]
+                .iter()
+                .any(|s| j.state.state.starts_with(s))
+        });
         let Ok(run) = RunDir::open(&run_dir) else {
-            return Ok(false); // its process has not created it yet
+            // Its process has not created it yet; a job that ended first failed.
+            if let Some(job) = self.state.trials[i]
+                .job
+                .as_ref()
+                .filter(|_| job_ended == Some(true))
+            {
+                let note = format!(
+                    "SLURM job {} ended ({}) before the run began",
+                    job.id, job.state
+                );
+                let record = &mut self.state.trials[i];
+                record.state = TrialState::Failed;
+                record.note = Some(note);
+                return Ok(true);
+            }
+            return Ok(false);
         };
         let changed = self.take_evals(i, &run)?;
         let Ok(status) = run.read_status() else {
             return Ok(changed);
         };
+        if status.state == RunState::Paused {
+            self.repeat_verdict(i, &run, &status)?;
+        }
         let record = &mut self.state.trials[i];
         match status.state {
             RunState::Finished => record.state = TrialState::Finished,
@@ -393,24 +510,64 @@ impl Sweep {
             {
                 record.state = TrialState::StoppedEarly
             }
+            // Its process ended; the job's end is the verdict.
+            RunState::Stopped | RunState::Failed if job_ended == Some(false) => {
+                return Ok(changed);
+            }
+            // A job SLURM cancelled, preempted or timed out checkpointed on the signal and
+            // stopped: it goes on from there, in a new job.
+            RunState::Stopped if interrupted => return self.relaunch(i, &status),
             RunState::Stopped | RunState::Failed => {
                 record.state = TrialState::Failed;
                 record.note = status.error.or(status.message);
             }
-            RunState::Crashed => {
-                // Relaunch once per crash: the new process rewrites the status when it starts.
-                if self.relaunched.get(&i) == Some(&status.updated_at) {
-                    return Ok(changed);
-                }
-                self.relaunched.insert(i, status.updated_at);
-                let profile = self.trial_profile(i)?;
-                self.launch(i, &profile)?;
+            // Its job ended under it (killed without a chance to write): resume.
+            RunState::Initializing | RunState::Running | RunState::Paused
+                if job_ended == Some(true) =>
+            {
+                return self.relaunch(i, &status)
             }
+            RunState::Initializing | RunState::Running | RunState::Paused
+                if job_ended.is_some() =>
+            {
+                return Ok(changed);
+            }
+            RunState::Crashed => return self.relaunch(i, &status).map(|r| r | changed),
             RunState::Initializing | RunState::Running | RunState::Paused => {
                 // A dead process is marked crashed here and resumed at the next look.
                 return Ok(changed | run.mark_crashed_if_dead()?.is_some());
             }
         }
+        Ok(true)
+    }
+
+    /// A trial waiting at a rung whose verdict it has not received (sent before the sweep
+    /// process was restarted, or lost with it) gets it again, unless a request is pending.
+    fn repeat_verdict(&self, i: usize, run: &RunDir, status: &crate::train::Status) -> Result<()> {
+        let verdict = self
+            .state
+            .reports
+            .iter()
+            .find(|r| r.trial == i && r.step == status.step);
+        let pending = run
+            .read_control()?
+            .is_some_and(|c| c.id > status.control_ack);
+        match verdict.map(|r| r.decision) {
+            Some(Decision::Continue) if !pending => run.request(ControlRequest::Resume).map(|_| ()),
+            Some(Decision::Stop) if !pending => run.request(ControlRequest::Stop).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Resume trial `i` from its newest checkpoint, once per ended process (the status it
+    /// left, by its `updated_at`; the new process rewrites it when it starts).
+    fn relaunch(&mut self, i: usize, status: &crate::train::Status) -> Result<bool> {
+        if self.relaunched.get(&i) == Some(&status.updated_at) {
+            return Ok(false);
+        }
+        self.relaunched.insert(i, status.updated_at);
+        let profile = self.trial_profile(i)?;
+        self.launch(i, &profile)?;
         Ok(true)
     }
 
@@ -448,13 +605,28 @@ impl Sweep {
                 loss,
                 decision,
             });
-            if decision == Decision::Stop && record.note.is_none() {
-                record.note = Some(format!("rung at step {step}: loss {loss:.4}"));
-                run.request(ControlRequest::Stop)?;
+            match decision {
+                Decision::Stop if record.note.is_none() => {
+                    record.note = Some(format!("rung at step {step}: loss {loss:.4}"));
+                    run.request(ControlRequest::Stop)?;
+                }
+                Decision::Stop => {}
+                // It waits at the rung (`pause_at`): on it goes.
+                Decision::Continue => {
+                    run.request(ControlRequest::Resume)?;
+                }
             }
         }
         Ok(true)
     }
+}
+
+/// Whether SLURM has job `id` queued or running (a SLURM that cannot be asked: yes).
+fn job_active(id: &str) -> bool {
+    let id = id.to_string();
+    slurm::states(std::slice::from_ref(&id))
+        .map(|s| s.get(&id).is_some_and(JobState::is_active))
+        .unwrap_or(true)
 }
 
 fn gcd(a: usize, b: usize) -> usize {

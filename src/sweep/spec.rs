@@ -6,13 +6,20 @@
 //! search = "random"        # grid (default) | random
 //! trials = 6               # random: the budget; grid: at most this many combinations
 //! seed = 0
-//! concurrency = 1          # trials at once per device
+//! concurrency = 1          # trials at once per device (slurm: jobs in flight)
+//! executor = "local"       # local (default) | slurm: each trial a batch job
 //! adapter.rank = [4, 8]
 //! optim.lr = { log_uniform = [1e-4, 1e-2] }
 //!
 //! [sweep.early_stop]
 //! rungs = [20, 40]         # steps where validation losses are compared
 //! reduction = 3            # keep the best 1/3 at each rung
+//!
+//! [sweep.slurm]            # with executor = "slurm"; every key optional
+//! partition = "gpu"
+//! gres = "gpu:1"
+//! time = "2:00:00"
+//! setup = "module load cuda"
 //! ```
 
 use std::collections::BTreeMap;
@@ -22,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{LorsError, Result};
+use crate::slurm::SlurmSettings;
 use crate::train::Override;
 
 /// How trials are chosen.
@@ -67,6 +75,16 @@ fn default_reduction() -> f64 {
     3.0
 }
 
+/// Where trials run.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub enum Executor {
+    /// Detached processes on this machine.
+    #[default]
+    Local,
+    /// SLURM batch jobs (`[sweep.slurm]`), followed with `squeue`.
+    Slurm(SlurmSettings),
+}
+
 /// A parsed `[sweep]` section.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SweepSpec {
@@ -78,6 +96,7 @@ pub struct SweepSpec {
     /// Swept keys (dotted profile keys) in key order.
     pub axes: Vec<(String, Axis)>,
     pub early_stop: Option<EarlyStop>,
+    pub executor: Executor,
 }
 
 /// One trial: its number and the value of each swept key.
@@ -133,10 +152,15 @@ impl SweepSpec {
             concurrency: 1,
             axes: Vec::new(),
             early_stop: None,
+            executor: Executor::Local,
         };
         let mut axes = toml::Table::new();
+        let mut slurm: Option<SlurmSettings> = None;
+        let mut executor = "local".to_string();
         for (key, value) in table {
             match key.as_str() {
+                "executor" => executor = typed(key, value, "local or slurm")?,
+                "slurm" => slurm = Some(typed(key, value, "a table of sbatch settings")?),
                 "search" => spec.search = typed(key, value, "grid or random")?,
                 "trials" => spec.trials = Some(typed(key, value, "a number of trials")?),
                 "seed" => spec.seed = typed(key, value, "an integer seed")?,
@@ -149,6 +173,14 @@ impl SweepSpec {
                 }
             }
         }
+        spec.executor = match (executor.as_str(), slurm) {
+            ("local", None) => Executor::Local,
+            ("slurm", settings) => Executor::Slurm(settings.unwrap_or_default()),
+            ("local", Some(_)) => {
+                return Err(bad("slurm", "needs executor = \"slurm\""));
+            }
+            (other, _) => return Err(bad("executor", format!("`{other}` is not local or slurm"))),
+        };
         collect_axes("", &axes, &mut spec.axes)?;
         spec.check()?;
         Ok(spec)

@@ -289,6 +289,11 @@ pub struct TrainSection {
     /// Export the merged model into the run directory when training ends.
     #[serde(default)]
     pub merge_at_end: bool,
+    /// Pause after these steps until a resume or a stop arrives (a sweep's rungs: a trial
+    /// waits for its early-stopping verdict, so where it stops does not depend on timing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(!skip_serializing_if)]
+    pub pause_at: Vec<usize>,
     /// What each decoder block keeps for its backward: `selective` (the products of matrix
     /// multiplications; fastest) or `block` (only its input; least memory, one more forward).
     #[serde(default)]

@@ -74,6 +74,24 @@ pub struct Status {
     /// Id of the last control request the run has acted on.
     #[serde(default)]
     pub control_ack: u64,
+    /// The SLURM job the process runs in (`SLURM_JOB_ID`), if any: then the job's state,
+    /// not a local process id, says whether it lives (the process may run on another node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<String>,
+}
+
+impl Status {
+    /// Whether the process that writes this status still lives: its SLURM job is queued or
+    /// running, or (outside SLURM) its process id is alive here. A SLURM that cannot be
+    /// asked counts as alive (nothing is marked crashed on a guess).
+    pub fn process_alive(&self) -> bool {
+        match &self.slurm_job {
+            Some(job) => crate::slurm::states(std::slice::from_ref(job))
+                .map(|s| s.get(job).is_some_and(crate::slurm::JobState::is_active))
+                .unwrap_or(true),
+            None => process_alive(self.pid),
+        }
+    }
 }
 
 /// What another process (the TUI) asks a running training to do, between two steps.
@@ -451,7 +469,7 @@ impl RunDir {
     /// When the status says a process works on the run but that process is gone (and holds
     /// no lock), record the run as `crashed` at its last complete step; the new status then.
     pub fn mark_crashed_if_dead(&self) -> Result<Option<Status>> {
-        let dead = |s: &Status| s.state.is_active() && !process_alive(s.pid);
+        let dead = |s: &Status| s.state.is_active() && !s.process_alive();
         if !self.read_status().is_ok_and(|s| dead(&s)) {
             return Ok(None);
         }

@@ -266,10 +266,11 @@ impl RunInfo {
     /// Read the CPU use and resident memory of the run's process while it is active (at most
     /// once per [`CPU_INTERVAL`]); true when the reading changed.
     fn read_process(&mut self) -> bool {
+        // A SLURM job's process id is one on its compute node, not here.
         let pid = self
             .status
             .as_ref()
-            .filter(|s| s.state.is_active())
+            .filter(|s| s.state.is_active() && s.slurm_job.is_none())
             .map(|s| s.pid);
         let Some(pid) = pid.filter(|&p| crate::io::process_alive(p)) else {
             let had = self.process.take().is_some();
@@ -358,7 +359,7 @@ impl RunInfo {
         let looks_dead = self
             .status
             .as_ref()
-            .is_some_and(|s| s.state.is_active() && !crate::io::process_alive(s.pid));
+            .is_some_and(|s| s.state.is_active() && !s.process_alive());
         if !looks_dead {
             return false;
         }

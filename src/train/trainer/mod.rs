@@ -138,7 +138,7 @@ fn run_loop(
     };
     rep.set_status(RunState::Running, s.state.step, Some("training".into()))?;
     while s.state.step < s.total {
-        follow_control(rep, stop, &mut |rep| saver.save(rep, &s.snapshot()?))?;
+        follow_control(rep, stop, &mut |rep| saver.save(rep, &s.snapshot()?), false)?;
         if stop.load(Ordering::SeqCst) {
             saver.save(rep, &s.snapshot()?)?;
             let step = s.state.step;
@@ -168,20 +168,33 @@ fn run_loop(
             saver.save(rep, &s.snapshot()?)?;
         }
         rep.set_status(RunState::Running, step, None)?;
+        if t.pause_at.contains(&step) && step < total {
+            follow_control(rep, stop, &mut |rep| saver.save(rep, &s.snapshot()?), true)?;
+        }
     }
     finish(rep, &s)?;
     end_run(rep, RunState::Finished, s.state.step, "finished", last_eval)
 }
 
-/// Act on new control requests: a pause blocks here (status `paused`) until a resume, a stop
-/// or Ctrl-C; a checkpoint is saved at once (staying paused if paused); a stop sets `stop` for
-/// the loop to checkpoint and end.
+/// Act on new control requests: a pause (or `pause_here`, at a `pause_at` step) blocks here
+/// (status `paused`) until a resume, a stop or Ctrl-C; a checkpoint is saved at once (staying
+/// paused if paused); a stop sets `stop` for the loop to checkpoint and end.
 fn follow_control(
     rep: &mut Reporter,
     stop: &AtomicBool,
     save_now: &mut dyn FnMut(&mut Reporter) -> Result<()>,
+    pause_here: bool,
 ) -> Result<()> {
-    let mut paused = false;
+    let mut paused = pause_here;
+    if paused {
+        rep.pause();
+        let step = rep.status.step;
+        rep.set_status(
+            RunState::Paused,
+            step,
+            Some("paused: waiting to go on".into()),
+        )?;
+    }
     loop {
         let new = rep
             .run

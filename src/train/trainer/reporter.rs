@@ -43,6 +43,7 @@ impl<'a> Reporter<'a> {
                 message: Some("loading model and data".into()),
                 error: None,
                 control_ack: 0,
+                slurm_job: std::env::var("SLURM_JOB_ID").ok(),
             },
             started: Instant::now(),
             earlier: Duration::ZERO,

@@ -1,0 +1,237 @@
+//! Running `lors` commands as SLURM batch jobs: the `[sweep.slurm]` settings, `sbatch` to
+//! submit, `squeue` (then `scontrol`, for jobs that have just left the queue) to follow and
+//! `scancel` to stop. SLURM is the scheduler; this only speaks its commands. A job runs the
+//! same `lors` binary with the same arguments a local process would get, so the run directory
+//! (on the filesystem the login and compute nodes share) is where its state lives.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LorsError, Result};
+
+/// What each job asks SLURM for (`[sweep.slurm]`; every key optional: the cluster's
+/// defaults hold).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlurmSettings {
+    pub partition: Option<String>,
+    /// Generic resources, e.g. `gpu:1`.
+    pub gres: Option<String>,
+    /// Time limit, as `sbatch --time` takes it (`2:00:00`).
+    pub time: Option<String>,
+    pub cpus_per_task: Option<u32>,
+    /// Memory per node, as `sbatch --mem` takes it (`32G`).
+    pub mem: Option<String>,
+    pub account: Option<String>,
+    pub qos: Option<String>,
+    /// More `sbatch` arguments, as given.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+    /// A shell line run before `lors` in the job (`module load cuda`).
+    pub setup: Option<String>,
+}
+
+/// A job's state as SLURM names it (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, `TIMEOUT`,
+/// `PREEMPTED`, `CANCELLED`, `NODE_FAIL`, `OUT_OF_MEMORY`...) and, while it waits, why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobState {
+    pub state: String,
+    pub reason: Option<String>,
+}
+
+impl JobState {
+    /// Whether the job is still queued or running (its process may still write).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state.as_str(),
+            "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED" | "REQUEUED"
+        ) || self.state.starts_with("RESV_DEL_HOLD")
+    }
+}
+
+impl std::fmt::Display for JobState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.reason {
+            Some(r) if self.state == "PENDING" => write!(f, "PENDING ({r})"),
+            _ => f.write_str(&self.state),
+        }
+    }
+}
+
+/// A SLURM command's output, or a clear error: not on the PATH, or its own message.
+fn run(program: &str, args: &[OsString], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| {
+        LorsError::invalid(
+            "sweep.executor",
+            format!("cannot run `{program}` ({e}): is SLURM's client on the PATH?"),
+        )
+    })?;
+    if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
+        input
+            .write_all(text.as_bytes())
+            .map_err(|e| LorsError::invalid("sweep.executor", format!("{program}: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| LorsError::invalid("sweep.executor", format!("{program}: {e}")))?;
+    if !out.status.success() {
+        let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        return Err(LorsError::invalid(
+            "sweep.slurm",
+            format!("{program} refused: {message}"),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The batch script of a job: the setup line, then this `lors` binary with `args`.
+fn batch_script(settings: &SlurmSettings, args: &[OsString]) -> Result<String> {
+    let exe = std::env::current_exe().map_err(|e| LorsError::io(Path::new("lors"), e))?;
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
+    let command: Vec<String> = std::iter::once(exe.as_os_str())
+        .chain(args.iter().map(OsString::as_os_str))
+        .map(quote)
+        .collect();
+    let setup = settings.setup.as_deref().unwrap_or("");
+    Ok(format!("#!/bin/sh\n{setup}\nexec {}\n", command.join(" ")))
+}
+
+/// Submit `lors <args>` as a job named `name`, its output to `log`, working in `dir`; its
+/// job id.
+pub fn submit(
+    settings: &SlurmSettings,
+    name: &str,
+    args: &[OsString],
+    log: &Path,
+    dir: &Path,
+) -> Result<String> {
+    let mut sbatch: Vec<OsString> = vec![
+        "--parsable".into(),
+        format!("--job-name={name}").into(),
+        "--output".into(),
+        log.into(),
+        "--chdir".into(),
+        dir.into(),
+    ];
+    let options = [
+        ("--partition", settings.partition.clone()),
+        ("--gres", settings.gres.clone()),
+        ("--time", settings.time.clone()),
+        (
+            "--cpus-per-task",
+            settings.cpus_per_task.map(|n| n.to_string()),
+        ),
+        ("--mem", settings.mem.clone()),
+        ("--account", settings.account.clone()),
+        ("--qos", settings.qos.clone()),
+    ];
+    for (flag, value) in options {
+        if let Some(v) = value {
+            sbatch.push(format!("{flag}={v}").into());
+        }
+    }
+    sbatch.extend(settings.extra_args.iter().map(OsString::from));
+    let out = run("sbatch", &sbatch, Some(&batch_script(settings, args)?))?;
+    // `--parsable` prints `id` or `id;cluster`.
+    let id = out.trim().split(';').next().unwrap_or("").to_string();
+    if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
+        return Err(LorsError::invalid(
+            "sweep.slurm",
+            format!("sbatch printed no job id: {out:?}"),
+        ));
+    }
+    Ok(id)
+}
+
+/// The states of `ids`: from `squeue` while queued or running, else from `scontrol` while the
+/// controller still remembers them. A job neither knows is left out (long gone).
+pub fn states(ids: &[String]) -> Result<HashMap<String, JobState>> {
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let list = ids.join(",");
+    let args: Vec<OsString> = ["-h", "-o", "%i|%T|%r", "-j", &list]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    // squeue refuses a list with an id it no longer knows; then each is asked alone.
+    let queued = run("squeue", &args, None).unwrap_or_default();
+    for line in queued.lines() {
+        let mut parts = line.split('|');
+        if let (Some(id), Some(state), reason) = (parts.next(), parts.next(), parts.next()) {
+            let reason = reason.filter(|r| !r.is_empty() && *r != "None");
+            out.insert(
+                id.trim().to_string(),
+                JobState {
+                    state: state.to_string(),
+                    reason: reason.map(String::from),
+                },
+            );
+        }
+    }
+    let missing: Vec<&String> = ids.iter().filter(|id| !out.contains_key(*id)).collect();
+    for id in missing {
+        if let Some(state) = remembered(id) {
+            out.insert(id.clone(), state);
+        }
+    }
+    Ok(out)
+}
+
+/// A job's state from `scontrol show job` (which knows ended jobs for a while).
+fn remembered(id: &str) -> Option<JobState> {
+    let args: Vec<OsString> = ["show", "job", "-o", id]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let text = run("scontrol", &args, None).ok()?;
+    let field = |name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(name))
+            .map(String::from)
+    };
+    Some(JobState {
+        state: field("JobState=")?,
+        reason: field("Reason=").filter(|r| r != "None"),
+    })
+}
+
+/// The ids of jobs named `name` that are queued or running.
+pub fn active_jobs_named(name: &str) -> Result<Vec<String>> {
+    let args: Vec<OsString> = ["-h", "-o", "%i", "-n", name]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    Ok(run("squeue", &args, None)?
+        .lines()
+        .map(|l| l.trim().to_string())
+        .filter(|l| !l.is_empty())
+        .collect())
+}
+
+/// Cancel a job, or send it `signal` (`TERM`) only.
+pub fn cancel(id: &str, signal: Option<&str>) -> Result<()> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(s) = signal {
+        // `--full`: the batch script too, which `exec`s lors.
+        args.push("--full".into());
+        args.push(format!("--signal={s}").into());
+    }
+    args.push(id.into());
+    run("scancel", &args, None).map(|_| ())
+}

@@ -1,0 +1,255 @@
+//! The SLURM executor against a real SLURM: a one-node cluster on this machine, which
+//! `scripts/slurm-up.sh` installs (Debian's slurm-wlm and munge) and starts when it is not up
+//! (CI runs the script first; it needs root). The bundled demo sweep runs through
+//! `executor = "slurm"` exactly as through `executor = "local"`; a sweep killed while its jobs
+//! are queued and running resumes without running a trial twice; a trial whose job is
+//! cancelled goes on from its checkpoint to the uninterrupted curve.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use lors::sweep::{SweepState, TrialState};
+use lors::train::run_dir::compare_metrics;
+use lors::train::RunDir;
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The cluster is up (started here if it is not); the guard keeps this file's tests apart,
+/// as their jobs share the node's CPUs.
+fn slurm_up() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let out = Command::new(repo().join("scripts/slurm-up.sh"))
+        .output()
+        .expect("scripts/slurm-up.sh runs");
+    assert!(
+        out.status.success(),
+        "no SLURM cluster: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    guard
+}
+
+/// The bundled demo sweep with `executor` in its `[sweep]`, `set` replacing lines of it, and
+/// `tail` (tables such as `[sweep.slurm]`) after it, written into `dir`.
+fn demo_sweep(dir: &Path, executor: &str, tail: &str, set: &[(&str, &str)]) -> PathBuf {
+    let mut text = std::fs::read_to_string(repo().join("profiles/sweep-demo.toml")).unwrap();
+    for (from, to) in set {
+        assert!(text.contains(from), "{from}");
+        text = text.replace(from, to);
+    }
+    let text = text.replace(
+        "[sweep]\n",
+        &format!("[sweep]\nexecutor = \"{executor}\"\n"),
+    );
+    let text = format!("{text}\n{tail}");
+    let path = dir.join(format!("sweep-{executor}.toml"));
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn lors(args: &[&std::ffi::OsStr]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lors"));
+    cmd.args(args).current_dir(repo());
+    cmd
+}
+
+fn sweep(profile: &Path, out: &Path) -> Output {
+    let out = lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn read_state(dir: &Path) -> Option<SweepState> {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()
+}
+
+/// Wait (at most `secs`) until the sweep's state satisfies `ready`.
+fn wait_for(dir: &Path, secs: u64, what: &str, ready: impl Fn(&SweepState) -> bool) -> SweepState {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = read_state(dir).filter(|s| ready(s)) {
+            return s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(secs), "never {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Every trial's train steps once each, in order: no trial ran twice.
+fn assert_each_step_once(state: &SweepState) {
+    for t in &state.trials {
+        let steps: Vec<usize> = RunDir::open(&t.run_dir)
+            .unwrap()
+            .read_metrics()
+            .unwrap()
+            .iter()
+            .filter_map(|r| match r {
+                lors::train::MetricRow::Train { step, .. } => Some(*step),
+                _ => None,
+            })
+            .collect();
+        let expected: Vec<usize> = (1..=steps.len()).collect();
+        assert_eq!(steps, expected, "t{:03}", t.trial.index);
+    }
+}
+
+#[test]
+fn the_demo_sweep_on_slurm_equals_the_local_one_bit_for_bit() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let local_dir = tmp.path().join("local/sw");
+    let slurm_dir = tmp.path().join("slurm/sw");
+    sweep(&demo_sweep(tmp.path(), "local", "", &[]), &local_dir);
+    sweep(&demo_sweep(tmp.path(), "slurm", "", &[]), &slurm_dir);
+    let (local, slurm) = (
+        read_state(&local_dir).unwrap(),
+        read_state(&slurm_dir).unwrap(),
+    );
+    assert_eq!(slurm.trials.len(), 6);
+    let early = slurm.count(TrialState::StoppedEarly);
+    assert!(early > 0 && early < 6, "ASHA stopped {early}");
+    let mut jobs = std::collections::BTreeSet::new();
+    for (l, s) in local.trials.iter().zip(&slurm.trials) {
+        let job = s.job.as_ref().expect("a SLURM trial records its job");
+        assert_eq!(job.state.state, "COMPLETED", "t{:03}", s.trial.index);
+        jobs.insert(job.id.clone());
+        assert_eq!((l.state, &l.note), (s.state, &s.note));
+        let bits =
+            |e: &[(usize, f64)]| e.iter().map(|(s, l)| (*s, l.to_bits())).collect::<Vec<_>>();
+        assert_eq!(bits(&l.evals), bits(&s.evals), "t{:03}", s.trial.index);
+        let rows = compare_metrics(
+            &RunDir::open(&l.run_dir).unwrap(),
+            &RunDir::open(&s.run_dir).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("t{:03}: {e}", s.trial.index));
+        assert!(rows > 0);
+    }
+    // One job per trial: each ended exactly once.
+    assert_eq!(jobs.len(), 6);
+    assert_eq!(local.reports, slurm.reports);
+    assert_each_step_once(&slurm);
+}
+
+/// Kill the sweep process while one job runs and others wait (3 at once on a 2-CPU node,
+/// 2 CPUs each: one runs, two are queued), resume: the queued and running jobs are followed,
+/// not submitted again, and every trial runs once.
+#[test]
+fn a_sweep_killed_with_jobs_queued_and_running_resumes_without_running_one_twice() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sw");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let tail = format!("[sweep.slurm]\ncpus_per_task = {cpus}\n");
+    let set = [
+        ("max_steps = 60", "max_steps = 200"),
+        ("concurrency = 1 ", "concurrency = 3 "),
+    ];
+    let profile = demo_sweep(tmp.path(), "slurm", &tail, &set);
+    let mut first = lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
+        .arg("--out")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let in_flight = |s: &SweepState| {
+        let job =
+            |t: &&lors::sweep::runner::TrialRecord| t.job.as_ref().map(|j| j.state.state.clone());
+        let states: Vec<String> = s.trials.iter().filter_map(|t| job(&t)).collect();
+        states.iter().any(|s| s == "RUNNING") && states.iter().any(|s| s == "PENDING")
+    };
+    let killed = wait_for(&dir, 120, "a job running and one queued", in_flight);
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let followed: Vec<(usize, String)> = killed
+        .trials
+        .iter()
+        .filter_map(|t| Some((t.trial.index, t.job.as_ref()?.id.clone())))
+        .collect();
+    let out = lors(&["sweep".as_ref(), "--resume".as_ref(), dir.as_os_str()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let state = read_state(&dir).unwrap();
+    assert!(state.is_done());
+    for (i, id) in followed {
+        let job = state.trials[i].job.as_ref().unwrap();
+        assert_eq!(&job.id, &id, "t{i:03} was submitted again");
+    }
+    for t in &state.trials {
+        assert!(
+            matches!(t.state, TrialState::Finished | TrialState::StoppedEarly),
+            "t{:03} {}: {:?}",
+            t.trial.index,
+            t.state,
+            t.note
+        );
+    }
+    assert_each_step_once(&state);
+}
+
+/// `scancel` a running trial's job after its first checkpoint: the sweep submits it again
+/// with `--resume`, and its curve is the uninterrupted one (the same trial run locally).
+#[test]
+fn a_cancelled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_curve() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let one_trial = [
+        ("max_steps = 60", "max_steps = 300"),
+        ("adapter.rank = [4, 8]", "adapter.rank = [4]"),
+        ("optim.lr = [5e-3, 2e-2, 5e-2]", "optim.lr = [2e-2]"),
+        ("rungs = [20, 40]", "rungs = [280]"),
+    ];
+    let local_dir = tmp.path().join("local/sw");
+    sweep(&demo_sweep(tmp.path(), "local", "", &one_trial), &local_dir);
+    let dir = tmp.path().join("slurm/sw");
+    let profile = demo_sweep(tmp.path(), "slurm", "", &one_trial);
+    let mut running = lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
+        .arg("--out")
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // After its first checkpoint (every 20 steps), cancel the job.
+    let checkpointed = |s: &SweepState| {
+        let run = RunDir::open(&s.trials[0].run_dir);
+        run.is_ok_and(|r| {
+            r.latest_checkpoint().is_some() && r.read_status().is_ok_and(|s| s.step < 250)
+        })
+    };
+    let before = wait_for(&dir, 120, "checkpointed", checkpointed);
+    let job = before.trials[0].job.clone().unwrap();
+    let cancel = Command::new("scancel").arg(&job.id).status().unwrap();
+    assert!(cancel.success());
+    let status = running.wait().unwrap();
+    assert!(status.success());
+    let state = read_state(&dir).unwrap();
+    let t = &state.trials[0];
+    assert_eq!(t.state, TrialState::Finished, "{:?}", t.note);
+    assert_ne!(t.job.as_ref().unwrap().id, job.id, "a new job went on");
+    let local = read_state(&local_dir).unwrap();
+    compare_metrics(
+        &RunDir::open(&local.trials[0].run_dir).unwrap(),
+        &RunDir::open(&t.run_dir).unwrap(),
+    )
+    .unwrap();
+    assert_each_step_once(&state);
+}
