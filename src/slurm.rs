@@ -54,6 +54,13 @@ impl JobState {
     }
 }
 
+impl JobState {
+    /// Whether its process runs (not queued, held or ended).
+    pub fn is_running(&self) -> bool {
+        matches!(self.state.as_str(), "RUNNING" | "COMPLETING")
+    }
+}
+
 impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.reason {
@@ -222,16 +229,4 @@ pub fn active_jobs_named(name: &str) -> Result<Vec<String>> {
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect())
-}
-
-/// Cancel a job, or send it `signal` (`TERM`) only.
-pub fn cancel(id: &str, signal: Option<&str>) -> Result<()> {
-    let mut args: Vec<OsString> = Vec::new();
-    if let Some(s) = signal {
-        // `--full`: the batch script too, which `exec`s lors.
-        args.push("--full".into());
-        args.push(format!("--signal={s}").into());
-    }
-    args.push(id.into());
-    run("scancel", &args, None).map(|_| ())
 }

@@ -1239,6 +1239,38 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     ] {
         assert!(s.contains(want), "{want:?}:\n{s}");
     }
+    // A running trial whose SLURM job still waits says so, with SLURM's reason.
+    let mut queued = sweep.state.clone();
+    queued.trials[2].job = Some(lors::sweep::runner::TrialJob {
+        id: "41".into(),
+        state: lors::slurm::JobState {
+            state: "PENDING".into(),
+            reason: Some("Resources".into()),
+        },
+    });
+    std::fs::write(
+        dir.join("state.json"),
+        serde_json::to_string(&queued).unwrap(),
+    )
+    .unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
+    let file = std::fs::File::options()
+        .write(true)
+        .open(dir.join("state.json"))
+        .unwrap();
+    file.set_modified(later).unwrap();
+    let mut w = Watcher::new(runs);
+    w.refresh();
+    app.set_sweeps(w.sweeps.clone());
+    let s = render(&app, 120, 40, true);
+    assert!(s.contains("PENDING (Resources)"), "{s}");
+    let state_json = serde_json::to_string(&sweep.state).unwrap();
+    std::fs::write(dir.join("state.json"), state_json).unwrap();
+    let later = later + std::time::Duration::from_secs(1);
+    file.set_modified(later).unwrap();
+    let mut w = Watcher::new(runs);
+    w.refresh();
+    app.set_sweeps(w.sweeps.clone());
     // A trial that finished while no scheduler recorded it (state.json still says running)
     // shows as finished: its own run's status owns the truth.
     let running = RunDir::open(&sweep.state.trials[2].run_dir).unwrap();

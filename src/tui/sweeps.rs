@@ -109,7 +109,13 @@ impl<'a> TrialView<'a> {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
             }),
-            Column::State => self.state().to_string(),
+            // A trial whose SLURM job waits in the queue says so, and why.
+            Column::State => match &self.record.job {
+                Some(job) if self.state() == TrialState::Running && !job.state.is_running() => {
+                    job.state.to_string()
+                }
+                _ => self.state().to_string(),
+            },
             Column::BestVal => self
                 .best_val()
                 .map_or("-".into(), |b| format!("{b:.3}/{:.1}", b.exp())),

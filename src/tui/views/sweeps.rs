@@ -102,7 +102,18 @@ impl Shown<'_> {
             })
             .collect();
         let title = format!("{}: {}", sweep.name, progress(sweep, rows));
-        let table = Table::new(body, columns.iter().map(|c| Constraint::Length(width(*c))))
+        // The state column widens for a queued job's reason (`PENDING (Resources)`).
+        let state_width = rows
+            .iter()
+            .map(|r| r.cell(Column::State, &sweep.axes).chars().count() as u16)
+            .max()
+            .unwrap_or(0)
+            .clamp(width(Column::State), 28);
+        let widths = columns.iter().map(|c| match c {
+            Column::State => Constraint::Length(state_width),
+            other => Constraint::Length(width(*other)),
+        });
+        let table = Table::new(body, widths)
             .header(Row::new(header).style(theme.fg(Color::Cyan)))
             .row_highlight_style(theme.selected())
             .block(theme.block(&title));
