@@ -72,6 +72,17 @@ fn sweep(profile: &Path, out: &Path) -> Output {
     out
 }
 
+/// `lors sweep` started in the background.
+fn spawn_sweep(profile: &Path, out: &Path) -> std::process::Child {
+    lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
+        .arg("--out")
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 fn read_state(dir: &Path) -> Option<SweepState> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()
 }
@@ -158,13 +169,7 @@ fn a_sweep_killed_with_jobs_queued_and_running_resumes_without_running_one_twice
         ("concurrency = 1 ", "concurrency = 3 "),
     ];
     let profile = demo_sweep(tmp.path(), "slurm", &tail, &set);
-    let mut first = lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
-        .arg("--out")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut first = spawn_sweep(&profile, &dir);
     let in_flight = |s: &SweepState| {
         let job =
             |t: &&lors::sweep::runner::TrialRecord| t.job.as_ref().map(|j| j.state.state.clone());
@@ -221,13 +226,7 @@ fn a_cancelled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_curve() {
     sweep(&demo_sweep(tmp.path(), "local", "", &one_trial), &local_dir);
     let dir = tmp.path().join("slurm/sw");
     let profile = demo_sweep(tmp.path(), "slurm", "", &one_trial);
-    let mut running = lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
-        .arg("--out")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut running = spawn_sweep(&profile, &dir);
     // After its first checkpoint (every 20 steps), cancel the job.
     let checkpointed = |s: &SweepState| {
         let run = RunDir::open(&s.trials[0].run_dir);

@@ -71,6 +71,19 @@ pub struct TrialJob {
     pub state: JobState,
 }
 
+impl TrialJob {
+    /// A job just submitted (pending until SLURM says more).
+    fn submitted(id: String) -> Self {
+        Self {
+            id,
+            state: JobState {
+                state: "PENDING".into(),
+                reason: None,
+            },
+        }
+    }
+}
+
 impl TrialRecord {
     /// The SLURM job name of the trial: its run directory's name.
     fn job_name(&self) -> String {
@@ -290,13 +303,7 @@ impl Sweep {
             }
             if slurm && t.state == TrialState::Pending {
                 if let Some(id) = slurm::active_jobs_named(&t.job_name())?.pop() {
-                    t.job = Some(TrialJob {
-                        id,
-                        state: JobState {
-                            state: "PENDING".into(),
-                            reason: None,
-                        },
-                    });
+                    t.job = Some(TrialJob::submitted(id));
                     t.state = TrialState::Running;
                 }
             }
@@ -419,13 +426,7 @@ impl Sweep {
             Executor::Slurm(settings) => {
                 let cwd = std::env::current_dir().map_err(|e| LorsError::io(&self.dir, e))?;
                 let id = slurm::submit(settings, &record.job_name(), &args, &log, &cwd)?;
-                record.job = Some(TrialJob {
-                    id,
-                    state: JobState {
-                        state: "PENDING".into(),
-                        reason: None,
-                    },
-                });
+                record.job = Some(TrialJob::submitted(id));
             }
         }
         record.state = TrialState::Running;
