@@ -61,6 +61,18 @@ impl JobState {
     }
 }
 
+impl JobState {
+    /// As a narrow column shows it: `PD Resources` for a pending job (squeue's
+    /// abbreviation and its reason), else the state.
+    pub fn short(&self) -> String {
+        match &self.reason {
+            Some(r) if self.state == "PENDING" => format!("PD {r}"),
+            _ if self.state == "PENDING" => "PD".into(),
+            _ => self.state.clone(),
+        }
+    }
+}
+
 impl std::fmt::Display for JobState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.reason {
@@ -229,4 +241,44 @@ pub fn active_jobs_named(name: &str) -> Result<Vec<String>> {
         .map(|l| l.trim().to_string())
         .filter(|l| !l.is_empty())
         .collect())
+}
+
+/// Send `signal` (`TERM`) to a job's processes, the batch script (which `exec`s lors)
+/// included; the job goes on if they do.
+pub fn signal(id: &str, signal: &str) -> Result<()> {
+    let args: Vec<OsString> = [
+        "--full".to_string(),
+        format!("--signal={signal}"),
+        id.into(),
+    ]
+    .into_iter()
+    .map(OsString::from)
+    .collect();
+    run("scancel", &args, None).map(|_| ())
+}
+
+/// Let a job submitted on hold (`--hold` in `extra_args`) start.
+pub fn release(id: &str) -> Result<()> {
+    let args: Vec<OsString> = ["release", id].iter().map(OsString::from).collect();
+    run("scontrol", &args, None).map(|_| ())
+}
+
+/// Settings from `key=value` pairs (`partition=gpu`, `cpus_per_task=8`), as the CLI gives
+/// them; errors name `--slurm-set`.
+pub fn settings_from_pairs(pairs: &[String]) -> Result<SlurmSettings> {
+    let mut text = String::new();
+    for pair in pairs {
+        let (key, value) = pair.split_once('=').ok_or_else(|| {
+            LorsError::invalid("--slurm-set", format!("`{pair}` is not key=value"))
+        })?;
+        // Numbers, lists and quoted strings are TOML; anything else is a string.
+        let toml_already = value.parse::<u32>().is_ok() || value.starts_with(['[', '"']);
+        let value = if toml_already {
+            value.to_string()
+        } else {
+            format!("{value:?}")
+        };
+        text.push_str(&format!("{} = {value}\n", key.trim()));
+    }
+    toml::from_str(&text).map_err(|e| LorsError::invalid("--slurm-set", e.message().to_string()))
 }

@@ -252,3 +252,194 @@ fn a_cancelled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_curve() {
     .unwrap();
     assert_each_step_once(&state);
 }
+
+/// A partition the cluster does not have is sbatch's own refusal, naming the settings, and
+/// no trial is left looking as if it ran; without SLURM's client the error says so.
+#[test]
+fn a_partition_the_cluster_lacks_and_a_missing_sbatch_are_clear_errors() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let profile = demo_sweep(
+        tmp.path(),
+        "slurm",
+        "[sweep.slurm]\npartition = \"nope\"\n",
+        &[],
+    );
+    let dir = tmp.path().join("sw");
+    let out = lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
+        .arg("--out")
+        .arg(&dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("sweep.slurm") && err.contains("sbatch refused") && err.contains("partition"),
+        "{err}"
+    );
+    let state = read_state(&dir).unwrap();
+    assert!(state
+        .trials
+        .iter()
+        .all(|t| t.state == TrialState::Pending && t.job.is_none()));
+    // No SLURM client on the PATH (only the directory of `env`).
+    let out = lors(&["sweep".as_ref(), "--resume".as_ref(), dir.as_os_str()])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("is SLURM's client on the PATH?"), "{err}");
+}
+
+/// `lors train --slurm` submits the run as a job, printing its directory and job id; the run
+/// records its job, ends, and its curve is the local run's.
+#[test]
+fn a_single_run_submitted_to_slurm_trains_like_a_local_one() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let (cluster_dir, local_dir) = (tmp.path().join("on-slurm"), tmp.path().join("local"));
+    let train = |dir: &Path, extra: &[&str]| {
+        let out = lors(&[
+            "train".as_ref(),
+            "--profile".as_ref(),
+            "profiles/demo.toml".as_ref(),
+        ])
+        .args(["--set", "train.max_steps=30", "--run-dir"])
+        .arg(dir)
+        .args(extra)
+        .output()
+        .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let printed = train(&cluster_dir, &["--slurm", "--slurm-set", "cpus_per_task=1"]);
+    let job = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("SLURM job: "))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no job id in {printed:?}"))
+        .to_string();
+    assert!(
+        printed.contains(&cluster_dir.display().to_string()),
+        "{printed}"
+    );
+    let run = RunDir::open(&cluster_dir).unwrap();
+    let start = Instant::now();
+    while run.read_status().unwrap().state != lors::train::RunState::Finished {
+        let status = run.read_status().unwrap();
+        assert!(
+            status.state.is_active() && start.elapsed() < Duration::from_secs(120),
+            "{status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(run.read_status().unwrap().slurm_job, Some(job));
+    train(&local_dir, &[]);
+    compare_metrics(&RunDir::open(&local_dir).unwrap(), &run).unwrap();
+}
+
+/// A job that ends before its run begins (here its setup line fails, as when the compute
+/// node cannot see the sweep's folder) fails its trial with SLURM's state and the question to
+/// ask, instead of leaving it running forever.
+#[test]
+fn a_job_that_ends_before_its_run_begins_fails_its_trial_clearly() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let one_trial = [
+        ("adapter.rank = [4, 8]", "adapter.rank = [4]"),
+        ("optim.lr = [5e-3, 2e-2, 5e-2]", "optim.lr = [2e-2]"),
+    ];
+    let tail = "[sweep.slurm]\nsetup = \"exit 3\"\n";
+    let dir = tmp.path().join("sw");
+    sweep(&demo_sweep(tmp.path(), "slurm", tail, &one_trial), &dir);
+    let state = read_state(&dir).unwrap();
+    let t = &state.trials[0];
+    assert_eq!(t.state, TrialState::Failed);
+    let note = t.note.as_deref().unwrap_or_default();
+    assert!(
+        note.contains("ended (FAILED) before the run began") && note.contains("share"),
+        "{note}"
+    );
+}
+
+/// A single run cancelled on the cluster after its first checkpoint is resubmitted with
+/// `lors train --resume DIR --slurm` and ends on the uninterrupted curve.
+#[test]
+fn a_cancelled_single_run_resubmits_and_ends_on_the_uninterrupted_curve() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let (dir, local) = (tmp.path().join("on-slurm"), tmp.path().join("local"));
+    let set = [
+        "--set",
+        "train.max_steps=400",
+        "--set",
+        "train.save_every=20",
+    ];
+    let cmd = |extra: &[&std::ffi::OsStr]| {
+        let out = lors(extra).args(set).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let profile = [
+        "train".as_ref(),
+        "--profile".as_ref(),
+        "profiles/demo.toml".as_ref(),
+    ];
+    cmd(&[
+        &profile[..],
+        &["--run-dir".as_ref(), dir.as_os_str(), "--slurm".as_ref()],
+    ]
+    .concat());
+    let run = RunDir::open(&dir).unwrap();
+    let start = Instant::now();
+    while run.latest_checkpoint().is_none() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let job = run
+        .read_status()
+        .unwrap()
+        .slurm_job
+        .expect("the run names its job");
+    assert!(Command::new("scancel")
+        .arg(&job)
+        .status()
+        .unwrap()
+        .success());
+    while run.read_status().unwrap().process_alive() {
+        assert!(start.elapsed() < Duration::from_secs(120), "never ended");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = lors(&[
+        "train".as_ref(),
+        "--resume".as_ref(),
+        dir.as_os_str(),
+        "--slurm".as_ref(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    while run.read_status().unwrap().state != lors::train::RunState::Finished {
+        assert!(start.elapsed() < Duration::from_secs(180), "never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_ne!(
+        run.read_status().unwrap().slurm_job,
+        Some(job),
+        "a new job finished it"
+    );
+    cmd(&[&profile[..], &["--run-dir".as_ref(), local.as_os_str()]].concat());
+    compare_metrics(&RunDir::open(&local).unwrap(), &run).unwrap();
+}

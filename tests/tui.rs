@@ -1263,7 +1263,7 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
     w.refresh();
     app.set_sweeps(w.sweeps.clone());
     let s = render(&app, 120, 40, true);
-    assert!(s.contains("PENDING (Resources)"), "{s}");
+    assert!(s.contains("PD Resources"), "{s}");
     let state_json = serde_json::to_string(&sweep.state).unwrap();
     std::fs::write(dir.join("state.json"), state_json).unwrap();
     let later = later + std::time::Duration::from_secs(1);

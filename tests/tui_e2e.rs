@@ -561,3 +561,86 @@ fn a_sweep_defined_watched_sorted_and_promoted_in_a_real_terminal() {
     keep_screen("sweep-reopened", &screen);
     again.send("q");
 }
+
+/// The workbench on a login node watching a sweep on SLURM (a real one-node cluster, started
+/// by `scripts/slurm-up.sh` when it is not up): queued trials say PENDING and why, running
+/// ones run, and a stop asked from the workbench is honoured by the trial's job.
+#[test]
+fn the_workbench_follows_a_sweep_on_slurm_and_stops_a_trial() {
+    let up = Command::new(repo().join("scripts/slurm-up.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        up.status.success(),
+        "{}",
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let runs = tmp.path().join("runs");
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let sweep_text = std::fs::read_to_string(repo().join("profiles/sweep-demo.toml"))
+        .unwrap()
+        .replace("max_steps = 60", "max_steps = 3000")
+        .replace("concurrency = 1 ", "concurrency = 3 ")
+        .replace("[sweep]\n", "[sweep]\nexecutor = \"slurm\"\n");
+    let sweep_profile = tmp.path().join("sweep.toml");
+    std::fs::write(
+        &sweep_profile,
+        format!("{sweep_text}\n[sweep.slurm]\ncpus_per_task = {cpus}\n"),
+    )
+    .unwrap();
+    let dir = runs.join("cluster");
+    let sweep = Command::new(env!("CARGO_BIN_EXE_lors"))
+        .args(["sweep", "--profile"])
+        .arg(&sweep_profile)
+        .arg("--out")
+        .arg(&dir)
+        .current_dir(repo())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Whatever happens, leave nothing running or queued for the next test.
+    struct Cleanup(std::process::Child, PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+            let state = std::fs::read_to_string(self.1.join("state.json")).unwrap_or_default();
+            let state: Option<lors::sweep::SweepState> = serde_json::from_str(&state).ok();
+            for job in state
+                .iter()
+                .flat_map(|s| &s.trials)
+                .filter_map(|t| t.job.as_ref())
+            {
+                let _ = Command::new("scancel").arg(&job.id).status();
+            }
+        }
+    }
+    let _cleanup = Cleanup(sweep, dir.clone());
+    let profile = demo_profile(tmp.path(), 8);
+    let args = tui_args(&runs, &profile, &[]);
+    let tui = Tmux::start("slurm", &repo(), &args);
+    tui.wait_for("ready to launch", 30);
+    tui.send("4");
+    let screen = tui.wait_for("PD Resources", 60);
+    keep_screen("slurm-sweep-queued", &screen);
+    let screen = tui.wait_for("running", 60);
+    assert!(screen.contains("cluster"), "{screen}");
+    // The first trial runs (it took the node's CPUs): open it and stop it.
+    tui.send("Enter");
+    tui.wait_for("running step", 60);
+    tui.send("s");
+    tui.wait_for("y: yes", 10);
+    tui.send("y");
+    let screen = tui.wait_for("stopped step", 60);
+    keep_screen("slurm-trial-stopped", &screen);
+    let state: lors::sweep::SweepState =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).unwrap()).unwrap();
+    let stopped = RunDir::open(&state.trials[0].run_dir)
+        .unwrap()
+        .read_status()
+        .unwrap();
+    assert_eq!(stopped.state, lors::train::RunState::Stopped);
+    assert!(stopped.slurm_job.is_some(), "{stopped:?}");
+}

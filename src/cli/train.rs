@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use lors::train::RunState;
 use lors::train::{
     self, Event, MetricRow, Override, Profile, RunDir, RunOutcome, RunsFolder, Start,
 };
@@ -33,6 +34,14 @@ pub struct TrainArgs {
     /// checkpoint (the differing keys are listed otherwise).
     #[arg(long, requires = "resume")]
     pub accept_profile_change: bool,
+    /// Run as a SLURM batch job instead of here: prints the run directory and the job id
+    /// (with --resume: resubmits the run).
+    #[arg(long)]
+    pub slurm: bool,
+    /// A SLURM setting of the job, e.g. `--slurm-set partition=gpu --slurm-set gres=gpu:1`
+    /// (the keys of `[sweep.slurm]`; repeatable).
+    #[arg(long = "slurm-set", value_name = "KEY=VALUE", requires = "slurm")]
+    pub slurm_settings: Vec<String>,
 }
 
 #[derive(Args)]
@@ -105,9 +114,54 @@ fn start(mut profile: Profile, run_dir: Option<PathBuf>) -> Result<(Profile, Run
     Ok((profile, run))
 }
 
+/// Submit `lors train --resume DIR` for `run` as a SLURM job: on hold until the run's status
+/// names the job (whose liveness SLURM then answers), then released.
+fn submit(run: &RunDir, settings: &[String]) -> Result<()> {
+    let mut settings = lors::slurm::settings_from_pairs(settings)?;
+    settings.extra_args.push("--hold".into());
+    let args = [
+        "train".into(),
+        "--resume".into(),
+        run.path.clone().into_os_string(),
+    ];
+    let name = run
+        .path
+        .file_name()
+        .map_or("lors-run".into(), |n| n.to_string_lossy().into_owned());
+    let log = run.path.join("slurm.log");
+    let cwd = std::env::current_dir().context("no current directory")?;
+    let id = lors::slurm::submit(&settings, &name, &args, &log, &cwd)?;
+    let mut status = run
+        .read_status()
+        .unwrap_or_else(|_| lors::train::Status::initial(0, ""));
+    status.state = RunState::Initializing;
+    status.slurm_job = Some(id.clone());
+    status.message = Some(format!("queued in SLURM as job {id}"));
+    run.write_status(&status)?;
+    lors::slurm::release(&id)?;
+    println!(
+        "run directory: {}\nSLURM job: {id} (log: {})",
+        run.path.display(),
+        log.display()
+    );
+    Ok(())
+}
+
 pub fn train(args: TrainArgs) -> Result<()> {
     if let Some(dir) = args.resume {
         let run = RunDir::open(&dir)?;
+        if args.slurm {
+            if run
+                .read_status()
+                .is_ok_and(|s| s.state.is_active() && s.process_alive())
+            {
+                anyhow::bail!(
+                    "{} is still running; stop it before resubmitting",
+                    dir.display()
+                );
+            }
+            return submit(&run, &args.slurm_settings);
+        }
         let profile = Profile::load(&run.profile_path(), &[])?;
         let start = Start::Resume {
             accept_profile_change: args.accept_profile_change,
@@ -124,6 +178,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
         profile.adapter.init_from = Some(init);
     }
     let (profile, run) = start(profile, args.run_dir)?;
+    if args.slurm {
+        return submit(&run, &args.slurm_settings);
+    }
     println!("run directory: {}", run.path.display());
     run_with_progress(&profile, &run, Start::Fresh)?;
     Ok(())

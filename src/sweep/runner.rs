@@ -72,6 +72,14 @@ pub struct TrialJob {
 }
 
 impl TrialJob {
+    /// Whether SLURM ended the job from outside (cancelled, preempted, timed out, its node
+    /// failed) or it is long gone: its run checkpointed on the signal, or could not write.
+    fn interrupted(&self) -> bool {
+        ["CANCELLED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "GONE"]
+            .iter()
+            .any(|s| self.state.state.starts_with(s))
+    }
+
     /// A job just submitted (pending until SLURM says more).
     fn submitted(id: String) -> Self {
         Self {
@@ -157,12 +165,16 @@ pub struct Sweep {
     asha: Option<Asha>,
     /// The crashed status each trial was last relaunched from (its `updated_at`).
     relaunched: std::collections::HashMap<usize, f64>,
+    /// When early stopping asked each trial to stop, and whether SLURM was told to signal it.
+    stop_asked: std::collections::HashMap<usize, (std::time::Instant, bool)>,
 }
 
 const SWEEP_FILE: &str = "sweep.toml";
 const STATE_FILE: &str = "state.json";
 /// How often the sweep looks at its trials.
 const POLL: Duration = Duration::from_millis(300);
+/// How long a SLURM trial may run on after a stop request before SLURM signals it.
+const STOP_GRACE: Duration = Duration::from_secs(60);
 
 /// Split a profile's text into its `[sweep]` table and the rest.
 fn split_sweep(path: &Path, text: &str) -> Result<(toml::Table, String)> {
@@ -266,6 +278,7 @@ impl Sweep {
                 pid: Some(std::process::id()),
             },
             relaunched: Default::default(),
+            stop_asked: Default::default(),
         };
         sweep.save()?;
         Ok(sweep)
@@ -315,6 +328,7 @@ impl Sweep {
             state,
             asha,
             relaunched: Default::default(),
+            stop_asked: Default::default(),
         })
     }
 
@@ -466,32 +480,12 @@ impl Sweep {
     fn watch(&mut self, i: usize) -> Result<bool> {
         let run_dir = self.state.trials[i].run_dir.clone();
         // On SLURM, whether the trial's job still lives (as of this round's `squeue`).
-        let job_ended = self.state.trials[i]
-            .job
-            .as_ref()
-            .map(|j| !j.state.is_active());
-        let interrupted = self.state.trials[i].job.as_ref().is_some_and(|j| {
-            ["CANCELLED", "PREEMPTED", "TIMEOUT", "NODE_FAIL", "GONE"]
-                .iter()
-                .any(|s| j.state.state.starts_with(s))
-        });
+        let job = self.state.trials[i].job.clone();
+        let job_ended = job.as_ref().map(|j| !j.state.is_active());
+        let interrupted = job.as_ref().is_some_and(TrialJob::interrupted);
         let Ok(run) = RunDir::open(&run_dir) else {
             // Its process has not created it yet; a job that ended first failed.
-            if let Some(job) = self.state.trials[i]
-                .job
-                .as_ref()
-                .filter(|_| job_ended == Some(true))
-            {
-                let note = format!(
-                    "SLURM job {} ended ({}) before the run began",
-                    job.id, job.state
-                );
-                let record = &mut self.state.trials[i];
-                record.state = TrialState::Failed;
-                record.note = Some(note);
-                return Ok(true);
-            }
-            return Ok(false);
+            return Ok(job_ended == Some(true) && self.fail_unstarted(i));
         };
         let changed = self.take_evals(i, &run)?;
         let Ok(status) = run.read_status() else {
@@ -499,6 +493,9 @@ impl Sweep {
         };
         if status.state == RunState::Paused {
             self.repeat_verdict(i, &run, &status)?;
+        }
+        if status.state.is_active() {
+            self.enforce_stop(i)?;
         }
         let record = &mut self.state.trials[i];
         match status.state {
@@ -542,6 +539,25 @@ impl Sweep {
         Ok(true)
     }
 
+    /// Fail trial `i`, whose job ended before its run began, saying what to check; true.
+    fn fail_unstarted(&mut self, i: usize) -> bool {
+        let record = &mut self.state.trials[i];
+        let Some(job) = &record.job else {
+            return false;
+        };
+        let log = self.dir.join(format!("t{i:03}.log"));
+        record.note = Some(format!(
+            "SLURM job {} ended ({}) before the run began: does the compute node see {} (a \
+             filesystem the nodes share)? Its log: {}",
+            job.id,
+            job.state,
+            self.dir.display(),
+            log.display()
+        ));
+        record.state = TrialState::Failed;
+        true
+    }
+
     /// A trial waiting at a rung whose verdict it has not received (sent before the sweep
     /// process was restarted, or lost with it) gets it again, unless a request is pending.
     fn repeat_verdict(&self, i: usize, run: &RunDir, status: &crate::train::Status) -> Result<()> {
@@ -558,6 +574,26 @@ impl Sweep {
             Some(Decision::Stop) if !pending => run.request(ControlRequest::Stop).map(|_| ()),
             _ => Ok(()),
         }
+    }
+
+    /// A SLURM trial that early stopping asked to stop (through its control file) and that
+    /// still runs `STOP_GRACE` later gets SIGTERM from SLURM (it checkpoints and stops).
+    fn enforce_stop(&mut self, i: usize) -> Result<()> {
+        let record = &self.state.trials[i];
+        let asked = record
+            .note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("rung"));
+        let (Some(job), true) = (&record.job, asked) else {
+            return Ok(());
+        };
+        let now = std::time::Instant::now();
+        let (since, signalled) = *self.stop_asked.entry(i).or_insert((now, false));
+        if !signalled && now - since >= STOP_GRACE {
+            slurm::signal(&job.id, "TERM")?;
+            self.stop_asked.insert(i, (since, true));
+        }
+        Ok(())
     }
 
     /// Resume trial `i` from its newest checkpoint, once per ended process (the status it

@@ -81,6 +81,26 @@ pub struct Status {
 }
 
 impl Status {
+    /// A run that has not begun: `initializing`, written by process `pid` with `message`
+    /// (the SLURM job from the environment, if any).
+    pub fn initial(pid: u32, message: &str) -> Self {
+        Self {
+            state: RunState::Initializing,
+            step: 0,
+            total_steps: 0,
+            elapsed_s: 0.0,
+            eta_s: None,
+            pid,
+            updated_at: now_s(),
+            last_loss: None,
+            best_eval_loss: None,
+            message: Some(message.into()),
+            error: None,
+            control_ack: 0,
+            slurm_job: std::env::var("SLURM_JOB_ID").ok(),
+        }
+    }
+
     /// Whether the process that writes this status still lives: its SLURM job is queued or
     /// running, or (outside SLURM) its process id is alive here. A SLURM that cannot be
     /// asked counts as alive (nothing is marked crashed on a guess).

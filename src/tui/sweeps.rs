@@ -109,10 +109,11 @@ impl<'a> TrialView<'a> {
                 toml::Value::String(s) => s.clone(),
                 other => other.to_string(),
             }),
-            // A trial whose SLURM job waits in the queue says so, and why.
+            // A trial whose SLURM job waits in the queue says so, and why, as `squeue`
+            // abbreviates it (`PD Resources`).
             Column::State => match &self.record.job {
                 Some(job) if self.state() == TrialState::Running && !job.state.is_running() => {
-                    job.state.to_string()
+                    job.state.short()
                 }
                 _ => self.state().to_string(),
             },
