@@ -210,10 +210,12 @@ fn a_sweep_killed_with_jobs_queued_and_running_resumes_without_running_one_twice
     assert_each_step_once(&state);
 }
 
-/// `scancel` a running trial's job after its first checkpoint: the sweep submits it again
-/// with `--resume`, and its curve is the uninterrupted one (the same trial run locally).
+/// `scancel` a running trial's job after its first checkpoint (SLURM cancels it: SIGTERM, the
+/// run checkpoints and stops), or kill its process outright (the job FAILS, the run has no
+/// chance to write): either way the sweep submits it again with `--resume`, and its curve is
+/// the uninterrupted one (the same trial run locally).
 #[test]
-fn a_cancelled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_curve() {
+fn a_cancelled_or_killed_trial_resumes_from_its_checkpoint_to_the_uninterrupted_curve() {
     let _cluster = slurm_up();
     let tmp = tempfile::tempdir().unwrap();
     let one_trial = [
@@ -224,33 +226,43 @@ fn a_cancelled_trial_resumes_from_its_checkpoint_to_the_uninterrupted_curve() {
     ];
     let local_dir = tmp.path().join("local/sw");
     sweep(&demo_sweep(tmp.path(), "local", "", &one_trial), &local_dir);
-    let dir = tmp.path().join("slurm/sw");
-    let profile = demo_sweep(tmp.path(), "slurm", "", &one_trial);
-    let mut running = spawn_sweep(&profile, &dir);
-    // After its first checkpoint (every 20 steps), cancel the job.
-    let checkpointed = |s: &SweepState| {
-        let run = RunDir::open(&s.trials[0].run_dir);
-        run.is_ok_and(|r| {
-            r.latest_checkpoint().is_some() && r.read_status().is_ok_and(|s| s.step < 250)
-        })
-    };
-    let before = wait_for(&dir, 120, "checkpointed", checkpointed);
-    let job = before.trials[0].job.clone().unwrap();
-    let cancel = Command::new("scancel").arg(&job.id).status().unwrap();
-    assert!(cancel.success());
-    let status = running.wait().unwrap();
-    assert!(status.success());
-    let state = read_state(&dir).unwrap();
-    let t = &state.trials[0];
-    assert_eq!(t.state, TrialState::Finished, "{:?}", t.note);
-    assert_ne!(t.job.as_ref().unwrap().id, job.id, "a new job went on");
     let local = read_state(&local_dir).unwrap();
-    compare_metrics(
-        &RunDir::open(&local.trials[0].run_dir).unwrap(),
-        &RunDir::open(&t.run_dir).unwrap(),
-    )
-    .unwrap();
-    assert_each_step_once(&state);
+    let local_run = RunDir::open(&local.trials[0].run_dir).unwrap();
+    for (how, scancel) in [
+        ("cancelled", &[][..]),
+        ("killed", &["--full", "--signal=KILL"][..]),
+    ] {
+        let dir = tmp.path().join(how).join("sw");
+        let profile = demo_sweep(&tmp.path().join(how), "slurm", "", &one_trial);
+        let mut running = spawn_sweep(&profile, &dir);
+        // After its first checkpoint (every 20 steps), interrupt the job.
+        let checkpointed = |s: &SweepState| {
+            let run = RunDir::open(&s.trials[0].run_dir);
+            run.is_ok_and(|r| {
+                r.latest_checkpoint().is_some() && r.read_status().is_ok_and(|s| s.step < 250)
+            })
+        };
+        let before = wait_for(&dir, 120, "checkpointed", checkpointed);
+        let job = before.trials[0].job.clone().unwrap();
+        let out = Command::new("scancel")
+            .args(scancel)
+            .arg(&job.id)
+            .status()
+            .unwrap();
+        assert!(out.success());
+        assert!(running.wait().unwrap().success());
+        let state = read_state(&dir).unwrap();
+        let t = &state.trials[0];
+        assert_eq!(t.state, TrialState::Finished, "{how}: {:?}", t.note);
+        assert_ne!(
+            t.job.as_ref().unwrap().id,
+            job.id,
+            "{how}: a new job went on"
+        );
+        compare_metrics(&local_run, &RunDir::open(&t.run_dir).unwrap())
+            .unwrap_or_else(|e| panic!("{how}: {e}"));
+        assert_each_step_once(&state);
+    }
 }
 
 /// A partition the cluster does not have is sbatch's own refusal, naming the settings, and

@@ -1988,3 +1988,26 @@ fn the_loss_chart_shows_the_values_under_its_cursor() {
     press(&mut app, KeyCode::Right);
     assert!(render(&app, 120, 40, true).contains("step 2: train 3.0000"));
 }
+
+/// A run in a SLURM job: the Run view names the job and, while it waits, SLURM's reason.
+#[test]
+fn a_run_in_a_slurm_job_names_it_and_why_it_waits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = fake_run(tmp.path(), "run-a", RunState::Running, 0.5, None);
+    let (_, mut app) = watched_app(tmp.path());
+    let run = &mut app.runs[0];
+    run.status.as_mut().unwrap().slurm_job = Some("7".into());
+    run.job = Some(lors::slurm::JobState {
+        state: "PENDING".into(),
+        reason: Some("Resources".into()),
+    });
+    app.focused = Some(path);
+    app.view = View::Run;
+    let s = render(&app, 80, 24, true);
+    assert!(s.contains("SLURM job 7 PD Resources"), "{s}");
+    app.runs[0].job = Some(lors::slurm::JobState {
+        state: "RUNNING".into(),
+        reason: None,
+    });
+    assert!(render(&app, 80, 24, true).contains("SLURM job 7 RUNNING"));
+}

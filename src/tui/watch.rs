@@ -54,6 +54,9 @@ pub struct RunInfo {
     pub process: Option<ProcessReading>,
     /// The GPUs while a process works on the run (NVML, in CUDA builds).
     pub gpus: Option<GpuStatus>,
+    /// The run's SLURM job as SLURM reports it, while the run is active in one.
+    pub job: Option<crate::slurm::JobState>,
+    job_read: Option<std::time::Instant>,
     cpu_sample: Option<(f64, std::time::Instant)>,
     /// Whether the run was read before (what it holds at the first read is not news).
     read_before: bool,
@@ -266,6 +269,15 @@ impl RunInfo {
     /// Read the CPU use and resident memory of the run's process while it is active (at most
     /// once per [`CPU_INTERVAL`]); true when the reading changed.
     fn read_process(&mut self) -> bool {
+        let job = self
+            .status
+            .as_ref()
+            .filter(|s| s.state.is_active())
+            .and_then(|s| s.slurm_job.clone());
+        if let Some(id) = job {
+            return self.read_job(&id);
+        }
+        self.job = None;
         // A SLURM job's process id is one on its compute node, not here.
         let pid = self
             .status
@@ -294,6 +306,23 @@ impl RunInfo {
         });
         self.gpus = Some(read_gpus(Some(pid)));
         true
+    }
+
+    /// Ask SLURM for the run's job (at most once per [`CPU_INTERVAL`]); true when its state
+    /// changed.
+    fn read_job(&mut self, id: &str) -> bool {
+        let now = std::time::Instant::now();
+        if self.job_read.is_some_and(|t| now - t < CPU_INTERVAL) {
+            return false;
+        }
+        self.job_read = Some(now);
+        let id = id.to_string();
+        let state = crate::slurm::states(std::slice::from_ref(&id))
+            .ok()
+            .and_then(|mut s| s.remove(&id));
+        let changed = self.job != state;
+        self.job = state;
+        changed
     }
 
     /// Re-read the last lines of the run's process output when it changed (looked for at the

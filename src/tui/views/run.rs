@@ -60,15 +60,20 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
             state_text(app, run),
         ),
     };
-    // A replay says whether it reproduced its original, bit for bit.
-    let title = match &run.replay {
-        Some(v) => format!(
-            "{} · {}",
-            run.name,
-            v.summary().lines().next().unwrap_or("")
-        ),
-        None => run.name.clone(),
-    };
+    // A run in a SLURM job names it and, while it waits, why (`PD Resources`); a replay
+    // says whether it reproduced its original, bit for bit.
+    let mut title = run.name.clone();
+    match (
+        run.status.as_ref().and_then(|s| s.slurm_job.as_ref()),
+        &run.job,
+    ) {
+        (Some(id), Some(job)) => title += &format!(" · SLURM job {id} {}", job.short()),
+        (Some(id), None) => title += &format!(" · SLURM job {id}"),
+        _ => {}
+    }
+    if let Some(v) = &run.replay {
+        title += &format!(" · {}", v.summary().lines().next().unwrap_or(""));
+    }
     f.render_widget(Paragraph::new(text).block(theme.block(&title)), head);
     let side_w = if middle.width >= 100 { 36 } else { 26 };
     let [chart_area, side] =
