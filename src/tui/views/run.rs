@@ -31,6 +31,36 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         Constraint::Length(bottom_h),
     ])
     .areas(area);
+    draw_header(f, head, app, run, theme);
+    let side_w = if middle.width >= 100 { 36 } else { 26 };
+    let [chart_area, side] =
+        Layout::horizontal([Constraint::Min(30), Constraint::Length(side_w)]).areas(middle);
+    draw_loss(f, chart_area, app, run, theme);
+    draw_stats(f, side, run, theme);
+    let evaluates = run.profile.as_ref().is_some_and(|p| p.eval.is_some())
+        || run.eval_job.is_some()
+        || !run.tasks.is_empty();
+    if evaluates {
+        let [log, sparsity, accuracy] = Layout::horizontal([
+            Constraint::Min(20),
+            Constraint::Percentage(30),
+            Constraint::Length(30),
+        ])
+        .areas(bottom);
+        draw_log(f, log, app, run, theme);
+        draw_sparsity(f, sparsity, app, run, theme);
+        draw_accuracy(f, accuracy, run, theme);
+    } else {
+        let [log, sparsity] =
+            Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
+        draw_log(f, log, app, run, theme);
+        draw_sparsity(f, sparsity, app, run, theme);
+    }
+}
+
+/// The run's name (its SLURM job, a replay's verdict) over its progress: bar, state, steps,
+/// elapsed time and, while running, the ETA.
+fn draw_header(f: &mut Frame, head: Rect, app: &App, run: &RunInfo, theme: Theme) {
     let (step, total, elapsed) = run
         .status
         .as_ref()
@@ -75,30 +105,6 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App, theme: Theme) {
         title += &format!(" · {}", v.summary().lines().next().unwrap_or(""));
     }
     f.render_widget(Paragraph::new(text).block(theme.block(&title)), head);
-    let side_w = if middle.width >= 100 { 36 } else { 26 };
-    let [chart_area, side] =
-        Layout::horizontal([Constraint::Min(30), Constraint::Length(side_w)]).areas(middle);
-    draw_loss(f, chart_area, app, run, theme);
-    draw_stats(f, side, run, theme);
-    let evaluates = run.profile.as_ref().is_some_and(|p| p.eval.is_some())
-        || run.eval_job.is_some()
-        || !run.tasks.is_empty();
-    if evaluates {
-        let [log, sparsity, accuracy] = Layout::horizontal([
-            Constraint::Min(20),
-            Constraint::Percentage(30),
-            Constraint::Length(30),
-        ])
-        .areas(bottom);
-        draw_log(f, log, app, run, theme);
-        draw_sparsity(f, sparsity, app, run, theme);
-        draw_accuracy(f, accuracy, run, theme);
-    } else {
-        let [log, sparsity] =
-            Layout::horizontal([Constraint::Min(30), Constraint::Percentage(45)]).areas(bottom);
-        draw_log(f, log, app, run, theme);
-        draw_sparsity(f, sparsity, app, run, theme);
-    }
 }
 
 /// Each task's `acc` before training (the pruned model) and after (the merged one).
