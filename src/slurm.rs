@@ -282,3 +282,8 @@ pub fn settings_from_pairs(pairs: &[String]) -> Result<SlurmSettings> {
     }
     toml::from_str(&text).map_err(|e| LorsError::invalid("--slurm-set", e.message().to_string()))
 }
+
+/// Cancel a job (SLURM's SIGTERM to a running one, then SIGKILL after its grace time).
+pub fn cancel(id: &str) -> Result<()> {
+    run("scancel", &[OsString::from(id)], None).map(|_| ())
+}

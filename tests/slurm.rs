@@ -455,3 +455,64 @@ fn a_cancelled_single_run_resubmits_and_ends_on_the_uninterrupted_curve() {
     cmd(&[&profile[..], &["--run-dir".as_ref(), local.as_os_str()]].concat());
     compare_metrics(&RunDir::open(&local).unwrap(), &run).unwrap();
 }
+
+/// Stopping a run whose job still waits in the queue (the workbench's `s`) cancels the job
+/// and records the run as stopped (the run cannot read its control file yet); resubmitted,
+/// it trains from the start.
+#[test]
+fn stopping_a_queued_run_cancels_its_job_and_it_can_be_resubmitted() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("queued");
+    let out = lors(&[
+        "train".as_ref(),
+        "--profile".as_ref(),
+        "profiles/demo.toml".as_ref(),
+    ])
+    .args(["--set", "train.max_steps=10", "--run-dir"])
+    .arg(&dir)
+    .args([
+        "--slurm",
+        "--slurm-set",
+        "extra_args=[\"--begin=now+1hour\"]",
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run = RunDir::open(&dir).unwrap();
+    let job = run.read_status().unwrap().slurm_job.unwrap();
+    let said = run.stop().unwrap();
+    assert!(
+        said.contains(&format!("cancelled SLURM job {job}")),
+        "{said}"
+    );
+    let status = run.read_status().unwrap();
+    assert_eq!(status.state, lors::train::RunState::Stopped);
+    let queue = Command::new("squeue")
+        .args(["-h", "-j", &job])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&queue.stdout).trim().is_empty());
+    let out = lors(&[
+        "train".as_ref(),
+        "--resume".as_ref(),
+        dir.as_os_str(),
+        "--slurm".as_ref(),
+    ])
+    .output()
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    while run.read_status().unwrap().state != lors::train::RunState::Finished {
+        assert!(start.elapsed() < Duration::from_secs(120), "never finished");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -486,6 +486,27 @@ impl RunDir {
         }
     }
 
+    /// Stop the run: through its control file (it checkpoints first), or, for a run
+    /// whose SLURM job has not started (it cannot read the file yet), by cancelling the job and
+    /// recording the run as stopped. What was done, for the footer.
+    pub fn stop(&self) -> Result<String> {
+        let status = self.read_status().ok();
+        let queued = status.as_ref().and_then(|s| {
+            let id = s.slurm_job.clone()?;
+            let states = crate::slurm::states(std::slice::from_ref(&id)).ok()?;
+            (s.state == RunState::Initializing && states.get(&id)?.state == "PENDING").then_some(id)
+        });
+        let (Some(id), Some(mut status)) = (queued, status) else {
+            self.request(ControlRequest::Stop)?;
+            return Ok("stop requested".into());
+        };
+        crate::slurm::cancel(&id)?;
+        status.state = RunState::Stopped;
+        status.message = Some(format!("SLURM job {id} cancelled before it started"));
+        self.write_status(&status)?;
+        Ok(format!("cancelled SLURM job {id} (it had not started)"))
+    }
+
     /// When the status says a process works on the run but that process is gone (and holds
     /// no lock), record the run as `crashed` at its last complete step; the new status then.
     pub fn mark_crashed_if_dead(&self) -> Result<Option<Status>> {

@@ -35,7 +35,7 @@ use crate::data::DataSummary;
 use crate::error::{LorsError, Result};
 use crate::model::ModelSummary;
 use crate::sources::hub::Download;
-use crate::train::{Profile, RunDir};
+use crate::train::{ControlRequest, Profile, RunDir};
 use app::{App, Effect};
 use catalog::{DataRequest, SearchPaths};
 
@@ -109,10 +109,13 @@ pub fn apply(app: &mut App, effect: Effect, opts: &TuiOptions, updates: &Unbound
         }
         Effect::Control(path, req) => {
             let run = RunDir { path };
-            app.notice = Some(match run.request(req) {
-                Ok(_) => format!("{req:?} requested").to_lowercase(),
-                Err(e) => format!("request failed: {e}"),
-            });
+            let done = match req {
+                ControlRequest::Stop => run.stop(),
+                _ => run
+                    .request(req)
+                    .map(|_| format!("{req:?} requested").to_lowercase()),
+            };
+            app.notice = Some(done.unwrap_or_else(|e| format!("request failed: {e}")));
         }
         Effect::Delete(path) => {
             app.notice = Some(match std::fs::remove_dir_all(&path) {
