@@ -6,7 +6,8 @@
 #
 #   scripts/slurm-up.sh        # then: sinfo, sbatch, squeue, scancel
 set -euo pipefail
-up() { sinfo -h -o '%T' 2>/dev/null | grep -qE '^(idle|mixed|allocated)'; }
+# Up: the node answers (a `*` after its state means it does not).
+up() { sinfo -h -o '%T' 2>/dev/null | grep -qxE '(idle|mixed|allocated)'; }
 if command -v sinfo >/dev/null && up; then
   exit 0
 fi
@@ -57,16 +58,35 @@ if [ ! -s /etc/munge/munge.key ]; then
 fi
 chown -R munge:munge /etc/munge /run/munge /var/lib/munge /var/log/munge 2>/dev/null || true
 chmod 400 /etc/munge/munge.key
-pgrep -x munged >/dev/null || runuser -u munge -- munged --force
-pgrep -x slurmctld >/dev/null || slurmctld
+# munged is healthy when it encodes a credential (a daemon whose socket is gone is not).
+if ! munge -n >/dev/null 2>&1; then
+  pkill -x munged || true
+  runuser -u munge -- munged --force
+  for _ in $(seq 20); do munge -n >/dev/null 2>&1 && break; sleep 0.5; done
+fi
+# A test cluster keeps no state across starts (-c): a node saved as DOWN would wait long.
+pgrep -x slurmctld >/dev/null || slurmctld -c
 pgrep -x slurmd >/dev/null || slurmd
-for _ in $(seq 60); do
-  if up; then
-    sinfo
-    exit 0
-  fi
+wait_up() {
+  for _ in $(seq "$1"); do
+    up && return 0
+    sleep 1
+  done
+  return 1
+}
+if ! wait_up 15; then
+  # Daemons that lost munge (or a node set DOWN meanwhile): start them again, node resumed.
+  pkill -x slurmd || true
+  pkill -x slurmctld || true
   sleep 1
-done
-echo "slurm did not come up; logs in /var/log/slurm" >&2
-tail -20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
-exit 1
+  slurmctld -c
+  slurmd
+  sleep 2
+  scontrol update NodeName="$host" State=RESUME 2>/dev/null || true
+  if ! wait_up 45; then
+    echo "slurm did not come up; logs in /var/log/slurm" >&2
+    tail -n 20 /var/log/slurm/slurmctld.log /var/log/slurm/slurmd.log >&2 || true
+    exit 1
+  fi
+fi
+sinfo
