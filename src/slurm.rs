@@ -95,22 +95,22 @@ fn run(program: &str, args: &[OsString], stdin: Option<&str>) -> Result<String> 
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| {
         LorsError::invalid(
-            "sweep.executor",
+            "slurm",
             format!("cannot run `{program}` ({e}): is SLURM's client on the PATH?"),
         )
     })?;
     if let (Some(text), Some(mut input)) = (stdin, child.stdin.take()) {
         input
             .write_all(text.as_bytes())
-            .map_err(|e| LorsError::invalid("sweep.executor", format!("{program}: {e}")))?;
+            .map_err(|e| LorsError::invalid("slurm", format!("{program}: {e}")))?;
     }
     let out = child
         .wait_with_output()
-        .map_err(|e| LorsError::invalid("sweep.executor", format!("{program}: {e}")))?;
+        .map_err(|e| LorsError::invalid("slurm", format!("{program}: {e}")))?;
     if !out.status.success() {
         let message = String::from_utf8_lossy(&out.stderr).trim().to_string();
         return Err(LorsError::invalid(
-            "sweep.slurm",
+            "slurm",
             format!("{program} refused: {message}"),
         ));
     }
@@ -169,7 +169,7 @@ pub fn submit(
     let id = out.trim().split(';').next().unwrap_or("").to_string();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_digit()) {
         return Err(LorsError::invalid(
-            "sweep.slurm",
+            "slurm",
             format!("sbatch printed no job id: {out:?}"),
         ));
     }

@@ -286,7 +286,7 @@ fn a_partition_the_cluster_lacks_and_a_missing_sbatch_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("sweep.slurm") && err.contains("sbatch refused") && err.contains("partition"),
+        err.contains("slurm") && err.contains("sbatch refused") && err.contains("partition"),
         "{err}"
     );
     let state = read_state(&dir).unwrap();
