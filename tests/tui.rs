@@ -2004,7 +2004,10 @@ fn a_run_in_a_slurm_job_names_it_and_why_it_waits() {
     app.focused = Some(path);
     app.view = View::Run;
     let s = render(&app, 80, 24, true);
-    assert!(s.contains("SLURM job 7 PD Resources"), "{s}");
+    assert!(
+        s.contains("run-a - SLURM job 7 PD Resources") && s.is_ascii(),
+        "{s}"
+    );
     app.runs[0].job = Some(lors::slurm::JobState {
         state: "RUNNING".into(),
         reason: None,
