@@ -92,17 +92,18 @@ fn draw_header(f: &mut Frame, head: Rect, app: &App, run: &RunInfo, theme: Theme
     };
     // A run in a SLURM job names it and, while it waits, why (`PD Resources`); a replay
     // says whether it reproduced its original, bit for bit.
+    let dot = if theme.ascii { " - " } else { " · " };
     let mut title = run.name.clone();
     match (
         run.status.as_ref().and_then(|s| s.slurm_job.as_ref()),
         &run.job,
     ) {
-        (Some(id), Some(job)) => title += &format!(" · SLURM job {id} {}", job.short()),
-        (Some(id), None) => title += &format!(" · SLURM job {id}"),
+        (Some(id), Some(job)) => title += &format!("{dot}SLURM job {id} {}", job.short()),
+        (Some(id), None) => title += &format!("{dot}SLURM job {id}"),
         _ => {}
     }
     if let Some(v) = &run.replay {
-        title += &format!(" · {}", v.summary().lines().next().unwrap_or(""));
+        title += &format!("{dot}{}", v.summary().lines().next().unwrap_or(""));
     }
     f.render_widget(Paragraph::new(text).block(theme.block(&title)), head);
 }
