@@ -6,12 +6,12 @@
 //! cancelled goes on from its checkpoint to the uninterrupted curve.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use lors::sweep::{SweepState, TrialState};
 use lors::train::run_dir::compare_metrics;
-use lors::train::RunDir;
+use lors::train::{RunDir, RunState, Status};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -58,18 +58,12 @@ fn lors(args: &[&std::ffi::OsStr]) -> Command {
     cmd
 }
 
-fn sweep(profile: &Path, out: &Path) -> Output {
-    let out = lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
-        .arg("--out")
-        .arg(out)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+fn sweep(profile: &Path, out: &Path) -> String {
+    succeed(
+        lors(&["sweep".as_ref(), "--profile".as_ref(), profile.as_os_str()])
+            .arg("--out")
+            .arg(out),
+    )
 }
 
 /// `lors sweep` started in the background.
@@ -85,6 +79,54 @@ fn spawn_sweep(profile: &Path, out: &Path) -> std::process::Child {
 
 fn read_state(dir: &Path) -> Option<SweepState> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()
+}
+
+/// Run `cmd` to its end: its standard output, or a panic showing its errors.
+fn succeed(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `lors train` of the demo profile into `dir` with `set` (`--set`s) and `extra` flags; what
+/// it printed.
+fn train_demo(dir: &Path, set: &[&str], extra: &[&str]) -> String {
+    let demo = [
+        "train".as_ref(),
+        "--profile".as_ref(),
+        "profiles/demo.toml".as_ref(),
+    ];
+    succeed(lors(&demo).args(set).arg("--run-dir").arg(dir).args(extra))
+}
+
+/// `lors train --resume DIR --slurm`.
+fn resubmit(dir: &Path) -> String {
+    succeed(&mut lors(&[
+        "train".as_ref(),
+        "--resume".as_ref(),
+        dir.as_os_str(),
+        "--slurm".as_ref(),
+    ]))
+}
+
+/// Wait (at most `secs`) until the run's status satisfies `ready`; that status.
+fn wait_run(run: &RunDir, secs: u64, what: &str, ready: impl Fn(&Status) -> bool) -> Status {
+    let start = Instant::now();
+    loop {
+        let status = run.read_status().unwrap();
+        if ready(&status) {
+            return status;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "never {what}: {status:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// Wait (at most `secs`) until the sweep's state satisfies `ready`.
@@ -184,14 +226,11 @@ fn a_sweep_killed_with_jobs_queued_and_running_resumes_without_running_one_twice
         .iter()
         .filter_map(|t| Some((t.trial.index, t.job.as_ref()?.id.clone())))
         .collect();
-    let out = lors(&["sweep".as_ref(), "--resume".as_ref(), dir.as_os_str()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeed(&mut lors(&[
+        "sweep".as_ref(),
+        "--resume".as_ref(),
+        dir.as_os_str(),
+    ]));
     let state = read_state(&dir).unwrap();
     assert!(state.is_done());
     for (i, id) in followed {
@@ -311,25 +350,12 @@ fn a_single_run_submitted_to_slurm_trains_like_a_local_one() {
     let _cluster = slurm_up();
     let tmp = tempfile::tempdir().unwrap();
     let (cluster_dir, local_dir) = (tmp.path().join("on-slurm"), tmp.path().join("local"));
-    let train = |dir: &Path, extra: &[&str]| {
-        let out = lors(&[
-            "train".as_ref(),
-            "--profile".as_ref(),
-            "profiles/demo.toml".as_ref(),
-        ])
-        .args(["--set", "train.max_steps=30", "--run-dir"])
-        .arg(dir)
-        .args(extra)
-        .output()
-        .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    let printed = train(&cluster_dir, &["--slurm", "--slurm-set", "cpus_per_task=1"]);
+    let steps = ["--set", "train.max_steps=30"];
+    let printed = train_demo(
+        &cluster_dir,
+        &steps,
+        &["--slurm", "--slurm-set", "cpus_per_task=1"],
+    );
     let job = printed
         .lines()
         .find_map(|l| l.strip_prefix("SLURM job: "))
@@ -341,17 +367,10 @@ fn a_single_run_submitted_to_slurm_trains_like_a_local_one() {
         "{printed}"
     );
     let run = RunDir::open(&cluster_dir).unwrap();
-    let start = Instant::now();
-    while run.read_status().unwrap().state != lors::train::RunState::Finished {
-        let status = run.read_status().unwrap();
-        assert!(
-            status.state.is_active() && start.elapsed() < Duration::from_secs(120),
-            "{status:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(run.read_status().unwrap().slurm_job, Some(job));
-    train(&local_dir, &[]);
+    let done = wait_run(&run, 120, "finished", |s| !s.state.is_active());
+    assert_eq!(done.state, RunState::Finished, "{done:?}");
+    assert_eq!(done.slurm_job, Some(job));
+    train_demo(&local_dir, &steps, &[]);
     compare_metrics(&RunDir::open(&local_dir).unwrap(), &run).unwrap();
 }
 
@@ -392,24 +411,7 @@ fn a_cancelled_single_run_resubmits_and_ends_on_the_uninterrupted_curve() {
         "--set",
         "train.save_every=20",
     ];
-    let cmd = |extra: &[&std::ffi::OsStr]| {
-        let out = lors(extra).args(set).output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let profile = [
-        "train".as_ref(),
-        "--profile".as_ref(),
-        "profiles/demo.toml".as_ref(),
-    ];
-    cmd(&[
-        &profile[..],
-        &["--run-dir".as_ref(), dir.as_os_str(), "--slurm".as_ref()],
-    ]
-    .concat());
+    train_demo(&dir, &set, &["--slurm"]);
     let run = RunDir::open(&dir).unwrap();
     let start = Instant::now();
     while run.latest_checkpoint().is_none() {
@@ -421,38 +423,12 @@ fn a_cancelled_single_run_resubmits_and_ends_on_the_uninterrupted_curve() {
         .unwrap()
         .slurm_job
         .expect("the run names its job");
-    assert!(Command::new("scancel")
-        .arg(&job)
-        .status()
-        .unwrap()
-        .success());
-    while run.read_status().unwrap().process_alive() {
-        assert!(start.elapsed() < Duration::from_secs(120), "never ended");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = lors(&[
-        "train".as_ref(),
-        "--resume".as_ref(),
-        dir.as_os_str(),
-        "--slurm".as_ref(),
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    while run.read_status().unwrap().state != lors::train::RunState::Finished {
-        assert!(start.elapsed() < Duration::from_secs(180), "never finished");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_ne!(
-        run.read_status().unwrap().slurm_job,
-        Some(job),
-        "a new job finished it"
-    );
-    cmd(&[&profile[..], &["--run-dir".as_ref(), local.as_os_str()]].concat());
+    succeed(Command::new("scancel").arg(&job));
+    wait_run(&run, 120, "ended", |s| !s.process_alive());
+    resubmit(&dir);
+    let done = wait_run(&run, 180, "finished", |s| s.state == RunState::Finished);
+    assert_ne!(done.slurm_job, Some(job), "a new job finished it");
+    train_demo(&local, &set, &[]);
     compare_metrics(&RunDir::open(&local).unwrap(), &run).unwrap();
 }
 
@@ -464,25 +440,12 @@ fn stopping_a_queued_run_cancels_its_job_and_it_can_be_resubmitted() {
     let _cluster = slurm_up();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("queued");
-    let out = lors(&[
-        "train".as_ref(),
-        "--profile".as_ref(),
-        "profiles/demo.toml".as_ref(),
-    ])
-    .args(["--set", "train.max_steps=10", "--run-dir"])
-    .arg(&dir)
-    .args([
+    let later = [
         "--slurm",
         "--slurm-set",
         "extra_args=[\"--begin=now+1hour\"]",
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ];
+    train_demo(&dir, &["--set", "train.max_steps=10"], &later);
     let run = RunDir::open(&dir).unwrap();
     let job = run.read_status().unwrap().slurm_job.unwrap();
     let said = run.stop().unwrap();
@@ -490,29 +453,9 @@ fn stopping_a_queued_run_cancels_its_job_and_it_can_be_resubmitted() {
         said.contains(&format!("cancelled SLURM job {job}")),
         "{said}"
     );
-    let status = run.read_status().unwrap();
-    assert_eq!(status.state, lors::train::RunState::Stopped);
-    let queue = Command::new("squeue")
-        .args(["-h", "-j", &job])
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&queue.stdout).trim().is_empty());
-    let out = lors(&[
-        "train".as_ref(),
-        "--resume".as_ref(),
-        dir.as_os_str(),
-        "--slurm".as_ref(),
-    ])
-    .output()
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let start = Instant::now();
-    while run.read_status().unwrap().state != lors::train::RunState::Finished {
-        assert!(start.elapsed() < Duration::from_secs(120), "never finished");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    assert_eq!(run.read_status().unwrap().state, RunState::Stopped);
+    let queue = succeed(Command::new("squeue").args(["-h", "-j", &job]));
+    assert!(queue.trim().is_empty(), "{queue}");
+    resubmit(&dir);
+    wait_run(&run, 120, "finished", |s| s.state == RunState::Finished);
 }
