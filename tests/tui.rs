@@ -109,6 +109,16 @@ fn select_field(app: &mut App, key: &str) {
     panic!("no field {key}");
 }
 
+/// Write a sweep's `state.json`, dated `seconds` ahead so that a watcher sees it changed
+/// (a larger `seconds` for each later write within the same second).
+fn write_sweep_state(dir: &Path, state: &lors::sweep::SweepState, seconds: u64) {
+    let path = dir.join("state.json");
+    std::fs::write(&path, serde_json::to_string(state).unwrap()).unwrap();
+    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(seconds);
+    let file = std::fs::File::options().write(true).open(&path).unwrap();
+    file.set_modified(later).unwrap();
+}
+
 fn value(app: &App, id: FieldId) -> String {
     app.setup.value(id).to_string()
 }
@@ -1248,26 +1258,13 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
             reason: Some("Resources".into()),
         },
     });
-    std::fs::write(
-        dir.join("state.json"),
-        serde_json::to_string(&queued).unwrap(),
-    )
-    .unwrap();
-    let later = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
-    let file = std::fs::File::options()
-        .write(true)
-        .open(dir.join("state.json"))
-        .unwrap();
-    file.set_modified(later).unwrap();
+    write_sweep_state(&dir, &queued, 1);
     let mut w = Watcher::new(runs);
     w.refresh();
     app.set_sweeps(w.sweeps.clone());
     let s = render(&app, 120, 40, true);
     assert!(s.contains("PD Resources"), "{s}");
-    let state_json = serde_json::to_string(&sweep.state).unwrap();
-    std::fs::write(dir.join("state.json"), state_json).unwrap();
-    let later = later + std::time::Duration::from_secs(1);
-    file.set_modified(later).unwrap();
+    write_sweep_state(&dir, &sweep.state, 2);
     let mut w = Watcher::new(runs);
     w.refresh();
     app.set_sweeps(w.sweeps.clone());
@@ -1306,14 +1303,7 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
         Some("this sweep's lors sweep is running")
     );
     sweep.state.pid = None;
-    let state_json = serde_json::to_string(&sweep.state).unwrap();
-    std::fs::write(dir.join("state.json"), state_json).unwrap();
-    let modified = std::time::SystemTime::now() + std::time::Duration::from_secs(1);
-    let state_file = std::fs::File::options()
-        .write(true)
-        .open(dir.join("state.json"))
-        .unwrap();
-    state_file.set_modified(modified).unwrap();
+    write_sweep_state(&dir, &sweep.state, 3);
     w.refresh();
     app.set_sweeps(w.sweeps.clone());
     assert!(render(&app, 120, 40, true).contains("its lors sweep is gone: R resumes"));
