@@ -385,10 +385,16 @@ impl RunInfo {
     /// A run whose status says its process works on it, while that process is gone, is
     /// recorded as crashed (see [`RunDir::mark_crashed_if_dead`]); true when it was.
     fn notice_crash(&mut self, run: &RunDir) -> bool {
+        // A SLURM run by the job state read at most once a second (not a `squeue` per
+        // refresh); `mark_crashed_if_dead` asks again before it writes.
+        let alive = |s: &Status| match &s.slurm_job {
+            Some(_) => self.job_read.is_none() || self.job.as_ref().is_some_and(|j| j.is_active()),
+            None => s.process_alive(),
+        };
         let looks_dead = self
             .status
             .as_ref()
-            .is_some_and(|s| s.state.is_active() && !s.process_alive());
+            .is_some_and(|s| s.state.is_active() && !alive(s));
         if !looks_dead {
             return false;
         }
