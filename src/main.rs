@@ -132,7 +132,7 @@ struct LayerArgs {
     #[arg(long, default_value_t = 0.5)]
     density: f64,
     /// `unstructured` or N:M such as `2:4`.
-    #[arg(long, default_value = "unstructured")]
+    #[arg(long, default_value_t = Layout::Unstructured)]
     pattern: Layout,
     /// f32, f16 or f64 on the CPU; bf16 or f32 on CUDA.
     #[arg(long, default_value = "f32")]

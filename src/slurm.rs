@@ -52,16 +52,12 @@ impl JobState {
             "PENDING" | "CONFIGURING" | "RUNNING" | "COMPLETING" | "SUSPENDED" | "REQUEUED"
         ) || self.state.starts_with("RESV_DEL_HOLD")
     }
-}
 
-impl JobState {
     /// Whether its process runs (not queued, held or ended).
     pub fn is_running(&self) -> bool {
         matches!(self.state.as_str(), "RUNNING" | "COMPLETING")
     }
-}
 
-impl JobState {
     /// As a narrow column shows it: `PD Resources` for a pending job (squeue's
     /// abbreviation and its reason), else the state.
     pub fn short(&self) -> String {
@@ -177,7 +173,8 @@ pub fn submit(
 }
 
 /// The states of `ids`: from `squeue` while queued or running, else from `scontrol` while the
-/// controller still remembers them. A job neither knows is left out (long gone).
+/// controller still remembers them, else from `sacct` where the cluster keeps accounting. A job
+/// none of them knows is left out (long gone).
 pub fn states(ids: &[String]) -> Result<HashMap<String, JobState>> {
     let mut out = HashMap::new();
     if ids.is_empty() {
@@ -209,7 +206,46 @@ pub fn states(ids: &[String]) -> Result<HashMap<String, JobState>> {
             out.insert(id.clone(), state);
         }
     }
+    let forgotten: Vec<&str> = ids
+        .iter()
+        .filter(|id| !out.contains_key(*id))
+        .map(String::as_str)
+        .collect();
+    out.extend(accounted(&forgotten));
     Ok(out)
+}
+
+/// The final states `sacct` recorded for `ids`; none where the cluster keeps no accounting
+/// (`sacct` then fails: "Slurm accounting storage is disabled").
+fn accounted(ids: &[&str]) -> HashMap<String, JobState> {
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    let list = ids.join(",");
+    let args: Vec<OsString> = ["-n", "-P", "-X", "-o", "JobID,State", "-j", &list]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    run("sacct", &args, None)
+        .map(|text| parse_sacct(&text))
+        .unwrap_or_default()
+}
+
+/// `sacct -n -P -o JobID,State` rows (`12|COMPLETED`, `13|CANCELLED by 0`) by job id.
+fn parse_sacct(text: &str) -> HashMap<String, JobState> {
+    text.lines()
+        .filter_map(|line| {
+            let (id, state) = line.split_once('|')?;
+            let state = state.split_whitespace().next()?;
+            Some((
+                id.trim().to_string(),
+                JobState {
+                    state: state.to_string(),
+                    reason: None,
+                },
+            ))
+        })
+        .collect()
 }
 
 /// A job's state from `scontrol show job` (which knows ended jobs for a while).
@@ -286,4 +322,21 @@ pub fn settings_from_pairs(pairs: &[String]) -> Result<SlurmSettings> {
 /// Cancel a job (SLURM's SIGTERM to a running one, then SIGKILL after its grace time).
 pub fn cancel(id: &str) -> Result<()> {
     run("scancel", &[OsString::from(id)], None).map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sacct_rows_give_each_job_its_final_state() {
+        let states = parse_sacct("12|COMPLETED\n13|CANCELLED by 0\n14|TIMEOUT\n\n");
+        assert_eq!(states["12"].state, "COMPLETED");
+        assert_eq!(states["13"].state, "CANCELLED");
+        assert_eq!(states["14"].state, "TIMEOUT");
+        assert_eq!(states.len(), 3);
+        assert!(states
+            .values()
+            .all(|s| s.reason.is_none() && !s.is_active()));
+    }
 }

@@ -196,6 +196,125 @@ fn the_demo_sweep_on_slurm_equals_the_local_one_bit_for_bit() {
     assert_each_step_once(&slurm);
 }
 
+/// `kill -SIG pid` (the test cluster's one node is this machine).
+fn kill(signal: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A sweep process and the trial processes frozen under it; whatever happens, they are
+/// woken and the sweep killed at the end (a failed test leaves no frozen job on the node).
+struct Frozen {
+    sweep: std::process::Child,
+    pids: std::collections::BTreeSet<u32>,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        for &pid in &self.pids {
+            kill("CONT", pid);
+        }
+        let _ = self.sweep.kill();
+        let _ = self.sweep.wait();
+    }
+}
+
+/// A trial that early stopping stops but that does not answer (frozen with SIGSTOP while it
+/// waits at its rung, so it cannot read its control file) gets SIGTERM from SLURM once
+/// `stop_grace_s` has passed; woken, it checkpoints on that signal and ends, stopped early and
+/// not resubmitted. Trials told to go on are woken at once.
+#[test]
+fn a_stopped_trial_that_does_not_answer_gets_sigterm_after_its_grace() {
+    let _cluster = slurm_up();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("sw");
+    let set = [("concurrency = 1 ", "stop_grace_s = 1\nconcurrency = 1 ")];
+    let mut run = Frozen {
+        sweep: spawn_sweep(&demo_sweep(tmp.path(), "slurm", "", &set), &dir),
+        pids: Default::default(),
+    };
+    // (trial, rung step, pid) of each trial frozen at a rung, until its verdict is in.
+    let mut frozen: Vec<(usize, usize, u32)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let mut woken_by_term = std::collections::BTreeSet::new();
+    let start = Instant::now();
+    while run.sweep.try_wait().unwrap().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "the sweep never ended"
+        );
+        let Some(state) = read_state(&dir) else {
+            continue;
+        };
+        for t in &state.trials {
+            let i = t.trial.index;
+            let Some(status) = RunDir::open(&t.run_dir)
+                .ok()
+                .and_then(|r| r.read_status().ok())
+            else {
+                continue;
+            };
+            if status.state == RunState::Paused && seen.insert((i, status.step)) {
+                run.pids.insert(status.pid);
+                kill("STOP", status.pid);
+                frozen.push((i, status.step, status.pid));
+            }
+        }
+        frozen.retain(|&(i, step, pid)| {
+            let told_on = state.reports.iter().any(|r| {
+                r.trial == i
+                    && r.step == step
+                    && r.decision == lors::sweep::asha::Decision::Continue
+            });
+            let signalled = state.trials[i]
+                .job
+                .as_ref()
+                .and_then(|j| j.signalled.clone());
+            if signalled.is_some() {
+                woken_by_term.insert(i);
+            }
+            let wake = told_on || signalled.is_some();
+            if wake {
+                kill("CONT", pid);
+            }
+            !wake
+        });
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(run.sweep.wait().unwrap().success());
+    let state = read_state(&dir).unwrap();
+    assert!(
+        !woken_by_term.is_empty(),
+        "no frozen trial was stopped: {:?}",
+        state.reports
+    );
+    for &i in &woken_by_term {
+        let t = &state.trials[i];
+        let job = t.job.as_ref().unwrap();
+        assert_eq!(job.signalled.as_deref(), Some("TERM"));
+        assert_eq!(t.state, TrialState::StoppedEarly, "t{i:03}: {:?}", t.note);
+        assert_eq!(job.state.state, "COMPLETED", "t{i:03}");
+        let log = std::fs::read_to_string(dir.join(format!("t{i:03}.log"))).unwrap();
+        assert!(
+            log.contains("signal: saving a checkpoint and stopping"),
+            "t{i:03}'s process never saw the signal:\n{log}"
+        );
+        let status = RunDir::open(&t.run_dir).unwrap().read_status().unwrap();
+        assert_eq!(status.state, RunState::Stopped);
+        let rung = t.evals.last().unwrap().0;
+        assert_eq!(status.step, rung, "t{i:03} trained past its rung");
+    }
+    let jobs: std::collections::BTreeSet<&str> = state
+        .trials
+        .iter()
+        .map(|t| t.job.as_ref().unwrap().id.as_str())
+        .collect();
+    assert_eq!(jobs.len(), 6, "a trial was submitted again");
+    assert_each_step_once(&state);
+}
+
 /// Kill the sweep process while one job runs and others wait (3 at once on a 2-CPU node,
 /// 2 CPUs each: one runs, two are queued), resume: the queued and running jobs are followed,
 /// not submitted again, and every trial runs once.
@@ -341,6 +460,10 @@ fn a_partition_the_cluster_lacks_and_a_missing_sbatch_are_clear_errors() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("is SLURM's client on the PATH?"), "{err}");
+    // A job no one knows any more (this cluster keeps no accounting: `sacct` refuses) is no
+    // error, only absent: the sweep takes it as gone and asks the run's own status.
+    let gone = lors::slurm::states(&["999999".into()]).unwrap();
+    assert!(gone.is_empty(), "{gone:?}");
 }
 
 /// `lors train --slurm` submits the run as a job, printing its directory and job id; the run

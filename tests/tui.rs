@@ -1257,6 +1257,7 @@ fn the_sweeps_view_defines_compares_sorts_plots_and_promotes() {
             state: "PENDING".into(),
             reason: Some("Resources".into()),
         },
+        signalled: None,
     });
     write_sweep_state(&dir, &queued, 1);
     let mut w = Watcher::new(runs);

@@ -23,7 +23,7 @@ pub struct PruneArgs {
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
     /// `unstructured` or N:M such as `2:4`.
-    #[arg(long, default_value = "unstructured")]
+    #[arg(long, default_value_t = Layout::Unstructured)]
     pub pattern: Layout,
     /// Calibration data (JSONL/JSON records or plain text); not needed for magnitude.
     #[arg(long)]

@@ -69,6 +69,9 @@ pub struct TrialJob {
     pub id: String,
     #[serde(flatten)]
     pub state: JobState,
+    /// The signal the sweep had SLURM send it (a stopped trial that ran on past its grace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signalled: Option<String>,
 }
 
 impl TrialJob {
@@ -88,6 +91,7 @@ impl TrialJob {
                 state: "PENDING".into(),
                 reason: None,
             },
+            signalled: None,
         }
     }
 }
@@ -165,16 +169,14 @@ pub struct Sweep {
     asha: Option<Asha>,
     /// The crashed status each trial was last relaunched from (its `updated_at`).
     relaunched: std::collections::HashMap<usize, f64>,
-    /// When early stopping asked each trial to stop, and whether SLURM was told to signal it.
-    stop_asked: std::collections::HashMap<usize, (std::time::Instant, bool)>,
+    /// When early stopping asked each trial to stop (this process saw it first).
+    stop_asked: std::collections::HashMap<usize, std::time::Instant>,
 }
 
 const SWEEP_FILE: &str = "sweep.toml";
 const STATE_FILE: &str = "state.json";
 /// How often the sweep looks at its trials.
 const POLL: Duration = Duration::from_millis(300);
-/// How long a SLURM trial may run on after a stop request before SLURM signals it.
-const STOP_GRACE: Duration = Duration::from_secs(60);
 
 /// Split a profile's text into its `[sweep]` table and the rest.
 fn split_sweep(path: &Path, text: &str) -> Result<(toml::Table, String)> {
@@ -464,7 +466,7 @@ impl Sweep {
         let mut changed = false;
         for t in self.state.trials.iter_mut().filter(running) {
             let Some(job) = t.job.as_mut() else { continue };
-            // A job neither squeue nor scontrol knows has long ended.
+            // A job neither squeue, scontrol nor sacct knows has long ended.
             let now = states.get(&job.id).cloned().unwrap_or(JobState {
                 state: "GONE".into(),
                 reason: None,
@@ -487,7 +489,7 @@ impl Sweep {
             // Its process has not created it yet; a job that ended first failed.
             return Ok(job_ended == Some(true) && self.fail_unstarted(i));
         };
-        let changed = self.take_evals(i, &run)?;
+        let mut changed = self.take_evals(i, &run)?;
         let Ok(status) = run.read_status() else {
             return Ok(changed);
         };
@@ -495,7 +497,7 @@ impl Sweep {
             self.repeat_verdict(i, &run, &status)?;
         }
         if status.state.is_active() {
-            self.enforce_stop(i)?;
+            changed |= self.enforce_stop(i);
         }
         let record = &mut self.state.trials[i];
         match status.state {
@@ -577,23 +579,29 @@ impl Sweep {
     }
 
     /// A SLURM trial that early stopping asked to stop (through its control file) and that
-    /// still runs `STOP_GRACE` later gets SIGTERM from SLURM (it checkpoints and stops).
-    fn enforce_stop(&mut self, i: usize) -> Result<()> {
-        let record = &self.state.trials[i];
+    /// still runs `stop_grace_s` later gets SIGTERM from SLURM (it checkpoints and stops); its
+    /// job records the signal. A job that ended meanwhile cannot be signalled, and need not be.
+    fn enforce_stop(&mut self, i: usize) -> bool {
+        let grace = Duration::from_secs(self.spec.stop_grace_s);
+        let record = &mut self.state.trials[i];
         let asked = record
             .note
             .as_deref()
             .is_some_and(|n| n.starts_with("rung"));
-        let (Some(job), true) = (&record.job, asked) else {
-            return Ok(());
+        let Some(job) = record
+            .job
+            .as_mut()
+            .filter(|j| asked && j.signalled.is_none())
+        else {
+            return false;
         };
         let now = std::time::Instant::now();
-        let (since, signalled) = *self.stop_asked.entry(i).or_insert((now, false));
-        if !signalled && now - since >= STOP_GRACE {
-            slurm::signal(&job.id, "TERM")?;
-            self.stop_asked.insert(i, (since, true));
+        let since = *self.stop_asked.entry(i).or_insert(now);
+        let signalled = now - since >= grace && slurm::signal(&job.id, "TERM").is_ok();
+        if signalled {
+            job.signalled = Some("TERM".into());
         }
-        Ok(())
+        signalled
     }
 
     /// Resume trial `i` from its newest checkpoint, once per ended process (the status it

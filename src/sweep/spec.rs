@@ -8,6 +8,7 @@
 //! seed = 0
 //! concurrency = 1          # trials at once per device (slurm: jobs in flight)
 //! executor = "local"       # local (default) | slurm: each trial a batch job
+//! stop_grace_s = 60        # slurm: a stopped trial still running this long later gets SIGTERM
 //! adapter.rank = [4, 8]
 //! optim.lr = { log_uniform = [1e-4, 1e-2] }
 //!
@@ -97,6 +98,9 @@ pub struct SweepSpec {
     pub axes: Vec<(String, Axis)>,
     pub early_stop: Option<EarlyStop>,
     pub executor: Executor,
+    /// Seconds a SLURM trial that early stopping asked to stop (through its control file) may
+    /// run on before SLURM signals it (`scancel --full --signal=TERM`: it checkpoints and ends).
+    pub stop_grace_s: u64,
 }
 
 /// One trial: its number and the value of each swept key.
@@ -153,6 +157,7 @@ impl SweepSpec {
             axes: Vec::new(),
             early_stop: None,
             executor: Executor::Local,
+            stop_grace_s: 60,
         };
         let mut axes = toml::Table::new();
         let mut slurm: Option<SlurmSettings> = None;
@@ -165,6 +170,7 @@ impl SweepSpec {
                 "trials" => spec.trials = Some(typed(key, value, "a number of trials")?),
                 "seed" => spec.seed = typed(key, value, "an integer seed")?,
                 "concurrency" => spec.concurrency = typed(key, value, "trials at once")?,
+                "stop_grace_s" => spec.stop_grace_s = typed(key, value, "seconds")?,
                 "early_stop" => {
                     spec.early_stop = Some(typed(key, value, "rungs = [steps], reduction")?)
                 }
