@@ -7,7 +7,8 @@
 //!   whole line at a time; cut back to the checkpoint on resume);
 //! - `checkpoints/step-N/`: adapter in PEFT naming, optimiser state, trainer state, the
 //!   profile trained with, and `manifest.json` (sizes and SHA-256, written last);
-//! - `control.json`: requests to the running process (pause, checkpoint, stop);
+//! - `control.json`: requests to the running process (pause, checkpoint, stop), written by
+//!   one process at a time under the advisory lock `.control.lock`;
 //! - `.lock`: the advisory lock of the process that owns the run;
 //! - `pruned/`: the model of a profile's `[prune]` step; `merged/`: the merged export with
 //!   `sparsity.json`; `adapter/`: SoRA's rank-lowered PEFT adapter; `eval/`: detached
@@ -546,9 +547,26 @@ impl RunDir {
     }
 
     /// Ask the run to pause, resume, stop or checkpoint; returns the request's id, which
-    /// `status.json`'s `control_ack` reaches once the run has acted on it.
+    /// `status.json`'s `control_ack` reaches once the run has acted on it. Writers take turns
+    /// (no request is lost to a concurrent one), and a stop the run has not acted on yet is
+    /// kept over any other request (a sweep's verdict must not undo a user's stop).
     pub fn request(&self, request: ControlRequest) -> Result<u64> {
-        let id = self.read_control()?.map_or(1, |c| c.id + 1);
+        let lock_path = self.path.join(".control.lock");
+        let turn = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| LorsError::io(&lock_path, e))?;
+        turn.lock().map_err(|e| LorsError::io(&lock_path, e))?;
+        let current = self.read_control()?;
+        if let Some(c) = current.filter(|c| c.request == ControlRequest::Stop) {
+            let acked = self.read_status().map_or(0, |s| s.control_ack);
+            if c.id > acked {
+                return Ok(c.id);
+            }
+        }
+        let id = current.map_or(1, |c| c.id + 1);
         write_json_atomic(&self.control_path(), &Control { id, request })?;
         Ok(id)
     }
@@ -753,6 +771,35 @@ pub fn replay_verdict(original: &RunDir, other: &RunDir) -> Result<ReplayVerdict
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_requests_each_get_an_id_and_a_pending_stop_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir {
+            path: tmp.path().to_path_buf(),
+        };
+        let mut status = Status::initial(1, "training");
+        run.write_status(&status).unwrap();
+        // Eight writers at once: the ids are 1..=8, none lost to another.
+        let mut ids: Vec<u64> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| s.spawn(|| run.request(ControlRequest::Checkpoint).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        ids.sort();
+        assert_eq!(ids, (1..=8).collect::<Vec<u64>>());
+        // A stop not yet acted on outlives a later resume; once acted on, it is replaced.
+        let stop = run.request(ControlRequest::Stop).unwrap();
+        assert_eq!(run.request(ControlRequest::Resume).unwrap(), stop);
+        assert_eq!(
+            run.read_control().unwrap().unwrap().request,
+            ControlRequest::Stop
+        );
+        status.control_ack = stop;
+        run.write_status(&status).unwrap();
+        assert_eq!(run.request(ControlRequest::Resume).unwrap(), stop + 1);
+    }
 
     #[test]
     fn default_names_read_model_method_rank_and_time_and_never_collide() {
