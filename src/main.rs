@@ -53,6 +53,9 @@ enum Command {
     Fetch(cli::source::FetchArgs),
     /// Convert a GGUF file into a Hugging Face directory.
     Convert(cli::source::ConvertArgs),
+    /// Token shards: a profile's data tokenised once for its runs.
+    #[command(subcommand)]
+    Data(cli::data::DataCommand),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -197,6 +200,7 @@ fn main() -> Result<()> {
         Some(Command::Merge(args)) => cli::model::merge(args),
         Some(Command::Export(args)) => cli::model::export(args),
         Some(Command::Fetch(args)) => cli::source::fetch(args),
+        Some(Command::Data(command)) => cli::data::run(command),
         Some(Command::Convert(args)) => cli::source::convert(args),
         Some(Command::Prune(args)) => cli::prune::prune(args),
         Some(Command::Inspect(args)) => cli::prune::inspect(args),

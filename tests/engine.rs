@@ -614,8 +614,10 @@ fn alpaca_records_train_on_the_response_only() {
         "h, i and EOS count"
     );
     assert!(!ex[0].loss[0]);
-    let blocks = lors::data::pad_blocks(ex, n + 5, 2);
-    assert_eq!(blocks[0].loss.iter().filter(|&&l| l).count(), 3);
+    let pad = lors::data::Fill::Pad { pad_id: 2 };
+    let blocks =
+        lors::data::Blocks::from_examples(ex, pad, n + 5, lors::data::IdWidth::U16).unwrap();
+    assert_eq!(blocks.loss(0).iter().filter(|&&l| l).count(), 3);
     let all = lors::data::tokenize_records(&records, &tok, true).unwrap();
     assert!(all[0].loss.iter().all(|&l| l));
 }

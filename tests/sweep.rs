@@ -124,6 +124,22 @@ fn a_sweep_resumes_after_its_own_process_is_killed() {
             "{stdout}"
         );
     }
+    // The first trial tokenised the data into shards (training and validation file); every
+    // other trial process, and the resumed ones, reused them.
+    let notes: Vec<String> = (0..4)
+        .flat_map(|i| {
+            let log = std::fs::read_to_string(dir.join(format!("t{i:03}.log"))).unwrap();
+            log.lines()
+                .filter(|l| l.contains("data: "))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let built = notes.iter().filter(|n| n.contains("tokenised in")).count();
+    let reused = notes.iter().filter(|n| n.contains("reused")).count();
+    assert_eq!(built, 2, "{notes:#?}");
+    assert_eq!(reused, notes.len() - 2, "{notes:#?}");
+    assert!(reused >= 6, "{notes:#?}");
     // One run directory per trial, nothing else beside the sweep.
     let mut runs: Vec<String> = std::fs::read_dir(f.root.join("runs"))
         .unwrap()

@@ -1,6 +1,7 @@
 //! Subcommands of the `lors` binary.
 
 pub mod bench;
+pub mod data;
 pub mod eval;
 pub mod model;
 pub mod prune;

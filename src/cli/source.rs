@@ -60,6 +60,22 @@ pub fn fetch_path(spec: &Path, dataset: bool) -> Result<PathBuf> {
     })
 }
 
+/// Make `profile`'s paths absolute (against the current directory) and fetch its hub model
+/// and data files first, with progress bars.
+pub fn resolve_and_fetch(profile: &mut lors::train::Profile) -> Result<()> {
+    use anyhow::Context;
+    let cwd = std::env::current_dir().context("no current directory")?;
+    profile.resolve_paths(&cwd);
+    fetch_path(&profile.model.path, false)?;
+    for data in [Some(&profile.data.train), profile.data.valid.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        fetch_path(data, true)?;
+    }
+    Ok(())
+}
+
 pub fn fetch(args: FetchArgs) -> Result<()> {
     let Some(r) = HubRef::parse(&args.spec) else {
         bail!(

@@ -100,15 +100,7 @@ fn run_with_progress(profile: &Profile, run: &RunDir, start: Start) -> Result<Ru
 /// Start a run in a fresh directory with `profile` recorded (paths made absolute). Hub models
 /// and data files are fetched first, with progress bars.
 fn start(mut profile: Profile, run_dir: Option<PathBuf>) -> Result<(Profile, RunDir)> {
-    let cwd = std::env::current_dir().context("no current directory")?;
-    profile.resolve_paths(&cwd);
-    super::source::fetch_path(&profile.model.path, false)?;
-    for data in [Some(&profile.data.train), profile.data.valid.as_ref()]
-        .into_iter()
-        .flatten()
-    {
-        super::source::fetch_path(data, true)?;
-    }
+    super::source::resolve_and_fetch(&mut profile)?;
     let dir = run_dir.unwrap_or_else(|| default_run_dir(&profile));
     let run = RunDir::create(&dir, &profile)?;
     Ok((profile, run))

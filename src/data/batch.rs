@@ -6,7 +6,7 @@ use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use super::Block;
+use super::Blocks;
 use crate::error::{LorsError, Result};
 
 /// A batch: ids (batch, seq) u32 and the loss weights of each target (batch, seq) f32.
@@ -16,17 +16,19 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Stack blocks into tensors.
-    pub fn from_blocks(blocks: &[&Block], dtype: DType) -> Result<Self> {
-        let seq = blocks.first().map(|b| b.ids.len()).unwrap_or(0);
-        let ids: Vec<u32> = blocks.iter().flat_map(|b| b.ids.iter().copied()).collect();
-        let mask: Vec<f32> = blocks
-            .iter()
-            .flat_map(|b| b.loss.iter().map(|&l| f32::from(u8::from(l))))
-            .collect();
+    /// Stack the blocks at `indices` into tensors.
+    pub fn from_blocks(blocks: &Blocks, indices: &[usize], dtype: DType) -> Result<Self> {
+        let seq = blocks.seq_len();
+        let (mut ids, mut mask) = (
+            Vec::with_capacity(indices.len() * seq),
+            Vec::with_capacity(indices.len() * seq),
+        );
+        for &i in indices {
+            blocks.append(i, &mut ids, &mut mask);
+        }
         Ok(Self {
-            ids: Tensor::from_vec(ids, (blocks.len(), seq), &Device::Cpu)?,
-            loss_mask: Tensor::from_vec(mask, (blocks.len(), seq), &Device::Cpu)?
+            ids: Tensor::from_vec(ids, (indices.len(), seq), &Device::Cpu)?,
+            loss_mask: Tensor::from_vec(mask, (indices.len(), seq), &Device::Cpu)?
                 .to_dtype(dtype)?,
         })
     }
@@ -34,13 +36,13 @@ impl Batch {
 
 /// Yields batches of `batch_size` blocks; the position is a plain counter.
 pub struct Batcher {
-    blocks: Vec<Block>,
+    blocks: Blocks,
     batch_size: usize,
     seed: u64,
 }
 
 impl Batcher {
-    pub fn new(blocks: Vec<Block>, batch_size: usize, seed: u64) -> Result<Self> {
+    pub fn new(blocks: Blocks, batch_size: usize, seed: u64) -> Result<Self> {
         if batch_size == 0 {
             return Err(LorsError::invalid("train.batch_size", "must be at least 1"));
         }
@@ -89,17 +91,7 @@ impl Batcher {
         let per_epoch = self.batches_per_epoch();
         let (epoch, within) = (index / per_epoch, index % per_epoch);
         let order = self.order(epoch);
-        let blocks: Vec<&Block> = order[within * self.batch_size..(within + 1) * self.batch_size]
-            .iter()
-            .map(|&i| &self.blocks[i])
-            .collect();
-        Batch::from_blocks(&blocks, dtype)
-    }
-
-    /// All blocks in file order, in batches (for evaluation).
-    pub fn sequential(&self, dtype: DType) -> impl Iterator<Item = Result<Batch>> + '_ {
-        self.blocks
-            .chunks(self.batch_size)
-            .map(move |c| Batch::from_blocks(&c.iter().collect::<Vec<_>>(), dtype))
+        let indices = &order[within * self.batch_size..(within + 1) * self.batch_size];
+        Batch::from_blocks(&self.blocks, indices, dtype)
     }
 }

@@ -1,4 +1,4 @@
-//! Tokenising records and cutting them into fixed-length blocks.
+//! Tokenising records.
 
 use std::path::{Path, PathBuf};
 
@@ -104,6 +104,11 @@ impl TextTokenizer {
         })
     }
 
+    /// The `tokenizer.json` it was read from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Whether texts longer than 64 KiB are tokenised in pieces (see [`Self::encode`]).
     pub fn cuts_long_texts(&self) -> bool {
         self.pieces.is_some()
@@ -189,13 +194,6 @@ pub struct Example {
     pub loss: Vec<bool>,
 }
 
-/// A fixed-length training sequence; `loss[j]` says whether predicting `ids[j]` counts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Block {
-    pub ids: Vec<u32>,
-    pub loss: Vec<bool>,
-}
-
 /// The Alpaca prompt for an instruction (and optional input).
 pub fn alpaca_prompt(instruction: &str, input: &str) -> String {
     if input.trim().is_empty() {
@@ -255,39 +253,4 @@ pub fn tokenize_record(r: &Record, tok: &TextTokenizer, train_on_prompt: bool) -
         ex.loss.push(true);
     }
     Ok(ex)
-}
-
-/// Concatenate examples and cut the stream into non-overlapping blocks of `seq_len` tokens
-/// (the remainder is dropped). Each block predicts its tokens 1..seq_len from the ones before.
-/// Each example is freed once packed, so the tokens are held about once, not twice.
-pub fn pack_blocks(examples: Vec<Example>, seq_len: usize) -> Vec<Block> {
-    let mut blocks = Vec::new();
-    let mut ids = Vec::with_capacity(seq_len);
-    let mut loss = Vec::with_capacity(seq_len);
-    for e in examples {
-        for (id, l) in e.ids.into_iter().zip(e.loss) {
-            ids.push(id);
-            loss.push(l);
-            if ids.len() == seq_len {
-                blocks.push(Block {
-                    ids: std::mem::replace(&mut ids, Vec::with_capacity(seq_len)),
-                    loss: std::mem::replace(&mut loss, Vec::with_capacity(seq_len)),
-                });
-            }
-        }
-    }
-    blocks
-}
-
-/// One block per example, truncated or padded (with `pad_id`, out of the loss) to `seq_len`.
-pub fn pad_blocks(examples: Vec<Example>, seq_len: usize, pad_id: u32) -> Vec<Block> {
-    examples
-        .into_iter()
-        .map(|e| {
-            let (mut ids, mut loss) = (e.ids, e.loss);
-            ids.resize(seq_len, pad_id);
-            loss.resize(seq_len, false);
-            Block { ids, loss }
-        })
-        .collect()
 }

@@ -4,7 +4,7 @@
 use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
-use crate::data::{Batch, Block};
+use crate::data::{Batch, Blocks, Example, Fill, IdWidth};
 use crate::error::{LorsError, Result};
 use crate::model::CausalLm;
 
@@ -63,20 +63,19 @@ pub fn wikitext_perplexity(
     max_windows: Option<usize>,
 ) -> Result<EvalResult> {
     let ids = tok.encode(&wikitext_text(path)?, true)?;
-    let blocks: Vec<Block> = ids
-        .chunks_exact(seq_len.max(1))
-        .map(|w| Block {
-            ids: w.to_vec(),
-            loss: vec![true; w.len()],
-        })
-        .collect();
+    let text = Example {
+        loss: vec![true; ids.len()],
+        ids,
+    };
+    let width = IdWidth::for_vocab(tok.vocab_size());
+    let blocks = Blocks::from_examples([text], Fill::Pack, seq_len.max(1), width)?;
     evaluate(model, &blocks, 1, max_windows)
 }
 
 /// Evaluate `model` on `blocks` (all of them, or the first `max_blocks`), `batch_size` at a time.
 pub fn evaluate(
     model: &CausalLm,
-    blocks: &[Block],
+    blocks: &Blocks,
     batch_size: usize,
     max_blocks: Option<usize>,
 ) -> Result<EvalResult> {
@@ -86,8 +85,9 @@ pub fn evaluate(
     }
     let started = std::time::Instant::now();
     let (mut sum, mut count) = (0f64, 0f64);
-    for chunk in blocks[..n].chunks(batch_size.max(1)) {
-        let batch = Batch::from_blocks(&chunk.iter().collect::<Vec<_>>(), DType::F32)?;
+    let indices: Vec<usize> = (0..n).collect();
+    for chunk in indices.chunks(batch_size.max(1)) {
+        let batch = Batch::from_blocks(blocks, chunk, DType::F32)?;
         let (s, c) = model.nll(&batch.ids, &batch.loss_mask)?;
         sum += s;
         count += c;

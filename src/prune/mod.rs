@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use sparsegpt::sparsegpt;
 
-use crate::data::{Batch, Block};
+use crate::data::{Batch, Blocks, IdWidth};
 use crate::error::{LorsError, Result};
 use crate::model::{write_model_dir, CausalLm, ModelDir, ModuleId, Proj, WeightSource};
 use crate::sparsity::{mask_from_scores, BitMask, Layout, Pattern};
@@ -64,17 +64,17 @@ pub struct CalibrationInfo {
 }
 
 /// Pick `nsamples` blocks at random (seeded) for calibration.
-pub fn calibration_blocks(blocks: Vec<Block>, nsamples: usize, seed: u64) -> Result<Vec<Block>> {
+pub fn calibration_blocks(blocks: &Blocks, nsamples: usize, seed: u64) -> Result<Blocks> {
     if blocks.is_empty() {
         return Err(LorsError::invalid(
             "prune.calib",
             "the calibration data makes no sequence",
         ));
     }
-    let mut blocks = blocks;
-    blocks.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    blocks.truncate(nsamples.max(1));
-    Ok(blocks)
+    let mut order: Vec<usize> = (0..blocks.len()).collect();
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
+    order.truncate(nsamples.max(1));
+    blocks.select(&order)
 }
 
 /// Pruned weights (f32) with their masks, by tensor name.
@@ -153,7 +153,7 @@ fn prune_weight(
 /// (f32) with their masks, by tensor name, and each layer's density.
 pub fn prune_model(
     model: &mut CausalLm,
-    calib: &[Block],
+    calib: &Blocks,
     method: PruneMethod,
     pattern: Pattern,
     progress: &mut dyn FnMut(usize, usize),
@@ -165,11 +165,12 @@ pub fn prune_model(
             "no calibration sequences",
         ));
     }
-    let batches: Vec<Batch> = calib
+    let indices: Vec<usize> = (0..calib.len()).collect();
+    let batches: Vec<Batch> = indices
         .chunks(8)
-        .map(|c| Batch::from_blocks(&c.iter().collect::<Vec<_>>(), DType::F32))
+        .map(|c| Batch::from_blocks(calib, c, DType::F32))
         .collect::<Result<_>>()?;
-    let tokens: usize = calib.iter().map(|b| b.ids.len()).sum();
+    let tokens = calib.len() * calib.seq_len();
     let mut xs: Vec<Tensor> = if needs_data {
         batches
             .iter()
@@ -331,7 +332,7 @@ pub fn prune_to_dir(
         Some(path) if settings.method != PruneMethod::Magnitude => {
             let opts = crate::data::BlockOptions::evaluation(settings.seq_len);
             let data = crate::data::load_blocks(path, &dir.tokenizer()?, &opts)?;
-            let blocks = calibration_blocks(data.blocks, settings.nsamples, settings.seed)?;
+            let blocks = calibration_blocks(&data.blocks, settings.nsamples, settings.seed)?;
             let info = CalibrationInfo {
                 file: path.clone(),
                 nsamples: blocks.len(),
@@ -340,7 +341,7 @@ pub fn prune_to_dir(
             };
             (blocks, Some(info))
         }
-        _ => (Vec::new(), None),
+        _ => (Blocks::owned(Vec::new(), Vec::new(), IdWidth::U16, 1), None),
     };
     let start = std::time::Instant::now();
     let (pruned, layers) = prune_model(&mut model, &calib, settings.method, pattern, progress)?;

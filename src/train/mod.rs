@@ -24,5 +24,6 @@ pub use run_dir::{
 };
 pub use summary::RunSummary;
 pub use trainer::{
-    load_adapted, load_trained, prepare, train, Event, Prepared, RunOutcome, Start, TrainedModel,
+    data_shards, load_adapted, load_trained, prepare, train, DataShards, Event, Prepared,
+    RunOutcome, Start, TrainedModel,
 };

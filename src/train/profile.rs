@@ -70,6 +70,10 @@ pub struct DataSection {
     /// Allow `seq_len` beyond the model's `max_position_embeddings`.
     #[serde(default)]
     pub allow_long_sequences: bool,
+    /// Where the data's token shards are kept (tokenised once, shared by runs, trials and
+    /// ranks); on a cluster, a folder every node sees. Default: `~/.cache/lors/shards`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shard_dir: Option<PathBuf>,
 }
 
 fn default_seq_len() -> usize {
@@ -77,6 +81,13 @@ fn default_seq_len() -> usize {
 }
 
 impl DataSection {
+    /// Where this data's token shards are kept.
+    pub fn shard_dir(&self) -> PathBuf {
+        self.shard_dir
+            .clone()
+            .unwrap_or_else(crate::data::shards::default_shard_dir)
+    }
+
     /// How this section turns records into training sequences.
     pub fn block_options(&self) -> BlockOptions {
         BlockOptions {
@@ -452,6 +463,9 @@ impl Profile {
         abs_or_hub(&mut self.data.train, true);
         if let Some(v) = self.data.valid.as_mut() {
             abs_or_hub(v, true);
+        }
+        if let Some(v) = self.data.shard_dir.as_mut() {
+            abs(v);
         }
         if let Some(v) = self.adapter.init_from.as_mut() {
             abs(v);

@@ -66,6 +66,7 @@ path = "{root}/model"
 train = "{root}/train.jsonl"
 valid = "{root}/valid.jsonl"
 seq_len = 32
+shard_dir = "{root}/shards"
 [adapter]
 method = "lors"
 rank = 4

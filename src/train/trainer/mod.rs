@@ -9,7 +9,9 @@ mod session;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use prepare::{load_adapted, load_trained, prepare, Prepared, TrainedModel};
+pub use prepare::{
+    data_shards, load_adapted, load_trained, prepare, DataShards, Prepared, TrainedModel,
+};
 use reporter::Reporter;
 use session::{prune_stage, Saver, Session};
 

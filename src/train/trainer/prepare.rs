@@ -7,9 +7,8 @@ use candle_core::Var;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
-use crate::data::{
-    load_blocks, read_records, records_to_blocks, split_records, Batcher, Block, TextTokenizer,
-};
+use crate::data::shards::{self, Origin, Shard, ShardRequest};
+use crate::data::{Batcher, Blocks, HoldOut, TextTokenizer};
 use crate::error::{LorsError, Result};
 use crate::model::{AdapterSpec, CausalLm, ModelDir};
 use crate::train::optim::Optimizer;
@@ -23,8 +22,10 @@ pub struct Prepared {
     pub model: CausalLm,
     pub tokenizer: TextTokenizer,
     pub train: Batcher,
-    pub valid: Vec<Block>,
-    pub skipped_records: usize,
+    /// Validation blocks (none: no evaluation).
+    pub valid: Option<Blocks>,
+    /// Where the data's blocks came from, one line per shard (built, or reused).
+    pub data_notes: Vec<String>,
 }
 
 /// The profile's model with freshly initialised adapters (seeded by `train.seed`).
@@ -63,29 +64,17 @@ pub fn prepare(profile: &Profile) -> Result<Prepared> {
         .config
         .check_positions("data.seq_len", d.seq_len, d.allow_long_sequences)?;
     let tokenizer = model_dir.tokenizer()?;
-    let opts = d.block_options();
-    let (train_blocks, valid, skipped) = match &d.valid {
-        Some(valid_path) => {
-            let train = load_blocks(&d.train, &tokenizer, &opts)?;
-            let valid = load_blocks(valid_path, &tokenizer, &opts)?;
-            (train.blocks, valid.blocks, train.skipped + valid.skipped)
-        }
-        None => {
-            let set = read_records(&d.train, d.format, d.skip_bad_records)?;
-            let (train, valid) = split_records(set.records, d.valid_fraction, profile.train.seed);
-            let valid = if valid.is_empty() {
-                Vec::new()
-            } else {
-                records_to_blocks(&valid, &tokenizer, &opts)?
-            };
-            (
-                records_to_blocks(&train, &tokenizer, &opts)?,
-                valid,
-                set.skipped,
-            )
-        }
+    let data = data_shards(profile, &tokenizer)?;
+    let data_notes = data.notes();
+    let valid = match data.valid {
+        Some(v) => Some(v.train),
+        None => data.train.valid,
     };
-    let train = Batcher::new(train_blocks, profile.train.batch_size, profile.train.seed)?;
+    let train = Batcher::new(
+        data.train.train,
+        profile.train.batch_size,
+        profile.train.seed,
+    )?;
     let model = load_adapted(profile, &model_dir)?;
     let vocab = model_dir.config.vocab_size;
     if tokenizer.vocab_size() > vocab {
@@ -103,8 +92,75 @@ pub fn prepare(profile: &Profile) -> Result<Prepared> {
         tokenizer,
         train,
         valid,
-        skipped_records: skipped,
+        data_notes,
     })
+}
+
+/// The token shards of a profile's data.
+pub struct DataShards {
+    /// The training file's (with its held-out part when the profile names no validation file).
+    pub train: Shard,
+    /// The validation file's.
+    pub valid: Option<Shard>,
+}
+
+impl DataShards {
+    /// Where each shard came from, a line each (see [`shard_note`]).
+    pub fn notes(&self) -> Vec<String> {
+        [Some(&self.train), self.valid.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(shard_note)
+            .collect()
+    }
+}
+
+/// The profile's data as token shards, built where missing (what a run does first; `lors
+/// data prepare` does only this).
+pub fn data_shards(profile: &Profile, tokenizer: &TextTokenizer) -> Result<DataShards> {
+    let d = &profile.data;
+    let shard_dir = d.shard_dir();
+    let request = |data, hold_out| ShardRequest {
+        data,
+        tokenizer,
+        opts: d.block_options(),
+        hold_out,
+        shard_dir: &shard_dir,
+    };
+    let hold_out = (d.valid.is_none() && d.valid_fraction > 0.0).then_some(HoldOut {
+        fraction: d.valid_fraction,
+        seed: profile.train.seed,
+    });
+    let train = shards::open_or_build(&request(&d.train, hold_out))?;
+    let valid = d
+        .valid
+        .as_ref()
+        .map(|v| shards::open_or_build(&request(v, None)))
+        .transpose()?;
+    Ok(DataShards { train, valid })
+}
+
+/// `data: 400 records, 43417 tokens, tokenised in 0.4 s into <dir>` (or reused).
+fn shard_note(s: &Shard) -> String {
+    let how = match &s.origin {
+        Origin::Built { seconds } => format!("tokenised in {seconds:.1} s into"),
+        Origin::Rebuilt { seconds, damage } => {
+            format!("tokenised again in {seconds:.1} s ({damage}) into")
+        }
+        Origin::Reused { build_seconds } => {
+            format!("reused (tokenising took {build_seconds:.1} s):")
+        }
+    };
+    let skipped = match s.skipped {
+        0 => String::new(),
+        n => format!(" ({n} bad records skipped)"),
+    };
+    format!(
+        "data: {} records{skipped}, {} tokens, {how} {}",
+        s.records,
+        s.tokens,
+        s.dir.display()
+    )
 }
 
 pub(super) fn total_steps(profile: &Profile, train: &Batcher) -> usize {

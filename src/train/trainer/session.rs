@@ -102,6 +102,9 @@ impl<'a> Session<'a> {
         start: Start,
     ) -> Result<Self> {
         let p = prepare(profile)?;
+        for note in &p.data_notes {
+            rep.notice(note.clone());
+        }
         let total = total_steps(profile, &p.train);
         rep.status.total_steps = total;
         let (named, gates) = trainable(&p.model);
@@ -236,11 +239,11 @@ impl<'a> Session<'a> {
     /// The validation loss (none without validation data).
     pub fn validate(&self) -> Result<Option<EvalResult>> {
         let (p, t) = (&self.p, &self.profile.train);
-        if p.valid.is_empty() {
+        let Some(valid) = p.valid.as_ref().filter(|v| !v.is_empty()) else {
             return Ok(None);
-        }
+        };
         let limit = t.eval_batches.map(|b| b * t.batch_size);
-        Ok(Some(evaluate(&p.model, &p.valid, t.batch_size, limit)?))
+        Ok(Some(evaluate(&p.model, valid, t.batch_size, limit)?))
     }
 
     /// With boosting, fold the boosters into the base weights at the end of a round (not
