@@ -27,9 +27,10 @@ if not os.path.exists(path) or os.path.getsize(path) != size // len(src) * len(s
 EOF
 echo "data: $data, $(du -m "$data" | cut -f1) MiB"
 rm -rf "$out/shards" "$out"/run-* "$out"/sweep
-train=(--profile profiles/stories-wanda50-lors.toml --set "data.train=\"$data\""
+before=(--profile profiles/stories-wanda50-lors.toml --set "data.train=\"$data\""
   --set train.max_steps=2 --set train.eval_every=0 --set train.save_every=0
-  --set 'adapter.init="standard"' --set "data.shard_dir=\"$out/shards\"")
+  --set 'adapter.init="standard"')
+train=("${before[@]}" --set "data.shard_dir=\"$out/shards\"")
 
 measure() { # name, command...
   local name=$1; shift
@@ -40,7 +41,7 @@ measure() { # name, command...
   grep -ho "data: .*" "$out/$name.log" | sed 's/^/                 /' || true
 }
 
-[ -n "$BEFORE" ] && measure before "$BEFORE" train "${train[@]}" --run-dir "$out/run-before"
+[ -n "$BEFORE" ] && measure before "$BEFORE" train "${before[@]}" --run-dir "$out/run-before"
 measure first "$BIN" train "${train[@]}" --run-dir "$out/run-first"
 measure second "$BIN" train "${train[@]}" --run-dir "$out/run-second"
 cat >"$out/sweep.toml" <<EOF

@@ -275,3 +275,61 @@ fn cached_decoding_equals_recomputing_the_whole_sequence() {
         ids.push(next);
     }
 }
+
+/// What data-parallel ranks can rely on: the gradients of a step's micro-batches, each
+/// computed into its own store and then added in micro-batch order, are the gradients one
+/// process accumulates over them, bit for bit (every method, both recompute policies, SoRA's
+/// gates too), so ranks that each compute a share and combine in that order train exactly as
+/// one process.
+#[test]
+fn micro_batch_gradients_computed_apart_add_up_to_the_accumulated_ones_bit_for_bit() {
+    let dir = ModelDir::open(Path::new("../shared/models/stories260K-wanda-50")).unwrap();
+    let (ids, mask) = batch(dir.config.vocab_size, 16);
+    let row = |r: usize| (ids.narrow(0, r, 1).unwrap(), mask.narrow(0, r, 1).unwrap());
+    let micros = [row(0), row(1), (ids.clone(), mask.clone())];
+    let weight = 1.0 / micros.len() as f64;
+    let bits = |t: &Tensor| -> Vec<u32> {
+        let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        v.iter().map(|x| x.to_bits()).collect()
+    };
+    let sora = Variant {
+        sora: true,
+        ..Variant::default()
+    };
+    let cases = METHODS
+        .iter()
+        .map(|&m| (m, Variant::default()))
+        .chain([(Method::Lors, sora)]);
+    for (method, variant) in cases {
+        let model = adapted_model(&dir, method, DType::F32, variant);
+        for &recompute in Recompute::ALL {
+            let mut together = Gradients::new();
+            let mut apart = Vec::new();
+            for (ids, mask) in &micros {
+                let mut own = Gradients::new();
+                for store in [&mut together, &mut own] {
+                    model
+                        .loss_and_grads(ids, mask, weight, recompute, store)
+                        .unwrap();
+                }
+                apart.push(own);
+            }
+            for (module, layer) in model.adapted() {
+                let gate = layer.gate().cloned();
+                let parts = layer.trainable().into_iter().map(|(_, v)| v.clone());
+                for var in parts.chain(gate) {
+                    let mut sum = apart[0].get(&var).unwrap().clone();
+                    for store in &apart[1..] {
+                        sum = (sum + store.get(&var).unwrap()).unwrap();
+                    }
+                    assert_eq!(
+                        bits(&sum),
+                        bits(together.get(&var).unwrap()),
+                        "{method} / {} / {module}",
+                        recompute.name()
+                    );
+                }
+            }
+        }
+    }
+}
