@@ -56,3 +56,5 @@ measure sweep "$BIN" sweep --profile "$out/sweep-profile.toml" --out "$out/sweep
 grep -ho "data: .*" "$out"/sweep/t*.log | sed 's/^/  trial          /'
 echo '{"text": "One more story: the cat sat on the mat."}' >>"$data"
 measure changed "$BIN" data prepare "${train[@]}"
+measure clean "$BIN" data clean --shard-dir "$out/shards"
+grep -v "^ " "$out/clean.log"

@@ -221,3 +221,46 @@ fn a_big_file_is_tokenised_with_bounded_memory() {
     );
     assert_eq!(big.train.len(), tokens / 256);
 }
+
+#[test]
+fn stale_shards_are_those_of_changed_or_gone_files_and_unfinished_builds() {
+    let _alone = alone();
+    let tmp = tempfile::tempdir().unwrap();
+    let (data, dir) = (demo_data(tmp.path()), tmp.path().join("shards"));
+    let old = shard(&data, &dir, options(64), None).dir;
+    assert_eq!(lors::data::shards::stale_shards(&dir).unwrap(), []);
+    std::fs::write(
+        &data,
+        "{\"text\": \"A new story about a dog who ran and ran.\"}\n".repeat(40),
+    )
+    .unwrap();
+    let new = shard(&data, &dir, options(64), None).dir;
+    // A build whose process is gone left its temporary folder.
+    let unfinished = dir.join(format!("{}.tmp-{}", "0".repeat(24), u32::MAX));
+    std::fs::create_dir(&unfinished).unwrap();
+    let stale = lors::data::shards::stale_shards(&dir).unwrap();
+    let mut found: Vec<(PathBuf, String)> = stale
+        .iter()
+        .map(|s| (s.dir.clone(), s.why.clone()))
+        .collect();
+    let mut expected = vec![
+        (
+            unfinished.clone(),
+            "a build that did not finish".to_string(),
+        ),
+        (old.clone(), format!("{} has changed since", data.display())),
+    ];
+    found.sort();
+    expected.sort();
+    assert_eq!(found, expected);
+    assert!(stale.iter().all(|s| s.bytes > 0 || s.dir == unfinished));
+    for s in &stale {
+        lors::data::shards::remove(s).unwrap();
+    }
+    assert!(!old.exists() && !unfinished.exists() && new.exists());
+    std::fs::remove_file(&data).unwrap();
+    let gone = lors::data::shards::stale_shards(&dir).unwrap();
+    assert_eq!(gone.len(), 1);
+    assert_eq!(gone[0].dir, new);
+    assert!(gone[0].why.ends_with("is gone"), "{}", gone[0].why);
+}

@@ -311,6 +311,68 @@ fn build_in(req: &ShardRequest, data: &Path, key: &ShardKey, tmp: &Path) -> Resu
     Ok(build_seconds)
 }
 
+/// A shard no run can ask for any more: its data file is gone or has changed since (a run
+/// on the new contents has a shard of its own), or a build that died left it half written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StaleShard {
+    pub dir: PathBuf,
+    pub bytes: u64,
+    pub why: String,
+}
+
+/// The stale shards in `shard_dir` (none when it does not exist).
+pub fn stale_shards(shard_dir: &Path) -> Result<Vec<StaleShard>> {
+    let Ok(entries) = std::fs::read_dir(shard_dir) else {
+        return Ok(Vec::new());
+    };
+    let mut stale = Vec::new();
+    for entry in entries {
+        let dir = entry.map_err(|e| LorsError::io(shard_dir, e))?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        if let Some(why) = staleness(&dir) {
+            let bytes = folder_bytes(&dir);
+            stale.push(StaleShard { dir, bytes, why });
+        }
+    }
+    stale.sort_by(|a, b| a.dir.cmp(&b.dir));
+    Ok(stale)
+}
+
+/// Why the shard in `dir` is stale, if it is.
+fn staleness(dir: &Path) -> Option<String> {
+    let name = dir.file_name()?.to_string_lossy().into_owned();
+    if let Some((_, pid)) = name.split_once(".tmp-") {
+        let alive = pid.parse().is_ok_and(crate::io::process_alive);
+        return (!alive).then(|| "a build that did not finish".to_string());
+    }
+    let manifest = std::fs::read_to_string(dir.join(MANIFEST)).ok()?;
+    let m: Manifest = serde_json::from_str(&manifest).ok()?;
+    match file_sha256(&m.data) {
+        Err(_) => Some(format!("{} is gone", m.data.display())),
+        Ok(hash) if hash != m.key.data_sha256 => {
+            Some(format!("{} has changed since", m.data.display()))
+        }
+        Ok(_) => None,
+    }
+}
+
+fn folder_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// Remove a stale shard (its empty lock file stays: another process may hold it).
+pub fn remove(shard: &StaleShard) -> Result<()> {
+    std::fs::remove_dir_all(&shard.dir).map_err(|e| LorsError::io(&shard.dir, e))
+}
+
 /// The SHA-256 of a file, read in 1 MiB pieces.
 fn file_sha256(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| LorsError::io(path, e))?;
