@@ -220,6 +220,23 @@ pub fn cache_dir() -> PathBuf {
         .join("lors")
 }
 
+/// Open (creating) the lock file `path` without touching its contents.
+pub fn open_lock_file(path: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|e| LorsError::io(path, e))
+}
+
+/// Wait for the exclusive advisory lock of `path` (released when the file is dropped).
+pub fn wait_for_lock(path: &Path) -> Result<std::fs::File> {
+    let file = open_lock_file(path)?;
+    file.lock().map_err(|e| LorsError::io(path, e))?;
+    Ok(file)
+}
+
 /// Write `bytes` to `path` atomically.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_streamed_atomic(path, |f| {

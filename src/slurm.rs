@@ -185,8 +185,13 @@ pub fn states(ids: &[String]) -> Result<HashMap<String, JobState>> {
         .iter()
         .map(OsString::from)
         .collect();
-    // squeue refuses a list with an id it no longer knows; then each is asked alone.
-    let queued = run("squeue", &args, None).unwrap_or_default();
+    // squeue refuses a list with an id it no longer knows; then each is asked alone. Any
+    // other refusal (a controller too busy to answer) is an error, not a job gone.
+    let queued = match run("squeue", &args, None) {
+        Ok(text) => text,
+        Err(e) if unknown_job(&e) => String::new(),
+        Err(e) => return Err(e),
+    };
     for line in queued.lines() {
         let mut parts = line.split('|');
         if let (Some(id), Some(state), reason) = (parts.next(), parts.next(), parts.next()) {
@@ -202,7 +207,7 @@ pub fn states(ids: &[String]) -> Result<HashMap<String, JobState>> {
     }
     let missing: Vec<&String> = ids.iter().filter(|id| !out.contains_key(*id)).collect();
     for id in missing {
-        if let Some(state) = remembered(id) {
+        if let Some(state) = remembered(id)? {
             out.insert(id.clone(), state);
         }
     }
@@ -248,22 +253,38 @@ fn parse_sacct(text: &str) -> HashMap<String, JobState> {
         .collect()
 }
 
-/// A job's state from `scontrol show job` (which knows ended jobs for a while).
-fn remembered(id: &str) -> Option<JobState> {
+/// Whether `e` is a SLURM client's refusal (it ran and said no, as a busy controller does),
+/// not a client that cannot run at all.
+pub fn refused(e: &LorsError) -> bool {
+    e.to_string().contains(" refused: ")
+}
+
+/// Whether a SLURM client refused only because it does not know a job id.
+fn unknown_job(e: &LorsError) -> bool {
+    e.to_string().contains("Invalid job id")
+}
+
+/// A job's state from `scontrol show job` (which knows ended jobs for a while); none when
+/// the controller has forgotten it.
+fn remembered(id: &str) -> Result<Option<JobState>> {
     let args: Vec<OsString> = ["show", "job", "-o", id]
         .iter()
         .map(OsString::from)
         .collect();
-    let text = run("scontrol", &args, None).ok()?;
+    let text = match run("scontrol", &args, None) {
+        Ok(text) => text,
+        Err(e) if unknown_job(&e) => return Ok(None),
+        Err(e) => return Err(e),
+    };
     let field = |name: &str| {
         text.split_whitespace()
             .find_map(|w| w.strip_prefix(name))
             .map(String::from)
     };
-    Some(JobState {
-        state: field("JobState=")?,
+    Ok(field("JobState=").map(|state| JobState {
+        state,
         reason: field("Reason=").filter(|r| r != "None"),
-    })
+    }))
 }
 
 /// The ids of jobs named `name` that are queued or running.

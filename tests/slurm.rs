@@ -293,16 +293,17 @@ fn a_stopped_trial_that_does_not_answer_gets_sigterm_after_its_grace() {
     for &i in &woken_by_term {
         let t = &state.trials[i];
         let job = t.job.as_ref().unwrap();
-        assert_eq!(job.signalled.as_deref(), Some("TERM"));
-        assert_eq!(t.state, TrialState::StoppedEarly, "t{i:03}: {:?}", t.note);
-        assert_eq!(job.state.state, "COMPLETED", "t{i:03}");
         let log = std::fs::read_to_string(dir.join(format!("t{i:03}.log"))).unwrap();
+        let status = RunDir::open(&t.run_dir).unwrap().read_status().unwrap();
+        let what = format!("t{i:03} {t:?}\n{status:?}\n{log}");
+        assert_eq!(job.signalled.as_deref(), Some("TERM"), "{what}");
+        assert_eq!(t.state, TrialState::StoppedEarly, "{what}");
+        assert_eq!(job.state.state, "COMPLETED", "{what}");
         assert!(
             log.contains("signal: saving a checkpoint and stopping"),
-            "t{i:03}'s process never saw the signal:\n{log}"
+            "the process never saw the signal: {what}"
         );
-        let status = RunDir::open(&t.run_dir).unwrap().read_status().unwrap();
-        assert_eq!(status.state, RunState::Stopped);
+        assert_eq!(status.state, RunState::Stopped, "{what}");
         let rung = t.evals.last().unwrap().0;
         assert_eq!(status.step, rung, "t{i:03} trained past its rung");
     }

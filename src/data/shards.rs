@@ -136,7 +136,7 @@ pub fn open_or_build(req: &ShardRequest) -> Result<Shard> {
     let key = key_of(req, &data)?;
     std::fs::create_dir_all(req.shard_dir).map_err(|e| LorsError::io(req.shard_dir, e))?;
     let dir = req.shard_dir.join(key.name());
-    let _lock = lock(&req.shard_dir.join(format!("{}.lock", key.name())))?;
+    let _lock = crate::io::wait_for_lock(&req.shard_dir.join(format!("{}.lock", key.name())))?;
     let damage = match open(&dir, &key) {
         Ok(shard) => return Ok(shard),
         Err(e) if dir.exists() => {
@@ -167,18 +167,6 @@ fn key_of(req: &ShardRequest, data: &Path) -> Result<ShardKey> {
         skip_bad: req.opts.skip_bad,
         hold_out: req.hold_out.map(|h| (h.fraction, h.seed)),
     })
-}
-
-/// Wait for the exclusive lock of a shard being built.
-fn lock(path: &Path) -> Result<std::fs::File> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(|e| LorsError::io(path, e))?;
-    file.lock().map_err(|e| LorsError::io(path, e))?;
-    Ok(file)
 }
 
 /// Open the shard in `dir`, checking its key and every file's length and hash.

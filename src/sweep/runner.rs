@@ -462,7 +462,13 @@ impl Sweep {
             .filter(running)
             .filter_map(|t| Some(t.job.as_ref()?.id.clone()))
             .collect();
-        let states = slurm::states(&ids)?;
+        // SLURM refusing to answer this round (a busy controller) is no news: the jobs keep
+        // their last states until it answers; a client that cannot run at all is an error.
+        let states = match slurm::states(&ids) {
+            Ok(states) => states,
+            Err(e) if slurm::refused(&e) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let mut changed = false;
         for t in self.state.trials.iter_mut().filter(running) {
             let Some(job) = t.job.as_mut() else { continue };
@@ -500,16 +506,17 @@ impl Sweep {
             changed |= self.enforce_stop(i);
         }
         let record = &mut self.state.trials[i];
+        let asked_to_stop = record
+            .note
+            .as_deref()
+            .is_some_and(|n| n.starts_with("rung"));
+        let died = status.state == RunState::Crashed || job_ended == Some(true);
         match status.state {
             RunState::Finished => record.state = TrialState::Finished,
-            RunState::Stopped
-                if record
-                    .note
-                    .as_deref()
-                    .is_some_and(|n| n.starts_with("rung")) =>
-            {
-                record.state = TrialState::StoppedEarly
-            }
+            RunState::Stopped if asked_to_stop => record.state = TrialState::StoppedEarly,
+            // Early stopping's loser whose process ended without saying so (killed after the
+            // signal) stays stopped, at the rung it checkpointed at: never run again.
+            _ if asked_to_stop && died => record.state = TrialState::StoppedEarly,
             // Its process ended; the job's end is the verdict.
             RunState::Stopped | RunState::Failed if job_ended == Some(false) => {
                 return Ok(changed);

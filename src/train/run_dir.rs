@@ -447,19 +447,9 @@ impl RunDir {
         )
     }
 
-    fn open_lock_file(&self) -> Result<std::fs::File> {
-        let p = self.lock_path();
-        std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&p)
-            .map_err(|e| LorsError::io(&p, e))
-    }
-
     /// Take ownership of the run; an error if another process has it.
     pub fn lock(&self) -> Result<RunLock> {
-        let file = self.open_lock_file()?;
+        let file = crate::io::open_lock_file(&self.lock_path())?;
         let start = Instant::now();
         loop {
             match file.try_lock() {
@@ -515,7 +505,7 @@ impl RunDir {
         if !self.read_status().is_ok_and(|s| dead(&s)) {
             return Ok(None);
         }
-        let file = self.open_lock_file()?;
+        let file = crate::io::open_lock_file(&self.lock_path())?;
         if file.try_lock().is_err() {
             return Ok(None);
         }
@@ -551,14 +541,7 @@ impl RunDir {
     /// (no request is lost to a concurrent one), and a stop the run has not acted on yet is
     /// kept over any other request (a sweep's verdict must not undo a user's stop).
     pub fn request(&self, request: ControlRequest) -> Result<u64> {
-        let lock_path = self.path.join(".control.lock");
-        let turn = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| LorsError::io(&lock_path, e))?;
-        turn.lock().map_err(|e| LorsError::io(&lock_path, e))?;
+        let _turn = crate::io::wait_for_lock(&self.path.join(".control.lock"))?;
         let current = self.read_control()?;
         if let Some(c) = current.filter(|c| c.request == ControlRequest::Stop) {
             let acked = self.read_status().map_or(0, |s| s.control_ack);
