@@ -21,7 +21,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # (`gguf/export`) where a module spans layers.
 LAYERS = [
     ["error", "names"],
-    ["cpu", "memory", "io", "device", "gpu_monitor", "slurm"],
+    ["cpu", "memory", "io", "device", "gpu_monitor", "slurm", "dist"],
     ["sparsity"],
     ["sources", "gguf/mod", "gguf/import", "data"],
     ["adapters"],

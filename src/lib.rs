@@ -9,6 +9,7 @@ pub mod bundled;
 mod cpu;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod gguf;

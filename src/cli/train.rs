@@ -84,26 +84,44 @@ fn run_with_progress(profile: &Profile, run: &RunDir, start: Start) -> Result<Ru
         )
         .expect("valid template"),
     );
-    let mut on_event = |e: &Event| show_event(&bar, e);
+    // Rank 0 alone of a data-parallel run shows progress.
+    let root = lors::dist::ranks().is_root();
+    if !root {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let mut on_event = |e: &Event| {
+        if root {
+            show_event(&bar, e)
+        }
+    };
     let outcome = train::train(profile, run, start, &stop, &mut on_event);
     bar.finish_and_clear();
     let outcome = outcome.with_context(|| format!("run {} failed", run.path.display()))?;
-    println!(
-        "run {} {:?} at step {}",
-        run.path.display(),
-        outcome.state,
-        outcome.step
-    );
+    if root {
+        println!(
+            "run {} {:?} at step {}",
+            run.path.display(),
+            outcome.state,
+            outcome.step
+        );
+    }
     Ok(outcome)
 }
 
 /// Start a run in a fresh directory with `profile` recorded (paths made absolute). Hub models
 /// and data files are fetched first, with progress bars.
+/// In a data-parallel run rank 0 names and creates the directory; the others open it.
 fn start(mut profile: Profile, run_dir: Option<PathBuf>) -> Result<(Profile, RunDir)> {
     super::source::resolve_and_fetch(&mut profile)?;
     let dir = run_dir.unwrap_or_else(|| default_run_dir(&profile));
-    let run = RunDir::create(&dir, &profile)?;
-    Ok((profile, run))
+    let dir = PathBuf::from(lors::dist::from_root(&dir.to_string_lossy()));
+    let created = match lors::dist::ranks().is_root() {
+        true => RunDir::create(&dir, &profile).map(|_| ()),
+        false => Ok(()),
+    };
+    lors::dist::barrier();
+    created?;
+    Ok((profile, RunDir::open(&dir)?))
 }
 
 /// Submit `lors train --resume DIR` for `run` as a SLURM job: on hold until the run's status
@@ -140,6 +158,8 @@ fn submit(run: &RunDir, settings: &[String]) -> Result<()> {
 }
 
 pub fn train(args: TrainArgs) -> Result<()> {
+    // One rank of a data-parallel run when an MPI launcher started this process.
+    let _mpi = lors::dist::init()?;
     if let Some(dir) = args.resume {
         let run = RunDir::open(&dir)?;
         if args.slurm {
@@ -173,7 +193,9 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if args.slurm {
         return submit(&run, &args.slurm_settings);
     }
-    println!("run directory: {}", run.path.display());
+    if lors::dist::ranks().is_root() {
+        println!("run directory: {}", run.path.display());
+    }
     run_with_progress(&profile, &run, Start::Fresh)?;
     Ok(())
 }

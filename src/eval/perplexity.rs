@@ -84,13 +84,29 @@ pub fn evaluate(
         return Err(LorsError::invalid("eval", "no evaluation windows"));
     }
     let started = std::time::Instant::now();
-    let (mut sum, mut count) = (0f64, 0f64);
+    // In a data-parallel run each rank scores batches b ≡ rank (mod N); the sums are gathered
+    // and added in batch order, as one process adds them.
+    let ranks = crate::dist::ranks();
     let indices: Vec<usize> = (0..n).collect();
-    for chunk in indices.chunks(batch_size.max(1)) {
+    let mut mine = Vec::new();
+    for chunk in indices
+        .chunks(batch_size.max(1))
+        .skip(ranks.rank)
+        .step_by(ranks.size)
+    {
         let batch = Batch::from_blocks(blocks, chunk, DType::F32)?;
         let (s, c) = model.nll(&batch.ids, &batch.loss_mask)?;
-        sum += s;
-        count += c;
+        mine.extend([s, c]);
+    }
+    let batches = n.div_ceil(batch_size.max(1));
+    let per_rank = batches.div_ceil(ranks.size);
+    mine.resize(2 * per_rank, 0.0);
+    let all = crate::dist::all_gather_f64(&mine);
+    let (mut sum, mut count) = (0f64, 0f64);
+    for b in 0..batches {
+        let at = 2 * ((b % ranks.size) * per_rank + b / ranks.size);
+        sum += all[at];
+        count += all[at + 1];
     }
     let loss = sum / count.max(1.0);
     Ok(EvalResult {

@@ -86,9 +86,17 @@ pub fn train(
     stop: &AtomicBool,
     on_event: &mut dyn FnMut(&Event),
 ) -> Result<RunOutcome> {
-    let _lock = run.lock()?;
-    for dir in [&run.path, &run.checkpoints_path()] {
-        crate::io::clean_stale_temps(dir)?;
+    let ranks = crate::dist::ranks();
+    check_ranks(profile, run)?;
+    // In a data-parallel run rank 0 alone owns and writes the run directory.
+    let _lock = match ranks.is_root() {
+        true => Some(run.lock()?),
+        false => None,
+    };
+    if ranks.is_root() {
+        for dir in [&run.path, &run.checkpoints_path()] {
+            crate::io::clean_stale_temps(dir)?;
+        }
     }
     let mut rep = Reporter::new(run, on_event);
     if let Ok(previous) = run.read_status() {
@@ -105,7 +113,7 @@ pub fn train(
         }
     }
     rep.status.control_ack = run.read_control()?.map_or(0, |c| c.id);
-    run.write_status(&rep.status)?;
+    rep.write_status()?;
     let result = run_loop(&mut rep, profile, start, stop);
     if let Err(e) = &result {
         rep.status.error = Some(e.to_string());
@@ -113,6 +121,28 @@ pub fn train(
         rep.set_status(RunState::Failed, step, None)?;
     }
     result
+}
+
+/// In a data-parallel run: every rank runs the same profile in the same run directory, and
+/// the world size divides each step's micro-batches (`train.grad_accum`).
+fn check_ranks(profile: &Profile, run: &RunDir) -> Result<()> {
+    let size = crate::dist::ranks().size;
+    if size == 1 {
+        return Ok(());
+    }
+    crate::dist::check_same("profile", profile.to_toml().as_bytes())?;
+    crate::dist::check_same("run directory", run.path.to_string_lossy().as_bytes())?;
+    let accum = profile.train.grad_accum;
+    if !accum.is_multiple_of(size) {
+        return Err(crate::error::LorsError::invalid(
+            "train.grad_accum",
+            format!(
+                "{accum} micro-batches per step do not split over {size} ranks: make it a \
+                 multiple of the number of ranks (the global batch is batch_size × grad_accum)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// The run from its prune step to its end: `recorded` is the run's profile as its file holds
@@ -127,7 +157,8 @@ fn run_loop(
     let t = &profile.train;
     let mut s = Session::open(rep, profile, recorded, start)?;
     // After `open`, which cut the metrics back to the checkpoint it resumes from.
-    if profile.eval.is_some() && !rep.run.has_task_rows(EvalStage::Before)? {
+    let root = crate::dist::ranks().is_root();
+    if root && profile.eval.is_some() && !rep.run.has_task_rows(EvalStage::Before)? {
         let model = s.p.model.without_adapters();
         let (step, tok) = (s.state.step, &s.p.tokenizer);
         evaluate_tasks(rep, profile, &model, tok, EvalStage::Before, step)?;
@@ -141,7 +172,8 @@ fn run_loop(
     rep.set_status(RunState::Running, s.state.step, Some("training".into()))?;
     while s.state.step < s.total {
         follow_control(rep, stop, &mut |rep| saver.save(rep, &s.snapshot()?), false)?;
-        if stop.load(Ordering::SeqCst) {
+        // A stop any rank was asked for (a signal, the control file) stops every rank here.
+        if crate::dist::any(stop.load(Ordering::SeqCst)) {
             saver.save(rep, &s.snapshot()?)?;
             let step = s.state.step;
             return end_run(
@@ -174,7 +206,9 @@ fn run_loop(
             follow_control(rep, stop, &mut |rep| saver.save(rep, &s.snapshot()?), true)?;
         }
     }
-    finish(rep, &s)?;
+    if crate::dist::ranks().is_root() {
+        finish(rep, &s)?;
+    }
     end_run(rep, RunState::Finished, s.state.step, "finished", last_eval)
 }
 

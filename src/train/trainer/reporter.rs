@@ -11,6 +11,8 @@ use crate::train::run_dir::{now_s, MetricRow, RunDir, RunState, Status};
 /// A run's status, metrics and events, and its clock with the pauses left out.
 pub(super) struct Reporter<'a> {
     pub run: &'a RunDir,
+    /// Whether this process writes the run (rank 0 of a data-parallel run, or alone).
+    pub writes: bool,
     on_event: &'a mut dyn FnMut(&Event),
     pub status: Status,
     started: Instant,
@@ -29,6 +31,7 @@ impl<'a> Reporter<'a> {
     pub fn new(run: &'a RunDir, on_event: &'a mut dyn FnMut(&Event)) -> Self {
         Self {
             run,
+            writes: crate::dist::ranks().is_root(),
             on_event,
             status: Status::initial(std::process::id(), "loading model and data"),
             started: Instant::now(),
@@ -51,9 +54,25 @@ impl<'a> Reporter<'a> {
 
     /// Append `row` to the metrics and tell the caller.
     pub fn metric(&mut self, row: MetricRow) -> Result<()> {
-        self.run.append_metric(&row)?;
+        self.append(&row)?;
         self.emit(Event::Metric(row));
         Ok(())
+    }
+
+    /// Append `row` to the metrics (only where this process writes the run).
+    pub fn append(&self, row: &MetricRow) -> Result<()> {
+        match self.writes {
+            true => self.run.append_metric(row),
+            false => Ok(()),
+        }
+    }
+
+    /// Write the status as it stands (only where this process writes the run).
+    pub fn write_status(&self) -> Result<()> {
+        match self.writes {
+            true => self.run.write_status(&self.status),
+            false => Ok(()),
+        }
     }
 
     /// Record the state, step and (when given) message, with the active time so far.
@@ -70,7 +89,7 @@ impl<'a> Reporter<'a> {
         if message.is_some() {
             self.status.message = message;
         }
-        self.run.write_status(&self.status)
+        self.write_status()
     }
 
     /// A long stage's progress: `event` to the caller and `message` into the status (an

@@ -38,6 +38,9 @@ pub(super) struct Saver<'a> {
 impl Saver<'_> {
     /// Save `snap` into the run's checkpoints, recording it in the metrics.
     pub fn save(&self, rep: &mut Reporter, snap: &Snapshot) -> Result<()> {
+        if !rep.writes {
+            return Ok(());
+        }
         let dir = checkpoint::save(
             &rep.run.checkpoints_path(),
             snap,
@@ -59,7 +62,11 @@ pub(super) fn prune_stage(rep: &mut Reporter, original: &Profile) -> Result<Prof
         return Ok(original.clone());
     };
     let out = rep.run.pruned_path();
-    if !out.join("sparsity.json").is_file() {
+    // In a data-parallel run rank 0 prunes; the others wait and read what it wrote.
+    if !rep.writes {
+        crate::dist::barrier();
+    }
+    if rep.writes && !out.join("sparsity.json").is_file() {
         let label = format!("pruning ({})", settings.method);
         rep.set_status(RunState::Initializing, 0, Some(label.clone()))?;
         let model = &original.model.path;
@@ -69,6 +76,9 @@ pub(super) fn prune_stage(rep: &mut Reporter, original: &Profile) -> Result<Prof
         })?;
         rep.end_stage()?;
         rep.emit(Event::Pruned(report));
+    }
+    if rep.writes {
+        crate::dist::barrier();
     }
     let mut pruned = original.clone();
     pruned.model.path = out;
@@ -145,8 +155,10 @@ impl<'a> Session<'a> {
         } = start
         {
             let restored = self.restore_latest(rep, recorded, accept_profile_change)?;
-            rep.run
-                .truncate_metrics_to(restored.as_ref().map(|(s, _)| s.step))?;
+            if rep.writes {
+                rep.run
+                    .truncate_metrics_to(restored.as_ref().map(|(s, _)| s.step))?;
+            }
             if let Some((state, rounds)) = restored {
                 rep.status.best_eval_loss = state.best_eval_loss;
                 (self.state, self.rounds) = (state, rounds);
@@ -218,7 +230,7 @@ impl<'a> Session<'a> {
             },
         )?;
         rep.end_stage()?;
-        rep.run.append_metric(&MetricRow::Init {
+        rep.append(&MetricRow::Init {
             seconds: report.seconds,
             layers: report.layers,
             sequences: report.sequences,
@@ -354,6 +366,49 @@ fn compute_grads(
     regularizer: &RankRegularizer,
     state: &mut TrainerState,
 ) -> Result<StepGrads> {
+    let (mut grads, loss) = match crate::dist::ranks().size {
+        1 => accumulate(p, vars, t, state)?,
+        _ => accumulate_over_ranks(p, vars, t, state)?,
+    };
+    if regularizer.is_active() {
+        regularizer.apply(&vars[..pairs], &mut grads[..pairs], state.step)?;
+    }
+    // Summed where the gradients live, in f64 and in order: one read from a GPU.
+    let mut sq: Option<Tensor> = None;
+    for g in &grads {
+        let part = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
+        sq = Some(match sq {
+            Some(acc) => (acc + part)?,
+            None => part,
+        });
+    }
+    let grad_norm = sq.map_or(Ok(0.0), |s| s.to_scalar::<f64>())?.sqrt();
+    Ok(StepGrads {
+        loss,
+        grads,
+        grad_norm,
+    })
+}
+
+/// Each of `vars`' gradient in `store`.
+fn gradients_of(store: &Gradients, vars: &[Var]) -> Result<Vec<Tensor>> {
+    vars.iter()
+        .map(|var| {
+            store.get(var).cloned().ok_or_else(|| {
+                LorsError::invalid("train", "an adapter tensor received no gradient")
+            })
+        })
+        .collect()
+}
+
+/// One process: the step's `grad_accum` micro-batches' gradients accumulated in order (the
+/// store adds each micro-batch's to the sum so far), and the mean of their losses.
+fn accumulate(
+    p: &Prepared,
+    vars: &[Var],
+    t: &TrainSection,
+    state: &mut TrainerState,
+) -> Result<(Vec<Tensor>, f64)> {
     let mut store = Gradients::new();
     let mut loss_sum = 0.0;
     let weight = 1.0 / t.grad_accum as f64;
@@ -369,32 +424,74 @@ fn compute_grads(
         )?;
         loss_sum += sum / count.max(1.0) * weight;
     }
-    let mut grads = vars
-        .iter()
-        .map(|var| {
-            store.get(var).cloned().ok_or_else(|| {
-                LorsError::invalid("train", "an adapter tensor received no gradient")
-            })
-        })
-        .collect::<Result<Vec<Tensor>>>()?;
-    if regularizer.is_active() {
-        regularizer.apply(&vars[..pairs], &mut grads[..pairs], state.step)?;
+    Ok((gradients_of(&store, vars)?, loss_sum))
+}
+
+/// A data-parallel step: rank r computes micro-batches r, r + N, ... (each into a store of its
+/// own, flattened to f32 on the host), every rank gathers all of them and adds them in
+/// micro-batch order, as [`accumulate`] does: the same bits on every rank and as one process
+/// (tests/backward.rs checks that gradients computed apart add up to the accumulated ones).
+fn accumulate_over_ranks(
+    p: &Prepared,
+    vars: &[Var],
+    t: &TrainSection,
+    state: &mut TrainerState,
+) -> Result<(Vec<Tensor>, f64)> {
+    let ranks = crate::dist::ranks();
+    let weight = 1.0 / t.grad_accum as f64;
+    // Per micro-batch of mine: its loss sum and count, then every gradient's values (sent as
+    // f32, or f64 when a gradient is f64: either way exactly).
+    let mut mine: Vec<f64> = Vec::new();
+    let mut losses: Vec<f64> = Vec::new();
+    for k in (ranks.rank..t.grad_accum).step_by(ranks.size) {
+        let batch = p.train.batch(state.batches_seen + k, DType::F32)?;
+        let mut store = Gradients::new();
+        let (sum, count) = p.model.loss_and_grads(
+            &batch.ids,
+            &batch.loss_mask,
+            weight,
+            t.recompute,
+            &mut store,
+        )?;
+        losses.extend([sum, count]);
+        for g in gradients_of(&store, vars)? {
+            mine.extend(g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
+        }
     }
-    // Summed where the gradients live, in f64 and in order: one read from a GPU.
-    let mut sq: Option<Tensor> = None;
-    for g in &grads {
-        let part = g.sqr()?.sum_all()?.to_dtype(DType::F64)?;
-        sq = Some(match sq {
-            Some(acc) => (acc + part)?,
-            None => part,
-        });
+    state.batches_seen += t.grad_accum;
+    let all: Vec<f64> = match vars.iter().any(|v| v.dtype() == DType::F64) {
+        true => crate::dist::all_gather_f64(&mine),
+        false => {
+            let narrow: Vec<f32> = mine.iter().map(|&v| v as f32).collect();
+            let all = crate::dist::all_gather_f32(&narrow);
+            all.into_iter().map(f64::from).collect()
+        }
+    };
+    let all_losses = crate::dist::all_gather_f64(&losses);
+    // Micro-batch k was rank k % N's (k / N)-th.
+    let per_rank = t.grad_accum / ranks.size;
+    let values_per_micro = mine.len() / per_rank;
+    let at = |k: usize| (k % ranks.size) * per_rank + k / ranks.size;
+    let mut grads: Vec<Tensor> = Vec::new();
+    let mut loss_sum = 0.0;
+    for k in 0..t.grad_accum {
+        let (sum, count) = (all_losses[2 * at(k)], all_losses[2 * at(k) + 1]);
+        loss_sum += sum / count.max(1.0) * weight;
+        let mut offset = at(k) * values_per_micro;
+        for (i, var) in vars.iter().enumerate() {
+            let n = var.elem_count();
+            let host = candle_core::Device::Cpu;
+            let g = Tensor::from_slice(&all[offset..offset + n], var.shape(), &host)?
+                .to_dtype(var.dtype())?
+                .to_device(var.device())?;
+            offset += n;
+            match grads.get_mut(i) {
+                Some(acc) => *acc = (&*acc + g)?,
+                None => grads.push(g),
+            }
+        }
     }
-    let grad_norm = sq.map_or(Ok(0.0), |s| s.to_scalar::<f64>())?.sqrt();
-    Ok(StepGrads {
-        loss: loss_sum,
-        grads,
-        grad_norm,
-    })
+    Ok((grads, loss_sum))
 }
 
 /// The factor that clips a gradient of norm `norm` to `clip` (0: no clipping).
