@@ -581,6 +581,7 @@ fn fake_run_of(
             step_peak_bytes: 1 << 20,
             rss_bytes: Some(40 << 20),
             gpu,
+            exchange: None,
         })
         .unwrap();
     }
@@ -1116,6 +1117,7 @@ fn a_resume_does_not_repeat_earlier_log_lines() {
         step_peak_bytes: 1 << 20,
         rss_bytes: Some(40 << 20),
         gpu: None,
+        exchange: None,
     })
     .unwrap();
     for row in [

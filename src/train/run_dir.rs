@@ -115,6 +115,17 @@ impl Status {
     }
 }
 
+/// What a rank of a data-parallel step sent and how long the exchange took.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Exchange {
+    pub ranks: usize,
+    /// Bytes this rank sent (its micro-batches' gradients and losses); every rank receives
+    /// `ranks` times as many.
+    pub bytes_sent: usize,
+    /// Seconds in the all-gathers (waiting for the slowest rank included).
+    pub seconds: f64,
+}
+
 /// What another process (the TUI) asks a running training to do, between two steps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -153,6 +164,9 @@ pub enum MetricRow {
         /// GPU memory after the step (absent on the CPU); its peak is the step's.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         gpu: Option<crate::device::GpuMemory>,
+        /// A data-parallel step's exchange (absent for one process).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        exchange: Option<Exchange>,
     },
     Eval {
         step: usize,

@@ -23,7 +23,7 @@ use crate::train::optim::{lr_at, Optimizer};
 use crate::train::peft;
 use crate::train::profile::{profile_differences, Profile, TrainSection};
 use crate::train::rank_reg::RankRegularizer;
-use crate::train::run_dir::{MetricRow, RunState};
+use crate::train::run_dir::{Exchange, MetricRow, RunState};
 
 /// Memory the gradient initialisation may use for its probes at once.
 const GRAD_INIT_BUDGET_BYTES: usize = 1 << 30;
@@ -344,6 +344,7 @@ impl<'a> Session<'a> {
             step_peak_bytes: memory::peak_bytes().saturating_sub(live_at_start),
             rss_bytes: memory::rss_bytes(),
             gpu,
+            exchange: g.exchange,
         })
     }
 }
@@ -354,6 +355,7 @@ struct StepGrads {
     loss: f64,
     grads: Vec<Tensor>,
     grad_norm: f64,
+    exchange: Option<Exchange>,
 }
 
 /// Forward and backward over the step's micro-batches (each block running its own backward),
@@ -366,9 +368,12 @@ fn compute_grads(
     regularizer: &RankRegularizer,
     state: &mut TrainerState,
 ) -> Result<StepGrads> {
-    let (mut grads, loss) = match crate::dist::ranks().size {
-        1 => accumulate(p, vars, t, state)?,
-        _ => accumulate_over_ranks(p, vars, t, state)?,
+    let ((mut grads, loss), exchange) = match crate::dist::ranks().size {
+        1 => (accumulate(p, vars, t, state)?, None),
+        _ => {
+            let (grads, loss, exchange) = accumulate_over_ranks(p, vars, t, state)?;
+            ((grads, loss), Some(exchange))
+        }
     };
     if regularizer.is_active() {
         regularizer.apply(&vars[..pairs], &mut grads[..pairs], state.step)?;
@@ -387,6 +392,7 @@ fn compute_grads(
         loss,
         grads,
         grad_norm,
+        exchange,
     })
 }
 
@@ -436,7 +442,7 @@ fn accumulate_over_ranks(
     vars: &[Var],
     t: &TrainSection,
     state: &mut TrainerState,
-) -> Result<(Vec<Tensor>, f64)> {
+) -> Result<(Vec<Tensor>, f64, Exchange)> {
     let ranks = crate::dist::ranks();
     let weight = 1.0 / t.grad_accum as f64;
     // Per micro-batch of mine: its loss sum and count, then every gradient's values (sent as
@@ -459,7 +465,9 @@ fn accumulate_over_ranks(
         }
     }
     state.batches_seen += t.grad_accum;
-    let all: Vec<f64> = match vars.iter().any(|v| v.dtype() == DType::F64) {
+    let started = Instant::now();
+    let wide = vars.iter().any(|v| v.dtype() == DType::F64);
+    let all: Vec<f64> = match wide {
         true => crate::dist::all_gather_f64(&mine),
         false => {
             let narrow: Vec<f32> = mine.iter().map(|&v| v as f32).collect();
@@ -468,6 +476,11 @@ fn accumulate_over_ranks(
         }
     };
     let all_losses = crate::dist::all_gather_f64(&losses);
+    let exchange = Exchange {
+        ranks: ranks.size,
+        bytes_sent: mine.len() * if wide { 8 } else { 4 } + losses.len() * 8,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     // Micro-batch k was rank k % N's (k / N)-th.
     let per_rank = t.grad_accum / ranks.size;
     let values_per_micro = mine.len() / per_rank;
@@ -491,7 +504,7 @@ fn accumulate_over_ranks(
             }
         }
     }
-    Ok((grads, loss_sum))
+    Ok((grads, loss_sum, exchange))
 }
 
 /// The factor that clips a gradient of norm `norm` to `clip` (0: no clipping).
