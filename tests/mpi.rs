@@ -133,6 +133,30 @@ mod ranks {
         );
     }
 
+    /// Ranks started with different settings (`mpirun A : B`) stop at once, naming it.
+    #[test]
+    fn ranks_with_different_profiles_are_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let out = mpirun(1)
+            .args(train_args(&dir, 2, &[]))
+            .args([":", "-n", "1", env!("CARGO_BIN_EXE_lors")])
+            .args(train_args(&dir, 2, &["optim.lr=0.5"]))
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains("rank 1's profile differs from rank 0's"),
+            "{err}"
+        );
+        assert!(
+            RunDir::open(&dir).unwrap().checkpoints().is_empty(),
+            "nothing trained"
+        );
+    }
+
     /// A rank killed mid-run ends the job (the launcher stops the others); `--resume` on
     /// as many ranks goes on from the newest checkpoint to the uninterrupted run's curve.
     #[test]
