@@ -11,7 +11,8 @@ up() { sinfo -h -o '%T' 2>/dev/null | grep -qxE '(idle|mixed|allocated)'; }
 if command -v sinfo >/dev/null && up; then
   exit 0
 fi
-# One at a time (tests may call this together).
+# One at a time (tests may call this together). The daemons started below must not inherit
+# the lock's descriptor (`9>&-`), or they would hold it for as long as they run.
 exec 9>/tmp/lors-slurm-up.lock
 flock 9
 if command -v sinfo >/dev/null && up; then
@@ -61,12 +62,12 @@ chmod 400 /etc/munge/munge.key
 # munged is healthy when it encodes a credential (a daemon whose socket is gone is not).
 if ! munge -n >/dev/null 2>&1; then
   pkill -x munged || true
-  runuser -u munge -- munged --force
+  runuser -u munge -- munged --force 9>&-
   for _ in $(seq 20); do munge -n >/dev/null 2>&1 && break; sleep 0.5; done
 fi
 # A test cluster keeps no state across starts (-c): a node saved as DOWN would wait long.
-pgrep -x slurmctld >/dev/null || slurmctld -c
-pgrep -x slurmd >/dev/null || slurmd
+pgrep -x slurmctld >/dev/null || slurmctld -c 9>&-
+pgrep -x slurmd >/dev/null || slurmd 9>&-
 wait_up() {
   for _ in $(seq "$1"); do
     up && return 0
@@ -79,8 +80,8 @@ if ! wait_up 15; then
   pkill -x slurmd || true
   pkill -x slurmctld || true
   sleep 1
-  slurmctld -c
-  slurmd
+  slurmctld -c 9>&-
+  slurmd 9>&-
   sleep 2
   scontrol update NodeName="$host" State=RESUME 2>/dev/null || true
   if ! wait_up 45; then
