@@ -54,16 +54,19 @@ pub struct ReplayArgs {
 }
 
 /// Ctrl-C, SIGTERM and SIGHUP ask the run to checkpoint and stop between steps; a second
-/// one exits at once (a checkpoint being written then stays a temporary, removed by the next
-/// start).
+/// signal exits at once (a checkpoint being written then stays a temporary, removed by the
+/// next start). Signals are counted apart from the stop flag, which a stop through the
+/// control file sets too: a signal after such a stop is still the first.
 fn stop_flag() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let s = stop.clone();
+    let signals = std::sync::atomic::AtomicUsize::new(0);
     ctrlc::set_handler(move || {
-        if s.swap(true, Ordering::SeqCst) {
+        if signals.fetch_add(1, Ordering::SeqCst) > 0 {
             eprintln!("\nsecond signal: exiting without a checkpoint");
             std::process::exit(130);
         }
+        s.store(true, Ordering::SeqCst);
         eprintln!("\nsignal: saving a checkpoint and stopping after this step");
     })
     .context("cannot install the signal handler")?;
