@@ -38,7 +38,7 @@ python3 - "$OUT" <<'EOF'
 import hashlib, json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 VOLATILE = {"tokens_per_s", "elapsed_s", "live_bytes", "peak_bytes", "step_peak_bytes",
-            "rss_bytes", "gpu", "seconds"}
+            "rss_bytes", "gpu", "seconds", "exchange"}
 def strip(v):
     """`v` without timings and memory readings, at any depth (a task score's `seconds`)."""
     if isinstance(v, dict):

@@ -698,8 +698,9 @@ impl RunDir {
     }
 }
 
-/// Fields of metric rows that differ between two runs of one profile (times, memory).
-const VOLATILE_FIELDS: [&str; 8] = [
+/// Fields of metric rows that differ between two runs of one profile (times, memory, and
+/// a data-parallel step's exchange, which one process does not have).
+const VOLATILE_FIELDS: [&str; 9] = [
     "tokens_per_s",
     "elapsed_s",
     "live_bytes",
@@ -708,6 +709,7 @@ const VOLATILE_FIELDS: [&str; 8] = [
     "rss_bytes",
     "gpu",
     "seconds",
+    "exchange",
 ];
 
 /// A metrics row (as JSON) without its [`VOLATILE_FIELDS`]: what a replay or a resumed run
