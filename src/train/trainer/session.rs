@@ -419,22 +419,29 @@ fn accumulate(
     let mut loss_sum = 0.0;
     let weight = 1.0 / t.grad_accum as f64;
     for _ in 0..t.grad_accum {
-        let batch = p.train.batch(state.batches_seen, DType::F32)?;
+        let (sum, count) = micro_batch(p, t, state.batches_seen, &mut store)?;
         state.batches_seen += 1;
-        let (sum, count) = p.model.loss_and_grads(
-            &batch.ids,
-            &batch.loss_mask,
-            weight,
-            t.recompute,
-            &mut store,
-        )?;
         loss_sum += sum / count.max(1.0) * weight;
     }
     Ok((gradients_of(&store, vars)?, loss_sum))
 }
 
+/// Forward and backward of the run's `index`-th micro-batch (weighted 1/`grad_accum`), its
+/// gradients added into `store`; its loss sum and token count.
+fn micro_batch(
+    p: &Prepared,
+    t: &TrainSection,
+    index: usize,
+    store: &mut Gradients,
+) -> Result<(f64, f64)> {
+    let batch = p.train.batch(index, DType::F32)?;
+    let weight = 1.0 / t.grad_accum as f64;
+    p.model
+        .loss_and_grads(&batch.ids, &batch.loss_mask, weight, t.recompute, store)
+}
+
 /// A data-parallel step: rank r computes micro-batches r, r + N, ... (each into a store of its
-/// own, flattened to f32 on the host), every rank gathers all of them and adds them in
+/// own, copied to the host), every rank gathers all of them and adds them in
 /// micro-batch order, as [`accumulate`] does: the same bits on every rank and as one process
 /// (tests/backward.rs checks that gradients computed apart add up to the accumulated ones).
 fn accumulate_over_ranks(
@@ -450,15 +457,8 @@ fn accumulate_over_ranks(
     let mut mine: Vec<f64> = Vec::new();
     let mut losses: Vec<f64> = Vec::new();
     for k in (ranks.rank..t.grad_accum).step_by(ranks.size) {
-        let batch = p.train.batch(state.batches_seen + k, DType::F32)?;
         let mut store = Gradients::new();
-        let (sum, count) = p.model.loss_and_grads(
-            &batch.ids,
-            &batch.loss_mask,
-            weight,
-            t.recompute,
-            &mut store,
-        )?;
+        let (sum, count) = micro_batch(p, t, state.batches_seen + k, &mut store)?;
         losses.extend([sum, count]);
         for g in gradients_of(&store, vars)? {
             mine.extend(g.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?);
