@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node SLURM cluster on this machine, for the SLURM executor's tests: installs
-# slurm-wlm and munge from Debian when missing, writes a slurm.conf for this host (as root, no
+# slurm-wlm, munge and libpmix-dev from Debian when missing, writes a slurm.conf for this host (as root, no
 # accounting, no cgroups), and starts munged, slurmctld and slurmd. Idempotent: a running
 # cluster is left as it is. Prints the partition's state when it is up.
 #
@@ -8,19 +8,23 @@
 set -euo pipefail
 # Up: the node answers (a `*` after its state means it does not).
 up() { sinfo -h -o '%T' 2>/dev/null | grep -qxE '(idle|mixed|allocated)'; }
-if command -v sinfo >/dev/null && up; then
+# libpmix-dev: the PMIx library srun's `--mpi=pmix` loads (by its unversioned name) to start
+# MPI ranks (a data-parallel job); slurmd must find it when it starts.
+pmix() { dpkg -s libpmix-dev >/dev/null 2>&1; }
+if command -v sinfo >/dev/null && up && pmix; then
   exit 0
 fi
 # One at a time (tests may call this together). The daemons started below must not inherit
 # the lock's descriptor (`9>&-`), or they would hold it for as long as they run.
 exec 9>/tmp/lors-slurm-up.lock
 flock 9
-if command -v sinfo >/dev/null && up; then
+if command -v sinfo >/dev/null && up && pmix; then
   exit 0
 fi
-if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
+if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! pmix; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge libpmix-dev >/dev/null
+  pkill -x slurmd || true
 fi
 host=$(hostname -s)
 cpus=$(nproc)

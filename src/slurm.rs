@@ -34,6 +34,49 @@ pub struct SlurmSettings {
     pub extra_args: Vec<String>,
     /// A shell line run before `lors` in the job (`module load cuda`).
     pub setup: Option<String>,
+    /// Processes per job (`sbatch --ntasks`): above 1, one data-parallel run over MPI with
+    /// that many ranks, started by `launcher` (needs a `lors` built with `--features mpi`).
+    pub ntasks: Option<u32>,
+    /// The shell words that start the job's ranks, before the `lors` command: `srun` (the
+    /// default with `ntasks` above 1), `srun --mpi=pmix`, `mpirun`.
+    pub launcher: Option<String>,
+}
+
+impl SlurmSettings {
+    /// Ranks per job (1 unless `ntasks` says more).
+    pub fn ranks(&self) -> usize {
+        self.ntasks.map_or(1, |n| n as usize)
+    }
+
+    /// What starts `lors` in the job: the launcher, `srun` for several ranks, else nothing.
+    fn launcher(&self) -> &str {
+        match (&self.launcher, self.ranks()) {
+            (Some(words), _) => words,
+            (None, 1) => "",
+            (None, _) => "srun",
+        }
+    }
+
+    /// An error for settings no job could run: no ranks, or several ranks from a build
+    /// without MPI (each would train alone into the same run directory). Errors name
+    /// `{section}ntasks` (`sweep.slurm.`).
+    pub fn check(&self, section: &str) -> Result<()> {
+        let key = format!("{section}ntasks");
+        if self.ntasks == Some(0) {
+            return Err(LorsError::invalid(key, "needs at least 1 process"));
+        }
+        if self.ranks() > 1 && !cfg!(feature = "mpi") {
+            return Err(LorsError::invalid(
+                key,
+                format!(
+                    "{} ranks per job need a lors built with MPI: `cargo build --release \
+                     --features mpi` (this one was built without it)",
+                    self.ranks()
+                ),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A job's state as SLURM names it (`PENDING`, `RUNNING`, `COMPLETED`, `FAILED`, `TIMEOUT`,
@@ -113,7 +156,8 @@ fn run(program: &str, args: &[OsString], stdin: Option<&str>) -> Result<String> 
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// The batch script of a job: the setup line, then this `lors` binary with `args`.
+/// The batch script of a job: the setup line, then the launcher (if any) starting this `lors`
+/// binary with `args`.
 fn batch_script(settings: &SlurmSettings, args: &[OsString]) -> Result<String> {
     let exe = std::env::current_exe().map_err(|e| LorsError::io(Path::new("lors"), e))?;
     let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', r"'\''"));
@@ -122,7 +166,11 @@ fn batch_script(settings: &SlurmSettings, args: &[OsString]) -> Result<String> {
         .map(quote)
         .collect();
     let setup = settings.setup.as_deref().unwrap_or("");
-    Ok(format!("#!/bin/sh\n{setup}\nexec {}\n", command.join(" ")))
+    let line: Vec<&str> = std::iter::once(settings.launcher())
+        .filter(|l| !l.is_empty())
+        .chain(command.iter().map(String::as_str))
+        .collect();
+    Ok(format!("#!/bin/sh\n{setup}\nexec {}\n", line.join(" ")))
 }
 
 /// Submit `lors <args>` as a job named `name`, its output to `log`, working in `dir`; its
@@ -134,6 +182,7 @@ pub fn submit(
     log: &Path,
     dir: &Path,
 ) -> Result<String> {
+    settings.check("")?;
     let mut sbatch: Vec<OsString> = vec![
         "--parsable".into(),
         format!("--job-name={name}").into(),
@@ -153,6 +202,7 @@ pub fn submit(
         ("--mem", settings.mem.clone()),
         ("--account", settings.account.clone()),
         ("--qos", settings.qos.clone()),
+        ("--ntasks", settings.ntasks.map(|n| n.to_string())),
     ];
     for (flag, value) in options {
         if let Some(v) = value {
@@ -359,5 +409,26 @@ mod tests {
         assert!(states
             .values()
             .all(|s| s.reason.is_none() && !s.is_active()));
+    }
+
+    /// The last line of a job's script: the launcher (if any), then `lors` and its arguments.
+    fn exec_line(settings: &str) -> String {
+        let settings: SlurmSettings = toml::from_str(settings).unwrap();
+        let script = batch_script(&settings, &["train".into()]).unwrap();
+        let line = script.lines().last().unwrap().to_string();
+        let exe = std::env::current_exe().unwrap();
+        line.replace(&format!("'{}'", exe.display()), "LORS")
+    }
+
+    #[test]
+    fn jobs_of_several_tasks_start_their_ranks_through_the_launcher() {
+        assert_eq!(exec_line(""), "exec LORS 'train'");
+        assert_eq!(exec_line("ntasks = 1"), "exec LORS 'train'");
+        assert_eq!(exec_line("ntasks = 4"), "exec srun LORS 'train'");
+        let pmix = "ntasks = 4\nlauncher = \"srun --mpi=pmix\"";
+        assert_eq!(exec_line(pmix), "exec srun --mpi=pmix LORS 'train'");
+        let zero: SlurmSettings = toml::from_str("ntasks = 0").unwrap();
+        let err = zero.check("sweep.slurm.").unwrap_err().to_string();
+        assert!(err.contains("sweep.slurm.ntasks"), "{err}");
     }
 }

@@ -11,26 +11,14 @@ use std::time::{Duration, Instant};
 
 use lors::sweep::{SweepState, TrialState};
 use lors::train::run_dir::compare_metrics;
-use lors::train::{RunDir, RunState, Status};
+use lors::train::{RunDir, RunState};
+
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{read_state, slurm_up, wait_run};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The cluster is up (started here if it is not); the guard keeps this file's tests apart,
-/// as their jobs share the node's CPUs.
-fn slurm_up() -> std::sync::MutexGuard<'static, ()> {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let out = Command::new(repo().join("scripts/slurm-up.sh"))
-        .output()
-        .expect("scripts/slurm-up.sh runs");
-    assert!(
-        out.status.success(),
-        "no SLURM cluster: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    guard
 }
 
 /// The bundled demo sweep with `executor` in its `[sweep]`, `set` replacing lines of it, and
@@ -77,10 +65,6 @@ fn spawn_sweep(profile: &Path, out: &Path) -> std::process::Child {
         .unwrap()
 }
 
-fn read_state(dir: &Path) -> Option<SweepState> {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("state.json")).ok()?).ok()
-}
-
 /// Run `cmd` to its end: its standard output, or a panic showing its errors.
 fn succeed(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -111,22 +95,6 @@ fn resubmit(dir: &Path) -> String {
         dir.as_os_str(),
         "--slurm".as_ref(),
     ]))
-}
-
-/// Wait (at most `secs`) until the run's status satisfies `ready`; that status.
-fn wait_run(run: &RunDir, secs: u64, what: &str, ready: impl Fn(&Status) -> bool) -> Status {
-    let start = Instant::now();
-    loop {
-        let status = run.read_status().unwrap();
-        if ready(&status) {
-            return status;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(secs),
-            "never {what}: {status:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// Wait (at most `secs`) until the sweep's state satisfies `ready`.

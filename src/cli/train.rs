@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 
+use lors::slurm::SlurmSettings;
 use lors::train::RunState;
 use lors::train::{
     self, Event, MetricRow, Override, Profile, RunDir, RunOutcome, RunsFolder, Start,
@@ -127,10 +128,18 @@ fn start(mut profile: Profile, run_dir: Option<PathBuf>) -> Result<(Profile, Run
     Ok((profile, RunDir::open(&dir)?))
 }
 
+/// The `--slurm-set` settings, checked with the profile they will run: their ranks must
+/// divide its micro-batches.
+fn slurm_settings(pairs: &[String], profile: &Profile) -> Result<SlurmSettings> {
+    let settings = lors::slurm::settings_from_pairs(pairs)?;
+    settings.check("--slurm-set ")?;
+    profile.check_ranks(settings.ranks())?;
+    Ok(settings)
+}
+
 /// Submit `lors train --resume DIR` for `run` as a SLURM job: on hold until the run's status
 /// names the job (whose liveness SLURM then answers), then released.
-fn submit(run: &RunDir, settings: &[String]) -> Result<()> {
-    let mut settings = lors::slurm::settings_from_pairs(settings)?;
+fn submit(run: &RunDir, mut settings: SlurmSettings) -> Result<()> {
     settings.extra_args.push("--hold".into());
     let args = [
         "train".into(),
@@ -165,6 +174,7 @@ pub fn train(args: TrainArgs) -> Result<()> {
     let _mpi = lors::dist::init()?;
     if let Some(dir) = args.resume {
         let run = RunDir::open(&dir)?;
+        let profile = Profile::load(&run.profile_path(), &[])?;
         if args.slurm {
             if run
                 .read_status()
@@ -175,9 +185,8 @@ pub fn train(args: TrainArgs) -> Result<()> {
                     dir.display()
                 );
             }
-            return submit(&run, &args.slurm_settings);
+            return submit(&run, slurm_settings(&args.slurm_settings, &profile)?);
         }
-        let profile = Profile::load(&run.profile_path(), &[])?;
         let start = Start::Resume {
             accept_profile_change: args.accept_profile_change,
         };
@@ -192,9 +201,14 @@ pub fn train(args: TrainArgs) -> Result<()> {
     if let Some(init) = args.init_from {
         profile.adapter.init_from = Some(init);
     }
+    // Checked before the run directory is made.
+    let slurm = match args.slurm {
+        true => Some(slurm_settings(&args.slurm_settings, &profile)?),
+        false => None,
+    };
     let (profile, run) = start(profile, args.run_dir)?;
-    if args.slurm {
-        return submit(&run, &args.slurm_settings);
+    if let Some(settings) = slurm {
+        return submit(&run, settings);
     }
     if lors::dist::ranks().is_root() {
         println!("run directory: {}", run.path.display());

@@ -204,10 +204,13 @@ pub fn load_profile(
     Ok((base, sweep_table, spec))
 }
 
-/// The `[sweep]` table parsed, with every axis value checked against `base` (errors name
-/// `sweep.<key>`).
+/// The `[sweep]` table parsed, with every axis value checked against `base` and the ranks
+/// each trial runs on (errors name `sweep.<key>`).
 pub fn check_sweep(base: &Profile, sweep_table: &toml::Table) -> Result<SweepSpec> {
     let spec = SweepSpec::from_table(sweep_table)?;
+    if let Executor::Slurm(settings) = &spec.executor {
+        settings.check("sweep.slurm.")?;
+    }
     let base_table =
         toml::Table::try_from(base).map_err(|e| LorsError::invalid("sweep", e.to_string()))?;
     for (key, value) in spec.probe_values() {
@@ -215,7 +218,27 @@ pub fn check_sweep(base: &Profile, sweep_table: &toml::Table) -> Result<SweepSpe
         Profile::from_table(base_table.clone(), &[probe])
             .map_err(|e| LorsError::invalid(format!("sweep.{key}"), format!("`{value}`: {e}")))?;
     }
+    check_trial_ranks(&spec, &base_table)?;
     Ok(spec)
+}
+
+/// An error unless each trial's micro-batches split over its ranks (`ntasks`); it names
+/// the swept `train.grad_accum` value when that is the trial's.
+fn check_trial_ranks(spec: &SweepSpec, base_table: &toml::Table) -> Result<()> {
+    let ranks = spec.executor.ranks();
+    if ranks == 1 {
+        return Ok(());
+    }
+    for trial in spec.trials() {
+        let profile = Profile::from_table(base_table.clone(), &trial.overrides())?;
+        if let Err(e) = profile.check_ranks(ranks) {
+            return Err(match trial.values.get("train.grad_accum") {
+                Some(v) => LorsError::invalid("sweep.train.grad_accum", format!("`{v}`: {e}")),
+                None => e,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// A sweep profile's text: `base` with `sweep_table` as its `[sweep]` section.
@@ -512,15 +535,14 @@ impl Sweep {
             .is_some_and(|n| n.starts_with("rung"));
         let died = status.state == RunState::Crashed || job_ended == Some(true);
         match status.state {
+            // On SLURM a trial ends with its job, which may still be ending its ranks (a
+            // job in flight holds its resources); then the job's end is the verdict.
+            _ if !status.state.is_active() && job_ended == Some(false) => return Ok(changed),
             RunState::Finished => record.state = TrialState::Finished,
             RunState::Stopped if asked_to_stop => record.state = TrialState::StoppedEarly,
             // Early stopping's loser whose process ended without saying so (killed after the
             // signal) stays stopped, at the rung it checkpointed at: never run again.
             _ if asked_to_stop && died => record.state = TrialState::StoppedEarly,
-            // Its process ended; the job's end is the verdict.
-            RunState::Stopped | RunState::Failed if job_ended == Some(false) => {
-                return Ok(changed);
-            }
             // A job SLURM cancelled, preempted or timed out checkpointed on the signal and
             // stopped: it goes on from there, in a new job.
             RunState::Stopped if interrupted => return self.relaunch(i, &status),

@@ -21,6 +21,8 @@
 //! gres = "gpu:1"
 //! time = "2:00:00"
 //! setup = "module load cuda"
+//! ntasks = 2               # ranks per trial: one data-parallel run (--features mpi)
+//! launcher = "srun"        # what starts the ranks (srun --mpi=pmix, mpirun...)
 //! ```
 
 use std::collections::BTreeMap;
@@ -83,7 +85,17 @@ pub enum Executor {
     #[default]
     Local,
     /// SLURM batch jobs (`[sweep.slurm]`), followed with `squeue`.
-    Slurm(SlurmSettings),
+    Slurm(Box<SlurmSettings>),
+}
+
+impl Executor {
+    /// Data-parallel ranks per trial (`[sweep.slurm] ntasks`; 1 locally).
+    pub fn ranks(&self) -> usize {
+        match self {
+            Executor::Local => 1,
+            Executor::Slurm(settings) => settings.ranks(),
+        }
+    }
 }
 
 /// A parsed `[sweep]` section.
@@ -181,7 +193,7 @@ impl SweepSpec {
         }
         spec.executor = match (executor.as_str(), slurm) {
             ("local", None) => Executor::Local,
-            ("slurm", settings) => Executor::Slurm(settings.unwrap_or_default()),
+            ("slurm", settings) => Executor::Slurm(Box::new(settings.unwrap_or_default())),
             ("local", Some(_)) => {
                 return Err(bad("slurm", "needs executor = \"slurm\""));
             }

@@ -14,9 +14,10 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, StandardNormal};
 
+use crate::adapters::AdaptedLinear;
 use crate::data::Batch;
 use crate::error::{LorsError, Result};
-use crate::model::{CausalLm, Gradients, Recompute};
+use crate::model::{CausalLm, Gradients, ModuleId, Recompute};
 
 /// What the initialisation did.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -127,7 +128,11 @@ pub fn gradient_init(
         groups.last_mut().expect("non-empty").push(i);
         used += bytes;
     }
-    let mut clock = InitClock::new(groups.len() * batches.len(), adapted.len());
+    // In a data-parallel run rank r solves layers r, r + N, ... (see [`share_solved`]).
+    let ranks = crate::dist::ranks();
+    let mine = |i: usize| i % ranks.size == ranks.rank;
+    let my_layers = (0..adapted.len()).filter(|&i| mine(i)).count();
+    let mut clock = InitClock::new(groups.len() * batches.len(), my_layers);
     let solver = solver_threads()?;
     for group in &groups {
         let mut grads = Gradients::probing(group.iter().map(|&i| adapted[i].0));
@@ -136,7 +141,8 @@ pub fn gradient_init(
             model.loss_and_grads(&batch.ids, &batch.loss_mask, 1.0, recompute, &mut grads)?;
             progress(clock.tick(t, false));
         }
-        for &i in group {
+        let mut solved = Vec::new();
+        for &i in group.iter().filter(|&&i| mine(i)) {
             let t = Instant::now();
             let (name, layer) = &adapted[i];
             let g = grads.take_probe(*name).ok_or_else(|| {
@@ -144,10 +150,12 @@ pub fn gradient_init(
             })?;
             let rank = layer.config().rank;
             let v = solver.install(|| top_right_singular_vectors(&g, rank, seed ^ i as u64))?;
-            let a = (v / stable_gamma)?;
-            let [(_, _), (_, b)] = layer.trainable();
-            layer.set_adapter(&a, &b.zeros_like()?)?;
+            solved.push((i, (v / stable_gamma)?));
             progress(clock.tick(t, true));
+        }
+        for (i, a) in share_solved(&adapted, group, solved)? {
+            let [(_, _), (_, b)] = adapted[i].1.trainable();
+            adapted[i].1.set_adapter(&a, &b.zeros_like()?)?;
         }
     }
     Ok(GradInitReport {
@@ -156,6 +164,44 @@ pub fn gradient_init(
         sequences: batches.iter().map(|b| b.ids.dim(0).unwrap_or(0)).sum(),
         sweeps: groups.len(),
     })
+}
+
+/// Every `A` of a group's layers (by index into `adapted`), on every rank, from `solved`, this
+/// rank's own: layer `i` is solved by rank `i % N` alone and sent to all as f64 (exactly, and
+/// converted to the adapter's dtype as the single process's `set_adapter` converts it).
+fn share_solved(
+    adapted: &[(ModuleId, &AdaptedLinear)],
+    group: &[usize],
+    solved: Vec<(usize, Tensor)>,
+) -> Result<Vec<(usize, Tensor)>> {
+    let ranks = crate::dist::ranks();
+    if ranks.size == 1 {
+        return Ok(solved);
+    }
+    let shape = |i: usize| (adapted[i].1.config().rank, adapted[i].1.base().dims().1);
+    let sizes: Vec<usize> = group.iter().map(|&i| shape(i).0 * shape(i).1).collect();
+    let total: usize = sizes.iter().sum();
+    let mut mine = vec![0f64; total];
+    for (i, a) in &solved {
+        let at = group
+            .iter()
+            .position(|j| j == i)
+            .expect("a layer of the group");
+        let start: usize = sizes[..at].iter().sum();
+        let values = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
+        mine[start..start + sizes[at]].copy_from_slice(&values);
+    }
+    let all = crate::dist::all_gather_f64(&mine);
+    let mut start = 0;
+    let mut out = Vec::with_capacity(group.len());
+    for (&i, &n) in group.iter().zip(&sizes) {
+        let from = (i % ranks.size) * total + start;
+        let a = Tensor::from_slice(&all[from..from + n], shape(i), &Device::Cpu)?;
+        let var = adapted[i].1.trainable()[0].1;
+        out.push((i, a.to_dtype(var.dtype())?.to_device(var.device())?));
+        start += n;
+    }
+    Ok(out)
 }
 
 /// Threads of their own for the eigen- and singular-value solvers. faer's matrix kernels keep

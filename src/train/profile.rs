@@ -442,6 +442,22 @@ impl Profile {
         Ok(())
     }
 
+    /// An error unless `ranks` data-parallel processes can share each step: every rank
+    /// computes the same number of its micro-batches (`train.grad_accum`).
+    pub fn check_ranks(&self, ranks: usize) -> Result<()> {
+        let accum = self.train.grad_accum;
+        if accum.is_multiple_of(ranks) {
+            return Ok(());
+        }
+        Err(LorsError::invalid(
+            "train.grad_accum",
+            format!(
+                "{accum} micro-batches per step do not split over {ranks} ranks: make it a \
+                 multiple of the number of ranks (the global batch is batch_size × grad_accum)"
+            ),
+        ))
+    }
+
     /// Make relative paths absolute (against `base`), so the recorded profile replays anywhere.
     pub fn resolve_paths(&mut self, base: &Path) {
         let abs = |p: &mut PathBuf| {

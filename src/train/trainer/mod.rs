@@ -132,17 +132,7 @@ fn check_ranks(profile: &Profile, run: &RunDir) -> Result<()> {
     }
     crate::dist::check_same("profile", profile.to_toml().as_bytes())?;
     crate::dist::check_same("run directory", run.path.to_string_lossy().as_bytes())?;
-    let accum = profile.train.grad_accum;
-    if !accum.is_multiple_of(size) {
-        return Err(crate::error::LorsError::invalid(
-            "train.grad_accum",
-            format!(
-                "{accum} micro-batches per step do not split over {size} ranks: make it a \
-                 multiple of the number of ranks (the global batch is batch_size × grad_accum)"
-            ),
-        ));
-    }
-    Ok(())
+    profile.check_ranks(size)
 }
 
 /// The run from its prune step to its end: `recorded` is the run's profile as its file holds
