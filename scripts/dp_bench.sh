@@ -5,7 +5,9 @@
 # (default 8) by one process with 2 threads and by `mpirun -n 2` ranks with 1 thread each,
 # ROUNDS times (default 3) interleaved. Reports per setup the median tokens/s of the steps
 # after the first, the bytes each rank sends per step and the seconds in the exchange, and the
-# peak RSS of each process; and checks the two give the same metrics bit for bit.
+# peak RSS of each process; and checks the two give the same metrics bit for bit. Then the
+# same for the gradient initialisation (16 calibration sequences, then one step): its
+# passes run whole on every rank, its SVDs are split over the ranks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/mpi-up.sh >/dev/null
@@ -29,6 +31,14 @@ for round in $(seq "${ROUNDS:-3}"); do
   mpirun --allow-run-as-root -n 2 -x RAYON_NUM_THREADS=1 sh -c \
     '/usr/bin/time -f %M -o "$0.$OMPI_COMM_WORLD_RANK" "$@"' "$out/dp-$round.rss" \
     "$bin" "${args[@]}" --run-dir "$out/dp-$round" >/dev/null 2>&1
+done
+init=(--set 'adapter.init="gradient"' --set adapter.init_samples=16 --set train.max_steps=1)
+for round in $(seq "${ROUNDS:-3}"); do
+  rm -rf "$out/init-one-$round" "$out/init-dp-$round"
+  RAYON_NUM_THREADS=2 "$bin" "${args[@]}" "${init[@]}" --run-dir "$out/init-one-$round" \
+    >/dev/null 2>&1
+  mpirun --allow-run-as-root -n 2 -x RAYON_NUM_THREADS=1 "$bin" "${args[@]}" "${init[@]}" \
+    --run-dir "$out/init-dp-$round" >/dev/null 2>&1
 done
 python3 - "$out" "${ROUNDS:-3}" <<'PY'
 import json, pathlib, statistics, sys
@@ -56,4 +66,16 @@ print(f"2 ranks x 1 thread:    {m2:.0f} tokens/s (rounds {', '.join(f'{s:.0f}' f
 print(f"exchange per step: {ex[0]['bytes_sent'] / 2**20:.2f} MiB sent per rank, "
       f"median {statistics.median(e['seconds'] for e in ex) * 1e3:.1f} ms (last round)")
 print("curves: bit for bit the same in every round")
+def init_s(run):
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return next(r["seconds"] for r in rows if r.get("kind") == "init")
+inits = {"one": [], "dp": []}
+for r in range(1, rounds + 1):
+    one, dp = out / f"init-one-{r}", out / f"init-dp-{r}"
+    assert same(train_rows(one), train_rows(dp)), f"init round {r}: the first step differs"
+    inits["one"].append(init_s(one))
+    inits["dp"].append(init_s(dp))
+i1, i2 = statistics.median(inits["one"]), statistics.median(inits["dp"])
+print(f"gradient init (16 sequences, 28 layers): 1 process {i1:.2f} s, 2 ranks {i2:.2f} s "
+      f"(medians of {rounds}); {i1 / i2:.2f}x; the first step after it bit for bit the same")
 PY

@@ -1227,3 +1227,51 @@ fn zoo_options_keep_every_zero_on_unstructured_and_2_of_4_models() {
         }
     }
 }
+
+/// The gradient init's `A`s do not depend on how its layers are grouped to fit its memory
+/// budget (every layer's gradient is taken from the same start, `B = 0` everywhere): all
+/// layers in one group against one layer per group, bit for bit.
+#[test]
+fn gradient_init_is_the_same_however_its_layers_are_grouped() {
+    let f = fixture();
+    let p = profile(&f, &[]);
+    let dir = ModelDir::open(&f.root.join("model")).unwrap();
+    let ids: Vec<u32> = (0..2 * 24).map(|i| (i * 7 + 3) % 32).collect();
+    let batch = lors::data::Batch {
+        ids: Tensor::from_vec(ids, (2, 24), &Device::Cpu).unwrap(),
+        loss_mask: Tensor::ones((2, 24), DType::F32, &Device::Cpu).unwrap(),
+    };
+    let a_bits = |model: &CausalLm| -> Vec<Vec<u64>> {
+        let adapted = model.adapted();
+        adapted
+            .iter()
+            .map(|(_, l)| common::raw_bits(l.trainable()[0].1.as_tensor()))
+            .collect()
+    };
+    let init = |budget_bytes: usize| {
+        let model = train::load_adapted(&p, &dir).unwrap();
+        let before = a_bits(&model);
+        let report = lors::train::grad_init::gradient_init(
+            &model,
+            std::slice::from_ref(&batch),
+            p.adapter.stable_gamma,
+            budget_bytes,
+            lors::model::Recompute::default(),
+            p.train.seed,
+            &mut |_| {},
+        )
+        .unwrap();
+        let after = a_bits(&model);
+        assert!(
+            before.iter().zip(&after).all(|(b, a)| b != a),
+            "every A set"
+        );
+        (report.sweeps, after)
+    };
+    let (one_sweep, grouped) = init(usize::MAX);
+    let (sweeps, alone) = init(1);
+    assert_eq!(one_sweep, 1);
+    assert_eq!(sweeps, grouped.len(), "one sweep per layer");
+    assert!(sweeps > 1);
+    assert_eq!(grouped, alone);
+}

@@ -4,7 +4,8 @@
 //!
 //! Gradients are gathered for groups of layers whose `G`s fit `budget_bytes` together (one
 //! forward+backward sweep over the calibration data per group), so they never all sit in
-//! memory at once on a large model.
+//! memory at once on a large model. In a data-parallel run each rank takes its share of the
+//! layers (its own sweeps and SVDs) and the `A`s are then exchanged.
 
 use std::time::Instant;
 
@@ -116,24 +117,14 @@ pub fn gradient_init(
             "no adapted layers to initialise",
         ));
     }
-    let mut groups: Vec<Vec<usize>> = vec![Vec::new()];
-    let mut used = 0usize;
-    for (i, (_, layer)) in adapted.iter().enumerate() {
-        let (o, n) = layer.base().dims();
-        let bytes = o * n * 4;
-        if used + bytes > budget_bytes && !groups.last().expect("non-empty").is_empty() {
-            groups.push(Vec::new());
-            used = 0;
-        }
-        groups.last_mut().expect("non-empty").push(i);
-        used += bytes;
-    }
-    // In a data-parallel run rank r solves layers r, r + N, ... (see [`share_solved`]).
+    // In a data-parallel run rank r initialises layers r, r + N, ...: the sweeps over the
+    // calibration data that take their gradients and their SVDs (see [`share_solved`]).
     let ranks = crate::dist::ranks();
-    let mine = |i: usize| i % ranks.size == ranks.rank;
-    let my_layers = (0..adapted.len()).filter(|&i| mine(i)).count();
-    let mut clock = InitClock::new(groups.len() * batches.len(), my_layers);
+    let mine: Vec<usize> = (ranks.rank..adapted.len()).step_by(ranks.size).collect();
+    let groups = budget_groups(&adapted, &mine, budget_bytes);
+    let mut clock = InitClock::new(groups.len() * batches.len(), mine.len());
     let solver = solver_threads()?;
+    let mut solved = Vec::with_capacity(mine.len());
     for group in &groups {
         let mut grads = Gradients::probing(group.iter().map(|&i| adapted[i].0));
         for batch in batches {
@@ -141,8 +132,7 @@ pub fn gradient_init(
             model.loss_and_grads(&batch.ids, &batch.loss_mask, 1.0, recompute, &mut grads)?;
             progress(clock.tick(t, false));
         }
-        let mut solved = Vec::new();
-        for &i in group.iter().filter(|&&i| mine(i)) {
+        for &i in group {
             let t = Instant::now();
             let (name, layer) = &adapted[i];
             let g = grads.take_probe(*name).ok_or_else(|| {
@@ -153,10 +143,12 @@ pub fn gradient_init(
             solved.push((i, (v / stable_gamma)?));
             progress(clock.tick(t, true));
         }
-        for (i, a) in share_solved(&adapted, group, solved)? {
-            let [(_, _), (_, b)] = adapted[i].1.trainable();
-            adapted[i].1.set_adapter(&a, &b.zeros_like()?)?;
-        }
+    }
+    // Set once all are solved: every layer's gradient is taken from the same start (B = 0
+    // everywhere), however the layers are grouped or shared out.
+    for (i, a) in share_solved(&adapted, solved)? {
+        let [(_, _), (_, b)] = adapted[i].1.trainable();
+        adapted[i].1.set_adapter(&a, &b.zeros_like()?)?;
     }
     Ok(GradInitReport {
         seconds: clock.start.elapsed().as_secs_f64(),
@@ -166,12 +158,35 @@ pub fn gradient_init(
     })
 }
 
-/// Every `A` of a group's layers (by index into `adapted`), on every rank, from `solved`, this
-/// rank's own: layer `i` is solved by rank `i % N` alone and sent to all as f64 (exactly, and
-/// converted to the adapter's dtype as the single process's `set_adapter` converts it).
+/// `layers` (indices into `adapted`) in order, in groups whose dense gradients fit
+/// `budget_bytes` together (a layer larger than the budget is a group alone).
+fn budget_groups(
+    adapted: &[(ModuleId, &AdaptedLinear)],
+    layers: &[usize],
+    budget_bytes: usize,
+) -> Vec<Vec<usize>> {
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    let mut used = 0usize;
+    for &i in layers {
+        let (o, n) = adapted[i].1.base().dims();
+        let bytes = o * n * 4;
+        match groups.last_mut() {
+            Some(group) if used + bytes <= budget_bytes => group.push(i),
+            _ => {
+                groups.push(vec![i]);
+                used = 0;
+            }
+        }
+        used += bytes;
+    }
+    groups
+}
+
+/// Every layer's `A` (by index into `adapted`), on every rank, from `solved`, this rank's own:
+/// layer `i` is solved by rank `i % N` alone and sent to all as f64 (exactly, and converted
+/// to the adapter's dtype as the single process's `set_adapter` converts it).
 fn share_solved(
     adapted: &[(ModuleId, &AdaptedLinear)],
-    group: &[usize],
     solved: Vec<(usize, Tensor)>,
 ) -> Result<Vec<(usize, Tensor)>> {
     let ranks = crate::dist::ranks();
@@ -179,29 +194,31 @@ fn share_solved(
         return Ok(solved);
     }
     let shape = |i: usize| (adapted[i].1.config().rank, adapted[i].1.base().dims().1);
-    let sizes: Vec<usize> = group.iter().map(|&i| shape(i).0 * shape(i).1).collect();
+    let sizes: Vec<usize> = (0..adapted.len())
+        .map(|i| shape(i).0 * shape(i).1)
+        .collect();
+    let starts: Vec<usize> = sizes
+        .iter()
+        .scan(0, |at, n| {
+            *at += n;
+            Some(*at - n)
+        })
+        .collect();
     let total: usize = sizes.iter().sum();
     let mut mine = vec![0f64; total];
     for (i, a) in &solved {
-        let at = group
-            .iter()
-            .position(|j| j == i)
-            .expect("a layer of the group");
-        let start: usize = sizes[..at].iter().sum();
         let values = a.to_dtype(DType::F64)?.flatten_all()?.to_vec1::<f64>()?;
-        mine[start..start + sizes[at]].copy_from_slice(&values);
+        mine[starts[*i]..starts[*i] + sizes[*i]].copy_from_slice(&values);
     }
     let all = crate::dist::all_gather_f64(&mine);
-    let mut start = 0;
-    let mut out = Vec::with_capacity(group.len());
-    for (&i, &n) in group.iter().zip(&sizes) {
-        let from = (i % ranks.size) * total + start;
-        let a = Tensor::from_slice(&all[from..from + n], shape(i), &Device::Cpu)?;
-        let var = adapted[i].1.trainable()[0].1;
-        out.push((i, a.to_dtype(var.dtype())?.to_device(var.device())?));
-        start += n;
-    }
-    Ok(out)
+    (0..adapted.len())
+        .map(|i| {
+            let from = (i % ranks.size) * total + starts[i];
+            let a = Tensor::from_slice(&all[from..from + sizes[i]], shape(i), &Device::Cpu)?;
+            let var = adapted[i].1.trainable()[0].1;
+            Ok((i, a.to_dtype(var.dtype())?.to_device(var.device())?))
+        })
+        .collect()
 }
 
 /// Threads of their own for the eigen- and singular-value solvers. faer's matrix kernels keep
