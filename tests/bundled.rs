@@ -134,3 +134,28 @@ fn train_without_a_profile_runs_the_bundled_default_anywhere() {
         }
     }
 }
+
+/// A user's mistake reads as the message and its cause, without a backtrace even where
+/// `RUST_BACKTRACE=1` is set (as in many Rust developers' shells).
+#[test]
+fn a_bad_setting_is_a_message_not_a_backtrace() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lors"))
+        .args([
+            "train",
+            "--profile",
+            "profiles/demo.toml",
+            "--set",
+            "train.nope=1",
+        ])
+        .current_dir(repo())
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.starts_with("Error: ") && err.contains("train.nope"),
+        "{err}"
+    );
+    assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+}

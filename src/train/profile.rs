@@ -343,6 +343,10 @@ pub struct Profile {
 impl Profile {
     /// Read a profile file, applying `overrides` (`adapter.rank=16`).
     pub fn load(path: &Path, overrides: &[Override]) -> Result<Self> {
+        // A mistyped `--set` key is the command line's, not the file's.
+        for o in overrides {
+            super::schema::check_key(&o.key)?;
+        }
         let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
         Self::parse(&text, overrides).map_err(|e| match e {
             LorsError::InvalidValue { field, reason } => {
@@ -369,6 +373,7 @@ impl Profile {
             ));
         }
         for o in overrides {
+            super::schema::check_key(&o.key)?;
             o.apply(&mut value)?;
         }
         // toml puts the key on a line of its own (`expected usize\nin `adapter.rank``): one
