@@ -49,6 +49,25 @@ pub fn launched_size() -> usize {
     .unwrap_or(1)
 }
 
+/// An error when `srun` started this process as one of several tasks without an MPI
+/// plugin (no PMIx or PMI in its environment): Open MPI could not join the ranks.
+#[cfg(feature = "mpi")]
+fn check_process_manager() -> Result<()> {
+    let has = |v: &str| std::env::var_os(v).is_some();
+    if ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"]
+        .iter()
+        .any(|v| has(v))
+    {
+        return Ok(());
+    }
+    Err(LorsError::invalid(
+        "mpi",
+        "srun started this as one of several tasks without an MPI plugin, so the ranks \
+         cannot join: use `srun --mpi=pmix` (under the SLURM executor, `launcher = \"srun \
+         --mpi=pmix\"`, the default) or `mpirun`",
+    ))
+}
+
 /// Keeps MPI initialised while it lives (dropping it finalises MPI).
 pub struct Session {
     #[cfg(feature = "mpi")]
@@ -62,6 +81,7 @@ pub fn init() -> Result<Session> {
     #[cfg(feature = "mpi")]
     {
         if launched > 1 {
+            check_process_manager()?;
             let universe = mpi::initialize()
                 .ok_or_else(|| LorsError::invalid("mpi", "MPI was initialised already"))?;
             let world = mpi::topology::SimpleCommunicator::world();

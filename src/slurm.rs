@@ -37,8 +37,9 @@ pub struct SlurmSettings {
     /// Processes per job (`sbatch --ntasks`): above 1, one data-parallel run over MPI with
     /// that many ranks, started by `launcher` (needs a `lors` built with `--features mpi`).
     pub ntasks: Option<u32>,
-    /// The shell words that start the job's ranks, before the `lors` command: `srun` (the
-    /// default with `ntasks` above 1), `srun --mpi=pmix`, `mpirun`.
+    /// The shell words that start the job's ranks, before the `lors` command: `srun
+    /// --mpi=pmix` (the default with `ntasks` above 1: Open MPI joins its ranks through
+    /// PMIx), `mpirun`, or `srun` alone where the cluster's `MpiDefault` is pmix.
     pub launcher: Option<String>,
 }
 
@@ -48,12 +49,13 @@ impl SlurmSettings {
         self.ntasks.map_or(1, |n| n as usize)
     }
 
-    /// What starts `lors` in the job: the launcher, `srun` for several ranks, else nothing.
+    /// What starts `lors` in the job: the launcher, `srun --mpi=pmix` for several ranks,
+    /// else nothing.
     fn launcher(&self) -> &str {
         match (&self.launcher, self.ranks()) {
             (Some(words), _) => words,
             (None, 1) => "",
-            (None, _) => "srun",
+            (None, _) => "srun --mpi=pmix",
         }
     }
 
@@ -424,9 +426,9 @@ mod tests {
     fn jobs_of_several_tasks_start_their_ranks_through_the_launcher() {
         assert_eq!(exec_line(""), "exec LORS 'train'");
         assert_eq!(exec_line("ntasks = 1"), "exec LORS 'train'");
-        assert_eq!(exec_line("ntasks = 4"), "exec srun LORS 'train'");
-        let pmix = "ntasks = 4\nlauncher = \"srun --mpi=pmix\"";
-        assert_eq!(exec_line(pmix), "exec srun --mpi=pmix LORS 'train'");
+        assert_eq!(exec_line("ntasks = 4"), "exec srun --mpi=pmix LORS 'train'");
+        let mpirun = "ntasks = 4\nlauncher = \"mpirun -x FOO\"";
+        assert_eq!(exec_line(mpirun), "exec mpirun -x FOO LORS 'train'");
         let zero: SlurmSettings = toml::from_str("ntasks = 0").unwrap();
         let err = zero.check("sweep.slurm.").unwrap_err().to_string();
         assert!(err.contains("sweep.slurm.ntasks"), "{err}");

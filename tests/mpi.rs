@@ -255,9 +255,10 @@ mod ranks {
         succeed(&mut cmd);
     }
 
-    /// Ranks that SLURM starts, as `srun -n 2` from a shell and as batch jobs of two tasks
-    /// (`ntasks = 2`, started by `srun --mpi=pmix` and by `mpirun`), train the single
-    /// process's run bit for bit; the job's own log names its two ranks' exchanges.
+    /// Ranks that SLURM starts, as `srun -n 2 --mpi=pmix` from a shell and as batch jobs of
+    /// two tasks (`ntasks = 2`, started by the default launcher, `srun --mpi=pmix`, and by
+    /// `mpirun`), train the single process's run bit for bit, every train row recording two
+    /// ranks' exchange.
     #[test]
     fn ranks_slurm_starts_train_like_one_process() {
         let _cluster = slurm_up();
@@ -272,7 +273,7 @@ mod ranks {
                 .env("RAYON_NUM_THREADS", "1"),
         );
         let jobs: [(&str, &[&str]); 2] = [
-            ("job-srun", &["ntasks=2", "launcher=srun --mpi=pmix"]),
+            ("job-srun", &["ntasks=2"]),
             (
                 "job-mpirun",
                 &["ntasks=2", "launcher=mpirun --allow-run-as-root"],
@@ -295,6 +296,26 @@ mod ranks {
         }
     }
 
+    /// Tasks that `srun` starts without an MPI plugin (the test cluster's `MpiDefault` is
+    /// none) could not join as ranks: each stops at once, saying what to use, and nothing is
+    /// written.
+    #[test]
+    fn tasks_srun_starts_without_an_mpi_plugin_stop_with_a_clear_error() {
+        let _cluster = slurm_up();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let err = refused(
+            Command::new("srun")
+                .args(["-n", "2", env!("CARGO_BIN_EXE_lors")])
+                .args(train_args(&dir, 2, &[])),
+        );
+        assert!(
+            err.contains("without an MPI plugin") && err.contains("srun --mpi=pmix"),
+            "{err}"
+        );
+        assert!(!dir.exists(), "nothing is written");
+    }
+
     /// A job of two ranks cancelled mid-run (`scancel`: SLURM's SIGTERM to both) stops both
     /// at one step with a checkpoint; resubmitted as two ranks, it ends on the uninterrupted
     /// single process's curve.
@@ -304,7 +325,7 @@ mod ranks {
         let tmp = tempfile::tempdir().unwrap();
         let (one, many) = (tmp.path().join("one"), tmp.path().join("many"));
         let long = ["train.max_steps=400", "train.save_every=20"];
-        let two = ["ntasks=2", "launcher=srun --mpi=pmix"];
+        let two = ["ntasks=2"];
         succeed(Command::new(env!("CARGO_BIN_EXE_lors")).args(train_args(&one, 2, &long)));
         train_on_slurm(&train_args(&many, 2, &long), &two);
         let run = RunDir::open(&many).unwrap();

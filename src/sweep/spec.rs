@@ -22,7 +22,7 @@
 //! time = "2:00:00"
 //! setup = "module load cuda"
 //! ntasks = 2               # ranks per trial: one data-parallel run (--features mpi)
-//! launcher = "srun"        # what starts the ranks (srun --mpi=pmix, mpirun...)
+//! launcher = "mpirun"      # what starts the ranks (default: srun --mpi=pmix)
 //! ```
 
 use std::collections::BTreeMap;
