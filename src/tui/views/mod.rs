@@ -18,6 +18,7 @@ use super::input::TextInput;
 use super::keys;
 use super::plot::{self, Plot, Series};
 use super::popups;
+use super::text::fit_middle;
 use super::theme::{Theme, SYMBOLS};
 use super::watch::RunInfo;
 use crate::train::RunState;
@@ -176,7 +177,8 @@ struct FormLine<'a> {
 
 /// A form as a list, `label value` per line (labels padded to `width`) under their headings:
 /// the typed text with the terminal's cursor in it while a field is edited, `< value >` for
-/// choices. `selected` counts fields, not headings.
+/// choices, a value too long for the column as its start and end ([`fit_middle`]).
+/// `selected` counts fields, not headings.
 fn draw_fields<'a>(
     f: &mut Frame,
     area: Rect,
@@ -189,6 +191,8 @@ fn draw_fields<'a>(
     let mut cursor = None;
     let mut items: Vec<ListItem> = Vec::new();
     let mut selected_row = 0;
+    // Columns for a value inside the borders after its label (a long path shows its end).
+    let room = (area.width as usize).saturating_sub(2 + width + 1);
     for (i, l) in lines.enumerate() {
         if let Some(heading) = l.heading {
             items.push(ListItem::new(Line::styled(heading, theme.heading())));
@@ -202,7 +206,7 @@ fn draw_fields<'a>(
                 input.value().to_string()
             }
             None if l.choice => format!("< {} >", l.value),
-            None => l.value,
+            None => fit_middle(&l.value, room),
         };
         items.push(ListItem::new(format!("{:<width$} {shown}", l.label)));
     }
