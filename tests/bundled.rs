@@ -136,7 +136,8 @@ fn train_without_a_profile_runs_the_bundled_default_anywhere() {
 }
 
 /// A user's mistake reads as the message and its cause, without a backtrace even where
-/// `RUST_BACKTRACE=1` is set (as in many Rust developers' shells).
+/// `RUST_BACKTRACE=1` is set (as in many Rust developers' shells); a mistyped `--set` key is
+/// the command line's error, not the profile file's.
 #[test]
 fn a_bad_setting_is_a_message_not_a_backtrace() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_lors"))
@@ -154,8 +155,13 @@ fn a_bad_setting_is_a_message_not_a_backtrace() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.starts_with("Error: ") && err.contains("train.nope"),
+        err.starts_with("Error: invalid value for `--set`: unknown field `nope`"),
         "{err}"
+    );
+    assert!(err.contains("expected one of `max_steps`"), "{err}");
+    assert!(
+        !err.contains("demo.toml"),
+        "the file is not to blame: {err}"
     );
     assert!(!err.to_lowercase().contains("backtrace"), "{err}");
 }

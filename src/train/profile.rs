@@ -343,12 +343,21 @@ pub struct Profile {
 impl Profile {
     /// Read a profile file, applying `overrides` (`adapter.rank=16`).
     pub fn load(path: &Path, overrides: &[Override]) -> Result<Self> {
-        // A mistyped `--set` key is the command line's, not the file's.
-        for o in overrides {
-            super::schema::check_key(&o.key)?;
-        }
         let text = std::fs::read_to_string(path).map_err(|e| LorsError::io(path, e))?;
-        Self::parse(&text, overrides).map_err(|e| match e {
+        let error = match Self::parse(&text, overrides) {
+            Ok(profile) => return Ok(profile),
+            Err(e) => e,
+        };
+        // The file's own mistakes name the file; one only the overrides make (a mistyped
+        // `--set` key) is the command line's.
+        let file_alone = || Self::parse(&text, &[]).err().map(|e| e.to_string());
+        if !overrides.is_empty() && file_alone() != Some(error.to_string()) {
+            return Err(match error {
+                LorsError::Parse { detail, .. } => LorsError::invalid("--set", detail),
+                other => other,
+            });
+        }
+        Err(match error {
             LorsError::InvalidValue { field, reason } => {
                 LorsError::parse(path, format!("`{field}`: {reason}"))
             }
@@ -373,7 +382,6 @@ impl Profile {
             ));
         }
         for o in overrides {
-            super::schema::check_key(&o.key)?;
             o.apply(&mut value)?;
         }
         // toml puts the key on a line of its own (`expected usize\nin `adapter.rank``): one

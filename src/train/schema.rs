@@ -63,39 +63,6 @@ pub fn profile_keys() -> &'static [ProfileKey] {
     KEYS.get_or_init(build_keys)
 }
 
-/// An error unless `key` is a profile key or lies inside a table-valued one
-/// (`eval.data.<task>`); it lists the keys of the section `key` names, or the sections.
-pub fn check_key(key: &str) -> crate::error::Result<()> {
-    let keys = profile_keys();
-    let inside = |k: &ProfileKey| {
-        matches!(k.value, ValueType::Table(_))
-            && key
-                .strip_prefix(k.key.as_str())
-                .is_some_and(|rest| rest.starts_with('.'))
-    };
-    if keys.iter().any(|k| k.key == key || inside(k)) {
-        return Ok(());
-    }
-    let section = key.split('.').next().unwrap_or("");
-    let names: Vec<&str> = keys
-        .iter()
-        .filter(|k| k.section == section)
-        .map(|k| k.name())
-        .collect();
-    let known = match names.is_empty() {
-        true => {
-            let mut sections: Vec<&str> = keys.iter().map(|k| k.section).collect();
-            sections.dedup();
-            format!("the sections are {}", sections.join(", "))
-        }
-        false => format!("[{section}] takes {}", names.join(", ")),
-    };
-    Err(crate::error::LorsError::invalid(
-        key,
-        format!("not a profile key; {known}"),
-    ))
-}
-
 /// The field names serde's derive lists for `T` (in declaration order).
 fn field_names<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
     let mut recorder = FieldRecorder(&[]);
@@ -337,22 +304,5 @@ mod tests {
                 k.key
             );
         }
-    }
-
-    #[test]
-    fn override_keys_are_checked_against_the_schema() {
-        for ok in [
-            "adapter.rank",
-            "prune.sparsity",
-            "eval.data",
-            "eval.data.hellaswag",
-        ] {
-            check_key(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        let err = check_key("adapter.rnak").unwrap_err().to_string();
-        assert!(err.contains("[adapter] takes method, rank"), "{err}");
-        let err = check_key("training.rank").unwrap_err().to_string();
-        assert!(err.contains("the sections are model, prune, data"), "{err}");
-        assert!(check_key("eval.datax.y").is_err());
     }
 }
