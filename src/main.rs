@@ -188,29 +188,11 @@ fn bench_layer(args: LayerArgs) -> Result<()> {
     Ok(())
 }
 
-/// Errors are for the user to read: the message and its causes as anyhow writes them, never
-/// a backtrace (which `RUST_BACKTRACE=1`, common in a Rust developer's shell, would add to a
-/// typo in a profile).
-fn main() -> std::process::ExitCode {
-    let Err(error) = run() else {
-        return std::process::ExitCode::SUCCESS;
-    };
-    eprintln!("Error: {error}");
-    let causes: Vec<String> = error.chain().skip(1).map(|c| c.to_string()).collect();
-    match causes.as_slice() {
-        [] => {}
-        [only] => eprintln!("\nCaused by:\n    {only}"),
-        many => {
-            eprintln!("\nCaused by:");
-            for (i, cause) in many.iter().enumerate() {
-                eprintln!("    {i}: {cause}");
-            }
-        }
-    }
-    std::process::ExitCode::FAILURE
-}
-
-fn run() -> Result<()> {
+/// Errors are for the user to read: anyhow's message and causes, never a backtrace (which
+/// `RUST_BACKTRACE=1`, common in a Rust developer's shell, would add to a typo in a profile;
+/// anyhow reads `RUST_LIB_BACKTRACE` first, and panics keep theirs).
+fn main() -> Result<()> {
+    std::env::set_var("RUST_LIB_BACKTRACE", "0");
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Train(args)) => cli::train::train(args),
